@@ -1,0 +1,39 @@
+# CareCast: `make demo` and `make test` are the two set-up commands (see README).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export CARECAST_HOME ?= $(CURDIR)/.carecast
+
+.PHONY: install demo test test-fast bench docs clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip==26.3
+
+# Installs the pinned lock (requirements.lock), then the project itself without re-resolving.
+$(VENV)/.installed: $(BIN)/python requirements.lock pyproject.toml
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	@bash scripts/demo.sh
+
+test: install
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+test-fast: install
+	$(BIN)/python -m pytest -n 2 -m "not slow"
+
+bench: install
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@echo "results appended to $(CARECAST_HOME)/benchmarks/results.jsonl"
+
+docs: install
+	$(BIN)/carecast data contracts-doc --out docs/data-contracts.md
+
+clean:
+	rm -rf $(VENV) .carecast

@@ -1,0 +1,209 @@
+"""One settings object for the whole product.
+
+Read from a YAML file (``$CARECAST_CONFIG``, else ``$CARECAST_HOME/carecast.yaml`` when present),
+then overridden by environment variables ``CARECAST_<SECTION>__<KEY>`` (for example
+``CARECAST_SERVING__PORT=3100``). Unknown keys are an error that names the file and the key, so a
+typo never silently falls back to a default. Nothing here runs at import time: call ``load_settings``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "CARECAST_"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_HOME = REPO_ROOT / ".carecast"
+
+
+class SettingsError(ValueError):
+    """A settings file or environment override is invalid; the message names the source and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SynthSettings(_Section):
+    """Defaults for the synthetic history generator (the embedded demo data)."""
+
+    patients: int = Field(2000, gt=0)
+    seed: int = 7
+    start: str = "2023-01-01"
+    end: str = "2026-06-30"
+    today: str = "2026-06-01"
+
+
+class OnlineStoreSettings(_Section):
+    """Feast online store: SQLite for one process, Redis when several serving workers read it."""
+
+    type: Literal["sqlite", "redis"] = "sqlite"
+    redis_connection_string: str = "127.0.0.1:6379"
+    project: str = "carecast"
+
+
+class MlflowSettings(_Section):
+    """MLflow tracking: a SQLite file under the home by default, or a real server."""
+
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+
+
+class GateSettings(_Section):
+    """Promotion gate bounds: a challenger may be at most this much worse than the champion."""
+
+    max_auc_drop: float = 0.005
+    max_logloss_rise: float = 0.005
+    max_ece: float = 0.03
+    max_subgroup_auc_gap: float = 0.10
+
+
+class ServingSettings(_Section):
+    """The prediction API: loopback unless configured, behind API keys."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(3000, gt=0, lt=65536)
+    api_keys: list[str] = Field(default_factory=list)
+    max_batch: int = Field(1000, gt=0)
+    risk_tiers: dict[str, float] = Field(default_factory=lambda: {"medium": 0.15, "high": 0.30})
+    reload_poll_seconds: float = Field(30.0, ge=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+
+class Settings(_Section):
+    """Everything configurable. All state lives under ``home`` so two homes never share data."""
+
+    home: Path = DEFAULT_HOME
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    synth: SynthSettings = SynthSettings()
+    online_store: OnlineStoreSettings = OnlineStoreSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    gate: GateSettings = GateSettings()
+    serving: ServingSettings = ServingSettings()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
+
+    # Paths under the home: one place that says where each kind of state lives.
+    @property
+    def feeds_dir(self) -> Path:
+        return self.home / "feeds"
+
+    @property
+    def validated_dir(self) -> Path:
+        return self.home / "validated"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def truth_dir(self) -> Path:
+        return self.home / "truth"
+
+    @property
+    def feature_dir(self) -> Path:
+        return self.home / "features"
+
+    @property
+    def feature_repo_dir(self) -> Path:
+        return self.home / "feature_repo"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.home / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def risk_list_dir(self) -> Path:
+        return self.home / "risk_lists"
+
+    @property
+    def capture_dir(self) -> Path:
+        return self.home / "captures"
+
+    @property
+    def bench_results(self) -> Path:
+        return self.home / "benchmarks" / "results.jsonl"
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """Turn ``CARECAST_SECTION__KEY=value`` variables into a nested dict."""
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in {"CARECAST_CONFIG", "CARECAST_API_KEYS"}:
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    if "CARECAST_API_KEYS" in environ:
+        out.setdefault("serving", {})["api_keys"] = environ["CARECAST_API_KEYS"]
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        rule = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{source}: {key}: {rule}")
+    return "; ".join(lines)
+
+
+def load_settings(config: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Build the settings from file and environment; raise ``SettingsError`` naming file and key."""
+    env = dict(os.environ if environ is None else environ)
+    home = Path(env.get("CARECAST_HOME", DEFAULT_HOME)).expanduser().resolve()
+    path = config or (Path(env["CARECAST_CONFIG"]) if env.get("CARECAST_CONFIG") else home / "carecast.yaml")
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path.exists():
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"{path}: top level must be a mapping of settings")
+        data = loaded
+    elif config is not None:
+        raise SettingsError(f"{path}: settings file not found")
+    try:
+        Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, source)) from None
+    overrides = _env_overrides(env)
+    overrides["home"] = str(Path(data.get("home", home)).expanduser()) if "home" not in overrides else overrides["home"]
+    try:
+        return Settings.model_validate(_merge(data, overrides))
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, "environment (CARECAST_*)")) from None

@@ -1,0 +1,1 @@
+"""Composition of the stages: the `carecast` CLI and the end-to-end pipeline."""

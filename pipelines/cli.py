@@ -1,0 +1,26 @@
+"""The `carecast` command: one sub-command group per stage, composed here and nowhere else."""
+
+from __future__ import annotations
+
+import typer
+
+from features.data_cli import app as data_app
+
+app = typer.Typer(
+    help="CareCast: no-show, churn and preferred-channel predictions with reasons, for patient outreach.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_app, name="data")
+
+
+@app.command()
+def home() -> None:
+    """Print the CARECAST_HOME in use and where each kind of state lives under it."""
+    from carecast.cli_support import settings_or_exit
+
+    s = settings_or_exit()
+    for label, path in [("home", s.home), ("feeds", s.feeds_dir), ("validated", s.validated_dir),
+                        ("quarantine", s.quarantine_dir), ("feature repo", s.feature_repo_dir),
+                        ("mlflow", s.tracking_uri), ("risk lists", s.risk_list_dir)]:
+        typer.echo(f"{label:>12}: {path}")
