@@ -153,6 +153,7 @@ BILLING = Contract(
         Column("paid_amount", "float", "Amount the patient has paid so far.", min=0),
         Column("paid_at", "timestamp", "When the last payment arrived; empty if none.", nullable=True),
         Column("status", "string", "Statement status.", allowed=BILLING_STATUSES),
+        Column("status_at", "timestamp", "When the statement reached its current status (collections, dispute...)."),
         Column("payment_plan", "bool", "The balance is on a payment plan."),
     ),
     rules=(
@@ -168,6 +169,8 @@ BILLING = Contract(
              _before("paid_at", "billed_at")),
         Rule("paid_at required when paid_amount > 0", "A payment has a date.",
              lambda df, _: (df["paid_amount"] > 0) & df["paid_at"].isna()),
+        Rule("status_at must not be before billed_at", "A status change follows the statement.",
+             _before("status_at", "billed_at")),
         Rule("due_at must not be before billed_at", "A statement is due after it is issued.",
              _before("due_at", "billed_at")),
     ),
