@@ -85,6 +85,21 @@ def _orphan(column: str, feed: str, key: str) -> RowRule:
     return broken
 
 
+def _other_patients_appointment(df: pd.DataFrame, others: Mapping[str, pd.DataFrame]) -> pd.Series:
+    """Broken where ``appointment_id`` is a known visit of a different patient than ``patient_id``."""
+    visits = others["visits"]
+    owner = pd.Series(visits["patient_id"].to_numpy(), index=visits["appointment_id"].to_numpy())
+    if not owner.index.is_unique:
+        owner = owner[~owner.index.duplicated(keep="first")]
+    mapped = df["appointment_id"].map(owner)
+    return (mapped.notna() & (mapped != df["patient_id"])).astype(bool)
+
+
+_SAME_PATIENT = Rule("appointment_id must belong to patient_id",
+                     "A row tied to an appointment is about that appointment's patient.",
+                     _other_patients_appointment, needs=("visits",))
+
+
 PATIENTS = Contract(
     feed="patients",
     description="One row per patient registered with the practice.",
@@ -125,7 +140,9 @@ VISITS = Contract(
     rules=(
         Rule("patient_id must exist in patients", "Every appointment belongs to a known patient.",
              _orphan("patient_id", "patients", "patient_id"), needs=("patients",)),
-        Rule("scheduled_at must not be before booked_at", "An appointment cannot happen before it is booked.",
+        Rule("scheduled_at must not be before booked_at",
+             "An appointment cannot take place before the day it was booked (compared by day, so a "
+             "same-day booking of a date-only schedule passes).",
              lambda df, _: df["scheduled_at"] < df["booked_at"].dt.floor("D")),
         Rule("outcome must not be recorded before the appointment",
              "completed/no_show are recorded at or after scheduled_at.",
@@ -134,6 +151,8 @@ VISITS = Contract(
              _before("status_at", "booked_at")),
         Rule("status_at required unless scheduled", "Completed, no-show and cancelled rows say when.",
              lambda df, _: (df["status"] != "scheduled") & df["status_at"].isna()),
+        Rule("status_at must be empty while scheduled", "An open appointment has no outcome time yet.",
+             lambda df, _: (df["status"] == "scheduled") & df["status_at"].notna()),
     ),
 )
 
@@ -161,6 +180,7 @@ BILLING = Contract(
              _orphan("patient_id", "patients", "patient_id"), needs=("patients",)),
         Rule("appointment_id must exist in visits", "A statement's appointment, when given, is known.",
              _orphan("appointment_id", "visits", "appointment_id"), needs=("visits",)),
+        _SAME_PATIENT,
         Rule("patient_responsibility must not exceed amount", "Patients never owe more than the charge.",
              lambda df, _: df["patient_responsibility"] > df["amount"] + 0.005),
         Rule("paid_amount must not exceed patient_responsibility", "Overpayment is not a feed state.",
@@ -196,6 +216,7 @@ ENGAGEMENT = Contract(
              _orphan("patient_id", "patients", "patient_id"), needs=("patients",)),
         Rule("appointment_id must exist in visits", "An event's appointment, when given, is known.",
              _orphan("appointment_id", "visits", "appointment_id"), needs=("visits",)),
+        _SAME_PATIENT,
     ),
 )
 

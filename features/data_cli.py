@@ -48,8 +48,12 @@ def validate(
     src: Annotated[Path, typer.Argument(help="Folder holding patients, visits, billing and engagement (parquet file, parquet folder or CSV).")],
     out: Annotated[Optional[Path], typer.Option(help="Where validated feeds are written (default: $CARECAST_HOME/validated).")] = None,
     quarantine: Annotated[Optional[Path], typer.Option(help="Where rejected rows go, one file per feed with a 'reason' column (default: $CARECAST_HOME/quarantine).")] = None,
+    allow_quarantine: Annotated[bool, typer.Option("--allow-quarantine", help="Exit 0 even when rows were quarantined (they are still written and counted).")] = False,
 ) -> None:
-    """Check every feed against its contract; load good rows, quarantine bad rows with the rule they broke."""
+    """Check every feed against its contract; load good rows, quarantine bad rows with the rule they broke.
+
+    Exit codes: 0 all rows loaded (or --allow-quarantine), 1 some rows quarantined, 2 a feed could not be read.
+    """
     from features.validate import FeedError, validate_feeds
 
     s = settings_or_exit()
@@ -58,7 +62,7 @@ def validate(
     except FeedError as exc:
         fail(str(exc))
     typer.echo(report.describe())
-    if report.quarantined:
+    if report.quarantined and not allow_quarantine:
         raise typer.Exit(code=1)
 
 
