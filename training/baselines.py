@@ -1,0 +1,137 @@
+"""Baselines logged beside every model, fitted on the training window only.
+
+- ``prevalence``: the training label distribution, the same for everyone.
+- ``rule``: the best single feature (chosen on the validation window): its values (categoricals,
+  few distinct values) or training-window deciles, each bin predicting its training label rate
+  (smoothed toward the prevalence). For no-show this is usually the prior no-show rate or lead
+  time, for churn the days since the last visit.
+- ``logistic``: scikit-learn logistic regression, median-imputed, missing indicators, standardised
+  numerics, one-hot categoricals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from training import metrics as M
+
+LOGISTIC_MAX_ROWS = 200_000
+
+
+def _as_proba(kind: str, p: np.ndarray) -> np.ndarray:
+    return p[:, 1] if kind == "binary" else p
+
+
+@dataclass
+class Prevalence:
+    kind: str
+    rates: np.ndarray | None = None
+    name: str = "prevalence"
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray, n_classes: int) -> "Prevalence":
+        self.rates = np.bincount(y, minlength=n_classes) / len(y)
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return _as_proba(self.kind, np.tile(self.rates, (len(X), 1)))
+
+
+class OneFeature:
+    """Per-bin training rate of one feature."""
+
+    def __init__(self, kind: str, feature: str, categorical: bool, smoothing: float = 20.0):
+        self.kind, self.feature, self.categorical, self.smoothing = kind, feature, categorical, smoothing
+        self.name = f"rule:{feature}"
+
+    def _bin(self, x: pd.Series) -> np.ndarray:
+        v = x.to_numpy(dtype=float)
+        if self.edges is None:
+            return np.where(np.isnan(v), -1e18, v)
+        return np.where(np.isnan(v), -1, np.searchsorted(self.edges, v, side="right"))
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray, n_classes: int) -> "OneFeature":
+        x = X[self.feature]
+        uniq = x.nunique(dropna=True)
+        self.edges = None if (self.categorical or uniq <= 12) else np.unique(
+            np.nanquantile(x.to_numpy(dtype=float), np.linspace(0.1, 0.9, 9)))
+        bins = self._bin(x)
+        self.prior = np.bincount(y, minlength=n_classes) / len(y)
+        onehot = np.eye(n_classes)[y]
+        df = pd.DataFrame(onehot).assign(bin=bins).groupby("bin")
+        sums, counts = df.sum(), df.size()
+        table = (sums.to_numpy() + self.smoothing * self.prior) / (counts.to_numpy()[:, None] + self.smoothing)
+        self.keys = sums.index.to_numpy(dtype=float)
+        self.table = table
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        bins = self._bin(X[self.feature]).astype(float)
+        idx = np.clip(np.searchsorted(self.keys, bins), 0, len(self.keys) - 1)
+        found = self.keys[idx] == bins
+        out = np.where(found[:, None], self.table[idx], self.prior[None, :])
+        return _as_proba(self.kind, out)
+
+
+class Logistic:
+    name = "logistic"
+
+    def __init__(self, kind: str, features: list[str], categoricals: list[str], seed: int = 7):
+        self.kind, self.features, self.categoricals, self.seed = kind, features, categoricals, seed
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray, n_classes: int) -> "Logistic":
+        if len(X) > LOGISTIC_MAX_ROWS:
+            idx = np.random.default_rng(self.seed).choice(len(X), LOGISTIC_MAX_ROWS, replace=False)
+            X, y = X.iloc[idx], y[idx]
+        num = [c for c in self.features if c not in self.categoricals]
+        cat = [c for c in self.features if c in self.categoricals]
+        parts = []
+        if num:
+            parts.append(("num", make_pipeline(SimpleImputer(strategy="median", add_indicator=True,
+                                                             keep_empty_features=True),
+                                               StandardScaler()), num))
+        if cat:
+            parts.append(("cat", make_pipeline(SimpleImputer(strategy="constant", fill_value=-1),
+                                               OneHotEncoder(handle_unknown="ignore", min_frequency=20)), cat))
+        self.model = make_pipeline(ColumnTransformer(parts), LogisticRegression(max_iter=300, C=1.0))
+        self.model.fit(X[self.features].astype(float), y)
+        self.classes = self.model.classes_
+        self.n_classes = n_classes
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        p = self.model.predict_proba(X[self.features].astype(float))
+        full = np.zeros((len(X), self.n_classes))
+        full[:, self.classes] = p
+        return _as_proba(self.kind, full)
+
+
+def _score(kind: str, y: np.ndarray, p: np.ndarray) -> float:
+    """Higher is better: AUC for binary, minus log loss for multiclass."""
+    m = M.metrics(kind, y, p)
+    return m["auc"] if kind == "binary" else -m["log_loss"]
+
+
+def fit_baselines(kind: str, n_classes: int, features: list[str], categoricals: list[str],
+                  X_train: pd.DataFrame, y_train: np.ndarray, X_val: pd.DataFrame, y_val: np.ndarray) -> dict:
+    """Fit the three baselines on the training window; the rule's feature is chosen on validation."""
+    out = {"prevalence": Prevalence(kind).fit(X_train, y_train, n_classes)}
+    best, best_score = None, -np.inf
+    for f in features:
+        if X_train[f].nunique(dropna=False) < 2:
+            continue
+        rule = OneFeature(kind, f, f in categoricals).fit(X_train, y_train, n_classes)
+        s = _score(kind, y_val, rule.predict(X_val))
+        if np.isfinite(s) and s > best_score:
+            best, best_score = rule, s
+    if best is not None:
+        out["rule"] = best
+    out["logistic"] = Logistic(kind, features, categoricals).fit(X_train, y_train, n_classes)
+    return out

@@ -1,0 +1,128 @@
+"""Training data: the feature store's ``TrainingFrame`` (features.store.training_frame), checked,
+plus the synthetic ground truth when the feeds carry it.
+
+Only attributes of the frame are used (``frame``, ``feature_columns``, ``categorical_columns``,
+``feature_service``, ``snapshot_hash``), so tests can hand in any object with the same fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from carecast.settings import Settings
+from training.targets import TargetSpec
+
+
+class FrameError(ValueError):
+    """The training frame is unusable; the message names the column and the rule."""
+
+
+@dataclass
+class Frame:
+    """The fields of ``features.store.TrainingFrame`` that training uses (for tests and imports)."""
+
+    frame: pd.DataFrame
+    feature_columns: list[str]
+    categorical_columns: dict[str, list[str]] = field(default_factory=dict)
+    feature_service: str = "manual"
+    snapshot_hash: str = "none"
+
+
+def load_frame(settings: Settings, target: TargetSpec):
+    from features.store import training_frame
+
+    return training_frame(settings, target.name)
+
+
+def check(tf, target: TargetSpec) -> pd.DataFrame:
+    """Sorted by prediction point, labels as ints in range; raise FrameError naming what is wrong."""
+    df = tf.frame
+    need = ["event_timestamp", "label", *tf.feature_columns]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise FrameError(f"training frame for {target.name}: missing columns {missing}")
+    if df.empty:
+        raise FrameError(f"training frame for {target.name}: no labelled rows")
+    if df["label"].isna().any():
+        raise FrameError(f"training frame for {target.name}: label has empty values")
+    y = df["label"].astype(int)
+    if y.min() < 0 or y.max() >= len(target.classes):
+        raise FrameError(f"training frame for {target.name}: label outside 0..{len(target.classes) - 1}")
+    bad = [c for c in tf.feature_columns if not pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+    if bad:
+        raise FrameError(f"training frame for {target.name}: non-numeric feature columns {bad} "
+                         "(categoricals must be integer codes)")
+    out = df.assign(label=y)
+    ts = pd.to_datetime(out["event_timestamp"])
+    out["event_timestamp"] = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+    return out.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
+
+
+def features(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    return df[columns].astype("float32")
+
+
+def group_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith("group_")]
+
+
+def recode(df: pd.DataFrame, frame_categories: dict[str, list[str]],
+           model_categories: dict[str, list[str]]) -> pd.DataFrame:
+    """Re-express integer codes from the frame's mapping in a model's own mapping.
+
+    A model trained when the category list was different still sees the right codes; categories
+    it never saw become NaN (XGBoost's missing branch)."""
+    out = df.copy()
+    for col, model_cats in model_categories.items():
+        frame_cats = frame_categories.get(col)
+        if col not in out or frame_cats is None or list(frame_cats) == list(model_cats):
+            continue
+        lookup = {i: (model_cats.index(c) if c in model_cats else np.nan) for i, c in enumerate(frame_cats)}
+        out[col] = out[col].map(lambda v: lookup.get(int(v), np.nan) if pd.notna(v) else np.nan).astype(float)
+    return out
+
+
+def truth_dir(settings: Settings) -> Path | None:
+    for d in (settings.feeds_dir / "truth", settings.truth_dir):
+        if d.exists():
+            return d
+    return None
+
+
+def _naive_utc(s: pd.Series) -> pd.Series:
+    s = pd.to_datetime(s)
+    return (s.dt.tz_convert("UTC").dt.tz_localize(None) if s.dt.tz is not None else s).astype("datetime64[ns]")
+
+
+def oracle(settings: Settings, target: TargetSpec, rows: pd.DataFrame) -> np.ndarray | None:
+    """The true probabilities for ``rows`` from the synthetic truth files, or None if absent.
+
+    Binary: (n,) with NaN where the truth has no row; multiclass: (n, 4). Joined on
+    appointment_id (no-show) or (patient_id, snapshot_at = event_timestamp) (churn, channel)."""
+    d = truth_dir(settings)
+    if d is None:
+        return None
+    name = {"no_show": "noshow", "churn": "churn", "channel": "channel"}[target.name]
+    path = d / f"{name}.parquet"
+    if not path.exists():
+        return None
+    truth = pd.read_parquet(path)
+    if target.name == "no_show":
+        if "appointment_id" not in rows:
+            return None
+        m = rows[["appointment_id"]].astype(str).merge(
+            truth.assign(appointment_id=truth["appointment_id"].astype(str)).drop_duplicates("appointment_id"),
+            on="appointment_id", how="left")
+        return m["p_no_show"].to_numpy(dtype=float)
+    left = pd.DataFrame({"patient_id": rows["patient_id"].astype(str).to_numpy(),
+                         "snapshot_at": _naive_utc(rows["event_timestamp"]).to_numpy()})
+    right = truth.assign(patient_id=truth["patient_id"].astype(str), snapshot_at=_naive_utc(truth["snapshot_at"]))
+    right = right.drop_duplicates(["patient_id", "snapshot_at"])
+    m = left.merge(right, on=["patient_id", "snapshot_at"], how="left")
+    if target.name == "churn":
+        return m["p_churn"].to_numpy(dtype=float)
+    return m[[f"p_{c}" for c in target.classes]].to_numpy(dtype=float)

@@ -1,0 +1,79 @@
+"""Time split: train / validation / test by prediction point, never at random.
+
+The last ``test_frac`` of rows by ``event_timestamp`` is the test window. Train and validation
+come only from rows whose label was already known when the test window starts: their prediction
+point is at least the target's label horizon before it (the *purge gap*: 7 days for no-show,
+365 for churn, 90 for channel). Without it a churn row from 2024-06 carries an outcome that
+happens during the 2025 test window, and a tree can fingerprint the patient and read it off.
+Validation is the last ``val_frac`` (of all rows) before the gap; it is used for early stopping
+and post-hoc calibration, never for the reported figures. Train and validation are adjacent
+(``val_gap_days`` puts a gap there too when the history is long enough to afford it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+class SplitError(ValueError):
+    """The data is too short in time for the requested split."""
+
+
+@dataclass
+class Split:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    train_start: pd.Timestamp
+    train_end: pd.Timestamp
+    val_start: pd.Timestamp
+    val_end: pd.Timestamp
+    test_start: pd.Timestamp
+    test_end: pd.Timestamp
+    purge_days: int
+
+    def window_tags(self) -> dict[str, str]:
+        return {f"data.{k}": getattr(self, k).isoformat() for k in
+                ("train_start", "train_end", "val_start", "val_end", "test_start", "test_end")} | {
+            "data.purge_days": str(self.purge_days)}
+
+    def describe(self) -> str:
+        return (f"train {self.train_start:%Y-%m-%d}..{self.train_end:%Y-%m-%d} ({int(self.train.sum()):,} rows), "
+                f"validation {self.val_start:%Y-%m-%d}..{self.val_end:%Y-%m-%d} ({int(self.val.sum()):,}), "
+                f"purge {self.purge_days} d, test {self.test_start:%Y-%m-%d}..{self.test_end:%Y-%m-%d} "
+                f"({int(self.test.sum()):,})")
+
+
+def _utc(ts: pd.Series) -> pd.Series:
+    ts = pd.to_datetime(ts)
+    return ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+
+
+def time_split(event_timestamp: pd.Series, purge_days: int, test_frac: float = 0.20,
+               val_frac: float = 0.15, val_gap_days: int = 0) -> Split:
+    ts = _utc(event_timestamp).reset_index(drop=True)
+    if ts.isna().any():
+        raise SplitError("event_timestamp has empty values")
+    if len(ts) < 20:
+        raise SplitError(f"only {len(ts)} labelled rows: too few to split by time")
+    test_start = ts.quantile(1 - test_frac)
+    test = (ts >= test_start).to_numpy()
+    cutoff = test_start - pd.Timedelta(days=purge_days)
+    pool = (ts < cutoff).to_numpy() if purge_days > 0 else ~test
+    if pool.sum() < 10:
+        raise SplitError(f"no rows before {cutoff:%Y-%m-%d} (test starts {test_start:%Y-%m-%d}, purge "
+                         f"{purge_days} d): the history is too short for this target's label horizon")
+    share = min(0.4, val_frac / max(1e-9, pool.mean()))
+    val_start = ts[pool].quantile(1 - share)
+    val = pool & (ts >= val_start).to_numpy()
+    train = pool & (ts < val_start - pd.Timedelta(days=val_gap_days)).to_numpy()
+    if train.sum() == 0 or val.sum() == 0:
+        raise SplitError(f"train or validation window is empty (validation from {val_start:%Y-%m-%d}); "
+                         "the prediction points are too few distinct times")
+    return Split(train=train, val=val, test=test,
+                 train_start=ts[train].min(), train_end=ts[train].max(),
+                 val_start=ts[val].min(), val_end=ts[val].max(),
+                 test_start=ts[test].min(), test_end=ts[test].max(), purge_days=purge_days)
