@@ -204,7 +204,7 @@ def _read(source: _Source, contract: Contract) -> tuple[pd.DataFrame, pd.DataFra
     failures: list[tuple[str, pd.Series]] = []
     if source.path.suffix == ".csv":
         try:
-            raw = pd.read_csv(source.path, dtype=str, keep_default_na=False, na_values=[""], usecols=names)
+            raw = pd.read_csv(source.path, dtype=str, keep_default_na=False, na_values=[""])  # no usecols: it hides lines with extra fields
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
             raise _unreadable(source.label, exc) from None
         raw = raw[names]
@@ -282,7 +282,7 @@ def _checks(raw: pd.DataFrame, typed: pd.DataFrame, contract: Contract, others: 
     return checks
 
 
-def _reasons(n: int, checks: list[tuple[str, pd.Series]]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+def join_reasons(n: int, checks: list[tuple[str, pd.Series]]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Return (bad-row mask, '; '-joined reasons for the bad rows, rows per reason)."""
     masks = [(name, np.asarray(m, dtype=bool)) for name, m in checks]
     bad = np.zeros(n, dtype=bool)
@@ -341,7 +341,7 @@ def validate_feeds(src: Path, out: Path, quarantine: Path) -> ValidationReport:
         contract = CONTRACTS[feed]
         with logs.stage(log, f"validate {feed}") as info:
             raw, typed, failures = _read(sources[feed], contract)
-            bad, text, counts = _reasons(len(raw), _checks(raw, typed, contract, loaded_frames, failures))
+            bad, text, counts = join_reasons(len(raw), _checks(raw, typed, contract, loaded_frames, failures))
             loaded = _final_dtypes(typed[~bad], contract)
             quarantined = raw[bad].reset_index(drop=True)
             quarantined["reason"] = text

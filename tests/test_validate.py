@@ -390,3 +390,11 @@ def test_wrong_parquet_type_written_by_arrow(tmp_path: Path) -> None:
     pq.write_table(table, src / "patients.parquet")
     with pytest.raises(FeedError, match=r"patients\.parquet: column 'has_mobile': expected bool, found int8"):
         validate_feeds(src, tmp_path / "out", tmp_path / "q")
+
+
+def test_csv_line_with_extra_fields_is_not_silently_truncated(tmp_path: Path) -> None:
+    src = write(world(), tmp_path / "src", "csv")
+    with (src / "engagement.csv").open("a") as fh:
+        fh.write("e9,p1,2024-01-01T00:00:00Z,sms,outbound,reminder,delivered,a1,surplus\n")
+    with pytest.raises(FeedError, match=r"engagement\.csv: not a readable CSV file .*Expected 8 fields"):
+        validate_feeds(src, tmp_path / "out", tmp_path / "q")
