@@ -1,0 +1,318 @@
+"""The feature store API the other stages use: apply, materialize, training frames, online reads.
+
+Feast is imported lazily (about 3 s): importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pandas as pd
+import yaml
+
+from carecast import logs
+from carecast.settings import Settings
+from features.build import (ACTIVITY_FEATURES, ACTIVITY_FILE, DEFAULTS_FILE, MANIFEST_FILE, PROFILE_FEATURES,
+                            PROFILE_FILE)
+from features.contracts import INSURANCE, LANGUAGES, SEXES
+from features.labels import label_file
+from features.request_features import (APPOINTMENT_FEATURES, APPOINTMENT_REQUEST_FIELDS, CATEGORIES,
+                                       RECENCY_FEATURES, to_epoch)
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+log = logs.get("features.store")
+
+Target = Literal["no_show", "churn", "channel"]
+TARGETS: tuple[Target, ...] = ("no_show", "churn", "channel")
+SERVICES: dict[str, str] = {"no_show": "carecast_no_show", "churn": "carecast_churn", "channel": "carecast_channel"}
+PATIENT_FEATURES = [c for c in PROFILE_FEATURES if c != "birth_year"] + ACTIVITY_FEATURES + list(RECENCY_FEATURES)
+AGE_BANDS = ((0, 18, "0-17"), (18, 35, "18-34"), (35, 50, "35-49"), (50, 65, "50-64"), (65, 200, "65+"))
+GROUP_COLUMNS = ["group_age_band", "group_sex", "group_insurance", "group_language"]
+
+
+@dataclass
+class TrainingFrame:
+    frame: pd.DataFrame
+    feature_columns: list[str]
+    categorical_columns: dict[str, list[str]]
+    feature_service: str
+    snapshot_hash: str
+
+
+def feature_columns(target: Target) -> list[str]:
+    """The model's feature columns, in order (the same order online_features returns)."""
+    _check_target(target)
+    return PATIENT_FEATURES + (list(APPOINTMENT_FEATURES) if target == "no_show" else [])
+
+
+def categorical_columns(target: Target) -> dict[str, list[str]]:
+    cols = feature_columns(target)
+    return {k: list(v) for k, v in CATEGORIES.items() if k in cols}
+
+
+def _check_target(target: str) -> None:
+    if target not in SERVICES:
+        raise ValueError(f"target must be one of {', '.join(SERVICES)}, not {target!r}")
+
+
+# --------------------------------------------------------------------------- repo and store
+
+
+def repo_config(settings: Settings) -> dict[str, Any]:
+    """feature_store.yaml as a dict, from settings (everything under the home)."""
+    repo = settings.feature_repo_dir
+    o = settings.online_store
+    if o.type == "redis":
+        online: dict[str, Any] = {"type": "redis", "connection_string": o.redis_connection_string}
+    else:
+        online = {"type": "sqlite", "path": str(repo / "online.db")}
+    return {
+        "project": o.project,
+        "provider": "local",
+        "registry": {"registry_type": "file", "path": str(repo / "registry.db"), "cache_ttl_seconds": 60},
+        # never `file`: it silently returns wrong training sets (shared/stack.md)
+        "offline_store": {"type": "duckdb"},
+        "online_store": online,
+        "entity_key_serialization_version": 3,
+        "materialization_config": {"online_write_batch_size": 10000, "pull_latest_features": True},
+    }
+
+
+def render_repo(settings: Settings) -> Path:
+    repo = settings.feature_repo_dir
+    repo.mkdir(parents=True, exist_ok=True)
+    path = repo / "feature_store.yaml"
+    text = "# Rendered from CareCast settings by `carecast features apply`; edit carecast.yaml, not this file.\n"
+    text += yaml.safe_dump(repo_config(settings), sort_keys=False)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return repo
+
+
+_STORES: dict[tuple, Any] = {}
+
+
+def get_store(settings: Settings) -> "FeatureStore":
+    """A FeatureStore for these settings (cached per process; building one costs about 0.2 s)."""
+    from feast import FeatureStore
+
+    key = (str(settings.feature_repo_dir), json.dumps(repo_config(settings), sort_keys=True))
+    if key not in _STORES:
+        repo = render_repo(settings)
+        _STORES[key] = FeatureStore(repo_path=str(repo))
+    return _STORES[key]
+
+
+def _require_build(settings: Settings) -> dict[str, Any]:
+    manifest = settings.feature_dir / MANIFEST_FILE
+    if not manifest.exists():
+        raise FileNotFoundError(f"{manifest}: no features built; run `carecast features build --data DIR` first")
+    return json.loads(manifest.read_text())
+
+
+def apply(settings: Settings) -> None:
+    """Register entities, sources, views and services in the registry under the home."""
+    from features.feature_repo.definitions import objects
+
+    _require_build(settings)
+    with logs.stage(log, "features apply") as info:
+        store = get_store(settings)
+        objs = objects(settings.feature_dir)
+        store.apply(objs)
+        info["objects"] = len(objs)
+        info["online_store"] = settings.online_store.type
+
+
+def materialize(settings: Settings, start: dt.datetime | None = None, end: dt.datetime | None = None) -> int:
+    """Load each patient's latest snapshot in [start, end] into the online store; return patients loaded.
+
+    Uses ``materialize(start, end)``, never ``materialize_incremental`` (which starts at now - TTL on its first
+    run and silently skips older rows). Defaults: from 1970 to just after the build's as-of time.
+    """
+    import duckdb
+
+    manifest = _require_build(settings)
+    start = start or dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    end = end or dt.datetime.fromisoformat(manifest["as_of"]) + dt.timedelta(seconds=1)
+    start, end = (x if x.tzinfo else x.replace(tzinfo=dt.timezone.utc) for x in (start, end))
+    with logs.stage(log, "features materialize") as info:
+        store = get_store(settings)
+        store.materialize(start_date=start, end_date=end)
+        con = duckdb.connect()
+        n = con.execute(
+            f"SELECT COUNT(DISTINCT patient_id) FROM read_parquet('{settings.feature_dir / ACTIVITY_FILE}') "
+            "WHERE event_timestamp >= ? AND event_timestamp <= ?", [start, end]).fetchone()[0]
+        info["patients"] = int(n)
+        info["online_store"] = settings.online_store.type
+    return int(n)
+
+
+def teardown(settings: Settings) -> None:
+    """Remove this project's online data and infrastructure (tests use it to clean Redis keys)."""
+    store = get_store(settings)
+    store.teardown()
+    _STORES.clear()
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _snapshot_hash(settings: Settings) -> str:
+    return str(_require_build(settings)["snapshot_hash"])
+
+
+def _add_groups(df: pd.DataFrame) -> pd.DataFrame:
+    age = df["age_years"]
+    band = pd.Series("unknown", index=df.index, dtype=object)
+    for lo, hi, name in AGE_BANDS:
+        band[(age >= lo) & (age < hi)] = name
+    df["group_age_band"] = band
+
+    def decode(col: str, cats: tuple[str, ...]) -> pd.Series:
+        codes = df[col].fillna(-1).astype(int)
+        return codes.map(lambda i: cats[i] if 0 <= i < len(cats) else "unknown")
+
+    df["group_sex"] = decode("sex_code", SEXES)
+    df["group_insurance"] = decode("insurance_code", INSURANCE)
+    df["group_language"] = decode("language_code", LANGUAGES)
+    return df
+
+
+def training_frame(settings: Settings, target: Target) -> TrainingFrame:
+    """Labelled prediction points with point-in-time-correct features via Feast's get_historical_features."""
+    _check_target(target)
+    manifest = _require_build(settings)
+    service_name = SERVICES[target]
+    with logs.stage(log, f"features training frame ({target})") as info:
+        cols = ["patient_id", "event_timestamp", "request_ts", "label"]
+        if target == "no_show":
+            cols = ["appointment_id", *cols, *APPOINTMENT_REQUEST_FIELDS]
+        entity = pd.read_parquet(label_file(settings.feature_dir, target), columns=cols)
+        entity = entity[entity["label"].notna()].reset_index(drop=True)
+        entity["label"] = entity["label"].astype("int64")
+        entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
+        info["rows"] = len(entity)
+        store = get_store(settings)
+        service = store.get_feature_service(service_name)
+        df = store.get_historical_features(entity_df=entity, features=service,
+                                           filter_by_created_timestamp=True).to_df()
+        fcols = feature_columns(target)
+        for c in CATEGORIES:
+            if c in df:
+                df[c] = df[c].fillna(-1).astype("int64")
+        df = _add_groups(df)
+        ids = ["appointment_id", "patient_id"] if target == "no_show" else ["patient_id"]
+        df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+        df = df.sort_values(["event_timestamp", *ids], kind="stable").reset_index(drop=True)
+        df = df[[*ids, "event_timestamp", "label", *fcols, *GROUP_COLUMNS]]
+        for c in fcols:
+            if c not in CATEGORIES:
+                df[c] = df[c].astype("float64")
+        info["features"] = len(fcols)
+    return TrainingFrame(frame=df, feature_columns=fcols, categorical_columns=categorical_columns(target),
+                         feature_service=service_name, snapshot_hash=str(manifest["snapshot_hash"]))
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def population_defaults(settings: Settings) -> dict[str, float]:
+    """Medians (numeric) / modes (codes, flags) over all patients at the build's as-of time."""
+    path = settings.feature_dir / DEFAULTS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no population defaults; run `carecast features build` first")
+    raw = json.loads(path.read_text())
+    return {k: (float("nan") if v is None else float(v)) for k, v in raw.items()}
+
+
+_DEFAULTS_CACHE: dict[str, tuple[float, dict[str, float]]] = {}
+
+
+def _defaults_cached(settings: Settings) -> dict[str, float]:
+    path = settings.feature_dir / DEFAULTS_FILE
+    mtime = path.stat().st_mtime if path.exists() else -1.0
+    hit = _DEFAULTS_CACHE.get(str(path))
+    if hit is None or hit[0] != mtime:
+        _DEFAULTS_CACHE[str(path)] = (mtime, population_defaults(settings))
+    return _DEFAULTS_CACHE[str(path)][1]
+
+
+def _request_row(target: Target, request: dict | None, now: float) -> dict[str, Any]:
+    """Request fields Feast expects, from a serving request (natural or epoch values)."""
+    request = request or {}
+    ts = request.get("request_ts", request.get("as_of"))
+    row: dict[str, Any] = {"request_ts": to_epoch(ts) if ts is not None else now}
+    if target == "no_show":
+        row["scheduled_ts"] = to_epoch(request.get("scheduled_ts", request.get("scheduled_at")))
+        row["booked_ts"] = to_epoch(request.get("booked_ts", request.get("booked_at")))
+        row["department"] = request.get("department")
+        row["visit_type"] = request.get("visit_type")
+        row["telehealth"] = int(bool(request.get("telehealth", False)))
+        missing = [k for k in ("scheduled_ts", "booked_ts") if row[k] is None]
+        if missing:
+            raise ValueError(f"no_show request needs scheduled_at and booked_at (missing: {', '.join(missing)})")
+    return row
+
+
+def online_features(settings: Settings, target: Target, patient_ids: list[str],
+                    requests: list[dict] | None = None) -> tuple[pd.DataFrame, list[bool]]:
+    """Serving features in ``feature_columns(target)`` order, plus whether each patient was known.
+
+    ``requests`` (one dict per patient id): for no_show the appointment (``scheduled_at``, ``booked_at``,
+    ``department``, ``visit_type``, ``telehealth``); any target may give ``as_of`` (default: now) for the
+    days-since features. Unknown patients get the population defaults for every patient feature.
+    """
+    _check_target(target)
+    if requests is not None and len(requests) != len(patient_ids):
+        raise ValueError("requests must have one entry per patient id")
+    store = get_store(settings)
+    now = time.time()
+    rows = []
+    for i, pid in enumerate(patient_ids):
+        row = _request_row(target, requests[i] if requests else None, now)
+        row["patient_id"] = pid
+        rows.append(row)
+    service = store.get_feature_service(SERVICES[target])
+    resp = store.get_online_features(features=service, entity_rows=rows).to_dict()
+    fcols = feature_columns(target)
+    n = len(patient_ids)
+    known = [resp["sex_code"][i] is not None or resp["visits_all"][i] is not None for i in range(n)]
+    defaults = _defaults_cached(settings)
+    data: dict[str, list] = {}
+    for c in fcols:
+        vals = resp.get(c, [None] * n)
+        if c in APPOINTMENT_FEATURES:
+            data[c] = vals
+            continue
+        default = defaults.get(c, float("nan"))
+        data[c] = [(default if not known[i] else vals[i]) for i in range(n)]
+    df = pd.DataFrame(data, columns=fcols)
+    for c in fcols:
+        if c in CATEGORIES:
+            df[c] = df[c].fillna(-1).astype("int64")
+        else:
+            df[c] = df[c].astype("float64")
+    return df, known
+
+
+def read_patient(settings: Settings, patient_id: str) -> dict[str, Any]:
+    """One patient's stored online features (both views, raw) for `carecast features show`."""
+    store = get_store(settings)
+    feats = [f"patient_profile:{c}" for c in PROFILE_FEATURES] + [
+        f"patient_activity:{c}" for c in ACTIVITY_FEATURES]
+    from features.build import ACTIVITY_TIMESTAMPS
+    feats += [f"patient_activity:{c}" for c in ACTIVITY_TIMESTAMPS]
+    resp = store.get_online_features(features=feats, entity_rows=[{"patient_id": patient_id}]).to_dict()
+    out = {k: v[0] for k, v in resp.items()}
+    for k, v in out.items():
+        if isinstance(v, float) and math.isnan(v):
+            out[k] = None
+    return out
