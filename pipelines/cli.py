@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from features.data_cli import app as data_app
+from features.store_cli import app as store_app
 
 app = typer.Typer(
     help="CareCast: no-show, churn and preferred-channel predictions with reasons, for patient outreach.",
@@ -12,6 +13,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(store_app, name="features")
 
 
 @app.command()
