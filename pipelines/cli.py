@@ -13,6 +13,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+
+from training.cli import benchmark_app, promote as promote_cmd, train as train_cmd  # noqa: E402
+
+app.command("train")(train_cmd)
+app.command("promote")(promote_cmd)
+app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(store_app, name="features")
 
 

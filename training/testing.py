@@ -34,7 +34,8 @@ def make_frame(target: str = "no_show", rows: int = 6000, seed: int = 0, strengt
             ts.tz_localize(None).to_period("M").to_timestamp().tz_localize("UTC")
     x2 = np.where(rng.random(rows) < 0.05, np.nan, x2)
     x2f = np.nan_to_num(x2)
-    df = pd.DataFrame({"patient_id": [f"P{i:06d}" for i in rng.integers(0, rows // 3 + 1, rows)],
+    pids = rng.integers(0, rows // 3 + 1, rows) if target == "no_show" else np.arange(rows)
+    df = pd.DataFrame({"patient_id": [f"P{i:06d}" for i in pids],
                        "event_timestamp": ts, "x1": x1, "x2": x2, "x3": x3, "cat": cat})
     if noise_feature:
         df["noise"] = rng.normal(size=rows)
@@ -65,7 +66,5 @@ def make_frame(target: str = "no_show", rows: int = 6000, seed: int = 0, strengt
                 for k, c in enumerate(t.classes):
                     tr[f"p_{c}"] = p[:, k]
             tr.drop_duplicates(["patient_id", "snapshot_at"]).to_parquet(truth_dir / f"{target}.parquet")
-        if target != "no_show":  # the oracle join needs (patient_id, snapshot_at) unique
-            pass
     return Frame(frame=df, feature_columns=feats, categorical_columns={"cat": ["a", "b", "c"]},
                  feature_service=f"{target}_test", snapshot_hash=f"seed{seed}")
