@@ -1,0 +1,79 @@
+"""`carecast train`, `carecast promote` and `carecast benchmark noshow-public`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from carecast.cli_support import fail, settings_or_exit
+
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="no_show, churn, channel or all.")]
+
+
+def train(target: TargetOpt = "all") -> None:
+    """Train, evaluate and register the model(s); the new version gets alias 'challenger'."""
+    from training.data import FrameError
+    from training.split import SplitError
+    from training.targets import expand
+    from training.train import summary_line, train_target
+
+    s = settings_or_exit()
+    try:
+        targets = expand(target)
+    except ValueError as exc:
+        fail(str(exc))
+    for t in targets:
+        try:
+            result = train_target(s, t)
+        except (FrameError, SplitError, FileNotFoundError) as exc:
+            fail(f"{t}: {exc}")
+        typer.echo(summary_line(result))
+
+
+def promote(
+    target: TargetOpt = "all",
+    strict: Annotated[bool, typer.Option(help="Exit 1 when a challenger is refused.")] = False,
+) -> None:
+    """Score challenger and champion on the same recent window; move 'champion' only if the gate passes."""
+    from training.gate import GateError
+    from training.gate import promote as run_gate
+    from training.targets import expand
+
+    s = settings_or_exit()
+    try:
+        targets = expand(target)
+    except ValueError as exc:
+        fail(str(exc))
+    refused = False
+    for t in targets:
+        try:
+            decision = run_gate(s, t)
+        except GateError as exc:
+            fail(str(exc))
+        typer.echo(decision.describe())
+        refused |= not decision.promoted
+    if strict and refused:
+        raise typer.Exit(code=1)
+
+
+benchmark_app = typer.Typer(help="Benchmarks on public data.", no_args_is_help=True)
+
+
+@benchmark_app.command("noshow-public")
+def noshow_public(
+    csv: Annotated[Path, typer.Argument(help="The public 'Medical Appointment No Shows' CSV (Vitória, 2016).")],
+    test_from: Annotated[str, typer.Option(help="First appointment day of the test window (YYYY-MM-DD).")] = "2016-05-31",
+    predictions_out: Annotated[Optional[Path], typer.Option(help="CSV to write AppointmentID,probability for the test window.")] = None,
+    work: Annotated[Optional[Path], typer.Option(help="Folder for the imported feeds (default: a temporary folder).")] = None,
+) -> None:
+    """Train on appointments before --test-from with the honest protocol; score every appointment on or after it."""
+    from training.noshow_public import BenchmarkError, run
+
+    settings_or_exit()
+    try:
+        result = run(csv, test_from, predictions_out, work)
+    except (BenchmarkError, FileNotFoundError) as exc:
+        fail(str(exc))
+    typer.echo(result.describe())
