@@ -75,6 +75,7 @@ def import_noshow(
     from features.noshow_import import import_noshow as run_import
     from features.validate import FeedError
 
+    settings_or_exit()  # configures logging for the per-stage progress lines
     try:
         summary = run_import(csv, out)
     except FeedError as exc:

@@ -107,15 +107,26 @@ class ImportSummary:
 # ---------------------------------------------------------------- reading
 
 
-def _read_csv(csv: Path) -> tuple[pd.DataFrame, list[list[str]]]:
-    """All fields as text; lines with the wrong number of fields are returned apart, not dropped."""
+def _check_header(csv: Path) -> None:
+    """Structure first, before any stage starts: the file exists and has every source column."""
     label = str(csv)
     if not Path(csv).is_file():
         raise FeedError(f"{label}: file not found")
+    try:
+        header = pd.read_csv(csv, nrows=0, dtype=str, encoding="utf-8").columns.tolist()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise FeedError(f"{label}: not a readable CSV file ({_first_line(exc)})") from None
+    check_columns(label, header, SOURCE_COLUMNS, allow_extra=True)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+
+
+def _read_csv(csv: Path) -> tuple[pd.DataFrame, list[list[str]]]:
+    """All fields as text; lines with the wrong number of fields are returned apart, not dropped."""
     opts = dict(dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
     try:
-        header = pd.read_csv(csv, nrows=0, **opts).columns.tolist()
-        check_columns(label, header, SOURCE_COLUMNS, allow_extra=True)
         try:  # no usecols: with it, pandas silently truncates lines with extra fields
             return pd.read_csv(csv, **opts)[list(SOURCE_COLUMNS)], []
         except pd.errors.ParserError:
@@ -128,8 +139,7 @@ def _read_csv(csv: Path) -> tuple[pd.DataFrame, list[list[str]]]:
             df = pd.read_csv(csv, engine="python", on_bad_lines=keep, **opts)
             return df[list(SOURCE_COLUMNS)], bad
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise FeedError(f"{label}: not a readable CSV file ({detail})") from None
+        raise FeedError(f"{csv}: not a readable CSV file ({_first_line(exc)})") from None
 
 
 def _id_text(value: str) -> str | None:
@@ -282,6 +292,7 @@ def import_noshow(csv: Path, out: Path) -> ImportSummary:
     """Map the public no-show CSV into validated feeds in ``out``; bad rows land in ``out/quarantine``."""
     csv, out = Path(csv), Path(out)
     quarantine = out / "quarantine"
+    _check_header(csv)
     with logs.stage(log, "noshow read") as info:
         raw, bad_lines = _read_csv(csv)
         info.update(rows=len(raw), malformed_lines=len(bad_lines))

@@ -218,7 +218,7 @@ def _read(source: _Source, contract: Contract) -> tuple[pd.DataFrame, pd.DataFra
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise _unreadable(source.label, exc) from None
     raw = raw.reset_index(drop=True)
-    typed = pd.DataFrame(index=raw.index)
+    typed = raw.copy(deep=False)  # shares the columns that need no conversion: one copy of the data, not two
     for col in contract.columns:
         s = raw[col.name]
         if isinstance(s.dtype, pd.CategoricalDtype):
@@ -230,8 +230,9 @@ def _read(source: _Source, contract: Contract) -> tuple[pd.DataFrame, pd.DataFra
             if not whole.all():
                 failures.append((f"{col.name}: not a whole number", ~whole))
         elif col.kind == "float":
-            s = s.astype("float64")
-        typed[col.name] = s
+            s = s.astype("float64", copy=False)
+        if s is not raw[col.name]:
+            typed[col.name] = s
     return raw, typed, failures
 
 
@@ -302,21 +303,22 @@ def join_reasons(n: int, checks: list[tuple[str, pd.Series]]) -> tuple[np.ndarra
     return bad, text, counts
 
 
-def _final_dtypes(df: pd.DataFrame, contract: Contract) -> pd.DataFrame:
-    """Cast loaded rows to the contract dtypes (they hold no nulls where the contract forbids them)."""
-    out = {}
+_DTYPES = {("int", False): "int64", ("int", True): "Int64", ("bool", False): "bool", ("bool", True): "boolean",
+           ("float", False): "float64", ("float", True): "float64", ("string", False): "object",
+           ("string", True): "object"}
+
+
+def _final_dtypes(typed: pd.DataFrame, bad: np.ndarray, contract: Contract) -> pd.DataFrame:
+    """The loaded rows in contract dtypes (they hold no nulls where the contract forbids them).
+
+    Copies only what must change: no row filter when nothing is bad, no cast when the dtype fits.
+    """
+    df = typed[~bad].reset_index(drop=True) if bad.any() else typed
     for col in contract.columns:
-        s = df[col.name]
-        if col.kind == "int":
-            s = s.astype("Int64" if col.nullable else "int64")
-        elif col.kind == "bool":
-            s = s.astype("boolean" if col.nullable else bool)
-        elif col.kind == "float":
-            s = s.astype("float64")
-        elif col.kind == "string":
-            s = s.astype(object)
-        out[col.name] = s
-    return pd.DataFrame(out).reset_index(drop=True)
+        want = _DTYPES.get((col.kind, col.nullable))
+        if want is not None and str(df[col.name].dtype) != want:
+            df[col.name] = df[col.name].astype(want)
+    return df
 
 
 def _replace(folder: Path, feed: str, df: pd.DataFrame) -> None:
@@ -342,7 +344,7 @@ def validate_feeds(src: Path, out: Path, quarantine: Path) -> ValidationReport:
         with logs.stage(log, f"validate {feed}") as info:
             raw, typed, failures = _read(sources[feed], contract)
             bad, text, counts = join_reasons(len(raw), _checks(raw, typed, contract, loaded_frames, failures))
-            loaded = _final_dtypes(typed[~bad], contract)
+            loaded = _final_dtypes(typed, bad, contract)
             quarantined = raw[bad].reset_index(drop=True)
             quarantined["reason"] = text
             if len(raw) != len(loaded) + len(quarantined):
