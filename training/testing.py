@@ -68,3 +68,44 @@ def make_frame(target: str = "no_show", rows: int = 6000, seed: int = 0, strengt
             tr.drop_duplicates(["patient_id", "snapshot_at"]).to_parquet(truth_dir / f"{target}.parquet")
     return Frame(frame=df, feature_columns=feats, categorical_columns={"cat": ["a", "b", "c"]},
                  feature_service=f"{target}_test", snapshot_hash=f"seed{seed}")
+
+
+def make_noshow_csv(path: Path, rows: int = 4000, seed: int = 0, signal: bool = True) -> Path:
+    """A CSV in the public no-show dataset's exact format (columns, id and timestamp styles).
+
+    ``signal=False``: the label is a coin flip (20% Yes) unrelated to anything, so any honest model
+    must score AUC ~0.5 on it; a feature that leaks the row's own outcome would not."""
+    rng = np.random.default_rng(seed)
+    patients = max(10, rows // 2)
+    pid = rng.integers(0, patients, rows)
+    prop = rng.beta(1, 5, patients)                    # each patient's own tendency to miss
+    appt_day = pd.Timestamp("2016-04-29") + pd.to_timedelta(rng.integers(0, 40, rows), unit="D")
+    lead = np.where(rng.random(rows) < 0.35, 0, rng.integers(1, 60, rows))
+    booked = appt_day - pd.to_timedelta(lead, unit="D") + pd.to_timedelta(rng.integers(7 * 3600, 18 * 3600, rows), unit="s")
+    booked = np.where(lead == 0, appt_day + pd.to_timedelta(rng.integers(7 * 3600, 11 * 3600, rows), unit="s"), booked)
+    booked = pd.to_datetime(booked)
+    age = rng.integers(0, 95, patients)[pid]
+    if signal:
+        logit = -2.6 + 1.2 * (lead > 0) + 0.012 * np.minimum(lead, 60) + 3.0 * prop[pid] - 0.01 * (age - 35)
+        y = rng.random(rows) < 1 / (1 + np.exp(-logit))
+    else:
+        y = rng.random(rows) < 0.2
+    hoods = np.array(["JARDIM CAMBURI", "MARIA ORTIZ", "RESISTÊNCIA", "JARDIM DA PENHA", "ITARARÉ", "CENTRO"])
+    df = pd.DataFrame({
+        "PatientId": [f"{29872499824296 + 7919 * i}.0" if i % 3 == 0 else str(29872499824296 + 7919 * i) for i in pid],
+        "AppointmentID": 5642903 + np.arange(rows),
+        "Gender": rng.choice(["F", "M"], patients)[pid],
+        "ScheduledDay": booked.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "AppointmentDay": appt_day.strftime("%Y-%m-%dT00:00:00Z"),
+        "Age": age,
+        "Neighbourhood": rng.choice(hoods, patients)[pid],
+        "Scholarship": (rng.random(patients) < 0.1).astype(int)[pid],
+        "Hipertension": (rng.random(patients) < 0.2).astype(int)[pid],
+        "Diabetes": (rng.random(patients) < 0.07).astype(int)[pid],
+        "Alcoholism": (rng.random(patients) < 0.03).astype(int)[pid],
+        "Handcap": (rng.random(patients) < 0.02).astype(int)[pid],
+        "SMS_received": ((lead >= 3) & (rng.random(rows) < 0.5)).astype(int),
+        "No-show": np.where(y, "Yes", "No"),
+    })
+    df.to_csv(path, index=False)
+    return path

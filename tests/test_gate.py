@@ -1,0 +1,72 @@
+"""The promotion gate's outcomes, on a real MLflow SQLite registry in a fresh home."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from carecast.settings import load_settings
+from training import registry
+from training.data import Frame
+from training.gate import promote
+from training.testing import make_frame
+from training.train import train_target
+
+
+def _weak(tf: Frame) -> Frame:
+    """The same rows with the strongest feature removed: a clearly worse model."""
+    cols = [c for c in tf.feature_columns if c != "x1"]
+    return Frame(tf.frame, cols, tf.categorical_columns, tf.feature_service, "weak")
+
+
+def _noise(tf: Frame, seed: int = 3) -> Frame:
+    """Labels shuffled: a model that learned nothing."""
+    df = tf.frame.copy()
+    df["label"] = df["label"].sample(frac=1.0, random_state=seed).to_numpy()
+    return Frame(df, tf.feature_columns, tf.categorical_columns, tf.feature_service, "noise")
+
+
+def test_first_model_must_beat_the_baselines(home: Path) -> None:
+    s = load_settings()
+    tf = make_frame("no_show", rows=6000)
+    train_target(s, "no_show", _noise(tf), plots_on=False)
+    d = promote(s, "no_show", tf)
+    assert not d.promoted and any("FAIL first model does not beat baseline" in r for r in d.reasons)
+    assert registry.version_by_alias(s, "no_show", registry.CHAMPION) is None
+    mv = registry.version_by_alias(s, "no_show", registry.CHALLENGER)
+    assert mv.tags["gate.decision"] == "refused" and "does not beat" in mv.tags["gate.reasons"]
+
+
+def test_worse_challenger_refused_better_promoted(home: Path) -> None:
+    s = load_settings()
+    tf = make_frame("no_show", rows=6000)
+    train_target(s, "no_show", _weak(tf), plots_on=False)
+    first = promote(s, "no_show", tf)
+    assert first.promoted, first.describe()
+    assert str(registry.version_by_alias(s, "no_show", registry.CHAMPION).version) == "1"
+
+    train_target(s, "no_show", tf, plots_on=False)       # v2: better than the weak v1
+    better = promote(s, "no_show", tf)
+    assert better.promoted, better.describe()
+    assert str(registry.version_by_alias(s, "no_show", registry.CHAMPION).version) == "2"
+    assert str(registry.version_by_alias(s, "no_show", registry.PREVIOUS).version) == "1"
+    assert registry.version_by_alias(s, "no_show", registry.CHALLENGER) is None
+
+    train_target(s, "no_show", _weak(tf), plots_on=False)  # v3: worse than the champion
+    worse = promote(s, "no_show", tf)
+    assert not worse.promoted
+    assert any(r.startswith("FAIL AUC") and "vs champion" in r for r in worse.reasons), worse.describe()
+    assert str(registry.version_by_alias(s, "no_show", registry.CHAMPION).version) == "2"
+    assert "REFUSED" in worse.describe() and worse.run_id
+
+    import mlflow
+    runs = mlflow.search_runs(experiment_names=["carecast-no-show"], filter_string="tags.`gate.decision` = 'refused'")
+    assert len(runs) == 1 and runs.iloc[0]["tags.gate.challenger"] == "3"
+
+
+def test_calibration_and_fairness_bounds_refuse(home: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CARECAST_GATE__MAX_SUBGROUP_AUC_GAP", "0.0")
+    s = load_settings()
+    tf = make_frame("channel", rows=5000)
+    train_target(s, "channel", tf, plots_on=False)
+    d = promote(s, "channel", tf)
+    assert not d.promoted and any(r.startswith("FAIL largest subgroup AUC gap") for r in d.reasons)
