@@ -1,0 +1,1 @@
+"""The prediction API: BentoML service, explanations, model and feature adapters."""

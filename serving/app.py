@@ -1,0 +1,163 @@
+"""The HTTP routes (FastAPI, mounted into the BentoML service by ``serving/service.py``).
+
+Why FastAPI routes instead of ``@bentoml.api``: BentoML 1.4 logs every request-validation error at
+ERROR with a traceback whose pydantic message echoes the input (patient ids, feature values), and
+answers other 4xx with a body it builds itself. Here every input error is answered by our own
+handler (field + rule, never the value) and nothing about the request is logged. BentoML still
+provides the server, health (``/livez``, ``/healthz``), readiness (``/readyz``), ``/metrics``,
+OpenAPI (``/docs.json``, which includes these routes) and the Bento packaging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import anyio
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPBearer
+from starlette.responses import Response
+
+from serving.auth import BearerKeyMiddleware
+from serving.model_source import ModelNotAvailable
+from serving.schemas import (ChannelResponse, ChurnResponse, ErrorResponse, NoShowRequest, NoShowResponse,
+                             PatientsRequest, ReloadResponse)
+
+log = logging.getLogger("carecast.serving")
+
+# Batches at most this size run on the event loop (about a millisecond); larger ones in a thread so
+# health checks and small requests are not held up behind them.
+INLINE_ROWS = 32
+
+_ERRORS = {400: {"model": ErrorResponse, "description": "Malformed JSON."},
+           401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
+           422: {"model": ErrorResponse, "description": "A field breaks a rule; the body names the field and the rule."},
+           503: {"model": ErrorResponse, "description": "No champion model loaded yet."}}
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from CARECAST_API_KEYS or serving.api_keys.")
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data, separators=(",", ":"), allow_nan=False), status_code=status,
+                    media_type="application/json")
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [p for p in loc if p != "body"]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out or "body"
+
+
+def _rule(err: dict[str, Any]) -> str:
+    msg = str(err.get("msg", "invalid"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return msg
+
+
+def input_error(errors: list[dict[str, Any]], status: int = 422, error: str = "invalid request") -> Response:
+    """The one 4xx shape: names each field and its rule; never echoes an input value."""
+    detail = [{"field": _field(e.get("loc", ())), "rule": _rule(e), "type": str(e.get("type", "invalid"))}
+              for e in errors]
+    return _json({"error": error, "detail": detail}, status)
+
+
+def _too_many(field: str, n: int, limit: int) -> Response:
+    return input_error([{"loc": (field,), "msg": f"must hold at most {limit} items (serving.max_batch); got {n}",
+                         "type": "too_long"}])
+
+
+def build_app() -> FastAPI:
+    app = FastAPI(title="CareCast prediction API", version="1",
+                  description="No-show, churn and preferred-channel predictions, each with its reasons.")
+    app.state.runtime = None
+
+    def runtime():
+        return app.state.runtime
+
+    def keys() -> list[bytes]:
+        rt = app.state.runtime
+        return rt.keys if rt is not None else []
+
+    app.add_middleware(BearerKeyMiddleware, keys=keys)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return input_error([{"loc": ("body",), "msg": "must be valid JSON", "type": "json_invalid"}], 400,
+                               "malformed JSON")
+        return input_error(errors)
+
+    async def _run(fn, rows: int) -> Response:
+        try:
+            if app.state.runtime is None:
+                raise ModelNotAvailable("service not initialised")
+            if rows <= INLINE_ROWS:
+                result = fn()
+            else:
+                result = await anyio.to_thread.run_sync(fn)
+        except ModelNotAvailable as exc:
+            return _json({"error": "model not available", "detail": [
+                {"field": "model", "rule": str(exc), "type": "model_not_available"}]}, 503)
+        except Exception as exc:  # log the kind of failure only: messages can carry ids or values
+            log.error("prediction failed: %s", type(exc).__name__)
+            return _json({"error": "internal error"}, 500)
+        return _json(result)
+
+    @app.post("/v1/no-show", response_model=NoShowResponse, responses=_ERRORS, tags=["predictions"],
+              summary="No-show probability per appointment, with reasons")
+    async def no_show(body: NoShowRequest, _: Any = Depends(_bearer)) -> Response:
+        rt = runtime()
+        if rt is None:
+            return await _run(None, 0)
+        n = len(body.appointments)
+        if n > rt.max_batch:
+            return _too_many("appointments", n, rt.max_batch)
+        appts = [a.__dict__ for a in body.appointments]
+        return await _run(lambda: rt.predictor.no_show(appts, body.top_k), n)
+
+    async def _patients(target: str, body: PatientsRequest) -> Response:
+        rt = runtime()
+        if rt is None:
+            return await _run(None, 0)
+        n = len(body.patient_ids)
+        if n > rt.max_batch:
+            return _too_many("patient_ids", n, rt.max_batch)
+        return await _run(lambda: rt.predictor.patients(target, body.patient_ids, body.top_k), n)
+
+    @app.post("/v1/churn", response_model=ChurnResponse, responses=_ERRORS, tags=["predictions"],
+              summary="Probability each patient leaves the practice, with reasons")
+    async def churn(body: PatientsRequest, _: Any = Depends(_bearer)) -> Response:
+        return await _patients("churn", body)
+
+    @app.post("/v1/channel", response_model=ChannelResponse, responses=_ERRORS, tags=["predictions"],
+              summary="Channel most likely to reach each patient, with probabilities and reasons")
+    async def channel(body: PatientsRequest, _: Any = Depends(_bearer)) -> Response:
+        return await _patients("channel", body)
+
+    @app.post("/v1/admin/reload", response_model=ReloadResponse, responses=_ERRORS, tags=["admin"],
+              summary="Load any new champion now (the service also polls every serving.reload_poll_seconds)")
+    async def reload(_: Any = Depends(_bearer)) -> Response:
+        rt = runtime()
+        if rt is None:
+            return await _run(None, 0)
+        changed = await anyio.to_thread.run_sync(rt.predictor.reload)
+        return _json({"models": rt.predictor.versions(), "changed": changed})
+
+    @app.get("/v1/models", response_model=ReloadResponse, responses=_ERRORS, tags=["admin"],
+             summary="The model name and version serving each route")
+    async def models(_: Any = Depends(_bearer)) -> Response:
+        rt = runtime()
+        if rt is None:
+            return await _run(None, 0)
+        return _json({"models": rt.predictor.versions(), "changed": []})
+
+    return app

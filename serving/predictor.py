@@ -1,0 +1,205 @@
+"""Predictions with reasons, independent of HTTP: what every route calls.
+
+``Predictor`` holds the served model of each target behind one reference that a reload replaces
+atomically, so a request always uses one model version from start to end and names it. Reloads
+come from polling the registry alias (``start_polling``) or from ``reload()`` (the admin route).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from serving import reasons
+from serving.explain import explain
+from serving.feature_source import FeatureSource
+from serving.model_source import TARGETS, ModelNotAvailable, ModelSource, ServedModel
+
+log = logging.getLogger("carecast.serving")
+
+
+def risk_tier(p: float, tiers: Mapping[str, float]) -> str:
+    """``low`` below every cut-off, else the tier of the highest cut-off reached."""
+    tier = "low"
+    for name, cut in sorted(tiers.items(), key=lambda kv: kv[1]):
+        if p >= cut:
+            tier = name
+    return tier
+
+
+class _RowView(Mapping[str, Any]):
+    """Display values of one input row, computed only for the features a sentence reads."""
+
+    __slots__ = ("_model", "_x", "_index")
+
+    def __init__(self, model: ServedModel, x: np.ndarray, index: dict[str, int]) -> None:
+        self._model, self._x, self._index = model, x, index
+
+    def __getitem__(self, name: str) -> Any:
+        j = self._index[name]
+        return display_value(self._model, name, float(self._x[j]))
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self[name] if name in self._index else default
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __iter__(self):
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+def display_value(model: ServedModel, name: str, v: float) -> float | int | str | None:
+    """A feature value as a coordinator reads it: category labels, whole numbers, null when missing."""
+    if math.isnan(v):
+        return None
+    labels = model.categories.get(name)
+    if labels is not None:
+        code = int(v)
+        return labels[code] if 0 <= code < len(labels) and code == v else None
+    if v.is_integer() and abs(v) < 2**53:
+        return int(v)
+    return round(v, 6)
+
+
+class Predictor:
+    def __init__(self, models: ModelSource, features: FeatureSource, risk_tiers: Mapping[str, float],
+                 targets: Sequence[str] = tuple(TARGETS)) -> None:
+        self.models = models
+        self.features = features
+        self.risk_tiers = dict(risk_tiers)
+        self.targets = tuple(targets)
+        self._served: dict[str, ServedModel] = {}
+        self._index: dict[str, dict[str, int]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- models ------------------------------------------------------------------------------
+    def served(self, target: str) -> ServedModel:
+        m = self._served.get(target)
+        if m is None:
+            raise ModelNotAvailable(f"{TARGETS[target]}: no champion loaded")
+        return m
+
+    @property
+    def ready(self) -> bool:
+        return all(t in self._served for t in self.targets)
+
+    def versions(self) -> dict[str, dict[str, str]]:
+        return {t: {"name": m.name, "version": m.version} for t, m in self._served.items()}
+
+    def _install(self, model: ServedModel) -> None:
+        self._warm(model)
+        self._index[model.target] = {n: j for j, n in enumerate(model.feature_names)}
+        self._served[model.target] = model  # one reference swap: requests in flight keep the old one
+
+    def _warm(self, model: ServedModel) -> None:
+        """One prediction through the whole path, so the first real request is not the slow one."""
+        X, _ = self.features.fetch(model.target, ["__warmup__"],
+                                   [_WARMUP_APPOINTMENT] if model.target == "no_show" else None,
+                                   model.feature_names)
+        explain(model.booster, X, 3, multiclass=model.multiclass, slope=model.slope, intercept=model.intercept)
+
+    def reload(self) -> list[str]:
+        """Load every target whose champion differs from the served version; return those changed."""
+        changed = []
+        with self._lock:
+            for target in self.targets:
+                try:
+                    version = self.models.champion_version(target)
+                    current = self._served.get(target)
+                    if version is None or (current is not None and current.version == version):
+                        continue
+                    model = self.models.load(target, version)
+                    self._install(model)
+                except Exception as exc:  # keep serving the old model; name the model, never data
+                    log.error("reload of %s failed: %s", TARGETS[target], type(exc).__name__)
+                    continue
+                log.info("serving %s version %s", model.name, model.version)
+                changed.append(target)
+        return changed
+
+    def start_polling(self, seconds: float) -> None:
+        if seconds <= 0 or self._thread is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(seconds):
+                self.reload()
+
+        self._thread = threading.Thread(target=loop, name="carecast-champion-poll", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    # --- predictions -------------------------------------------------------------------------
+    def _explained(self, model: ServedModel, X: np.ndarray, known: list[bool], top_k: int) -> list[dict[str, Any]]:
+        ex = explain(model.booster, X, top_k, multiclass=model.multiclass, slope=model.slope, intercept=model.intercept)
+        names = model.feature_names
+        index = self._index[model.target]
+        out = []
+        base, other, contrib, top = ex.base.tolist(), ex.other.tolist(), ex.contrib, ex.top
+        for i in range(X.shape[0]):
+            row = _RowView(model, X[i], index)
+            rs = []
+            for j in top[i].tolist():
+                name = names[j]
+                rs.append({"feature": name, "value": row[name], "contribution": float(contrib[i, j]),
+                           "text": reasons.sentence(name, row)})
+            item: dict[str, Any] = {"known_patient": known[i], "base_value": base[i], "reasons": rs, "other": other[i]}
+            if model.multiclass:
+                assert model.classes is not None and ex.probabilities is not None and ex.chosen is not None
+                probs = ex.probabilities[i].tolist()
+                item["channel"] = model.classes[int(ex.chosen[i])]
+                item["probability"] = probs[int(ex.chosen[i])]
+                item["probabilities"] = dict(zip(model.classes, probs))
+            else:
+                p = float(ex.probability[i])
+                item["probability"] = p
+                item["risk_tier"] = risk_tier(p, self.risk_tiers)
+            out.append(item)
+        return out
+
+    def no_show(self, appointments: Sequence[Mapping[str, Any]], top_k: int) -> dict[str, Any]:
+        model = self.served("no_show")
+        ids = [a["patient_id"] for a in appointments]
+        X, known = self.features.fetch("no_show", ids, appointments, model.feature_names)
+        preds = self._explained(model, X, known, top_k)
+        for a, p in zip(appointments, preds):
+            p["appointment_id"] = a["appointment_id"]
+            p["patient_id"] = a["patient_id"]
+        return {"model": {"name": model.name, "version": model.version}, "predictions": preds}
+
+    def patients(self, target: str, patient_ids: Sequence[str], top_k: int) -> dict[str, Any]:
+        model = self.served(target)
+        X, known = self.features.fetch(target, patient_ids, None, model.feature_names)
+        preds = self._explained(model, X, known, top_k)
+        for pid, p in zip(patient_ids, preds):
+            p["patient_id"] = pid
+        return {"model": {"name": model.name, "version": model.version}, "predictions": preds}
+
+
+def _warmup_appointment() -> dict[str, Any]:
+    import datetime as dt
+
+    from features.contracts import DEPARTMENTS, VISIT_TYPES
+
+    now = dt.datetime(2026, 1, 5, 9, 0)
+    return {"appointment_id": "__warmup__", "patient_id": "__warmup__", "scheduled_at": now + dt.timedelta(days=7),
+            "booked_at": now, "department": DEPARTMENTS[0], "visit_type": VISIT_TYPES[0], "telehealth": False}
+
+
+_WARMUP_APPOINTMENT = _warmup_appointment()

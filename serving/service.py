@@ -1,0 +1,110 @@
+"""The BentoML 1.4 service: ``bentoml serve serving.service:CareCast`` (or ``carecast serve``).
+
+At start it loads the three ``champion`` models and the feature store under ``CARECAST_HOME``,
+warms each route up once, freezes the start-up heap out of the garbage collector's way, and then
+polls the registry alias every ``serving.reload_poll_seconds`` for a new champion (also on demand:
+``POST /v1/admin/reload``). Readiness (``/readyz``) is 503 until every model is loaded.
+
+Model source: the MLflow registry, unless ``SERVING_MODEL_SOURCE=bento`` (set by the Bento built
+from ``bentofile.yaml``): then the models packed into the Bento, declared below as
+``bentoml.models.BentoModel`` class attributes so ``bentoml build`` includes them.
+Feature source: the Feast online store (``features.store``); tests and benchmarks of the serving
+layer alone may set ``SERVING_FEATURE_SOURCE=module:factory`` to a callable returning a source.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import bentoml
+
+from carecast import logs
+from carecast.settings import load_settings
+from serving.app import build_app
+from serving.model_source import TARGETS, MlflowModelSource, SnapshotModelSource
+from serving.predictor import Predictor
+
+log = logging.getLogger("carecast.serving")
+
+app = build_app()
+
+BENTO_MODE = os.environ.get("SERVING_MODEL_SOURCE") == "bento"
+BENTO_TAGS = {t: f"{name}:latest" for t, name in TARGETS.items()}
+
+
+@dataclass
+class Runtime:
+    predictor: Predictor
+    keys: list[bytes]
+    max_batch: int
+
+
+def _feature_source(settings):
+    spec = os.environ.get("SERVING_FEATURE_SOURCE")
+    if spec:
+        module, _, attr = spec.partition(":")
+        return getattr(importlib.import_module(module), attr)(settings)
+    from serving.feature_source import FeastFeatureSource
+
+    return FeastFeatureSource(settings)
+
+
+def quiet_bentoml_errors() -> None:
+    """Drop tracebacks from BentoML's request-error logger: they can echo request bodies."""
+
+    class _NoTraceback(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.exc_info = None
+            record.exc_text = None
+            return True
+
+    for name in ("bentoml._internal.server.http_app", "bentoml.serve", "uvicorn.error"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _NoTraceback) for f in lg.filters):
+            lg.addFilter(_NoTraceback())
+
+
+@bentoml.service(name="carecast", traffic={"timeout": 30}, workers=1,
+                 http={"cors": {"enabled": False}})
+@bentoml.asgi_app(app, path="/")
+class CareCast:
+    if BENTO_MODE:  # only a Bento carries the models in BentoML's store
+        no_show_model = bentoml.models.BentoModel(BENTO_TAGS["no_show"])
+        churn_model = bentoml.models.BentoModel(BENTO_TAGS["churn"])
+        channel_model = bentoml.models.BentoModel(BENTO_TAGS["channel"])
+
+    def __init__(self) -> None:
+        settings = load_settings()
+        logs.configure(settings.log_level)
+        quiet_bentoml_errors()
+        if BENTO_MODE:
+            models = SnapshotModelSource({t: Path(getattr(self, f"{t}_model").path) for t in TARGETS})
+        else:
+            models = MlflowModelSource(settings.tracking_uri, settings.mlflow.registry_uri)
+        self.predictor = Predictor(models, _feature_source(settings), settings.serving.risk_tiers)
+        self.predictor.reload()
+        if not self.predictor.ready:
+            log.warning("not ready: missing champion for %s",
+                        ", ".join(TARGETS[t] for t in TARGETS if t not in self.predictor.versions()))
+        keys = [k.encode() for k in settings.serving.api_keys]
+        if not keys:
+            log.warning("no API keys configured (CARECAST_API_KEYS): every /v1 request will get 401")
+        app.state.runtime = Runtime(self.predictor, keys, settings.serving.max_batch)
+        if not BENTO_MODE:
+            self.predictor.start_polling(settings.serving.reload_poll_seconds)
+        gc.collect()
+        gc.freeze()
+
+    def __is_ready__(self) -> bool:
+        return self.predictor.ready
+
+    @bentoml.on_shutdown
+    def _stop(self) -> None:
+        self.predictor.stop()
+        if app.state.runtime is not None and app.state.runtime.predictor is self.predictor:
+            app.state.runtime = None

@@ -1,0 +1,154 @@
+"""Shared pieces for the serving tests (no tests here): real small XGBoost models trained on
+generated data and registered in a real MLflow SQLite registry under a CARECAST_HOME, and an
+in-memory feature source with known patients and population defaults.
+
+The in-memory source stands in for the Feast store only until ``features/store.py`` lands; the
+models and registry are real.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from features.contracts import DEPARTMENTS, MODEL_CHANNELS, VISIT_TYPES
+
+FEATURES = {
+    "no_show": ["no_shows_last4", "visits_last4", "lead_time_days", "weekday", "hour", "department", "visit_type",
+                "telehealth", "age", "overdue_amount", "overdue_days", "distance_km"],
+    "churn": ["days_since_last_visit", "visits_365d", "no_shows_365d", "overdue_amount", "overdue_days",
+              "portal_enrolled", "age", "tenure_days"],
+    "channel": ["age", "has_mobile", "has_email", "portal_enrolled", "sms_response_rate", "email_response_rate",
+                "phone_response_rate", "portal_logins_90d"],
+}
+REQUEST_FEATURES = ("lead_time_days", "weekday", "hour", "department", "visit_type", "telehealth")
+CATEGORIES = {"department": list(DEPARTMENTS), "visit_type": list(VISIT_TYPES)}
+KNOWN = [f"P{i:04d}" for i in range(1, 201)]
+API_KEY = "test-key-0123456789"
+
+
+def _patient_frame(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    visits = rng.integers(0, 5, n)
+    return {
+        "visits_last4": visits.astype(float),
+        "no_shows_last4": np.minimum(visits, rng.binomial(4, 0.2, n)).astype(float),
+        "age": rng.integers(18, 90, n).astype(float),
+        "overdue_amount": np.where(rng.random(n) < 0.3, rng.gamma(2, 150, n).round(2), 0.0),
+        "overdue_days": np.where(rng.random(n) < 0.3, rng.integers(1, 200, n), 0).astype(float),
+        "distance_km": rng.gamma(2, 8, n).round(1),
+        "days_since_last_visit": rng.integers(1, 900, n).astype(float),
+        "visits_365d": rng.integers(0, 12, n).astype(float),
+        "no_shows_365d": rng.integers(0, 4, n).astype(float),
+        "portal_enrolled": (rng.random(n) < 0.5).astype(float),
+        "tenure_days": rng.integers(30, 4000, n).astype(float),
+        "has_mobile": (rng.random(n) < 0.8).astype(float),
+        "has_email": (rng.random(n) < 0.7).astype(float),
+        "sms_response_rate": rng.random(n).round(3),
+        "email_response_rate": rng.random(n).round(3),
+        "phone_response_rate": rng.random(n).round(3),
+        "portal_logins_90d": rng.poisson(2, n).astype(float),
+        "lead_time_days": rng.integers(0, 90, n).astype(float),
+        "weekday": rng.integers(0, 5, n).astype(float),
+        "hour": rng.integers(8, 18, n).astype(float),
+        "department": rng.integers(0, len(DEPARTMENTS), n).astype(float),
+        "visit_type": rng.integers(0, len(VISIT_TYPES), n).astype(float),
+        "telehealth": (rng.random(n) < 0.2).astype(float),
+    }
+
+
+def training_data(target: str, seed: int = 0, n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    cols = _patient_frame(rng, n)
+    X = np.column_stack([cols[f] for f in FEATURES[target]]).astype(np.float32)
+    X[rng.random(X.shape) < 0.03] = np.nan  # some missing values, as in real features
+    c = {f: np.nan_to_num(cols[f]) for f in cols}
+    if target == "no_show":
+        z = -2 + 0.8 * c["no_shows_last4"] + 0.02 * c["lead_time_days"] - 0.01 * (c["age"] - 40) + 0.002 * c["overdue_amount"]
+    elif target == "churn":
+        z = -2 + 0.003 * c["days_since_last_visit"] - 0.2 * c["visits_365d"] + 0.3 * c["no_shows_365d"]
+    else:
+        z = None
+    if z is not None:
+        y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(int)
+    else:
+        scores = np.column_stack([2 * c["sms_response_rate"] + c["has_mobile"], 2 * c["email_response_rate"] + c["has_email"],
+                                  2 * c["phone_response_rate"] + (c["age"] > 65), c["portal_enrolled"] + 0.2 * c["portal_logins_90d"]])
+        y = (scores + rng.gumbel(size=scores.shape)).argmax(axis=1)
+    return X, y
+
+
+def train(target: str, seed: int = 0, trees: int = 40, depth: int = 4):
+    import xgboost as xgb
+
+    X, y = training_data(target, seed)
+    kw = dict(n_estimators=trees, max_depth=depth, learning_rate=0.2, tree_method="hist", n_jobs=2, random_state=seed)
+    clf = xgb.XGBClassifier(objective="multi:softprob", **kw) if target == "channel" else xgb.XGBClassifier(**kw)
+    import pandas as pd
+
+    clf.fit(pd.DataFrame(X, columns=FEATURES[target]), y)
+    return clf
+
+
+def register(home: Path, target: str, seed: int = 0, trees: int = 40, depth: int = 4,
+             calibration: dict | None = None) -> str:
+    """Train, log (native xgboost flavour) and register one model; move ``champion`` to it."""
+    import mlflow
+    import mlflow.xgboost
+    from mlflow import MlflowClient
+
+    from serving.model_source import TARGETS
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("carecast-serving-tests")
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        "carecast-serving-tests", artifact_location=(home / "mlartifacts").as_uri())
+    clf = train(target, seed, trees, depth)
+    with mlflow.start_run(experiment_id=exp_id):
+        info = mlflow.xgboost.log_model(clf, name="model", registered_model_name=TARGETS[target],
+                                        pip_requirements=["xgboost-cpu==3.2.0"])
+        mlflow.log_dict(CATEGORIES if target == "no_show" else {}, "categories.json")
+        mlflow.log_dict(FEATURES[target], "features.json")
+        if calibration:
+            mlflow.log_dict(calibration, "calibration.json")
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(TARGETS[target], "champion", version)
+    return version
+
+
+def register_all(home: Path, trees: int = 40, depth: int = 4) -> dict[str, str]:
+    return {t: register(home, t, seed=i, trees=trees, depth=depth) for i, t in enumerate(FEATURES)}
+
+
+def in_memory_features(settings=None):
+    """A feature source with 200 known patients and population defaults (means)."""
+    from serving.feature_source import InMemoryFeatureSource
+
+    rng = np.random.default_rng(42)
+    cols = _patient_frame(rng, len(KNOWN))
+    rows, defaults = {}, {}
+    for target, feats in FEATURES.items():
+        stored = [f for f in feats if f not in REQUEST_FEATURES or target != "no_show"]
+        rows[target] = {pid: {f: float(cols[f][i]) for f in stored} for i, pid in enumerate(KNOWN)}
+        defaults[target] = {f: float(np.mean(cols[f])) for f in stored}
+    return InMemoryFeatureSource(rows, defaults)
+
+
+def appointment(patient_id: str = "P0001", i: int = 0, **over) -> dict:
+    a = {"appointment_id": f"A{i:05d}", "patient_id": patient_id, "scheduled_at": "2026-07-01T09:30:00",
+         "booked_at": "2026-05-17T14:00:00", "department": "cardiology", "visit_type": "follow_up", "telehealth": False}
+    a.update(over)
+    return a
+
+
+def serving_env(home: Path) -> dict[str, str]:
+    """Environment for a service over ``home`` with the in-memory features and the test key."""
+    tests_dir = str(Path(__file__).resolve().parent)
+    repo = str(Path(__file__).resolve().parents[1])
+    return {"CARECAST_HOME": str(home), "CARECAST_API_KEYS": API_KEY,
+            "SERVING_FEATURE_SOURCE": "test_serving_support:in_memory_features",
+            "BENTOML_HOME": str(home / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
+            "PYTHONPATH": os.pathsep.join([repo, tests_dir, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
