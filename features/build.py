@@ -31,17 +31,23 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from carecast import logs
 from carecast.settings import Settings
-from features.contracts import DEPARTMENTS, INSURANCE, LANGUAGES, MODEL_CHANNELS, POSITIVE_RESPONSES, SEXES
-from features.feeds_io import duckdb_scan
+from features.contracts import FEEDS, DEPARTMENTS, INSURANCE, LANGUAGES, MODEL_CHANNELS, POSITIVE_RESPONSES, SEXES
+from features.feeds_io import duckdb_scan as _scan
 
 log = logs.get("features.build")
 
@@ -122,9 +128,14 @@ def connect(settings: Settings, memory_limit: str | None = None) -> duckdb.DuckD
     return con
 
 
-def load_feeds(con: duckdb.DuckDBPyConnection, data: Path, as_of: dt.datetime | None) -> dt.datetime:
-    """Create views p, v, b, e over the feeds (timestamps as naive UTC); return the as-of time."""
+def load_feeds(con: duckdb.DuckDBPyConnection, data: Path, as_of: dt.datetime | None,
+               scans: dict[str, str] | None = None) -> dt.datetime:
+    """Create views p, v_all, b_all, e_all over the feeds (timestamps as naive UTC); return the as-of time."""
     ts = "::TIMESTAMPTZ::TIMESTAMP"
+
+    def duckdb_scan(folder: Path, feed: str) -> str:
+        return scans[feed] if scans else _scan(folder, feed)
+
     con.execute(f"""CREATE OR REPLACE TEMP VIEW p AS SELECT patient_id, birth_year, sex, preferred_language,
         insurance_type, distance_km, registered_at{ts} AS registered_at, has_mobile, has_email, portal_enrolled
         FROM {duckdb_scan(data, 'patients')}""")
@@ -141,7 +152,7 @@ def load_feeds(con: duckdb.DuckDBPyConnection, data: Path, as_of: dt.datetime | 
             (SELECT MAX(GREATEST(booked_at, COALESCE(status_at, booked_at))) FROM v_all),
             (SELECT MAX(GREATEST(billed_at, COALESCE(paid_at, billed_at), COALESCE(status_at, billed_at))) FROM b_all),
             (SELECT MAX(occurred_at) FROM e_all),
-            (SELECT MAX(registered_at) FROM p))""").fetchone()
+            (SELECT MAX(registered_at) FROM p))""").fetchall()[0]
         as_of = row[0]
     else:
         as_of = as_of.astimezone(dt.timezone.utc).replace(tzinfo=None) if as_of.tzinfo else as_of
@@ -207,10 +218,10 @@ def _events_sql(as_of: str) -> str:
         UNION ALL BY NAME SELECT * FROM ev_settle
         UNION ALL BY NAME SELECT * FROM ev_eng)
     SELECT patient_id, MAX(ts) AS ts,
-      {", ".join(f"SUM(COALESCE({c}, 0)) AS {c}" for c in _SUM_COLS)},
+      {", ".join(f"SUM(COALESCE({c}, 0))::DOUBLE AS {c}" for c in _SUM_COLS)},
       {", ".join(f"MAX({c}) AS {c}" for c in _MAX_COLS)},
-      arg_max(streak, ts) FILTER (WHERE streak IS NOT NULL) AS streak,
-      MAX(max_streak) AS max_streak
+      (arg_max(streak, ts) FILTER (WHERE streak IS NOT NULL))::DOUBLE AS streak,
+      MAX(max_streak)::DOUBLE AS max_streak
     FROM ev GROUP BY patient_id, date_trunc('day', ts)
     """
 
@@ -221,67 +232,154 @@ _SUM_COLS = (["c_done", "c_ns", "c_cx"] + [f"d_{d}" for d in DEPARTMENTS]
 _MAX_COLS = ["lc_ts", "lns_ts", "lr_all"] + [f"lr_{c}" for c in MODEL_CHANNELS]
 
 
-def _snapshot_sql(as_of: str) -> str:
-    """Window aggregates over each patient's timeline of day rows and marker rows -> one row per snapshot."""
-    def cum(c: str) -> str:
-        return f"SUM({c}) OVER cum"
-
-    def win(c: str, days: int) -> str:
-        return f"SUM({c}) OVER w{days}"
-
-    def rate(num: str, den: str) -> str:
-        return f"CASE WHEN ({den}) > 0 THEN ({num})::DOUBLE / ({den}) END"
-
-    sel = []
-    for w in (*WINDOWS, "all"):
-        f = cum if w == "all" else (lambda c, d=w: win(c, d))
-        n_out, n_ns, n_done, n_cx = f("c_done + c_ns + c_cx"), f("c_ns"), f("c_done"), f("c_cx")
-        sel += [f"{n_out} AS visits_{w}", f"{n_ns} AS no_shows_{w}",
-                f"{rate(n_ns, f'{n_ns} + {n_done}')} AS no_show_rate_{w}",
-                f"{rate(n_cx, n_out)} AS cancel_rate_{w}"]
-    sel += [f"{cum('c_done')} AS completed_all",
-            "COALESCE(LAST_VALUE(streak IGNORE NULLS) OVER cum, 0) AS no_show_streak",
-            "COALESCE(MAX(max_streak) OVER cum, 0) AS max_no_show_streak"]
-    sel += [f"{rate(cum(f'd_{d}'), cum('c_done + c_ns + c_cx'))} AS dept_share_{d}" for d in DEPARTMENTS]
-    sel += [f"{cum('c_stmt')} AS statements_all", f"{cum('c_billed')} AS billed_total", f"{cum('c_paid')} AS paid_total",
-            f"GREATEST({cum('c_billed')} - {cum('c_paid')} - {cum('c_wo_amt')}, 0) AS open_balance",
-            f"{rate(cum('c_paid'), cum('c_billed'))} AS share_paid",
-            f"{cum('c_pd')} AS statements_past_due",
-            f"({cum('c_coll')} > 0)::INT AS in_collections", f"({cum('c_disp')} > 0)::INT AS disputed",
-            f"({cum('c_wo')} > 0)::INT AS written_off", f"({cum('c_plan')} > 0)::INT AS payment_plan"]
-    for c in MODEL_CHANNELS:
-        sel += [f"{cum(f's_{c}')} AS sends_{c}", f"{cum(f'r_{c}')} AS responses_{c}",
-                f"{rate(cum(f'r_{c}'), cum(f's_{c}'))} AS response_rate_{c}"]
-    sel += [f"{win('s_all', 90)} AS sends_90", f"{win('r_all', 90)} AS responses_90",
-            f"{rate(win('r_all', 90), win('s_all', 90))} AS response_rate_90",
-            f"{win('c_login', 90)} AS portal_logins_90", f"{cum('c_login')} AS portal_logins_all"]
-    sel += ["MAX(lc_ts) OVER cum AS last_completed_ts", "MAX(lns_ts) OVER cum AS last_no_show_ts",
-            "MAX(lr_all) OVER cum AS last_response_ts"]
-    sel += [f"MAX(lr_{c}) OVER cum AS last_response_{c}_ts" for c in MODEL_CHANNELS]
-    sel += [f"{cum('c_pd')} AS _pd_now", f"{cum('c_pd')} - c_pd AS _pd_before"]
-    windows = ", ".join(
-        f"w{d} AS (PARTITION BY patient_id ORDER BY ts RANGE BETWEEN INTERVAL {d} DAYS PRECEDING AND CURRENT ROW)"
-        for d in WINDOWS)
-    sums = ", ".join(f"SUM(COALESCE({c}, 0)) AS {c}" for c in _SUM_COLS)
-    maxes = ", ".join(f"MAX({c}) AS {c}" for c in _MAX_COLS)
+def _timeline_sql(as_of: str) -> str:
+    """Each patient's timeline: its event days plus marker rows (month starts, as-of), sorted by patient and time."""
+    zeros = ", ".join(f"0::DOUBLE AS {c}" for c in _SUM_COLS)
+    nulls = ", ".join(f"NULL::DOUBLE AS {c}" for c in _MAX_COLS)
     return f"""
     WITH
     span AS (SELECT patient_id, MIN(ts) AS first_ts, MAX(ts) AS last_ts FROM days GROUP BY patient_id),
     months AS (SELECT patient_id, UNNEST(generate_series(date_trunc('month', first_ts) + INTERVAL 1 MONTH,
                    LEAST(last_ts + INTERVAL 730 DAYS, {as_of}), INTERVAL 1 MONTH)) AS ts FROM span),
     at_asof AS (SELECT patient_id, {as_of} AS ts FROM p WHERE registered_at <= {as_of}
-             UNION SELECT patient_id, {as_of} AS ts FROM span),
+                UNION SELECT patient_id, {as_of} AS ts FROM span),
     markers AS (SELECT patient_id, ts FROM months UNION SELECT patient_id, ts FROM at_asof),
-    tl0 AS (SELECT * FROM days UNION ALL BY NAME SELECT * FROM markers),
-    tl AS (SELECT patient_id, ts, {sums}, {maxes}, MAX(streak) AS streak, MAX(max_streak) AS max_streak
-           FROM tl0 GROUP BY patient_id, ts),
-    agg AS (SELECT patient_id, ts, c_pd, {", ".join(sel)} FROM tl
-            WINDOW cum AS (PARTITION BY patient_id ORDER BY ts ROWS UNBOUNDED PRECEDING), {windows})
-    SELECT * EXCLUDE (c_pd, _pd_now, _pd_before),
-      CASE WHEN _pd_now > 0 THEN LAST_VALUE(CASE WHEN _pd_before <= 0 AND _pd_now > 0 THEN epoch(ts) END IGNORE NULLS)
-           OVER (PARTITION BY patient_id ORDER BY ts ROWS UNBOUNDED PRECEDING) END AS past_due_since_ts
-    FROM agg
+    new_markers AS (SELECT m.patient_id, m.ts FROM markers m ANTI JOIN days d ON m.patient_id = d.patient_id AND m.ts = d.ts)
+    SELECT patient_id, hash(patient_id) AS pkey, epoch_us(ts) AS ts_us, {", ".join(_SUM_COLS)}, {", ".join(_MAX_COLS)},
+      streak, max_streak FROM days
+    UNION ALL
+    SELECT patient_id, hash(patient_id) AS pkey, epoch_us(ts) AS ts_us, {zeros}, {nulls}, NULL::DOUBLE AS streak,
+      NULL::DOUBLE AS max_streak
+    FROM new_markers
+    ORDER BY patient_id, ts_us
     """
+
+
+class _Patients:
+    """Index helpers over a batch sorted by (patient, time): running sums, windows, running max, forward fill."""
+
+    def __init__(self, pids: np.ndarray, ts_us: np.ndarray):
+        n = len(pids)
+        self.n = n
+        new = np.ones(n, dtype=bool)
+        if n > 1:
+            new[1:] = pids[1:] != pids[:-1]
+        self.pidx = np.cumsum(new) - 1
+        self.first = np.flatnonzero(new)[self.pidx]      # first row of each row's patient
+        self.ts_s = ts_us // 1_000_000
+        self.key = (self.pidx.astype(np.int64) << 32) | self.ts_s
+        self.rows = np.arange(n)
+
+    def cum(self, x: np.ndarray) -> np.ndarray:
+        g = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
+        return g[self.rows + 1] - g[self.first]
+
+    def window(self, x: np.ndarray, days: int) -> np.ndarray:
+        """Sum over rows with ts in [t - days, t] (the SQL RANGE frame), by differences of running sums."""
+        g = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
+        start = np.searchsorted(self.key, self.key - days * 86_400, side="left")
+        return g[self.rows + 1] - g[start]
+
+    def running_max(self, x: np.ndarray) -> np.ndarray:
+        """Running max of non-negative values (NaN = none) within each patient; NaN until the first value."""
+        v = np.where(np.isnan(x), -1.0, x)
+        off = self.pidx.astype(np.float64) * 1e11          # larger than any epoch-seconds value
+        out = np.maximum.accumulate(v + off) - off
+        return np.where(out < 0, np.nan, out)
+
+    def ffill(self, x: np.ndarray) -> np.ndarray:
+        """Last non-NaN value so far within each patient (NaN if none)."""
+        idx = np.where(np.isnan(x), -1, self.rows)
+        last = np.maximum.accumulate(idx)
+        ok = last >= self.first
+        return np.where(ok, x[np.where(ok, last, 0)], np.nan)
+
+
+def _rate(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def _snapshots(batch: pa.Table) -> pa.Table:
+    """Snapshot features for whole patients in ``batch`` (rows sorted by patient, time), vectorised with numpy."""
+    col = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in batch.column_names
+           if name != "patient_id"}   # all numeric: nulls become NaN
+    f = {c: np.nan_to_num(col[c].astype(np.float64, copy=False)) for c in _SUM_COLS}
+    P = _Patients(col["pkey"], col["ts_us"].astype(np.int64))
+    out: dict[str, np.ndarray] = {}
+    outcomes = f["c_done"] + f["c_ns"] + f["c_cx"]
+    for w in (*WINDOWS, "all"):
+        agg = P.cum if w == "all" else (lambda x, d=w: P.window(x, d))
+        n_out, n_ns, n_done, n_cx = agg(outcomes), agg(f["c_ns"]), agg(f["c_done"]), agg(f["c_cx"])
+        out[f"visits_{w}"], out[f"no_shows_{w}"] = n_out, n_ns
+        out[f"no_show_rate_{w}"] = _rate(n_ns, n_ns + n_done)
+        out[f"cancel_rate_{w}"] = _rate(n_cx, n_out)
+    out["completed_all"] = P.cum(f["c_done"])
+    out["no_show_streak"] = np.nan_to_num(P.ffill(col["streak"].astype(np.float64)))
+    out["max_no_show_streak"] = np.nan_to_num(P.running_max(col["max_streak"].astype(np.float64)))
+    all_out = out["visits_all"]
+    for d in DEPARTMENTS:
+        out[f"dept_share_{d}"] = _rate(P.cum(f[f"d_{d}"]), all_out)
+    billed, paid, wo = P.cum(f["c_billed"]), P.cum(f["c_paid"]), P.cum(f["c_wo_amt"])
+    pd_now = P.cum(f["c_pd"])
+    out.update({
+        "statements_all": P.cum(f["c_stmt"]), "billed_total": billed, "paid_total": paid,
+        "open_balance": np.maximum(billed - paid - wo, 0.0), "share_paid": _rate(paid, billed),
+        "statements_past_due": pd_now,
+        "in_collections": (P.cum(f["c_coll"]) > 0).astype(np.float64),
+        "disputed": (P.cum(f["c_disp"]) > 0).astype(np.float64),
+        "written_off": (P.cum(f["c_wo"]) > 0).astype(np.float64),
+        "payment_plan": (P.cum(f["c_plan"]) > 0).astype(np.float64),
+    })
+    for c in MODEL_CHANNELS:
+        s_, r_ = P.cum(f[f"s_{c}"]), P.cum(f[f"r_{c}"])
+        out[f"sends_{c}"], out[f"responses_{c}"], out[f"response_rate_{c}"] = s_, r_, _rate(r_, s_)
+    s90, r90 = P.window(f["s_all"], 90), P.window(f["r_all"], 90)
+    out.update({"sends_90": s90, "responses_90": r90, "response_rate_90": _rate(r90, s90),
+                "portal_logins_90": P.window(f["c_login"], 90), "portal_logins_all": P.cum(f["c_login"])})
+    ts_col = {"last_completed_ts": "lc_ts", "last_no_show_ts": "lns_ts", "last_response_ts": "lr_all",
+              **{f"last_response_{c}_ts": f"lr_{c}" for c in MODEL_CHANNELS}}
+    for name, src in ts_col.items():
+        out[name] = P.running_max(col[src].astype(np.float64))
+    ts_s = col["ts_us"].astype(np.int64) / 1e6
+    became = (pd_now - f["c_pd"] <= 0) & (pd_now > 0)
+    out["past_due_since_ts"] = np.where(pd_now > 0, P.ffill(np.where(became, ts_s, np.nan)), np.nan)
+    ts = pa.array(col["ts_us"].astype(np.int64), type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    arrays = {"patient_id": batch.column("patient_id"), "event_timestamp": ts, "created": ts}
+    arrays.update({c: pa.array(out[c], type=pa.float64()) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS})
+    return pa.table(arrays)
+
+
+def _write_snapshots(con: duckdb.DuckDBPyConnection, sql: str, writer_holder: dict, path: Path,
+                     batch_rows: int = 1_000_000) -> int:
+    """Stream the sorted timeline, compute snapshots per whole-patient batch, append to one parquet file."""
+    reader = con.sql(sql).to_arrow_reader(batch_rows)
+    carry: pa.Table | None = None
+    rows = 0
+
+    def emit(tbl: pa.Table) -> None:
+        nonlocal rows
+        snap = _snapshots(tbl)
+        if writer_holder.get("w") is None:
+            writer_holder["w"] = pq.ParquetWriter(path, snap.schema, compression="zstd")
+        writer_holder["w"].write_table(snap, row_group_size=500_000)
+        rows += snap.num_rows
+
+    for rb in reader:
+        tbl = pa.Table.from_batches([rb])
+        if carry is not None:
+            tbl = pa.concat_tables([carry, tbl])
+        pids = tbl.column("patient_id")
+        last = pids[len(pids) - 1]
+        # rows of the last patient may continue in the next batch: keep them back
+        is_last = pc.equal(pids, last)
+        cut = len(pids) - pc.sum(is_last).as_py()
+        if cut > 0:
+            emit(tbl.slice(0, cut))
+        carry = tbl.slice(cut)
+    if carry is not None and carry.num_rows:
+        emit(carry)
+    return rows
 
 
 def _file_hash(*paths: Path) -> str:
@@ -294,49 +392,82 @@ def _file_hash(*paths: Path) -> str:
 
 
 def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = None,
-                   memory_limit: str | None = None) -> BuildSummary:
-    """Compute the snapshots, label tables and population defaults from validated feeds in ``data``."""
+                   memory_limit: str | None = None, bucket_patients: int = 250_000) -> BuildSummary:
+    """Compute the snapshots, label tables and population defaults from validated feeds in ``data``.
+
+    Large worlds are processed in buckets of about ``bucket_patients`` patients (hash of the id), so memory
+    stays bounded: the feeds are split once, then each bucket's events, snapshots and labels are computed.
+    """
     from features import labels
 
     t0 = time.perf_counter()
     out = settings.feature_dir
     out.mkdir(parents=True, exist_ok=True)
+    work = settings.home / "tmp" / f"build-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     con = connect(settings, memory_limit)
     with logs.stage(log, "features build: read feeds") as info:
         as_of_ts = load_feeds(con, Path(data), as_of)
         lit = f"TIMESTAMP '{as_of_ts.isoformat(sep=' ')}'"
-        info["patients"] = con.execute("SELECT COUNT(*) FROM p").fetchone()[0]
-        info["visits"] = con.execute("SELECT COUNT(*) FROM v_all").fetchone()[0]
-    with logs.stage(log, "features build: daily events") as info:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE days AS {_events_sql(lit)}")
-        info["patient_days"] = con.execute("SELECT COUNT(*) FROM days").fetchone()[0]
-    with logs.stage(log, "features build: activity snapshots") as info:
-        cols = ", ".join([f"{c}::DOUBLE AS {c}" for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS])
-        tmp = out / (ACTIVITY_FILE + ".tmp")
-        con.execute(f"""COPY (SELECT patient_id, ts::TIMESTAMPTZ AS event_timestamp, ts::TIMESTAMPTZ AS created, {cols}
-                    FROM ({_snapshot_sql(lit)})) TO '{tmp}' (FORMAT PARQUET, COMPRESSION zstd)""")
-        tmp.replace(out / ACTIVITY_FILE)
-        info["snapshots"] = snapshots = con.execute(f"SELECT COUNT(*) FROM read_parquet('{out / ACTIVITY_FILE}')").fetchone()[0]
+        info["patients"] = n_patients = con.execute("SELECT COUNT(*) FROM p").fetchall()[0][0]
+        info["visits"] = con.execute("SELECT COUNT(*) FROM v_all").fetchall()[0][0]
+        buckets = max(1, math.ceil(n_patients / bucket_patients))
+        info["buckets"] = buckets
     with logs.stage(log, "features build: patient profile") as info:
         tmp = out / (PROFILE_FILE + ".tmp")
         con.execute(f"""COPY (
-            WITH first AS (SELECT patient_id, MIN(ts) AS first_ts FROM days GROUP BY patient_id),
-                 firstb AS (SELECT patient_id, MIN(booked_at) AS first_booked FROM v_all GROUP BY patient_id)
-            SELECT p.patient_id,
-              LEAST(p.registered_at, COALESCE(first.first_ts, p.registered_at),
-                    COALESCE(firstb.first_booked, p.registered_at))::TIMESTAMPTZ AS event_timestamp,
-              LEAST(p.registered_at, COALESCE(first.first_ts, p.registered_at),
-                    COALESCE(firstb.first_booked, p.registered_at))::TIMESTAMPTZ AS created,
+            WITH first AS (
+                SELECT patient_id, MIN(t) AS first_ts FROM (
+                    SELECT patient_id, LEAST(booked_at, COALESCE(status_at, booked_at)) AS t FROM v_all
+                    UNION ALL SELECT patient_id, billed_at FROM b_all
+                    UNION ALL SELECT patient_id, occurred_at FROM e_all) GROUP BY patient_id),
+                 reg AS (SELECT p.*, LEAST(p.registered_at, COALESCE(first.first_ts, p.registered_at)) AS known_at
+                         FROM p LEFT JOIN first USING (patient_id))
+            SELECT patient_id, known_at::TIMESTAMPTZ AS event_timestamp, known_at::TIMESTAMPTZ AS created,
               birth_year::BIGINT AS birth_year, {_code('sex', SEXES)}::BIGINT AS sex_code,
               {_code('preferred_language', LANGUAGES)}::BIGINT AS language_code,
               {_code('insurance_type', INSURANCE)}::BIGINT AS insurance_code, distance_km::DOUBLE AS distance_km,
               has_mobile::BIGINT AS has_mobile, has_email::BIGINT AS has_email, portal_enrolled::BIGINT AS portal_enrolled
-            FROM p LEFT JOIN first USING (patient_id) LEFT JOIN firstb USING (patient_id)
-            WHERE p.registered_at <= {lit}) TO '{tmp}' (FORMAT PARQUET, COMPRESSION zstd)""")
+            FROM reg WHERE known_at <= {lit}) TO '{tmp}' (FORMAT PARQUET, COMPRESSION zstd)""")
         tmp.replace(out / PROFILE_FILE)
-        info["patients"] = patients = con.execute(f"SELECT COUNT(*) FROM read_parquet('{out / PROFILE_FILE}')").fetchone()[0]
+        info["patients"] = patients = con.execute(f"SELECT COUNT(*) FROM read_parquet('{out / PROFILE_FILE}')").fetchall()[0][0]
+    scans: list[dict[str, str] | None] = [None]
+    if buckets > 1:
+        with logs.stage(log, "features build: split feeds into buckets") as info:
+            for feed in FEEDS:
+                con.execute(f"""COPY (SELECT *, hash(patient_id) % {buckets} AS bucket FROM {_scan(Path(data), feed)})
+                            TO '{work / feed}' (FORMAT PARQUET, PARTITION_BY (bucket))""")
+            scans = [{feed: f"read_parquet('{work / feed}/bucket={k}/*.parquet')" for feed in FEEDS}
+                     for k in range(buckets)]
+            info["buckets"] = buckets
+    activity_tmp = out / (ACTIVITY_FILE + ".tmp")
+    writer: dict = {}
+    snapshots, patient_days = 0, 0
+    label_rows = {t: 0 for t in labels.TARGETS}
+    try:
+        for k, scan in enumerate(scans):
+            with logs.stage(log, f"features build: bucket {k + 1}/{len(scans)}") as info:
+                if scan is not None:
+                    load_feeds(con, Path(data), as_of_ts, scan)
+                con.execute(f"CREATE OR REPLACE TEMP TABLE days AS {_events_sql(lit)}")
+                info["patient_days"] = n = con.execute("SELECT COUNT(*) FROM days").fetchall()[0][0]
+                patient_days += n
+                info["snapshots"] = n = _write_snapshots(con, _timeline_sql(lit), writer, activity_tmp)
+                snapshots += n
+                part = work / f"labels-{k}"
+                part.mkdir()
+                for t, c in labels.write_labels(con, part, as_of_ts).items():
+                    label_rows[t] += c
+    finally:
+        if writer.get("w") is not None:
+            writer["w"].close()
+    activity_tmp.replace(out / ACTIVITY_FILE)
     with logs.stage(log, "features build: labels") as info:
-        label_rows = labels.write_labels(con, out, as_of_ts)
+        for t in labels.TARGETS:
+            dst = labels.label_file(out, t)
+            con.execute(f"COPY (SELECT * FROM read_parquet('{work}/labels-*/{dst.name}')) TO '{dst}.tmp' (FORMAT PARQUET)")
+            Path(f"{dst}.tmp").replace(dst)
         info.update(label_rows)
     with logs.stage(log, "features build: population defaults") as info:
         defaults = compute_defaults(con, out, as_of_ts)
@@ -345,10 +476,12 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
     snapshot_hash = _file_hash(out / PROFILE_FILE, out / ACTIVITY_FILE)
     as_of_utc = as_of_ts.replace(tzinfo=dt.timezone.utc)
     manifest = {"as_of": as_of_utc.isoformat(), "patients": patients, "snapshots": snapshots,
-                "labels": label_rows, "snapshot_hash": snapshot_hash, "data": str(Path(data).resolve()),
+                "patient_days": patient_days, "labels": label_rows, "snapshot_hash": snapshot_hash,
+                "data": str(Path(data).resolve()),
                 "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     con.close()
+    shutil.rmtree(work, ignore_errors=True)
     return BuildSummary(as_of=as_of_utc, patients=patients, snapshots=snapshots, label_rows=label_rows,
                         seconds=time.perf_counter() - t0, snapshot_hash=snapshot_hash)
 

@@ -116,5 +116,5 @@ def write_labels(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.datetime) 
         con.execute(f"""COPY (SELECT * EXCLUDE (point), point::TIMESTAMPTZ AS event_timestamp,
                         epoch(point) AS request_ts FROM ({sql})) TO '{tmp}' (FORMAT PARQUET)""")
         tmp.replace(path)
-        counts[target] = con.execute(f"SELECT COUNT(label) FROM read_parquet('{path}')").fetchone()[0]
+        counts[target] = con.execute(f"SELECT COUNT(label) FROM read_parquet('{path}')").fetchall()[0][0]
     return counts

@@ -149,7 +149,7 @@ def materialize(settings: Settings, start: dt.datetime | None = None, end: dt.da
         con = duckdb.connect()
         n = con.execute(
             f"SELECT COUNT(DISTINCT patient_id) FROM read_parquet('{settings.feature_dir / ACTIVITY_FILE}') "
-            "WHERE event_timestamp >= ? AND event_timestamp <= ?", [start, end]).fetchone()[0]
+            "WHERE event_timestamp >= ? AND event_timestamp <= ?", [start, end]).fetchall()[0][0]
         info["patients"] = int(n)
         info["online_store"] = settings.online_store.type
     return int(n)
