@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -24,12 +23,12 @@ from carecast import logs
 from features.contracts import (CHANNELS, DEPARTMENTS, DIRECTIONS, ENGAGEMENT_KINDS, ENGAGEMENT_OUTCOMES, FEEDS,
                                 INSURANCE, LANGUAGES, MODEL_CHANNELS, SEXES, VISIT_STATUSES, VISIT_TYPES)
 from features.synth_billing import billing_state
-from features.synth_common import day, fmt_ids, month_starts, to_ns
+from features.synth_common import day, fmt_ids, fmt_ids_arrow, month_starts, to_ns
 from features.synth_engagement import Events, background, collection_calls
 from features.synth_patients import make_patients
 from features.synth_truth import channel_probs, churn_by_snapshot
 from features.synth_visits import simulate
-from features.synth_write import clear, ids, ts, write_chunked, write_table_chunked
+from features.synth_write import clear, codes, ids_arrow, ts_arrow, write_chunked, write_table_chunked
 
 GENERATOR_VERSION = "synth-1.0"
 SHIFTS = (None, "billing_policy", "sms_outage")
@@ -81,10 +80,6 @@ class SynthSummary:
                 f"took {self.seconds:.1f}s (" + ", ".join(f"{k} {v:.1f}s" for k, v in self.stages.items()) + ")")
 
 
-def _codes(values: tuple[str, ...]) -> np.ndarray:
-    return np.array(values, dtype=object)
-
-
 def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
     """Simulate and write the four feeds plus ``truth/``; deterministic for a given config."""
     cfg.check()
@@ -134,27 +129,24 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
     (out / "truth").mkdir(exist_ok=True)
     clear(out, [f"{f}.parquet" for f in FEEDS] + [f"{f}.csv" for f in FEEDS])
     clear(out / "truth", ["noshow.parquet", "churn.parquet", "channel.parquet", "manifest.json"])
-    pid = fmt_ids("P", np.arange(1, P.n + 1), 7)
-    pid_arrow = pa.array(pid, type=pa.string())
+    pid_arrow = fmt_ids_arrow("P", np.arange(1, P.n + 1), 7)
 
     t = time.perf_counter()
     with logs.stage(log, "write patients") as info:
-        pat_df = pd.DataFrame({
-            "patient_id": pid,
-            "birth_year": P.birth_year.astype(np.int64),
-            "sex": _codes(SEXES)[P.sex],
-            "preferred_language": _codes(LANGUAGES)[P.lang],
-            "insurance_type": _codes(INSURANCE)[P.ins],
-            "zip3": P.zip3,
-            "distance_km": P.dist.astype(np.float64),
-            "registered_at": ts(P.registered),
-            "has_mobile": P.has_mobile.astype(bool),
-            "has_email": P.has_email.astype(bool),
-            "portal_enrolled": P.portal.astype(bool),
-        })
-        write_chunked(out, "patients", P.n, lambda lo, hi: pat_df.iloc[lo:hi].reset_index(drop=True))
+        write_chunked(out, "patients", P.n, lambda lo, hi: pa.table({
+            "patient_id": pid_arrow[lo:hi],
+            "birth_year": pa.array(P.birth_year[lo:hi].astype(np.int64)),
+            "sex": codes(SEXES, P.sex[lo:hi]),
+            "preferred_language": codes(LANGUAGES, P.lang[lo:hi]),
+            "insurance_type": codes(INSURANCE, P.ins[lo:hi]),
+            "zip3": pa.array(P.zip3[lo:hi], type=pa.string()),
+            "distance_km": pa.array(P.dist[lo:hi].astype(np.float64), from_pandas=True),
+            "registered_at": ts_arrow(P.registered[lo:hi]),
+            "has_mobile": pa.array(P.has_mobile[lo:hi].astype(bool)),
+            "has_email": pa.array(P.has_email[lo:hi].astype(bool)),
+            "portal_enrolled": pa.array(P.portal[lo:hi].astype(bool)),
+        }))
         info["rows"] = P.n
-        del pat_df
     timed("write patients", t)
 
     t = time.perf_counter()
@@ -167,22 +159,21 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
         status = np.where(future, 0, V["status"]).astype(np.int64)     # index into VISIT_STATUSES
         status_t = np.where(future, np.nan, V["status_t"])
         n_prov = int(V["prov"].max()) + 1 if len(order) else 0
-        prov_ids = fmt_ids("PR", np.arange(1, n_prov + 1), 4)
-        dept_s, type_s, stat_s = _codes(DEPARTMENTS), _codes(VISIT_TYPES), _codes(VISIT_STATUSES)
+        prov_names = tuple(fmt_ids("PR", np.arange(1, n_prov + 1), 4))
 
-        def visits_chunk(lo: int, hi: int) -> pd.DataFrame:
+        def visits_chunk(lo: int, hi: int) -> pa.Table:
             o = order[lo:hi]
-            return pd.DataFrame({
-                "appointment_id": fmt_ids("A", np.arange(lo + 1, hi + 1), 8),
-                "patient_id": pid[V["pat"][o].astype(np.int64)],
-                "booked_at": ts(V["booked"][o]),
-                "scheduled_at": ts(V["sched"][o]),
-                "department": dept_s[V["dept"][o]],
-                "visit_type": type_s[V["vtype"][o]],
-                "provider_id": prov_ids[V["prov"][o]],
-                "telehealth": V["tele"][o].astype(bool),
-                "status": stat_s[status[o]],
-                "status_at": ts(status_t[o]),
+            return pa.table({
+                "appointment_id": fmt_ids_arrow("A", np.arange(lo + 1, hi + 1), 8),
+                "patient_id": pid_arrow.take(V["pat"][o]),
+                "booked_at": ts_arrow(V["booked"][o]),
+                "scheduled_at": ts_arrow(V["sched"][o]),
+                "department": codes(DEPARTMENTS, V["dept"][o]),
+                "visit_type": codes(VISIT_TYPES, V["vtype"][o]),
+                "provider_id": codes(prov_names, V["prov"][o]),
+                "telehealth": pa.array(V["tele"][o].astype(bool)),
+                "status": codes(VISIT_STATUSES, status[o]),
+                "status_at": ts_arrow(status_t[o]),
             })
         write_chunked(out, "visits", len(order), visits_chunk)
         info["rows"] = len(order)
@@ -196,21 +187,21 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
         B = billing_state(S, today)
         b_order = np.argsort(S["billed"], kind="stable")
 
-        def billing_chunk(lo: int, hi: int) -> pd.DataFrame:
+        def billing_chunk(lo: int, hi: int) -> pa.Table:
             o = b_order[lo:hi]
-            return pd.DataFrame({
-                "statement_id": fmt_ids("S", np.arange(lo + 1, hi + 1), 9),
-                "patient_id": pid[S["pat"][o].astype(np.int64)],
-                "appointment_id": fmt_ids("A", rank[S["appt"][o].astype(np.int64)] + 1, 8),
-                "billed_at": ts(S["billed"][o]),
-                "due_at": ts(S["billed"][o] + 30.0),
-                "amount": S["amount"][o].astype(np.float64),
-                "patient_responsibility": S["resp"][o].astype(np.float64),
-                "paid_amount": B["paid"][o].astype(np.float64),
-                "paid_at": ts(B["paid_at"][o]),
-                "status": B["status"][o],
-                "status_at": ts(B["status_at"][o]),
-                "payment_plan": S["plan"][o].astype(bool),
+            return pa.table({
+                "statement_id": fmt_ids_arrow("S", np.arange(lo + 1, hi + 1), 9),
+                "patient_id": pid_arrow.take(S["pat"][o]),
+                "appointment_id": fmt_ids_arrow("A", rank[S["appt"][o].astype(np.int64)] + 1, 8),
+                "billed_at": ts_arrow(S["billed"][o]),
+                "due_at": ts_arrow(S["billed"][o] + 30.0),
+                "amount": pa.array(S["amount"][o].astype(np.float64)),
+                "patient_responsibility": pa.array(S["resp"][o].astype(np.float64)),
+                "paid_amount": pa.array(B["paid"][o].astype(np.float64)),
+                "paid_at": ts_arrow(B["paid_at"][o]),
+                "status": pa.array(B["status"][o], type=pa.string()),
+                "status_at": ts_arrow(B["status_at"][o]),
+                "payment_plan": pa.array(S["plan"][o].astype(bool)),
             })
         write_chunked(out, "billing", len(b_order), billing_chunk)
         info["rows"] = len(b_order)
@@ -220,32 +211,32 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
     with logs.stage(log, "write engagement") as info:
         keep = np.flatnonzero(E["t"] <= today)
         e_order = keep[np.lexsort((E["pat"][keep], E["t"][keep]))]
-        ch_s, dir_s = _codes(CHANNELS), _codes(DIRECTIONS)
-        kind_s, out_s = _codes(ENGAGEMENT_KINDS), _codes(ENGAGEMENT_OUTCOMES)
+        del keep
 
-        def engagement_chunk(lo: int, hi: int) -> pd.DataFrame:
+        def engagement_chunk(lo: int, hi: int) -> pa.Table:
             o = e_order[lo:hi]
             a = E["appt"][o]
-            return pd.DataFrame({
-                "event_id": fmt_ids("E", np.arange(lo + 1, hi + 1), 10),
-                "patient_id": pid[E["pat"][o].astype(np.int64)],
-                "occurred_at": ts(E["t"][o]),
-                "channel": ch_s[E["channel"][o]],
-                "direction": dir_s[E["direction"][o]],
-                "kind": kind_s[E["kind"][o]],
-                "outcome": out_s[E["outcome"][o]],
-                "appointment_id": ids("A", np.where(a >= 0, rank[np.maximum(a, 0).astype(np.int64)] + 1, 0), 8, missing=a < 0),
+            return pa.table({
+                "event_id": fmt_ids_arrow("E", np.arange(lo + 1, hi + 1), 10),
+                "patient_id": pid_arrow.take(E["pat"][o]),
+                "occurred_at": ts_arrow(E["t"][o]),
+                "channel": codes(CHANNELS, E["channel"][o]),
+                "direction": codes(DIRECTIONS, E["direction"][o]),
+                "kind": codes(ENGAGEMENT_KINDS, E["kind"][o]),
+                "outcome": codes(ENGAGEMENT_OUTCOMES, E["outcome"][o]),
+                "appointment_id": ids_arrow("A", np.where(a >= 0, rank[np.maximum(a, 0).astype(np.int64)] + 1, 0), 8,
+                                            missing=a < 0),
             })
         write_chunked(out, "engagement", len(e_order), engagement_chunk)
         info["rows"] = len(e_order)
         n_events = len(e_order)
-        del E
+        del E, e_order
     timed("write engagement", t)
 
     t = time.perf_counter()
     with logs.stage(log, "truth") as info:
         write_table_chunked(out / "truth" / "noshow.parquet", len(order), lambda lo, hi: pa.table({
-            "appointment_id": fmt_ids("A", np.arange(lo + 1, hi + 1), 8),
+            "appointment_id": fmt_ids_arrow("A", np.arange(lo + 1, hi + 1), 8),
             "p_no_show": V["p"][order[lo:hi]].astype(np.float64)}))
         days = month_starts(cfg.start, cfg.today)
         pi = P.pi

@@ -46,8 +46,8 @@ def month_starts(start: dt.date, today: dt.date) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
-def fmt_ids(prefix: str, nums: np.ndarray, width: int) -> np.ndarray:
-    """Zero-padded identifiers like 'P0000001' as an object array, built without a Python loop."""
+def fmt_ids_arrow(prefix: str, nums: np.ndarray, width: int) -> pa.Array:
+    """Zero-padded identifiers like 'P0000001' as an Arrow string array, built without a Python loop."""
     nums = np.asarray(nums, dtype=np.int64)
     n = len(nums)
     if n and int(nums.max()) >= 10 ** width:
@@ -60,9 +60,13 @@ def fmt_ids(prefix: str, nums: np.ndarray, width: int) -> np.ndarray:
     for k in range(size - 1, len(pre) - 1, -1):
         rest, digit = np.divmod(rest, 10)
         buf[:, k] = digit + 48
-    offsets = np.arange(0, (n + 1) * size, size, dtype=np.int64)
-    arr = pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(buf.ravel())])
-    return arr.to_numpy(zero_copy_only=False)
+    offsets = np.arange(0, (n + 1) * size, size, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(buf.ravel())])
+
+
+def fmt_ids(prefix: str, nums: np.ndarray, width: int) -> np.ndarray:
+    """The same identifiers as a numpy object array of str."""
+    return fmt_ids_arrow(prefix, nums, width).to_numpy(zero_copy_only=False)
 
 
 def choice_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.feeds_io import write_feed
-from features.synth_common import fmt_ids, to_ns
+from features.synth_common import fmt_ids, fmt_ids_arrow, to_ns
 
 ROWS_PER_PART = 2_000_000
 
@@ -44,14 +45,27 @@ def clear(out: Path, names: list[str]) -> None:
             p.unlink()
 
 
-def write_chunked(out: Path, feed: str, n: int, make: Callable[[int, int], pd.DataFrame]) -> None:
+def write_chunked(out: Path, feed: str, n: int, make: Callable[[int, int], pa.Table]) -> None:
+    """A feed from Arrow chunks: through ``write_feed`` when it fits one part, else the parts layout."""
     if n <= ROWS_PER_PART:
-        write_feed(make(0, n), out, feed, rows_per_part=ROWS_PER_PART)
+        write_feed(make(0, n).to_pandas(), out, feed, rows_per_part=ROWS_PER_PART)
         return
     target = out / f"{feed}.parquet"
     target.mkdir(parents=True, exist_ok=True)
     for k, lo in enumerate(range(0, n, ROWS_PER_PART)):
-        make(lo, min(n, lo + ROWS_PER_PART)).to_parquet(target / f"part-{k:04d}.parquet", index=False)
+        pq.write_table(make(lo, min(n, lo + ROWS_PER_PART)), target / f"part-{k:04d}.parquet")
+
+
+def codes(values: tuple[str, ...], idx: np.ndarray) -> pa.Array:
+    """Category codes as a plain Arrow string column."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.asarray(idx, dtype=np.int32)), pa.array(list(values))).cast(pa.string())
+
+
+def ids_arrow(prefix: str, nums: np.ndarray, width: int, missing: np.ndarray | None = None) -> pa.Array:
+    arr = fmt_ids_arrow(prefix, nums, width)
+    if missing is not None and missing.any():
+        arr = pc.if_else(pa.array(missing), pa.scalar(None, pa.string()), arr)
+    return arr
 
 
 def write_table_chunked(path: Path, n: int, make: Callable[[int, int], pa.Table], rows: int = ROWS_PER_PART) -> None:
