@@ -7,19 +7,16 @@ patient gets the population defaults, never an error.
 - ``FeastFeatureSource``: ``features.store.online_features`` over the Feast online store under
   ``CARECAST_HOME``; the request-time features of an appointment are computed there too.
 - ``InMemoryFeatureSource``: dictionaries, for pure-function unit tests and benchmarks of the
-  serving layer alone; request-time features come from ``features.request_features`` when that
-  module exists, else from the small local function below.
+  serving layer alone; request-time features come from ``features.request_features`` (the same
+  pure function training and the Feast on-demand views use).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
-
-from features.contracts import DEPARTMENTS, VISIT_TYPES
 
 # The feature store's name for each target.
 STORE_TARGETS = {"no_show": "no_show", "churn": "churn", "channel": "channel"}
@@ -57,18 +54,14 @@ class FeastFeatureSource:
         return X, [bool(k) for k in known]
 
 
-def local_request_features(req: Mapping[str, Any]) -> dict[str, float]:
-    """Request-time features of one appointment (used only until ``features.request_features`` lands)."""
-    sched: dt.datetime = req["scheduled_at"]
-    booked: dt.datetime = req["booked_at"]
-    return {
-        "lead_time_days": float((sched.date() - booked.date()).days),
-        "weekday": float(sched.weekday()),
-        "hour": float(sched.hour),
-        "department": float(DEPARTMENTS.index(req["department"])),
-        "visit_type": float(VISIT_TYPES.index(req["visit_type"])),
-        "telehealth": float(bool(req["telehealth"])),
-    }
+def request_features(req: Mapping[str, Any]) -> dict[str, float]:
+    """Request-time features of one appointment, from the one pure function training also uses."""
+    from features.request_features import appointment_features, appointment_request
+
+    fields = appointment_request(req["scheduled_at"], req["booked_at"], req["department"], req["visit_type"],
+                                 req["telehealth"])
+    out = appointment_features({k: [v] for k, v in fields.items()})
+    return {k: float(v[0]) for k, v in out.items()}
 
 
 class InMemoryFeatureSource:
@@ -78,7 +71,7 @@ class InMemoryFeatureSource:
                  defaults: Mapping[str, Mapping[str, float]], request_fn: Any = None) -> None:
         self.rows = rows
         self.defaults = defaults
-        self.request_fn = request_fn or local_request_features
+        self.request_fn = request_fn or request_features
 
     def fetch(self, target, patient_ids, requests, feature_names):
         names = list(feature_names)

@@ -11,10 +11,17 @@ Two sources give the same ``ServedModel``:
 Besides the booster a model carries its feature list, the integer codes of its categorical
 features (``{feature: [label for code 0, 1, ...]}``), its class labels (channel) and an optional
 post-hoc calibration affine in the margin (``slope``, ``intercept``) that explanations fold in.
-They are read, first found wins, from: the model's MLmodel ``metadata``; JSON files inside the
-logged model folder; JSON artifacts of the run that logged it (``categories.json`` /
-``categorical_mapping.json``, ``features.json`` / ``feature_names.json``, ``calibration.json``,
-``classes.json``).
+They are read, first found wins, from: ``extra_files/carecast_model.json`` inside the logged model
+(what ``training/train.py`` writes: ``feature_columns``, ``categorical_columns``, ``classes``,
+``kind``, ``calibration``); the model's MLmodel ``metadata``; JSON files inside the logged model
+folder or among the run's artifacts (``categories.json``, ``features.json``, ``calibration.json``,
+``classes.json``: the layout the serving tests use).
+
+Calibration: training folds its Platt/temperature calibration into the booster itself (leaf values
+and base score), so the booster's margin already is the calibrated log-odds and its TreeSHAP
+contributions add up to it; its ``calibration`` record (``method``, ``a``, ``b``) is informational
+and is NOT applied again. Only a ``calibration`` record with ``folded: false`` and ``slope`` /
+``intercept`` is applied here (folded into the contributions by ``serving/explain.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ CATEGORY_FILES = ("categories.json", "categorical_mapping.json", "category_mappi
 FEATURE_FILES = ("features.json", "feature_names.json", "feature_list.json")
 CALIBRATION_FILES = ("calibration.json",)
 CLASS_FILES = ("classes.json",)
+TRAINING_META = "carecast_model.json"
 
 
 class ModelNotAvailable(RuntimeError):
@@ -79,13 +87,13 @@ def _meta_value(meta: dict[str, Any], *keys: str) -> Any:
 
 def build(target: str, name: str, version: str, booster: xgb.Booster, meta: dict[str, Any]) -> ServedModel:
     """Assemble a ``ServedModel`` from a booster and the metadata found next to it."""
-    features = _meta_value(meta, "features", "feature_names", "feature_list") or booster.feature_names
+    features = _meta_value(meta, "feature_columns", "features", "feature_names", "feature_list") or booster.feature_names
     if not features:
         raise ModelNotAvailable(f"{name} v{version}: the model names no features")
     features = tuple(str(f) for f in features)
     if booster.feature_names and tuple(booster.feature_names) != features:
         raise ModelNotAvailable(f"{name} v{version}: feature list artifact disagrees with the booster's features")
-    raw_cats = _meta_value(meta, "categories", "categorical_mapping", "category_mapping") or {}
+    raw_cats = _meta_value(meta, "categorical_columns", "categories", "categorical_mapping", "category_mapping") or {}
     categories: dict[str, tuple[str, ...]] = {}
     for feat, labels in raw_cats.items():
         if isinstance(labels, dict):  # {label: code}
@@ -94,7 +102,11 @@ def build(target: str, name: str, version: str, booster: xgb.Booster, meta: dict
     classes = _meta_value(meta, "classes", "class_labels")
     if classes is None and target == "channel":
         classes = categories.get("channel") or categories.get("label") or MODEL_CHANNELS
+    if meta.get("kind") == "binary" or target != "channel":
+        classes = None if classes is None or len(classes) <= 2 else classes
     cal = _meta_value(meta, "calibration") or {}
+    if cal.get("folded", "method" in cal):  # training's record: already inside the booster
+        cal = {}
     booster.set_param({"nthread": _threads()})
     return ServedModel(target=target, name=name, version=str(version), booster=booster, feature_names=features,
                        categories=categories, classes=tuple(classes) if classes is not None else None,
@@ -102,6 +114,10 @@ def build(target: str, name: str, version: str, booster: xgb.Booster, meta: dict
 
 
 def _read_json_files(folder: Path, meta: dict[str, Any]) -> None:
+    training_meta = folder / "extra_files" / TRAINING_META
+    if training_meta.is_file():
+        for k, v in json.loads(training_meta.read_text()).items():
+            meta.setdefault(k, v)
     for key, names in (("categories", CATEGORY_FILES), ("features", FEATURE_FILES),
                        ("calibration", CALIBRATION_FILES), ("classes", CLASS_FILES)):
         if meta.get(key) is not None:
@@ -149,13 +165,20 @@ class MlflowModelSource:
             model = mlflow.xgboost.load_model(str(local))
             booster = model.get_booster() if hasattr(model, "get_booster") else model
             meta: dict[str, Any] = {}
+            mlmeta: dict[str, Any]
             mlmodel = local / "MLmodel"
             if mlmodel.is_file():
                 import yaml
 
-                meta.update((yaml.safe_load(mlmodel.read_text()) or {}).get("metadata") or {})
+                mlmeta = (yaml.safe_load(mlmodel.read_text()) or {}).get("metadata") or {}
+                mlmeta = mlmeta.get("carecast", mlmeta) if isinstance(mlmeta.get("carecast"), dict) else mlmeta
+            else:
+                mlmeta = {}
             _read_json_files(local, meta)
-            if mv.run_id and any(meta.get(k) is None for k in ("categories", "features", "calibration")):
+            for k, v in mlmeta.items():
+                meta.setdefault(k, v)
+            if mv.run_id and meta.get("feature_columns") is None and any(
+                    meta.get(k) is None for k in ("categories", "features")):
                 names = {a.path for a in self.client.list_artifacts(mv.run_id)}
                 wanted = [n for n in (*CATEGORY_FILES, *FEATURE_FILES, *CALIBRATION_FILES, *CLASS_FILES) if n in names]
                 run_dir = Path(tmp) / "run"

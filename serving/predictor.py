@@ -20,6 +20,12 @@ from serving.explain import explain
 from serving.feature_source import FeatureSource
 from serving.model_source import TARGETS, ModelNotAvailable, ModelSource, ServedModel
 
+try:  # the request-time features come from the request, so they are real even for an unknown patient
+    from features.request_features import APPOINTMENT_FEATURES as REQUEST_FEATURES
+except ImportError:  # pragma: no cover
+    REQUEST_FEATURES = ("lead_time_days", "weekday", "hour", "department_code", "visit_type_code", "telehealth_flag")
+REQUEST_FEATURES = frozenset(REQUEST_FEATURES) | {"department", "visit_type", "telehealth"}
+
 log = logging.getLogger("carecast.serving")
 
 
@@ -157,8 +163,10 @@ class Predictor:
             rs = []
             for j in top[i].tolist():
                 name = names[j]
-                rs.append({"feature": name, "value": row[name], "contribution": float(contrib[i, j]),
-                           "text": reasons.sentence(name, row)})
+                text = reasons.sentence(name, row)
+                if not known[i] and name not in REQUEST_FEATURES:
+                    text += reasons.NO_HISTORY
+                rs.append({"feature": name, "value": row[name], "contribution": float(contrib[i, j]), "text": text})
             item: dict[str, Any] = {"known_patient": known[i], "base_value": base[i], "reasons": rs, "other": other[i]}
             if model.multiclass:
                 assert model.classes is not None and ex.probabilities is not None and ex.chosen is not None

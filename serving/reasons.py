@@ -1,7 +1,8 @@
 """Plain-language sentences for the features behind a prediction, for care coordinators.
 
 ``sentence(feature, row)`` turns one feature of one prediction into a sentence such as
-"Missed 2 of the last 4 appointments" or "Booked 45 days ahead". ``row`` holds that prediction's
+"Missed 2 of 5 appointments in the past year", "Booked 45 days ahead" or "Has $320 overdue for
+95 days". ``row`` holds that prediction's
 display values for all features (numbers, category labels, or None when missing), so a template
 can combine features (missed *of* attended, amount *for* days). A feature without a template, or
 whose template cannot render the values at hand, gets a generic sentence built from its name,
@@ -51,17 +52,24 @@ def _first(row: Row, *names: str) -> Any:
 
 
 # --- templates ------------------------------------------------------------------------------
+# Feature names are the feature store's (features/build.py, features/request_features.py).
 
-def _missed_of_last(window: int) -> Template:
+WINDOW_WORDS = {"30": "in the past 30 days", "90": "in the past 90 days", "365": "in the past year", "all": "so far"}
+CHANNEL_WORDS = {"sms": "SMS", "email": "e-mail", "phone": "phone", "portal": "the portal"}
+
+
+def _no_shows(window: str) -> Template:
     def t(v: Any, row: Row) -> str | None:
         n = _int(v)
         if n is None:
             return None
-        seen = _int(_first(row, f"visits_last{window}", f"prior_visits_last{window}", f"appointments_last{window}"))
-        of = min(window, seen) if seen is not None else window
+        seen = _int(row.get(f"visits_{window}"))
+        when = WINDOW_WORDS[window]
+        if seen is not None and seen >= n and seen > 0:
+            return f"Missed {n} of {seen} {_plural(seen, 'appointment')} {when}"
         if n == 0:
-            return f"Attended all of the last {of} {_plural(of, 'appointment')}" if of else "No earlier appointments"
-        return f"Missed {n} of the last {max(of, n)} {_plural(max(of, n), 'appointment')}"
+            return f"Missed no appointments {when}"
+        return f"Missed {n} {_plural(n, 'appointment')} {when}"
     return t
 
 
@@ -83,66 +91,68 @@ def _rate(what: str) -> Template:
     return t
 
 
+def _money_of(what: str, zero: str | None = None) -> Template:
+    def t(v: Any, row: Row) -> str | None:
+        f = _num(v)
+        if f is None:
+            return None
+        if f <= 0 and zero:
+            return zero
+        return what.format(amount=_money(f))
+    return t
+
+
 def _lead_time(v: Any, row: Row) -> str | None:
-    n = _int(v)
-    if n is None:
+    f = _num(v)
+    if f is None:
         return None
-    if n <= 0:
+    n = int(f)
+    if n < 1:
         return "Booked for the same day"
     return f"Booked {n} {_plural(n, 'day')} ahead"
 
 
-def _overdue(v: Any, row: Row) -> str | None:
+def _open_balance(v: Any, row: Row) -> str | None:
     amount = _num(v)
     if amount is None:
         return None
     if amount <= 0:
-        return "Has no overdue balance"
-    days = _int(_first(row, "overdue_days", "days_overdue", "max_days_overdue", "oldest_overdue_days"))
+        return "Owes nothing"
+    days = _int(row.get("days_past_due"))
     if days:
         return f"Has {_money(amount)} overdue for {days} {_plural(days, 'day')}"
-    return f"Has {_money(amount)} overdue"
+    return f"Has {_money(amount)} unpaid, not yet overdue"
 
 
-def _overdue_days(v: Any, row: Row) -> str | None:
+def _days_past_due(v: Any, row: Row) -> str | None:
     days = _int(v)
     if days is None:
         return None
     if days <= 0:
         return "Has nothing overdue"
-    amount = _num(_first(row, "overdue_amount", "overdue_balance", "balance_overdue"))
-    if amount:
+    amount = _num(row.get("open_balance"))
+    if amount and amount > 0:
         return f"Has {_money(amount)} overdue for {days} {_plural(days, 'day')}"
-    return f"Oldest unpaid bill is {days} {_plural(days, 'day')} overdue"
-
-
-def _balance(v: Any, row: Row) -> str | None:
-    f = _num(v)
-    if f is None:
-        return None
-    return "Owes nothing" if f <= 0 else f"Owes {_money(f)}"
+    return f"Has a bill overdue for {days} {_plural(days, 'day')}"
 
 
 def _weekday(v: Any, row: Row) -> str | None:
-    if isinstance(v, str):
-        return f"Appointment on a {v.capitalize()}"
     n = _int(v)
     return None if n is None or not 0 <= n <= 6 else f"Appointment on a {WEEKDAYS[n]}"
 
 
 def _hour(v: Any, row: Row) -> str | None:
     n = _int(v)
-    if n is None:
+    if n is None or not 0 <= n <= 23:
         return None
-    suffix = "am" if n < 12 else "pm"
-    return f"Appointment at {(n % 12) or 12} {suffix}"
+    return f"Appointment at {(n % 12) or 12} {'am' if n < 12 else 'pm'} (UTC)"
 
 
-def _category(prefix: str) -> Template:
+def _category(text: str) -> Template:
     def t(v: Any, row: Row) -> str | None:
-        if v is None:
+        if v is None or not isinstance(v, str):
             return None
-        return prefix.format(v=str(v).replace("_", " "))
+        return text.format(v=v.replace("_", " "))
     return t
 
 
@@ -170,88 +180,92 @@ def _days_since(what: str, never: str) -> Template:
         n = _int(v)
         if n is None:
             return never
+        if n == 0:
+            return f"{what} today"
         return f"{what} {n} {_plural(n, 'day')} ago"
     return t
 
 
-def _tenure(v: Any, row: Row) -> str | None:
+def _streak(v: Any, row: Row) -> str | None:
     n = _int(v)
     if n is None:
         return None
-    if n >= 730:
-        return f"Patient for {n // 365} years"
-    if n >= 60:
-        return f"Patient for {n // 30} months"
-    return f"Patient for {n} {_plural(n, 'day')}"
+    if n == 0:
+        return "Attended the most recent appointment"
+    return f"Missed the last {n} {_plural(n, 'appointment')} in a row" if n > 1 else "Missed the most recent appointment"
 
 
 TEMPLATES: dict[str, Template] = {
-    # history of attendance
-    "no_shows_last4": _missed_of_last(4),
-    "prior_no_shows_last4": _missed_of_last(4),
-    "missed_last4": _missed_of_last(4),
-    "no_shows_last10": _missed_of_last(10),
-    "prior_no_shows_last10": _missed_of_last(10),
-    "prior_no_shows": _count("Missed {n} earlier {noun}", "appointment", zero="Never missed an appointment"),
-    "no_show_count": _count("Missed {n} earlier {noun}", "appointment", zero="Never missed an appointment"),
-    "no_shows_365d": _count("Missed {n} {noun} in the past year", "appointment", zero="Missed no appointments in the past year"),
-    "prior_no_show_rate": _rate("Missed {pct} of earlier appointments"),
-    "no_show_rate": _rate("Missed {pct} of earlier appointments"),
-    "cancellations_365d": _count("Cancelled {n} {noun} in the past year", "appointment", zero="Cancelled nothing in the past year"),
-    "prior_cancellations": _count("Cancelled {n} earlier {noun}", "appointment", zero="Never cancelled an appointment"),
-    "visits_365d": _count("Had {n} {noun} in the past year", "visit", zero="No visits in the past year"),
-    "completed_visits_365d": _count("Attended {n} {noun} in the past year", "visit", zero="Attended no visits in the past year"),
-    "prior_visits": _count("Had {n} earlier {noun}", "visit", zero="First appointment with the practice"),
-    "days_since_last_visit": _days_since("Last visit", "No earlier visit"),
-    "days_since_last_no_show": _days_since("Last missed appointment", "Never missed an appointment"),
-    "days_since_last_completed": _days_since("Last attended visit", "Never attended a visit"),
-    "tenure_days": _tenure,
     # the appointment itself (request-time)
     "lead_time_days": _lead_time,
     "weekday": _weekday,
-    "day_of_week": _weekday,
     "hour": _hour,
-    "department": _category("Appointment in {v}"),
-    "visit_type": _category("Visit type: {v}"),
-    "telehealth": _flag("A telehealth visit", "An in-person visit"),
-    # billing
-    "overdue_amount": _overdue,
-    "overdue_balance": _overdue,
-    "overdue_days": _overdue_days,
-    "days_overdue": _overdue_days,
-    "open_balance": _balance,
-    "balance": _balance,
-    "in_collections": _flag("Has a bill in collections", "No bill in collections"),
-    "payment_plan": _flag("Pays on a payment plan", "Not on a payment plan"),
+    "department_code": _category("Appointment in {v}"),
+    "visit_type_code": _category("Visit type: {v}"),
+    "telehealth_flag": _flag("A telehealth visit", "An in-person visit"),
     # the patient
-    "age": _age,
+    "age_years": _age,
+    "sex_code": _category("Sex: {v}"),
+    "language_code": _category("Preferred language: {v}"),
+    "insurance_code": _category("Insurance: {v}"),
     "distance_km": _distance,
-    "insurance_type": _category("Insurance: {v}"),
-    "preferred_language": _category("Preferred language: {v}"),
-    "sex": _category("Sex: {v}"),
     "has_mobile": _flag("Has a mobile number on file", "No mobile number on file"),
     "has_email": _flag("Has an e-mail address on file", "No e-mail address on file"),
     "portal_enrolled": _flag("Uses the patient portal", "Not enrolled in the patient portal"),
+    # attendance
+    "completed_all": _count("Attended {n} {noun} so far", "appointment", zero="Has not attended a visit yet"),
+    "no_show_streak": _streak,
+    "max_no_show_streak": _count("Once missed {n} {noun} in a row", "appointment", zero="Never missed an appointment"),
+    "days_since_last_completed": _days_since("Last attended a visit", "Has never attended a visit"),
+    "days_since_last_no_show": _days_since("Last missed an appointment", "Has never missed an appointment"),
+    # billing
+    "statements_all": _count("Received {n} {noun} so far", "bill", zero="Has never been billed"),
+    "billed_total": _money_of("Billed {amount} so far", zero="Has never been billed"),
+    "paid_total": _money_of("Paid {amount} so far", zero="Has paid nothing yet"),
+    "open_balance": _open_balance,
+    "days_past_due": _days_past_due,
+    "share_paid": _rate("Paid {pct} of what was billed"),
+    "statements_past_due": _count("Has {n} overdue {noun}", "bill", zero="No overdue bills"),
+    "in_collections": _flag("Has a bill in collections", "No bill in collections"),
+    "disputed": _flag("Has disputed a bill", "Has not disputed a bill"),
+    "written_off": _flag("Has had a bill written off", "No bill written off"),
+    "payment_plan": _flag("Pays on a payment plan", "Not on a payment plan"),
     # engagement
-    "portal_logins_90d": _count("Logged in to the portal {n} {noun} in 90 days", "time", zero="No portal log-ins in 90 days"),
-    "days_since_last_contact": _days_since("Last contact", "Never contacted"),
-    "days_since_last_response": _days_since("Last replied", "Never replied to outreach"),
-    "reminder_confirmed_rate": _rate("Confirmed {pct} of reminders"),
+    "sends_90": _count("Contacted {n} {noun} in the past 90 days", "time", zero="Not contacted in the past 90 days"),
+    "responses_90": _count("Replied {n} {noun} in the past 90 days", "time", zero="No replies in the past 90 days"),
+    "response_rate_90": _rate("Replied to {pct} of outreach in the past 90 days"),
+    "portal_logins_90": _count("Logged in to the portal {n} {noun} in the past 90 days", "time",
+                               zero="No portal log-ins in the past 90 days"),
+    "portal_logins_all": _count("Logged in to the portal {n} {noun} so far", "time", zero="Never logged in to the portal"),
+    "days_since_last_response": _days_since("Last replied to outreach", "Has never replied to outreach"),
 }
 
-for _ch in ("sms", "email", "phone", "portal"):
-    TEMPLATES[f"{_ch}_response_rate"] = _rate(f"Responds to {{pct}} of {_ch.upper() if _ch == 'sms' else _ch} outreach")
-    TEMPLATES[f"{_ch}_responses"] = _count(f"Responded to {_ch.upper() if _ch == 'sms' else _ch} {{n}} {{noun}}", "time",
-                                           zero=f"Never responded by {_ch.upper() if _ch == 'sms' else _ch}")
-    TEMPLATES[f"{_ch}_sent"] = _count(f"Sent {{n}} {_ch.upper() if _ch == 'sms' else _ch} {{noun}}", "message")
+for _w, _words in WINDOW_WORDS.items():
+    TEMPLATES[f"no_shows_{_w}"] = _no_shows(_w)
+    TEMPLATES[f"visits_{_w}"] = _count(f"Had {{n}} {{noun}} {_words}", "appointment", zero=f"No appointments {_words}")
+    TEMPLATES[f"no_show_rate_{_w}"] = _rate(f"Missed {{pct}} of appointments {_words}")
+    TEMPLATES[f"cancel_rate_{_w}"] = _rate(f"Cancelled {{pct}} of appointments {_words}")
+
+for _c, _cw in CHANNEL_WORDS.items():
+    TEMPLATES[f"sends_{_c}"] = _count(f"Contacted {{n}} {{noun}} by {_cw}", "time", zero=f"Never contacted by {_cw}")
+    TEMPLATES[f"responses_{_c}"] = _count(f"Replied {{n}} {{noun}} by {_cw}", "time", zero=f"Never replied by {_cw}")
+    TEMPLATES[f"response_rate_{_c}"] = _rate(f"Replies to {{pct}} of {_cw} outreach")
+    TEMPLATES[f"days_since_last_response_{_c}"] = _days_since(f"Last replied by {_cw}", f"Has never replied by {_cw}")
+
+
+def _dept_share(feature: str) -> Template | None:
+    if not feature.startswith("dept_share_"):
+        return None
+    dept = feature[len("dept_share_"):].replace("_", " ")
+    return _rate(f"{{pct}} of appointments were in {dept}")
 
 
 def _label(feature: str) -> str:
     words = feature.replace("__", "_").split("_")
     text = " ".join(words)
-    for short, long in (("365d", "in the past year"), ("90d", "in the past 90 days"), ("30d", "in the past 30 days"),
-                        ("180d", "in the past 180 days"), ("sms", "SMS"), ("km", "km")):
-        text = text.replace(short, long)
+    if words and words[-1] in WINDOW_WORDS:
+        text = " ".join(words[:-1]) + " " + WINDOW_WORDS[words[-1]]
+    text = text.replace("sms", "SMS")
     return text[:1].upper() + text[1:]
 
 
@@ -276,10 +290,13 @@ def fallback(feature: str, value: Any) -> str:
     return f"{label}: {f:.2f}"
 
 
+NO_HISTORY = " (typical value: no history on file)"
+
+
 def sentence(feature: str, row: Row) -> str:
     """The sentence for ``feature`` given the prediction's display values ``row``."""
     value = row.get(feature)
-    template = TEMPLATES.get(feature)
+    template = TEMPLATES.get(feature) or _dept_share(feature)
     if template is not None:
         try:
             text = template(value, row)

@@ -85,7 +85,7 @@ def test_no_show_probability_matches_the_registered_model(client, registry):
     import mlflow.xgboost
     import numpy as np
 
-    from serving.feature_source import local_request_features
+    from serving.feature_source import request_features
 
     model = mlflow.xgboost.load_model(f"models:/carecast-no-show/1")
     feats = sup.in_memory_features()
@@ -99,7 +99,7 @@ def test_no_show_probability_matches_the_registered_model(client, registry):
     expected = model.predict_proba(pd.DataFrame(X, columns=sup.FEATURES["no_show"]))[0, 1]
     got = client.post("/v1/no-show", json={"appointments": [a]}, headers=AUTH).json()["predictions"][0]
     assert abs(got["probability"] - expected) < 1e-5
-    assert local_request_features(req)["lead_time_days"] == 45
+    assert int(request_features(req)["lead_time_days"]) == 44  # 2026-05-17 14:00 -> 2026-07-01 09:30
     texts = {r["feature"]: r["text"] for r in got["reasons"]}
     assert all(isinstance(t, str) for t in texts.values())
     np.testing.assert_equal(len(got["reasons"]), 3)

@@ -16,15 +16,15 @@ import numpy as np
 from features.contracts import DEPARTMENTS, MODEL_CHANNELS, VISIT_TYPES
 
 FEATURES = {
-    "no_show": ["no_shows_last4", "visits_last4", "lead_time_days", "weekday", "hour", "department", "visit_type",
-                "telehealth", "age", "overdue_amount", "overdue_days", "distance_km"],
-    "churn": ["days_since_last_visit", "visits_365d", "no_shows_365d", "overdue_amount", "overdue_days",
-              "portal_enrolled", "age", "tenure_days"],
-    "channel": ["age", "has_mobile", "has_email", "portal_enrolled", "sms_response_rate", "email_response_rate",
-                "phone_response_rate", "portal_logins_90d"],
+    "no_show": ["no_shows_365", "visits_365", "lead_time_days", "weekday", "hour", "department_code", "visit_type_code",
+                "telehealth_flag", "age_years", "open_balance", "days_past_due", "distance_km"],
+    "churn": ["days_since_last_completed", "visits_90", "no_shows_90", "open_balance", "days_past_due",
+              "portal_enrolled", "age_years", "statements_all"],
+    "channel": ["age_years", "has_mobile", "has_email", "portal_enrolled", "response_rate_sms", "response_rate_email",
+                "response_rate_phone", "portal_logins_90"],
 }
-REQUEST_FEATURES = ("lead_time_days", "weekday", "hour", "department", "visit_type", "telehealth")
-CATEGORIES = {"department": list(DEPARTMENTS), "visit_type": list(VISIT_TYPES)}
+REQUEST_FEATURES = ("lead_time_days", "weekday", "hour", "department_code", "visit_type_code", "telehealth_flag")
+CATEGORIES = {"department_code": list(DEPARTMENTS), "visit_type_code": list(VISIT_TYPES)}
 KNOWN = [f"P{i:04d}" for i in range(1, 201)]
 API_KEY = "test-key-0123456789"
 
@@ -32,29 +32,29 @@ API_KEY = "test-key-0123456789"
 def _patient_frame(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     visits = rng.integers(0, 5, n)
     return {
-        "visits_last4": visits.astype(float),
-        "no_shows_last4": np.minimum(visits, rng.binomial(4, 0.2, n)).astype(float),
-        "age": rng.integers(18, 90, n).astype(float),
-        "overdue_amount": np.where(rng.random(n) < 0.3, rng.gamma(2, 150, n).round(2), 0.0),
-        "overdue_days": np.where(rng.random(n) < 0.3, rng.integers(1, 200, n), 0).astype(float),
+        "visits_365": visits.astype(float),
+        "no_shows_365": np.minimum(visits, rng.binomial(4, 0.2, n)).astype(float),
+        "age_years": rng.integers(18, 90, n).astype(float),
+        "open_balance": np.where(rng.random(n) < 0.3, rng.gamma(2, 150, n).round(2), 0.0),
+        "days_past_due": np.where(rng.random(n) < 0.3, rng.integers(1, 200, n), 0).astype(float),
         "distance_km": rng.gamma(2, 8, n).round(1),
-        "days_since_last_visit": rng.integers(1, 900, n).astype(float),
-        "visits_365d": rng.integers(0, 12, n).astype(float),
-        "no_shows_365d": rng.integers(0, 4, n).astype(float),
+        "days_since_last_completed": rng.integers(1, 900, n).astype(float),
+        "visits_90": rng.integers(0, 12, n).astype(float),
+        "no_shows_90": rng.integers(0, 4, n).astype(float),
         "portal_enrolled": (rng.random(n) < 0.5).astype(float),
-        "tenure_days": rng.integers(30, 4000, n).astype(float),
+        "statements_all": rng.integers(30, 4000, n).astype(float),
         "has_mobile": (rng.random(n) < 0.8).astype(float),
         "has_email": (rng.random(n) < 0.7).astype(float),
-        "sms_response_rate": rng.random(n).round(3),
-        "email_response_rate": rng.random(n).round(3),
-        "phone_response_rate": rng.random(n).round(3),
-        "portal_logins_90d": rng.poisson(2, n).astype(float),
+        "response_rate_sms": rng.random(n).round(3),
+        "response_rate_email": rng.random(n).round(3),
+        "response_rate_phone": rng.random(n).round(3),
+        "portal_logins_90": rng.poisson(2, n).astype(float),
         "lead_time_days": rng.integers(0, 90, n).astype(float),
         "weekday": rng.integers(0, 5, n).astype(float),
         "hour": rng.integers(8, 18, n).astype(float),
-        "department": rng.integers(0, len(DEPARTMENTS), n).astype(float),
-        "visit_type": rng.integers(0, len(VISIT_TYPES), n).astype(float),
-        "telehealth": (rng.random(n) < 0.2).astype(float),
+        "department_code": rng.integers(0, len(DEPARTMENTS), n).astype(float),
+        "visit_type_code": rng.integers(0, len(VISIT_TYPES), n).astype(float),
+        "telehealth_flag": (rng.random(n) < 0.2).astype(float),
     }
 
 
@@ -65,16 +65,16 @@ def training_data(target: str, seed: int = 0, n: int = 3000) -> tuple[np.ndarray
     X[rng.random(X.shape) < 0.03] = np.nan  # some missing values, as in real features
     c = {f: np.nan_to_num(cols[f]) for f in cols}
     if target == "no_show":
-        z = -2 + 0.8 * c["no_shows_last4"] + 0.02 * c["lead_time_days"] - 0.01 * (c["age"] - 40) + 0.002 * c["overdue_amount"]
+        z = -2 + 0.8 * c["no_shows_365"] + 0.02 * c["lead_time_days"] - 0.01 * (c["age_years"] - 40) + 0.002 * c["open_balance"]
     elif target == "churn":
-        z = -2 + 0.003 * c["days_since_last_visit"] - 0.2 * c["visits_365d"] + 0.3 * c["no_shows_365d"]
+        z = -2 + 0.003 * c["days_since_last_completed"] - 0.2 * c["visits_90"] + 0.3 * c["no_shows_90"]
     else:
         z = None
     if z is not None:
         y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(int)
     else:
-        scores = np.column_stack([2 * c["sms_response_rate"] + c["has_mobile"], 2 * c["email_response_rate"] + c["has_email"],
-                                  2 * c["phone_response_rate"] + (c["age"] > 65), c["portal_enrolled"] + 0.2 * c["portal_logins_90d"]])
+        scores = np.column_stack([2 * c["response_rate_sms"] + c["has_mobile"], 2 * c["response_rate_email"] + c["has_email"],
+                                  2 * c["response_rate_phone"] + (c["age_years"] > 65), c["portal_enrolled"] + 0.2 * c["portal_logins_90"]])
         y = (scores + rng.gumbel(size=scores.shape)).argmax(axis=1)
     return X, y
 
