@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from carecast.settings import load_settings
 from training import registry
 from training.data import Frame
@@ -63,10 +65,21 @@ def test_worse_challenger_refused_better_promoted(home: Path) -> None:
     assert len(runs) == 1 and runs.iloc[0]["tags.gate.challenger"] == "3"
 
 
-def test_calibration_and_fairness_bounds_refuse(home: Path, monkeypatch) -> None:
-    monkeypatch.setenv("CARECAST_GATE__MAX_SUBGROUP_AUC_GAP", "0.0")
+def test_calibration_and_fairness_bounds_refuse(home: Path) -> None:
     s = load_settings()
-    tf = make_frame("channel", rows=5000)
-    train_target(s, "channel", tf, plots_on=False)
-    d = promote(s, "channel", tf)
-    assert not d.promoted and any(r.startswith("FAIL largest subgroup AUC gap") for r in d.reasons)
+    tf = make_frame("no_show", rows=6000)
+    df = tf.frame.copy()
+    men = (df["group_sex"] == "M").to_numpy()
+    df.loc[men, "label"] = df.loc[men, "label"].sample(frac=1.0, random_state=1).to_numpy()  # no signal for men
+    unfair = Frame(df, tf.feature_columns, tf.categorical_columns, tf.feature_service, "unfair")
+    train_target(s, "no_show", unfair, plots_on=False)
+    d = promote(s, "no_show", unfair)
+    assert not d.promoted
+    assert any(r.startswith("FAIL largest subgroup AUC gap") and "sex" in r for r in d.reasons), d.describe()
+
+    shifted = df.copy()
+    late = (shifted["event_timestamp"] >= shifted["event_timestamp"].quantile(0.8)).to_numpy()
+    flip = late & (np.random.default_rng(0).random(len(df)) < 0.3)
+    shifted.loc[flip, "label"] = 1          # the world changed after training: more no-shows
+    d2 = promote(s, "no_show", Frame(shifted, tf.feature_columns, tf.categorical_columns, tf.feature_service, "shift"))
+    assert not d2.promoted and any(r.startswith("FAIL ECE") for r in d2.reasons), d2.describe()

@@ -71,6 +71,15 @@ def reliability(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
     return df.groupby("bin").agg(mean_p=("p", "mean"), rate=("y", "mean"), n=("y", "size")).reset_index()
 
 
+def auc_se(auc: float, n_pos: int, n_neg: int) -> float:
+    """Hanley-McNeil standard error of an AUC."""
+    if not np.isfinite(auc) or n_pos < 1 or n_neg < 1:
+        return float("nan")
+    q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc ** 2) + (n_neg - 1) * (q2 - auc ** 2)) / (n_pos * n_neg)
+    return float(np.sqrt(max(var, 0.0)))
+
+
 def _safe_auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
 
@@ -140,13 +149,20 @@ def subgroup_table(kind: str, y: np.ndarray, p: np.ndarray, groups: pd.DataFrame
             row = {"group": col.removeprefix("group_"), "value": v, "n": int(m.sum()), "scored": bool(scored)}
             if scored:
                 row.update({k: val for k, val in metrics(kind, yy, pp).items() if k != "n"})
+                if kind == "binary":
+                    row["auc_se"] = auc_se(row["auc"], int(yy.sum()), int(len(yy) - yy.sum()))
+                else:  # macro one-vs-rest: mean of per-class SEs over sqrt(classes), approximate
+                    ses = [auc_se(row["auc"], int((yy == c).sum()), int((yy != c).sum()))
+                           for c in range(pp.shape[1]) if 0 < (yy == c).sum() < len(yy)]
+                    row["auc_se"] = float(np.sqrt(np.nanmean(np.square(ses)) / len(ses))) if ses else float("nan")
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 def largest_gap(table: pd.DataFrame, metric: str = "auc") -> dict:
-    """The widest gap in ``metric`` between two scored values of the same group column."""
-    best = {"group": None, "gap": 0.0, "low": None, "high": None}
+    """The widest gap in ``metric`` between two scored values of the same group column, with its
+    standard error (Hanley-McNeil, the two AUCs independent) and one-sided 95% lower bound."""
+    best = {"group": None, "gap": 0.0, "low": None, "high": None, "se": 0.0, "gap_lower": 0.0}
     if table.empty or metric not in table:
         return best
     for group, part in table[table["scored"]].groupby("group"):
@@ -156,8 +172,10 @@ def largest_gap(table: pd.DataFrame, metric: str = "auc") -> dict:
         lo, hi = part.loc[part[metric].idxmin()], part.loc[part[metric].idxmax()]
         gap = float(hi[metric] - lo[metric])
         if gap > best["gap"]:
+            se = float(np.sqrt(np.nansum([lo.get("auc_se", 0.0) ** 2, hi.get("auc_se", 0.0) ** 2])))
             best = {"group": group, "gap": gap, "low": f"{lo['value']} ({lo[metric]:.3f}, n={lo['n']})",
-                    "high": f"{hi['value']} ({hi[metric]:.3f}, n={hi['n']})"}
+                    "high": f"{hi['value']} ({hi[metric]:.3f}, n={hi['n']})", "se": se,
+                    "gap_lower": gap - 1.645 * se}
     return best
 
 

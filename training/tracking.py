@@ -4,6 +4,7 @@ the process runs in), one experiment per target."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 from carecast.settings import REPO_ROOT, Settings
@@ -15,6 +16,11 @@ def setup(settings: Settings):
     import mlflow
     from mlflow import MlflowClient
 
+    # Under `mlflow run`, MLFLOW_RUN_ID names the project run in the launcher's store; our runs live
+    # in CareCast's own store and experiments, so keep the id as a tag instead of resuming it.
+    if os.environ.get("MLFLOW_RUN_ID"):
+        os.environ["CARECAST_PROJECT_RUN_ID"] = os.environ.pop("MLFLOW_RUN_ID")
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     settings.home.mkdir(parents=True, exist_ok=True)
     settings.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -33,6 +39,12 @@ def experiment_id(settings: Settings, target: TargetSpec) -> str:
     location = (settings.mlflow_artifacts / target.experiment).as_uri()
     return mlflow.create_experiment(target.experiment, artifact_location=location,
                                     tags={"carecast.target": target.name})
+
+
+def project_run_tags() -> dict[str, str]:
+    """The launching `mlflow run` project run, when there is one."""
+    rid = os.environ.get("CARECAST_PROJECT_RUN_ID")
+    return {"carecast.mlflow_project_run_id": rid} if rid else {}
 
 
 def git_commit() -> str:

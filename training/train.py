@@ -173,7 +173,8 @@ def _log(settings: Settings, target: TargetSpec, result: dict, booster, X: pd.Da
     exp = tracking.experiment_id(settings, target)
     tags = {"carecast.target": target.name, "feature_service": result["feature_service"],
             "snapshot_hash": result["snapshot_hash"], "git_commit": result["git_commit"],
-            "mlflow.source.git.commit": result["git_commit"].removesuffix("-dirty"), **result["windows"]}
+            "mlflow.source.git.commit": result["git_commit"].removesuffix("-dirty"), **result["windows"],
+            **tracking.project_run_tags()}
     with mlflow.start_run(experiment_id=exp, run_name=f"train-{target.name}", tags=tags) as run, \
             tempfile.TemporaryDirectory() as tmp:
         tmpd = Path(tmp)

@@ -1,0 +1,72 @@
+"""Training time for the three models at 100,000 patients (target: all three in <= 5 min on 2 cores).
+
+Builds a synthetic world in a scratch home (synth -> validate -> features build/apply; these are
+timed but not counted), then times ``train_target`` for no-show, churn and channel (loading the
+training frame from Feast, fitting, evaluating, plots, MLflow logging and registration) and
+reports through ``carecast.bench.report``.
+
+    .venv/bin/python benchmarks/bench_training.py [--patients 100000] [--work /tmp/cc-bench-train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sh(args: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    subprocess.run([str(ROOT / ".venv/bin/carecast"), *args], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--patients", type=int, default=100_000)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/cc-bench-train"))
+    ap.add_argument("--reuse", action="store_true", help="Reuse the world already built in --work.")
+    a = ap.parse_args()
+    home = a.work / f"home-{a.patients}"
+    env = dict(os.environ, CARECAST_HOME=str(home), CARECAST_LOG_LEVEL="WARNING")
+    prep = {}
+    if not (a.reuse and (home / "features").exists()):
+        subprocess.run(["rm", "-rf", str(home)], check=True)
+        prep["synth_s"] = sh(["data", "synth", "--patients", str(a.patients), "--seed", "7"], env)
+        prep["validate_s"] = sh(["data", "validate", str(home / "feeds"), "--allow-quarantine"], env)
+        prep["features_s"] = sh(["features", "build"], env) + sh(["features", "apply"], env)
+    os.environ.update(CARECAST_HOME=str(home), CARECAST_LOG_LEVEL="WARNING")
+    sys.path.insert(0, str(ROOT))
+    from carecast.bench import peak_rss_mb, report
+    from carecast.settings import load_settings
+    from training.train import train_target
+
+    s = load_settings()
+    figures: dict = {"patients": a.patients, **{k: round(v, 1) for k, v in prep.items()}}
+    total = 0.0
+    for target in ("no_show", "churn", "channel"):
+        start = time.perf_counter()
+        r = train_target(s, target)
+        took = time.perf_counter() - start
+        total += took
+        primary = r["test"]["auc"]
+        figures |= {f"{target}_seconds": round(took, 1), f"{target}_rows": sum(r["n"].values()),
+                    f"{target}_load_seconds": round(r["load_seconds"], 1), f"{target}_fit_seconds": round(r["fit_seconds"], 1),
+                    f"{target}_test_auc": round(primary, 4), f"{target}_shap_rows_per_s": round(r["shap_rows_per_s"])}
+    figures |= {"total_seconds": round(total, 1), "peak_rss_mb": round(peak_rss_mb())}
+    words = (f"training all three models at {a.patients:,} patients took {total:.0f} s on {os.cpu_count()} cores "
+             f"(target <= 300 s): " + ", ".join(f"{t} {figures[f'{t}_seconds']:.0f} s for {figures[f'{t}_rows']:,} rows "
+                                                 f"(frame {figures[f'{t}_load_seconds']:.0f} s, fit {figures[f'{t}_fit_seconds']:.0f} s)"
+                                                 for t in ("no_show", "churn", "channel"))
+             + f"; peak memory {figures['peak_rss_mb']:,} MB")
+    report("training_three_models", figures, words)
+
+
+if __name__ == "__main__":
+    main()
