@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export CARECAST_HOME ?= $(CURDIR)/.carecast
 
-.PHONY: install demo test test-fast bench docs clean
+.PHONY: install browser demo test test-fast bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(VENV)/.installed: $(BIN)/python requirements.lock pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed browser
+
+# Browser tests drive Debian's Chromium (Playwright's own browser download does not work here).
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
 demo: install
 	@bash scripts/demo.sh
