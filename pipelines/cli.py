@@ -21,6 +21,10 @@ app.command("promote")(promote_cmd)
 app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(store_app, name="features")
 
+from serving.cli import serve as serve_cmd  # noqa: E402
+
+app.command("serve")(serve_cmd)
+
 
 @app.command()
 def home() -> None:

@@ -80,7 +80,8 @@ class CareCast:
 
     def __init__(self) -> None:
         settings = load_settings()
-        logs.configure(settings.log_level)
+        # BentoML's server already sends log records to its handlers: set the level, add no handler.
+        logging.getLogger(logs.LOGGER_NAME).setLevel(settings.log_level)
         quiet_bentoml_errors()
         if BENTO_MODE:
             models = SnapshotModelSource({t: Path(getattr(self, f"{t}_model").path) for t in TARGETS})

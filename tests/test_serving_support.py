@@ -152,3 +152,84 @@ def serving_env(home: Path) -> dict[str, str]:
             "SERVING_FEATURE_SOURCE": "test_serving_support:in_memory_features",
             "BENTOML_HOME": str(home / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
             "PYTHONPATH": os.pathsep.join([repo, tests_dir, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
+# --- a real feature store and models trained on it ---------------------------------------------
+
+def build_feature_store(home: Path, patients: int = 150):
+    """Synthetic feeds -> validation -> feature build -> Feast apply -> materialize, under ``home``."""
+    import datetime as dt
+
+    from carecast.settings import load_settings
+    from features import store
+    from features.build import build_features
+    from features.synth import SynthConfig, generate
+    from features.validate import validate_feeds
+
+    settings = load_settings(environ={"CARECAST_HOME": str(home)})
+    d = settings.synth
+    generate(SynthConfig(patients=patients, seed=d.seed, start=dt.date.fromisoformat(d.start),
+                         end=dt.date.fromisoformat(d.end), today=dt.date.fromisoformat(d.today)), settings.feeds_dir)
+    validate_feeds(settings.feeds_dir, settings.validated_dir, settings.quarantine_dir)
+    build_features(settings, settings.validated_dir)
+    store.apply(settings)
+    store.materialize(settings)
+    return settings
+
+
+def register_on_store(settings, target: str, rounds: int = 30, seed: int = 0) -> str:
+    """Train a small booster on the store's training frame and log it the way ``training/train.py`` does:
+    native booster, ``extra_files/carecast_model.json`` (feature columns, categorical codes, classes),
+    registered under the target's name; ``champion`` moved to it."""
+    import json
+    import tempfile
+
+    import mlflow
+    import mlflow.xgboost
+    import xgboost as xgb
+    from mlflow import MlflowClient
+
+    from features import store
+    from serving.model_source import TARGETS
+
+    tf = store.training_frame(settings, target)
+    X = tf.frame[tf.feature_columns].astype("float32")
+    y = tf.frame["label"].to_numpy()
+    multi = target == "channel"
+    params = {"objective": "multi:softprob", "num_class": 4} if multi else {"objective": "binary:logistic"}
+    booster = xgb.train({**params, "max_depth": 4, "eta": 0.2, "nthread": 2, "seed": seed},
+                        xgb.DMatrix(X, label=y), num_boost_round=rounds)
+    uri = settings.tracking_uri
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(f"serving-tests-{target}")
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        f"serving-tests-{target}", artifact_location=(settings.home / "mlartifacts").as_uri())
+    meta = {"target": target, "kind": "multiclass" if multi else "binary",
+            "classes": ["sms", "email", "phone", "portal"] if multi else ["negative", "positive"],
+            "feature_columns": tf.feature_columns, "categorical_columns": tf.categorical_columns,
+            "calibration": {"method": "none", "a": 1.0, "b": 0.0}}
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=exp_id):
+        path = Path(tmp) / "carecast_model.json"
+        path.write_text(json.dumps(meta))
+        info = mlflow.xgboost.log_model(booster, name="model", registered_model_name=TARGETS[target],
+                                        extra_files=[str(path)], pip_requirements=["xgboost-cpu==3.2.0"])
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(TARGETS[target], "champion", version)
+    return version
+
+
+def known_patient_ids(settings, n: int = 5) -> list[str]:
+    import pandas as pd
+
+    from features.feeds_io import read_feed
+
+    return read_feed(settings.validated_dir, "patients")["patient_id"].head(n).tolist()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
