@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -186,6 +187,42 @@ def _add_groups(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odfv: bool = False) -> pd.DataFrame:
+    """Point-in-time features for ``entity`` rows (ids, event_timestamp, request fields) via Feast.
+
+    The stored features come from ``get_historical_features`` on the target's feature-service views (DuckDB
+    offline store, ``filter_by_created_timestamp=True``). The request-time features are computed by the same
+    pure functions the on-demand views call (``features.request_features``): Feast's python-mode on-demand
+    views convert the whole retrieval to Python lists offline, which is slow for millions of rows, so by
+    default they are applied here vectorised; ``via_odfv=True`` runs them through Feast (tests check both agree).
+    """
+    from features.build import ACTIVITY_TIMESTAMPS
+    from features.request_features import appointment_features, recency_features
+
+    store = get_store(settings)
+    service = store.get_feature_service(SERVICES[target])
+    if via_odfv:
+        return store.get_historical_features(entity_df=entity, features=service,
+                                             filter_by_created_timestamp=True).to_df()
+    refs = []
+    for proj in service.feature_view_projections:
+        if proj.name in ("patient_profile", "patient_activity"):
+            refs += [f"{proj.name}:{f.name}" for f in proj.features]
+    refs += ["patient_profile:birth_year"] + [f"patient_activity:{c}" for c in ACTIVITY_TIMESTAMPS]
+    df = store.get_historical_features(entity_df=entity, features=sorted(set(refs), key=refs.index),
+                                       filter_by_created_timestamp=True).to_df()
+    batch = {c: df[c].to_numpy(dtype=float, na_value=np.nan) for c in [*ACTIVITY_TIMESTAMPS, "birth_year"]}
+    batch["request_ts"] = df["request_ts"].to_numpy(dtype=float)
+    for k, v in recency_features(batch).items():
+        df[k] = v
+    if target == "no_show":
+        req = {c: df[c].tolist() if c in ("department", "visit_type") else df[c].to_numpy()
+               for c in APPOINTMENT_REQUEST_FIELDS}
+        for k, v in appointment_features(req).items():
+            df[k] = v
+    return df
+
+
 def training_frame(settings: Settings, target: Target) -> TrainingFrame:
     """Labelled prediction points with point-in-time-correct features via Feast's get_historical_features."""
     _check_target(target)
@@ -200,10 +237,7 @@ def training_frame(settings: Settings, target: Target) -> TrainingFrame:
         entity["label"] = entity["label"].astype("int64")
         entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
         info["rows"] = len(entity)
-        store = get_store(settings)
-        service = store.get_feature_service(service_name)
-        df = store.get_historical_features(entity_df=entity, features=service,
-                                           filter_by_created_timestamp=True).to_df()
+        df = historical(settings, target, entity)
         fcols = feature_columns(target)
         for c in CATEGORIES:
             if c in df:

@@ -119,6 +119,20 @@ def test_python_api_build_apply_materialize_read(world: tuple[Settings, Path]) -
                                    err_msg=c)
 
 
+def test_training_path_matches_feast_on_demand_views(tmp_path: Path) -> None:
+    """training_frame applies the request functions vectorised; Feast's python-mode views give the same values."""
+    from features.labels import label_file
+    s = load_settings(environ=_env(tmp_path / "home", "sqlite", f"cc_{uuid.uuid4().hex[:12]}"))
+    build_features(s, random_world(tmp_path / "feeds", patients=60, seed=5))
+    store.apply(s)
+    entity = pd.read_parquet(label_file(s.feature_dir, "no_show")).head(300)
+    entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
+    fast = store.historical(s, "no_show", entity).sort_values(["appointment_id"]).reset_index(drop=True)
+    slow = store.historical(s, "no_show", entity, via_odfv=True).sort_values(["appointment_id"]).reset_index(drop=True)
+    for c in store.feature_columns("no_show"):
+        np.testing.assert_allclose(fast[c].to_numpy(float), slow[c].to_numpy(float), equal_nan=True, err_msg=c)
+
+
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(sys.executable).with_name("carecast")), *args],
                           env={**os.environ, **env}, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

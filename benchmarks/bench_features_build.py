@@ -1,0 +1,70 @@
+"""Feature build benchmark: synthetic world of N patients -> `features build` (snapshots + labels).
+
+Usage: python benchmarks/bench_features_build.py [--patients 100000] [--keep DIR]
+Target (issue 3): 10 million visits in at most 2 minutes on 2 cores. Peak memory is this process's
+(DuckDB runs in-process). The world is generated once per size and reused from --keep when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from carecast.bench import peak_rss_mb, report  # noqa: E402
+from carecast.settings import load_settings  # noqa: E402
+
+
+def world(patients: int, out: Path) -> Path:
+    if (out / "visits.parquet").exists():
+        return out
+    from features.synth import SynthConfig, generate
+    generate(SynthConfig(patients=patients, seed=7, start=dt.date(2023, 1, 1), end=dt.date(2026, 6, 30),
+                         today=dt.date(2026, 6, 1)), out)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--patients", type=int, default=100_000)
+    ap.add_argument("--bucket-patients", type=int, default=250_000, help="patients per build bucket (memory bound)")
+    ap.add_argument("--keep", type=Path, default=None, help="folder to keep/reuse the generated world in")
+    args = ap.parse_args()
+    import duckdb
+
+    from features.build import build_features
+    data = world(args.patients, args.keep or Path(tempfile.mkdtemp(prefix="cc-bench-world-")))
+    con = duckdb.connect()
+    counts = {f: con.execute(f"SELECT COUNT(*) FROM read_parquet('{data}/{f}.parquet/**/*.parquet', union_by_name=true)"
+                             if (data / f"{f}.parquet").is_dir() else
+                             f"SELECT COUNT(*) FROM read_parquet('{data}/{f}.parquet')").fetchall()[0][0]
+              for f in ("patients", "visits", "billing", "engagement")}
+    con.close()
+    home = Path(tempfile.mkdtemp(prefix="cc-bench-home-"))
+    s = load_settings(environ={**os.environ, "CARECAST_HOME": str(home)})
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    summary = build_features(s, data, bucket_patients=args.bucket_patients)
+    secs = time.perf_counter() - t0
+    rows_in = sum(counts.values())
+    figures = {"patients": counts["patients"], "visits": counts["visits"], "input_rows": rows_in,
+               "snapshots": summary.snapshots, "seconds": round(secs, 1),
+               "visits_per_s": round(counts["visits"] / secs), "input_rows_per_s": round(rows_in / secs),
+               "peak_rss_mb": round(peak_rss_mb()), "load_avg_1m_at_start": round(load, 1),
+               "seconds_per_10M_visits": round(secs * 10_000_000 / max(counts["visits"], 1), 1),
+               "bucket_patients": args.bucket_patients}
+    report("features_build", figures,
+           f"feature build: {counts['patients']:,} patients, {counts['visits']:,} visits, {rows_in:,} feed rows "
+           f"-> {summary.snapshots:,} snapshots in {secs:.1f}s ({figures['visits_per_s']:,} visits/s, "
+           f"{figures['input_rows_per_s']:,} feed rows/s), peak {figures['peak_rss_mb']:,} MB, "
+           f"load avg {load:.1f} on {os.cpu_count()} cores; scaled: {figures['seconds_per_10M_visits']}s per 10M visits")
+
+
+if __name__ == "__main__":
+    main()
