@@ -1,0 +1,51 @@
+"""`carecast serve`: the prediction API (``bentoml serve``) on loopback, over the state in CARECAST_HOME."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from carecast.cli_support import fail, settings_or_exit
+from carecast.settings import REPO_ROOT, Settings
+
+SERVICE = "serving.service:CareCast"
+
+
+def serve_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: this home, BentoML's own state under it, no usage tracking."""
+    env = dict(os.environ if base is None else base)
+    env["CARECAST_HOME"] = str(settings.home)
+    env.setdefault("BENTOML_HOME", str(settings.home / "bentoml"))
+    env.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def serve_command(settings: Settings, port: int | None = None, bento: str | None = None) -> list[str]:
+    bentoml = Path(sys.executable).with_name("bentoml")
+    target = bento or SERVICE
+    cmd = [str(bentoml), "serve", target, "--host", settings.serving.host,
+           "--port", str(port or settings.serving.port)]
+    if bento is None:
+        cmd += ["--working-dir", str(REPO_ROOT)]
+    return cmd
+
+
+def serve(
+    port: Annotated[Optional[int], typer.Option(help="Port to listen on (default: serving.port, 3000).")] = None,
+    bento: Annotated[Optional[str], typer.Option(help="Serve a built Bento by tag (e.g. carecast:latest) instead of the source tree.")] = None,
+) -> None:
+    """Start the prediction API (BentoML) on serving.host (127.0.0.1 unless configured)."""
+    s = settings_or_exit()
+    if port is not None and not 0 < port < 65536:
+        fail(f"--port: must be between 1 and 65535, got {port}")
+    if not s.serving.api_keys:
+        typer.echo("warning: no API keys (set CARECAST_API_KEYS=key1,key2): every /v1 request will get 401", err=True)
+    cmd = serve_command(s, port, bento)
+    env = serve_env(s)
+    typer.echo(f"serving on http://{s.serving.host}:{port or s.serving.port} (home {s.home})", err=True)
+    os.execve(cmd[0], cmd, env)  # bentoml handles signals and shuts its workers down itself
