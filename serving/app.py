@@ -75,7 +75,7 @@ def _too_many(field: str, n: int, limit: int) -> Response:
 
 
 def build_app() -> FastAPI:
-    app = FastAPI(title="CareCast prediction API", version="1",
+    app = FastAPI(title="CareCast prediction API", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   description="No-show, churn and preferred-channel predictions, each with its reasons.")
     app.state.runtime = None
 

@@ -37,6 +37,18 @@ BENTO_MODE = os.environ.get("SERVING_MODEL_SOURCE") == "bento"
 BENTO_TAGS = {t: f"{name}:latest" for t, name in TARGETS.items()}
 
 
+def _models_in_bento_store() -> bool:
+    """Declare the models (so `bentoml build` packs them) when they are in BentoML's store."""
+    if BENTO_MODE:
+        return True
+    try:
+        for tag in BENTO_TAGS.values():
+            bentoml.models.get(tag)
+    except Exception:
+        return False
+    return True
+
+
 @dataclass
 class Runtime:
     predictor: Predictor
@@ -73,7 +85,7 @@ def quiet_bentoml_errors() -> None:
                  http={"cors": {"enabled": False}})
 @bentoml.asgi_app(app, path="/")
 class CareCast:
-    if BENTO_MODE:  # only a Bento carries the models in BentoML's store
+    if _models_in_bento_store():  # after `python -m serving.bento export`, and inside a Bento
         no_show_model = bentoml.models.BentoModel(BENTO_TAGS["no_show"])
         churn_model = bentoml.models.BentoModel(BENTO_TAGS["churn"])
         channel_model = bentoml.models.BentoModel(BENTO_TAGS["channel"])
@@ -87,6 +99,7 @@ class CareCast:
             models = SnapshotModelSource({t: Path(getattr(self, f"{t}_model").path) for t in TARGETS})
         else:
             models = MlflowModelSource(settings.tracking_uri, settings.mlflow.registry_uri)
+        log.info("models from %s", "the Bento" if BENTO_MODE else "the MLflow registry")
         self.predictor = Predictor(models, _feature_source(settings), settings.serving.risk_tiers)
         self.predictor.reload()
         if not self.predictor.ready:

@@ -1,0 +1,67 @@
+"""Package the service and the champion models as a Bento.
+
+``export`` copies each target's ``champion`` from the MLflow registry into BentoML's model store
+(``$BENTOML_HOME``, by default ``$CARECAST_HOME/bentoml``) as ``carecast-no-show:<generated>`` and
+so on, each labelled with its MLflow version; the service declares them as
+``bentoml.models.BentoModel`` class attributes when they are in the store, so ``bentoml build``
+packs them. ``build`` does both steps.
+
+    python -m serving.bento export     # champions -> BentoML model store
+    python -m serving.bento build      # export, then `bentoml build` at the repo root
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from carecast.settings import REPO_ROOT, Settings, load_settings
+from serving.model_source import TARGETS, MlflowModelSource, export_snapshot
+
+
+def export(settings: Settings) -> dict[str, str]:
+    import bentoml
+
+    source = MlflowModelSource(settings.tracking_uri, settings.mlflow.registry_uri)
+    tags = {}
+    for target, name in TARGETS.items():
+        model = source.load(target)
+        with bentoml.models.create(name, labels={"mlflow_version": model.version, "registered_model": name},
+                                   metadata={"target": target, "mlflow_version": model.version}) as bm:
+            export_snapshot(model, Path(bm.path))
+        tags[target] = str(bm.tag)
+    return tags
+
+
+def build(settings: Settings) -> str:
+    tags = export(settings)
+    print("exported: " + ", ".join(tags.values()))
+    out = subprocess.run([str(Path(sys.executable).with_name("bentoml")), "build", "--output", "tag"],
+                         cwd=REPO_ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stdout + out.stderr)
+        raise SystemExit(out.returncode)
+    tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    return tag
+
+
+def main(argv: list[str] | None = None) -> None:
+    import os
+
+    from serving.cli import serve_env
+
+    args = argv if argv is not None else sys.argv[1:]
+    settings = load_settings()
+    os.environ.update(serve_env(settings))  # BENTOML_HOME under the home unless set
+    if args[:1] == ["export"]:
+        print(export(settings))
+    elif args[:1] == ["build"]:
+        print(build(settings))
+    else:
+        raise SystemExit("usage: python -m serving.bento export|build")
+
+
+if __name__ == "__main__":
+    main()
