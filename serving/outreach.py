@@ -1,0 +1,464 @@
+"""The outreach plan: per appointment or patient, what to do, on which channel, and why.
+
+Pure functions over already-explained predictions, used by the nightly risk lists
+(``pipelines/score.py``) and by ``POST /v1/outreach-plan`` (``plan_request`` below builds the
+response from a ``serving.predictor.Predictor``; the route only has to call it).
+
+Actions
+  ``none``                       nothing beyond the practice's usual contact
+  ``reminder``                   one automated reminder
+  ``two_reminders``              two automated reminders (e.g. 3 days and 1 day before)
+  ``call``                       a personal call by a coordinator (phone)
+  ``telehealth_or_reschedule``   a coordinator offers a telehealth visit or another slot, when the
+                                 reasons are about access (distance, lead time, day, hour)
+  ``billing_counselling``        a coordinator or billing counsellor contact, when billing drives the risk
+  ``re_engagement``              an automated re-engagement message, for churn risk
+
+Choosing. The risk tier gives the automated action (no-show: reminder for low, two reminders for
+medium and high; churn: re-engagement for medium and high). A *coordinator action* (call,
+telehealth/reschedule, billing counselling) is a candidate when the reasons call for it:
+billing features carry at least ``driver_share`` of the risk-raising contributions among the top
+reasons -> billing counselling; access features do -> telehealth or reschedule (in-person visits
+only); otherwise a high no-show risk -> a call. Coordinator actions need a person, so they are
+limited to ``calls_available`` (``OutreachSettings.calls_per_day`` by default) and given to the
+candidates with the largest *extra* expected benefit over their automated fallback:
+``risk x (effect(coordinator action) - effect(fallback))`` (churn weighted by ``churn_weight``).
+The rest get the fallback.
+
+Channel. Never an unreachable one: sms and phone need a mobile number on file (``has_mobile``),
+e-mail an address (``has_email``), the portal an activated account (``portal_enrolled``). The
+channel is the reachable one the channel model rates most likely to reach the patient; a call is
+always on the phone. A patient with no reachable channel (or unknown to the feature store) gets
+``none`` with a note to update contact details.
+
+Effects are relative reductions of the outcome probability against no outreach, configurable
+(``OutreachSettings.effects``); defaults and their sources are in ``DEFAULT_EFFECTS_SOURCES`` and
+docs/coordinators.md. Nothing here logs, and nothing here knows a patient beyond its inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from features.contracts import MODEL_CHANNELS
+
+Action = Literal["none", "reminder", "two_reminders", "call", "telehealth_or_reschedule", "billing_counselling",
+                 "re_engagement"]
+ACTIONS: tuple[str, ...] = ("none", "reminder", "two_reminders", "call", "telehealth_or_reschedule",
+                            "billing_counselling", "re_engagement")
+COORDINATOR_ACTIONS = frozenset({"call", "telehealth_or_reschedule", "billing_counselling"})
+ACTION_WORDS = {
+    "none": "No extra outreach",
+    "reminder": "Automated reminder",
+    "two_reminders": "Two reminders",
+    "call": "Personal call",
+    "telehealth_or_reschedule": "Offer telehealth or a new time",
+    "billing_counselling": "Billing counselling",
+    "re_engagement": "Re-engagement message",
+}
+CHANNEL_WORDS = {"sms": "SMS", "email": "E-mail", "phone": "Phone", "portal": "Portal"}
+
+#: channel -> the contact detail it needs (patients feed)
+CHANNEL_NEEDS: dict[str, str] = {"sms": "has_mobile", "phone": "has_mobile", "email": "has_email",
+                                 "portal": "portal_enrolled"}
+
+#: features whose risk-raising contributions mean "billing drives this risk"
+BILLING_FEATURES = frozenset({"statements_all", "billed_total", "paid_total", "open_balance", "share_paid",
+                              "statements_past_due", "in_collections", "disputed", "written_off", "payment_plan",
+                              "days_past_due"})
+#: features about getting to the visit (distance, how far ahead, when): telehealth or a new time may help
+ACCESS_FEATURES = frozenset({"distance_km", "lead_time_days", "weekday", "hour"})
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class Effects(BaseModel):
+    """Relative reduction of the outcome probability against no outreach, per action (0..1).
+
+    Defaults (docs/coordinators.md, shared/domain.md):
+    - reminder 0.24: SMS reminder vs none, relative risk of attending 1.08 (NIHR review 2014:
+      1.06-1.10) at a 25% no-show baseline: 25% -> 19%.
+    - two_reminders 0.36: a second reminder cuts no-shows among high-risk patients from 24-25% to
+      20.5% (AJMC 2018: x0.84) on top of the first: 1 - 0.76 x 0.84.
+    - call 0.41: calls to high-risk patients cut no-shows 29.2% -> 22.8% (JGIM 2016: x0.78) on top
+      of the usual reminder: 1 - 0.76 x 0.78.
+    - telehealth_or_reschedule 0.41, billing_counselling 0.41: a coordinator contact aimed at the
+      reason; no published figure, assumed equal to a call.
+    - re_engagement 0.10: churn; no published figure (domain.md), a conservative assumption.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reminder: float = Field(0.24, ge=0, le=1)
+    two_reminders: float = Field(0.36, ge=0, le=1)
+    call: float = Field(0.41, ge=0, le=1)
+    telehealth_or_reschedule: float = Field(0.41, ge=0, le=1)
+    billing_counselling: float = Field(0.41, ge=0, le=1)
+    re_engagement: float = Field(0.10, ge=0, le=1)
+
+    def of(self, action: str) -> float:
+        return 0.0 if action == "none" else float(getattr(self, action))
+
+
+DEFAULT_EFFECTS_SOURCES = {
+    "reminder": "SMS reminder vs none: RR of attending 1.06-1.10 (NIHR review 2014); 1.08 at a 25% no-show baseline",
+    "two_reminders": "Two reminders vs one among high risk: 24-25% -> 20.5% (AJMC 2018), on top of one reminder",
+    "call": "Calls to high-risk patients: 29.2% -> 22.8% (JGIM 2016), on top of one reminder",
+    "telehealth_or_reschedule": "assumption (no published figure): as a call",
+    "billing_counselling": "assumption (no published figure): as a call",
+    "re_engagement": "assumption (no published churn figure): 10% relative",
+}
+
+
+class OutreachSettings(BaseModel):
+    """Outreach plan settings (to become ``Settings.outreach``; see docs/coordinators.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    calls_per_day: int = Field(40, ge=0, description="Coordinator contacts (calls, counselling, offers) per day.")
+    effects: Effects = Effects()
+    #: no-show probability below which nothing beyond the usual contact is planned
+    min_risk_for_reminder: float = Field(0.05, ge=0, le=1)
+    #: tier at or above which a no-show risk is a call candidate
+    call_tier: Literal["medium", "high"] = "high"
+    #: tier at or above which billing/access reasons make a coordinator action a candidate
+    coordinator_tier: Literal["medium", "high"] = "medium"
+    #: share of the risk-raising contributions among the top reasons that makes a reason group "drive" the risk
+    driver_share: float = Field(0.5, gt=0, le=1)
+    #: value of keeping a patient from leaving, relative to averting one no-show (for ranking across lists)
+    churn_weight: float = Field(1.0, ge=0)
+    #: how many of a prediction's reasons the plan reads (and the lists show)
+    top_k: int = Field(3, ge=1, le=20)
+
+
+DEFAULT_TIERS = {"medium": 0.15, "high": 0.30}  # serving.risk_tiers' default
+
+
+def from_settings(settings: Any) -> tuple[OutreachSettings, dict[str, float]]:
+    """The outreach section (``settings.outreach`` once Settings has it, else the defaults) and the risk tiers."""
+    outreach = getattr(settings, "outreach", None) or OutreachSettings()
+    serving = getattr(settings, "serving", None)
+    return outreach, dict(getattr(serving, "risk_tiers", None) or DEFAULT_TIERS)
+
+
+# --------------------------------------------------------------------------- plan (pure)
+
+
+@dataclass(frozen=True)
+class ReasonIn:
+    feature: str
+    contribution: float
+    text: str
+
+
+@dataclass
+class Item:
+    """One explained prediction to plan for.
+
+    ``target``: ``no_show`` (an appointment) or ``churn`` (a patient). ``reachable``: the patient's
+    contact details (``has_mobile``, ``has_email``, ``portal_enrolled``), None when unknown.
+    ``channel_probabilities``: the channel model's output (may be empty: then sms, phone, e-mail,
+    portal in that order).
+    """
+
+    key: str
+    target: Literal["no_show", "churn"]
+    probability: float
+    reasons: Sequence[ReasonIn] = ()
+    reachable: Mapping[str, bool] | None = None
+    channel_probabilities: Mapping[str, float] = field(default_factory=dict)
+    telehealth: bool = False
+
+
+@dataclass
+class Recommendation:
+    key: str
+    target: str
+    probability: float
+    risk_tier: str
+    action: str
+    channel: str | None
+    expected_benefit: float
+    uses_coordinator: bool
+    rank: int | None
+    drivers: list[ReasonIn]
+    why: str
+    fallback: str = "none"
+
+    @property
+    def action_label(self) -> str:
+        return ACTION_WORDS[self.action]
+
+
+def tier_of(p: float, tiers: Mapping[str, float]) -> str:
+    tier = "low"
+    for name, cut in sorted(tiers.items(), key=lambda kv: kv[1]):
+        if p >= cut:
+            tier = name
+    return tier
+
+
+_TIER_ORDER = {"low": 0, "medium": 1, "high": 2}
+
+
+def reachable_channels(reachable: Mapping[str, bool] | None) -> list[str]:
+    """The model channels this patient can be reached on (none when contact details are unknown)."""
+    if reachable is None:
+        return []
+    return [c for c in MODEL_CHANNELS if bool(reachable.get(CHANNEL_NEEDS[c], False))]
+
+
+def choose_channel(reachable: Mapping[str, bool] | None, probabilities: Mapping[str, float]) -> str | None:
+    """The reachable channel with the highest predicted probability; None if nothing is reachable."""
+    ok = reachable_channels(reachable)
+    if not ok:
+        return None
+    order = {c: i for i, c in enumerate(MODEL_CHANNELS)}
+    return max(ok, key=lambda c: (float(probabilities.get(c, 0.0) or 0.0), -order[c]))
+
+
+def _drivers(reasons: Sequence[ReasonIn], group: frozenset[str], share: float) -> list[ReasonIn]:
+    """The reasons of ``group`` when they carry at least ``share`` of the risk-raising contributions."""
+    up = [r for r in reasons if r.contribution > 0]
+    total = sum(r.contribution for r in up)
+    mine = [r for r in up if r.feature in group]
+    if not mine or total <= 0 or sum(r.contribution for r in mine) < share * total:
+        return []
+    return mine
+
+
+def _automated(item: Item, tier: str, s: OutreachSettings) -> str:
+    if item.target == "churn":
+        return "re_engagement" if tier != "low" else "none"
+    if item.probability < s.min_risk_for_reminder:
+        return "none"
+    return "two_reminders" if tier != "low" else "reminder"
+
+
+def _candidate(item: Item, tier: str, s: OutreachSettings) -> tuple[str | None, list[ReasonIn]]:
+    """The coordinator action the reasons call for (or None), and the reasons that call for it."""
+    rank = _TIER_ORDER[tier]
+    if rank >= _TIER_ORDER[s.coordinator_tier]:
+        billing = _drivers(item.reasons, BILLING_FEATURES, s.driver_share)
+        if billing:
+            return "billing_counselling", billing
+        if item.target == "no_show" and not item.telehealth:
+            access = _drivers(item.reasons, ACCESS_FEATURES, s.driver_share)
+            if access:
+                return "telehealth_or_reschedule", access
+    if item.target == "no_show" and rank >= _TIER_ORDER[s.call_tier]:
+        return "call", [r for r in item.reasons if r.contribution > 0]
+    return None, []
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:.0f}%"
+
+
+def plan(items: Sequence[Item], settings: OutreachSettings | None = None,
+         calls_available: int | None = None, risk_tiers: Mapping[str, float] | None = None) -> list[Recommendation]:
+    """One recommendation per item, in input order; coordinator actions limited to ``calls_available``.
+
+    Ranking: coordinator slots go to the largest extra expected benefit
+    (risk x (effect of the coordinator action - effect of the automated fallback), churn weighted);
+    ties by higher risk, then input order, so the plan is deterministic.
+    """
+    s = settings or OutreachSettings()
+    cap = s.calls_per_day if calls_available is None else max(0, int(calls_available))
+    eff = s.effects
+    tiers = dict(risk_tiers or DEFAULT_TIERS)
+    recs: list[Recommendation] = []
+    wanted: list[tuple[float, float, int, str, list[ReasonIn], str | None]] = []
+    for i, it in enumerate(items):
+        p = float(it.probability)
+        if not math.isfinite(p):
+            p = 0.0
+        tier = tier_of(p, tiers)
+        weight = s.churn_weight if it.target == "churn" else 1.0
+        channel = choose_channel(it.reachable, it.channel_probabilities)
+        up = [r for r in it.reasons if r.contribution > 0]
+        if channel is None:
+            why = ("Contact details unknown: the patient is not in the feature store" if it.reachable is None
+                   else "No reachable channel on file (no mobile number, e-mail or portal account): update contact details")
+            recs.append(Recommendation(it.key, it.target, p, tier, "none", None, 0.0, False, None, up, why))
+            continue
+        fallback = _automated(it, tier, s)
+        benefit = weight * p * eff.of(fallback)
+        what = "no-show" if it.target == "no_show" else "leaving"
+        why = f"{tier.capitalize()} risk of {what} ({_pct(p)})"
+        why += f"; {ACTION_WORDS[fallback].lower()} by {CHANNEL_WORDS[channel]}" if fallback != "none" else ""
+        recs.append(Recommendation(it.key, it.target, p, tier, fallback, channel, benefit, False, None, up, why,
+                                   fallback))
+        cand, drivers = _candidate(it, tier, s)
+        if cand is None:
+            continue
+        cand_channel = "phone" if cand == "call" else channel
+        if cand_channel not in reachable_channels(it.reachable):
+            continue  # a call needs a phone number: keep the automated action
+        extra = weight * p * (eff.of(cand) - eff.of(fallback))
+        if extra > 0:
+            wanted.append((extra, p, i, cand, drivers, cand_channel))
+    wanted.sort(key=lambda w: (-w[0], -w[1], w[2]))
+    for rank, (extra, p, i, cand, drivers, cand_channel) in enumerate(wanted[:cap], start=1):
+        r = recs[i]
+        r.action, r.channel, r.uses_coordinator, r.rank = cand, cand_channel, True, rank
+        r.expected_benefit += extra
+        r.drivers = drivers or r.drivers
+        driven = "billing" if cand == "billing_counselling" else "access" if cand == "telehealth_or_reschedule" else "risk"
+        r.why = (f"{r.risk_tier.capitalize()} risk of {'no-show' if r.target == 'no_show' else 'leaving'} ({_pct(p)}); "
+                 f"{ACTION_WORDS[cand].lower()} by {CHANNEL_WORDS[cand_channel]}"
+                 f"{' because ' + driven + ' reasons drive the risk' if driven != 'risk' else ''}"
+                 f" (coordinator slot {rank} of {cap})")
+    for extra, p, i, cand, drivers, cand_channel in wanted[cap:]:
+        r = recs[i]
+        r.why += f"; {ACTION_WORDS[cand].lower()} advised but beyond today's {cap} coordinator slots"
+    return recs
+
+
+def expected_benefit(probability: float, action: str, settings: OutreachSettings | None = None,
+                     target: str = "no_show") -> float:
+    """Expected outcomes averted: risk x the action's effect (churn weighted)."""
+    s = settings or OutreachSettings()
+    w = s.churn_weight if target == "churn" else 1.0
+    return w * float(probability) * s.effects.of(action)
+
+
+# --------------------------------------------------------------------------- API models
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _request_models():
+    from serving.schemas import Appointment, Id, TopK  # noqa: F401
+
+    return Appointment, Id, TopK
+
+
+_Appointment, _Id, _TopK = _request_models()
+
+
+class OutreachPlanRequest(_Strict):
+    """Appointments (no-show) and/or patients (churn) to plan outreach for, in one ranking."""
+
+    appointments: list[_Appointment] = Field(default_factory=list,  # type: ignore[valid-type]
+                                             description="Appointments to plan for (no-show risk).")
+    patient_ids: list[_Id] = Field(default_factory=list,  # type: ignore[valid-type]
+                                   description="Patients to plan for (risk of leaving the practice).")
+    calls_available: int | None = Field(None, ge=0, le=100_000,
+                                        description="Coordinator contacts available (default: outreach.calls_per_day).")
+    top_k: _TopK = 3  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _some(self) -> "OutreachPlanRequest":
+        if not self.appointments and not self.patient_ids:
+            raise ValueError("give at least one appointment or patient id")
+        return self
+
+
+class PlanReason(BaseModel):
+    feature: str
+    contribution: float = Field(description="SHAP contribution in log-odds (positive raises the risk).")
+    text: str
+
+
+class PlanRecommendation(BaseModel):
+    kind: Literal["appointment", "patient"]
+    appointment_id: str | None = None
+    patient_id: str
+    target: Literal["no_show", "churn"]
+    probability: float
+    risk_tier: Literal["low", "medium", "high"]
+    action: Action
+    action_label: str
+    channel: Literal[MODEL_CHANNELS] | None = Field(description="Never a channel the patient cannot be reached on.")  # type: ignore[valid-type]
+    expected_benefit: float = Field(description="Expected outcomes averted: risk x the action's effect.")
+    uses_coordinator: bool
+    coordinator_rank: int | None = Field(None, description="Rank among the coordinator slots given (1 = first).")
+    drivers: list[PlanReason] = Field(description="The reasons that drove this recommendation.")
+    why: str
+
+
+class OutreachPlanResponse(BaseModel):
+    models: dict[str, dict[str, str]]
+    calls_available: int
+    calls_used: int
+    recommendations: list[PlanRecommendation]
+
+
+def reasons_in(reasons: Sequence[Mapping[str, Any]]) -> list[ReasonIn]:
+    return [ReasonIn(str(r["feature"]), float(r["contribution"]), str(r["text"])) for r in reasons]
+
+
+def to_response_rows(items: Sequence[tuple[str, str | None, str]], recs: Sequence[Recommendation]) -> list[dict]:
+    """``items``: (kind, appointment_id, patient_id) per recommendation, same order."""
+    out = []
+    for (kind, aid, pid), r in zip(items, recs):
+        out.append({"kind": kind, "appointment_id": aid, "patient_id": pid, "target": r.target,
+                    "probability": r.probability, "risk_tier": r.risk_tier, "action": r.action,
+                    "action_label": r.action_label, "channel": r.channel, "expected_benefit": r.expected_benefit,
+                    "uses_coordinator": r.uses_coordinator, "coordinator_rank": r.rank,
+                    "drivers": [{"feature": d.feature, "contribution": d.contribution, "text": d.text}
+                                for d in r.drivers],
+                    "why": r.why})
+    return out
+
+
+REACH_FEATURES = ("has_mobile", "has_email", "portal_enrolled")
+
+
+def reachability(predictor: Any, patient_ids: Sequence[str]) -> list[dict[str, bool] | None]:
+    """Contact details per patient from the predictor's feature source (None for unknown patients)."""
+    X, known = predictor.features.fetch("channel", list(patient_ids), None, list(REACH_FEATURES))
+    out: list[dict[str, bool] | None] = []
+    for i in range(len(patient_ids)):
+        if not known[i]:
+            out.append(None)
+            continue
+        out.append({f: bool(X[i, j] >= 0.5) if X[i, j] == X[i, j] else False for j, f in enumerate(REACH_FEATURES)})
+    return out
+
+
+def plan_request(predictor: Any, body: OutreachPlanRequest, settings: OutreachSettings | None = None) -> dict:
+    """The body of ``POST /v1/outreach-plan``: predict, explain, read contact details, plan.
+
+    ``predictor`` is a ``serving.predictor.Predictor`` (no-show, churn and channel champions loaded).
+    Returns a dict in the shape of ``OutreachPlanResponse``. Blocking: call it in a worker thread.
+    """
+    s = settings or OutreachSettings()
+    top_k = body.top_k or s.top_k
+    appts = [a.__dict__ for a in body.appointments]
+    pids_ns = [a["patient_id"] for a in appts]
+    pids_all = list(dict.fromkeys(pids_ns + list(body.patient_ids)))
+    models: dict[str, dict[str, str]] = {}
+    ch = predictor.patients("channel", pids_all, 0)
+    models["channel"] = ch["model"]
+    chan = {pid: p.get("probabilities", {}) for pid, p in zip(pids_all, ch["predictions"])}
+    reach = dict(zip(pids_all, reachability(predictor, pids_all)))
+    items: list[Item] = []
+    ids: list[tuple[str, str | None, str]] = []
+    if appts:
+        ns = predictor.no_show(appts, top_k)
+        models["no_show"] = ns["model"]
+        for i, (a, p) in enumerate(zip(appts, ns["predictions"])):
+            pid = a["patient_id"]
+            items.append(Item(f"a{i}", "no_show", p["probability"], reasons_in(p["reasons"]), reach[pid], chan[pid],
+                              bool(a.get("telehealth"))))
+            ids.append(("appointment", a["appointment_id"], pid))
+    if body.patient_ids:
+        cr = predictor.patients("churn", list(body.patient_ids), top_k)
+        models["churn"] = cr["model"]
+        for i, (pid, p) in enumerate(zip(body.patient_ids, cr["predictions"])):
+            items.append(Item(f"p{i}", "churn", p["probability"], reasons_in(p["reasons"]), reach[pid], chan[pid]))
+            ids.append(("patient", None, pid))
+    cap = s.calls_per_day if body.calls_available is None else body.calls_available
+    recs = plan(items, s, cap, getattr(predictor, "risk_tiers", None))
+    return {"models": models, "calls_available": cap, "calls_used": sum(r.uses_coordinator for r in recs),
+            "recommendations": to_response_rows(ids, recs)}
