@@ -187,7 +187,45 @@ def _add_groups(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odfv: bool = False) -> pd.DataFrame:
+ASOF_THRESHOLD = 200_000
+
+
+def _asof_join(settings: Settings, store: Any, refs: list[str], entity: pd.DataFrame) -> pd.DataFrame:
+    """Point-in-time join as DuckDB ASOF joins generated from the registered feature views.
+
+    Same result as Feast's DuckDB offline store for these views: each entity row gets the latest snapshot with
+    ``event_timestamp <= row time`` (snapshots are unique per patient and time, and ``created`` equals
+    ``event_timestamp``, so the created-timestamp filter and tie-break are no-ops). Feast's own join expands
+    every entity row against every earlier snapshot before de-duplicating, which ran out of memory for 2M
+    appointments; the ASOF join is linear. Tests check both paths agree.
+    """
+    from features.build import connect
+
+    by_view: dict[str, list[str]] = {}
+    for r in refs:
+        v, f = r.split(":")
+        by_view.setdefault(v, []).append(f)
+    con = connect(settings)
+    ent = entity.copy()
+    ent["_row"] = np.arange(len(ent))
+    con.register("entity_df", ent)
+    sel, joins = [], []
+    for i, (view, feats) in enumerate(by_view.items()):
+        fv = store.get_feature_view(view)
+        src = fv.batch_source
+        ts, cr = src.timestamp_field, src.created_timestamp_column
+        cols = ", ".join(f'"{f}"' for f in feats)
+        joins.append(f"""ASOF LEFT JOIN (SELECT patient_id AS _k{i}, "{ts}" AS _t{i}, {cols}
+                         FROM read_parquet('{src.path}') WHERE "{cr}" <= "{ts}") v{i}
+                         ON e.patient_id = v{i}._k{i} AND e.event_timestamp >= v{i}._t{i}""")
+        sel += [f'v{i}."{f}"' for f in feats]
+    df = con.execute(f"SELECT e.*, {', '.join(sel)} FROM entity_df e {' '.join(joins)} ORDER BY e._row").df()
+    con.close()
+    return df.drop(columns=["_row"])
+
+
+def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odfv: bool = False,
+               engine: str = "auto") -> pd.DataFrame:
     """Point-in-time features for ``entity`` rows (ids, event_timestamp, request fields) via Feast.
 
     The stored features come from ``get_historical_features`` on the target's feature-service views (DuckDB
@@ -195,6 +233,8 @@ def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odf
     pure functions the on-demand views call (``features.request_features``): Feast's python-mode on-demand
     views convert the whole retrieval to Python lists offline, which is slow for millions of rows, so by
     default they are applied here vectorised; ``via_odfv=True`` runs them through Feast (tests check both agree).
+    Above ``ASOF_THRESHOLD`` entity rows (or with ``engine="asof"``) the point-in-time join runs as DuckDB ASOF
+    joins generated from the registered views (``_asof_join``), which keeps memory linear.
     """
     from features.build import ACTIVITY_TIMESTAMPS
     from features.request_features import appointment_features, recency_features
@@ -209,8 +249,11 @@ def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odf
         if proj.name in ("patient_profile", "patient_activity"):
             refs += [f"{proj.name}:{f.name}" for f in proj.features]
     refs += ["patient_profile:birth_year"] + [f"patient_activity:{c}" for c in ACTIVITY_TIMESTAMPS]
-    df = store.get_historical_features(entity_df=entity, features=sorted(set(refs), key=refs.index),
-                                       filter_by_created_timestamp=True).to_df()
+    refs = sorted(set(refs), key=refs.index)
+    if engine == "asof" or (engine == "auto" and len(entity) > ASOF_THRESHOLD):
+        df = _asof_join(settings, store, refs, entity)
+    else:
+        df = store.get_historical_features(entity_df=entity, features=refs, filter_by_created_timestamp=True).to_df()
     batch = {c: df[c].to_numpy(dtype=float, na_value=np.nan) for c in [*ACTIVITY_TIMESTAMPS, "birth_year"]}
     batch["request_ts"] = df["request_ts"].to_numpy(dtype=float)
     for k, v in recency_features(batch).items():

@@ -126,11 +126,14 @@ def test_training_path_matches_feast_on_demand_views(tmp_path: Path) -> None:
     build_features(s, random_world(tmp_path / "feeds", patients=60, seed=5))
     store.apply(s)
     entity = pd.read_parquet(label_file(s.feature_dir, "no_show")).head(300)
+    entity = pd.concat([entity, entity.head(20)], ignore_index=True)  # repeated (id, time) rows stay separate
     entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
     fast = store.historical(s, "no_show", entity).sort_values(["appointment_id"]).reset_index(drop=True)
     slow = store.historical(s, "no_show", entity, via_odfv=True).sort_values(["appointment_id"]).reset_index(drop=True)
+    asof = store.historical(s, "no_show", entity, engine="asof").sort_values(["appointment_id"]).reset_index(drop=True)
     for c in store.feature_columns("no_show"):
         np.testing.assert_allclose(fast[c].to_numpy(float), slow[c].to_numpy(float), equal_nan=True, err_msg=c)
+        np.testing.assert_allclose(asof[c].to_numpy(float), slow[c].to_numpy(float), equal_nan=True, err_msg=c)
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

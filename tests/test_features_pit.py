@@ -102,6 +102,12 @@ def test_events_after_the_prediction_point_never_reach_the_row(tmp_path: Path) -
     after, before = rows["P_AFTER"], rows["P_BEFORE"]
     assert after["event_timestamp"] == T and before["event_timestamp"] == T
     assert leaks(after, before) == []
+    # the linear ASOF path used for large training sets gives the same rows
+    from features.labels import label_file
+    entity = pd.read_parquet(label_file(s.feature_dir, "no_show"))
+    entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
+    asof = store.historical(s, "no_show", entity, engine="asof").set_index("appointment_id")
+    assert leaks(asof.loc["P_AFTER_scored"], asof.loc["P_BEFORE_scored"]) == []
     # the request-time features come from the request, identically for both twins
     assert after["lead_time_days"] == pytest.approx(35 + 10 / 24 + 3) or after["lead_time_days"] > 30
     assert after["weekday"] == (T + 72 * H).weekday() and after["hour"] == 10

@@ -1,0 +1,155 @@
+"""Feature store benchmark on a built home: training retrieval, materialization to SQLite and Redis, online reads.
+
+Usage: python benchmarks/bench_features_store.py --home HOME [--appointments 2000000] [--stages retrieval,materialize,online]
+HOME is a CARECAST_HOME where `carecast features build` has run (e.g. after bench_features_build.py, or
+`carecast features build`). Each stage runs in its own process so peak memory is per stage.
+Targets (issue 3): retrieval of 2M appointments <= 15 s and 4 GB; online p50 <= 2 ms for one patient's vector.
+Online reads follow shared/stack.md: warm up, then gc.collect(); gc.freeze().
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from carecast.bench import peak_rss_mb, report  # noqa: E402
+from carecast.settings import load_settings  # noqa: E402
+
+
+def settings_for(home: Path, kind: str, project: str):
+    return load_settings(environ={**os.environ, "CARECAST_HOME": str(home), "CARECAST_ONLINE_STORE__TYPE": kind,
+                                  "CARECAST_ONLINE_STORE__PROJECT": project})
+
+
+def retrieval(home: Path, n: int) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from features import store
+    from features.labels import label_file
+    s = settings_for(home, "sqlite", "bench_retrieval")
+    store.apply(s)
+    labels = pd.read_parquet(label_file(s.feature_dir, "no_show"))
+    rng = np.random.default_rng(0)
+    entity = labels.iloc[rng.integers(0, len(labels), n)].reset_index(drop=True) if n > len(labels) else labels.head(n)
+    entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
+    snapshots = json.loads((s.feature_dir / "manifest.json").read_text())["snapshots"]
+    rss0 = peak_rss_mb()
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    df = store.historical(s, "no_show", entity)
+    secs = time.perf_counter() - t0
+    figures = {"entity_rows": len(entity), "snapshot_rows": snapshots, "seconds": round(secs, 1),
+               "rows_per_s": round(len(entity) / secs), "peak_rss_mb": round(peak_rss_mb()),
+               "rss_before_mb": round(rss0), "features": len(store.feature_columns("no_show")),
+               "load_avg_1m_at_start": round(load, 1), "result_rows": len(df)}
+    report("features_training_retrieval", figures,
+           f"training retrieval (no_show service, point-in-time, DuckDB offline store): {len(entity):,} appointments "
+           f"over {snapshots:,} snapshot rows in {secs:.1f}s, peak {figures['peak_rss_mb']:,} MB "
+           f"(load avg {load:.1f}, {os.cpu_count()} cores)")
+
+
+def materialize(home: Path, kind: str) -> None:
+    from features import store
+    project = f"bench_{kind}_{uuid.uuid4().hex[:8]}"
+    s = settings_for(home, kind, project)
+    store.apply(s)
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    n = store.materialize(s)
+    secs = time.perf_counter() - t0
+    figures = {"store": kind, "patients": n, "seconds": round(secs, 1), "patients_per_s": round(n / secs),
+               "peak_rss_mb": round(peak_rss_mb()), "load_avg_1m_at_start": round(load, 1), "project": project}
+    if kind == "sqlite":
+        figures["online_db_mb"] = round((s.feature_repo_dir / "online.db").stat().st_size / 1e6)
+    report(f"features_materialize_{kind}", figures,
+           f"materialize {n:,} patients into {kind}: {secs:.1f}s ({figures['patients_per_s']:,} patients/s), "
+           f"peak {figures['peak_rss_mb']:,} MB (load avg {load:.1f})")
+    (home / f"bench_project_{kind}.txt").write_text(project)
+
+
+def online(home: Path, kind: str, calls: int = 2000, batch_calls: int = 200) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from features import store
+    project = (home / f"bench_project_{kind}.txt").read_text()
+    s = settings_for(home, kind, project)
+    pids = pd.read_parquet(s.feature_dir / "patient_profile.parquet", columns=["patient_id"]).patient_id.to_numpy()
+    rng = np.random.default_rng(1)
+    as_of = dt.datetime.fromisoformat(json.loads((s.feature_dir / "manifest.json").read_text())["as_of"])
+    req = {"as_of": as_of, "scheduled_at": as_of + dt.timedelta(days=3), "booked_at": as_of - dt.timedelta(days=10),
+           "department": "cardiology", "visit_type": "follow_up", "telehealth": False}
+    feast = store.get_store(s)
+    service = feast.get_feature_service("carecast_no_show")
+
+    def raw_call(ids):
+        rows = [{"patient_id": p, "request_ts": as_of.timestamp(), "scheduled_ts": as_of.timestamp() + 3 * 86400,
+                 "booked_ts": as_of.timestamp() - 864000, "department": "cardiology", "visit_type": "follow_up",
+                 "telehealth": 0} for p in ids]
+        return feast.get_online_features(features=service, entity_rows=rows).to_dict()
+
+    def api_call(ids):
+        return store.online_features(s, "no_show", list(ids), [req] * len(ids))
+
+    results = {}
+    for name, fn in (("feast_service", raw_call), ("carecast_api", api_call)):
+        for size, n in ((1, calls), (100, batch_calls)):
+            for _ in range(50):  # warm-up
+                fn(rng.choice(pids, size))
+            gc.collect()
+            gc.freeze()
+            lat = []
+            for _ in range(n):
+                ids = rng.choice(pids, size)
+                t0 = time.perf_counter()
+                fn(ids)
+                lat.append((time.perf_counter() - t0) * 1000)
+            gc.unfreeze()
+            results[f"{name}_{size}_p50_ms"] = round(float(np.percentile(lat, 50)), 2)
+            results[f"{name}_{size}_p99_ms"] = round(float(np.percentile(lat, 99)), 2)
+    figures = {"store": kind, "features": len(store.feature_columns("no_show")), **results,
+               "load_avg_1m": round(os.getloadavg()[0], 1)}
+    report(f"features_online_read_{kind}", figures,
+           f"online read from {kind} (no_show vector, {figures['features']} features incl. 2 python-mode on-demand "
+           f"views): 1 patient p50 {results['carecast_api_1_p50_ms']} ms / p99 {results['carecast_api_1_p99_ms']} ms "
+           f"through store.online_features ({results['feast_service_1_p50_ms']} / {results['feast_service_1_p99_ms']} ms "
+           f"raw Feast service call); 100 patients p50 {results['carecast_api_100_p50_ms']} ms / p99 "
+           f"{results['carecast_api_100_p99_ms']} ms (load avg {figures['load_avg_1m']})")
+    if kind == "redis":
+        store.teardown(s)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--home", type=Path, required=True)
+    ap.add_argument("--appointments", type=int, default=2_000_000)
+    ap.add_argument("--stages", default="retrieval,materialize,online")
+    ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--kind", default="sqlite", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.stage == "retrieval":
+        return retrieval(args.home, args.appointments)
+    if args.stage == "materialize":
+        return materialize(args.home, args.kind)
+    if args.stage == "online":
+        return online(args.home, args.kind)
+    for stage in args.stages.split(","):
+        kinds = ["sqlite"] if stage == "retrieval" else ["sqlite", "redis"]
+        for kind in kinds:
+            subprocess.run([sys.executable, __file__, "--home", str(args.home), "--appointments", str(args.appointments),
+                            "--stage", stage, "--kind", kind], check=True)
+
+
+if __name__ == "__main__":
+    main()
