@@ -25,6 +25,10 @@ from serving.cli import serve as serve_cmd  # noqa: E402
 
 app.command("serve")(serve_cmd)
 
+from pipelines.score_cli import score as score_cmd  # noqa: E402
+
+app.command("score")(score_cmd)
+
 
 @app.command()
 def home() -> None:
