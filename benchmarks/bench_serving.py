@@ -1,0 +1,239 @@
+"""Prediction API latency and throughput, end to end over loopback against a real `carecast serve`.
+
+Figures: sequential keep-alive latency of one explained /v1/no-show prediction (p50, p99; targets
+5 ms and 15 ms on 2 cores), explained predictions per second at 32 concurrent clients (target 400),
+one 1,000-appointment batch (target 300 ms), and the ratio of the endpoint p50 to the same
+prediction and explanation done in-process (``Predictor.no_show``).
+
+Uses the champions and the feature store under $CARECAST_HOME when all three champions and the
+online store exist; otherwise builds a stand-in home in a temporary folder (small XGBoost models of
+the production shape, depth 4 x 200 trees, in a real MLflow registry; in-memory features) and says
+so. Clients run on the same machine: on 2 cores they take CPU from the server. Bounded loops only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from carecast.bench import report  # noqa: E402
+from carecast.settings import load_settings  # noqa: E402
+
+KEY = "bench-key-0123456789"
+SEQUENTIAL = int(os.environ.get("BENCH_SEQUENTIAL", "1000"))
+CONCURRENT_REQUESTS = int(os.environ.get("BENCH_CONCURRENT_REQUESTS", "2000"))
+CLIENTS = 32
+BATCH = 1000
+BATCH_REPEATS = 10
+
+
+def _real_home_ready(settings) -> bool:
+    try:
+        from serving.model_source import MlflowModelSource
+
+        if not (settings.feature_dir / "manifest.json").exists() or not settings.mlflow_db.exists():
+            return False
+        src = MlflowModelSource(settings.tracking_uri)
+        return all(src.champion_version(t) for t in ("no_show", "churn", "channel"))
+    except Exception:
+        return False
+
+
+def _setup() -> tuple[dict[str, str], list[str], str]:
+    """Environment for the server, known patient ids, and a description of what is served."""
+    settings = load_settings()
+    env = {"CARECAST_API_KEYS": KEY, "BENTOML_DO_NOT_TRACK": "True"}
+    if _real_home_ready(settings):
+        import test_serving_support as sup
+
+        env["CARECAST_HOME"] = str(settings.home)
+        return env, sup.known_patient_ids(settings, 500), f"champions and Feast online store under {settings.home}"
+    import test_serving_support as sup
+
+    home = Path(tempfile.mkdtemp(prefix="carecast-bench-"))
+    for i, t in enumerate(sup.FEATURES):
+        sup.register(home, t, seed=i, trees=200, depth=4)
+    env.update(sup.serving_env(home))
+    env["CARECAST_API_KEYS"] = KEY
+    return env, sup.KNOWN, "stand-in models (depth 4 x 200 trees, real MLflow registry) and in-memory features"
+
+
+def _appointment(pid: str, i: int) -> dict:
+    return {"appointment_id": f"B{i:06d}", "patient_id": pid, "scheduled_at": "2026-06-20T09:30:00",
+            "booked_at": "2026-05-20T10:00:00", "department": "cardiology", "visit_type": "follow_up",
+            "telehealth": False}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(env: dict[str, str], port: int) -> subprocess.Popen:
+    full = {**os.environ, **env}
+    cmd = [str(Path(sys.executable).with_name("carecast")), "serve", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited with {proc.returncode}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise SystemExit("server not ready within 300 s")
+    except BaseException:
+        _stop(proc)
+        raise
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q))
+
+
+def sequential(base: str, pids: list[str]) -> list[float]:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    out = []
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as c:
+        for i in range(50):
+            c.post("/v1/no-show", json={"appointments": [_appointment(pids[i % len(pids)], i)], "top_k": 3})
+        for i in range(SEQUENTIAL):
+            body = {"appointments": [_appointment(pids[i % len(pids)], i)], "top_k": 3}
+            t0 = time.perf_counter()
+            r = c.post("/v1/no-show", json=body)
+            out.append((time.perf_counter() - t0) * 1000)
+            assert r.status_code == 200, r.status_code
+    return out
+
+
+async def _concurrent(base: str, pids: list[str]) -> tuple[float, int]:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    counter = iter(range(CONCURRENT_REQUESTS))
+    errors = 0
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60, limits=limits) as c:
+        async def client() -> None:
+            nonlocal errors
+            for i in counter:
+                r = await c.post("/v1/no-show", json={"appointments": [_appointment(pids[i % len(pids)], i)], "top_k": 3})
+                errors += r.status_code != 200
+        await asyncio.gather(*(client() for _ in range(CLIENTS)))  # warm connections
+        counter = iter(range(CONCURRENT_REQUESTS))
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(CLIENTS)))
+        return CONCURRENT_REQUESTS / (time.perf_counter() - t0), errors
+
+
+def batch(base: str, pids: list[str]) -> list[float]:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"appointments": [_appointment(pids[i % len(pids)], i) for i in range(BATCH)], "top_k": 3}
+    out = []
+    with httpx.Client(base_url=base, headers=headers, timeout=120) as c:
+        c.post("/v1/no-show", json=body)
+        for _ in range(BATCH_REPEATS):
+            t0 = time.perf_counter()
+            r = c.post("/v1/no-show", json=body)
+            out.append((time.perf_counter() - t0) * 1000)
+            assert r.status_code == 200 and len(r.json()["predictions"]) == BATCH
+    return out
+
+
+def in_process(env: dict[str, str], pids: list[str]) -> list[float]:
+    """The same explained prediction without HTTP: features, TreeSHAP, reasons, response dict."""
+    import datetime as dt
+    import gc
+
+    os.environ.update(env)
+    from serving.model_source import MlflowModelSource
+    from serving.predictor import Predictor
+    from serving.service import _feature_source
+
+    settings = load_settings()
+    pred = Predictor(MlflowModelSource(settings.tracking_uri), _feature_source(settings), settings.serving.risk_tiers,
+                     targets=("no_show",))
+    pred.reload()
+    gc.collect()
+    gc.freeze()
+    out = []
+    for i in range(SEQUENTIAL + 50):
+        a = _appointment(pids[i % len(pids)], i)
+        a["scheduled_at"] = dt.datetime.fromisoformat(a["scheduled_at"])
+        a["booked_at"] = dt.datetime.fromisoformat(a["booked_at"])
+        t0 = time.perf_counter()
+        pred.no_show([a], 3)
+        if i >= 50:
+            out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def main() -> None:
+    # a `timeout` or Ctrl-C must still stop the server's whole process group (the finally below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    env, pids, what = _setup()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    proc = _start(env, port)
+    start_s = time.perf_counter() - t0
+    try:
+        seq = sequential(base, pids)
+        rps, errors = asyncio.run(_concurrent(base, pids))
+        bat = batch(base, pids)
+    finally:
+        _stop(proc)
+    inproc = in_process(env, pids)
+    figures = {
+        "served": what,
+        "server_start_s": round(start_s, 1),
+        "sequential_n": SEQUENTIAL,
+        "sequential_p50_ms": round(_pct(seq, 50), 2),
+        "sequential_p99_ms": round(_pct(seq, 99), 2),
+        "concurrent_clients": CLIENTS,
+        "concurrent_requests": CONCURRENT_REQUESTS,
+        "concurrent_rps": round(rps, 1),
+        "concurrent_errors": errors,
+        "batch_1000_median_ms": round(statistics.median(bat), 1),
+        "batch_1000_max_ms": round(max(bat), 1),
+        "in_process_p50_ms": round(_pct(inproc, 50), 3),
+        "in_process_p99_ms": round(_pct(inproc, 99), 3),
+        "endpoint_to_in_process_p50_ratio": round(_pct(seq, 50) / _pct(inproc, 50), 1),
+    }
+    words = (f"Serving ({what}), one explained /v1/no-show prediction over loopback keep-alive: "
+             f"p50 {figures['sequential_p50_ms']} ms, p99 {figures['sequential_p99_ms']} ms (targets 5 / 15 ms); "
+             f"{CLIENTS} concurrent clients: {figures['concurrent_rps']} explained predictions/s (target 400, "
+             f"{errors} errors); 1,000-appointment batch: median {figures['batch_1000_median_ms']} ms (target 300); "
+             f"in-process p50 {figures['in_process_p50_ms']} ms, endpoint/in-process ratio "
+             f"{figures['endpoint_to_in_process_p50_ratio']}x; server ready in {figures['server_start_s']} s.")
+    report("serving", figures, words)
+
+
+if __name__ == "__main__":
+    main()
