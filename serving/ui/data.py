@@ -1,0 +1,222 @@
+"""The risk lists as the page shows them: load the latest, filter, sort, page, export.
+
+The newest folder named by ``risk_lists/LATEST`` (written by ``carecast score``) is read once and
+kept until the pointer changes; display text is computed at load, so a request only filters,
+sorts and slices. The CSV export carries exactly the shown columns and text, for all rows that
+pass the filters, in the shown order.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+LATEST = "LATEST"
+TIERS = ("high", "medium", "low")
+PAGE_SIZES = (25, 50, 100, 200)
+CHANNEL_WORDS = {"sms": "SMS", "email": "E-mail", "phone": "Phone", "portal": "Portal", "": "None reachable"}
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str          # column of the display frame
+    label: str
+    sort: str | None  # column to sort by (None: not sortable)
+
+
+LISTS: dict[str, dict] = {
+    "appointments": {
+        "title": "Upcoming appointments at risk of no-show",
+        "file": "appointments.parquet",
+        "date": "scheduled_at", "date_label": "Appointment date",
+        "columns": [
+            Column("rank", "#", "rank"),
+            Column("when", "When (UTC)", "scheduled_at"),
+            Column("department_text", "Department", "department"),
+            Column("visit_text", "Visit", "visit_type"),
+            Column("appointment_id", "Appointment", "appointment_id"),
+            Column("patient_id", "Patient", "patient_id"),
+            Column("risk", "Risk", "probability"),
+            Column("risk_tier", "Tier", "tier_rank"),
+            Column("reasons", "Top reasons", None),
+            Column("channel_text", "Channel", "channel"),
+            Column("action_label", "Recommended action", "action_label"),
+            Column("why", "Why", None),
+        ],
+    },
+    "patients": {
+        "title": "Patients at risk of leaving the practice",
+        "file": "patients.parquet",
+        "date": "last_visit", "date_label": "Last visit",
+        "columns": [
+            Column("rank", "#", "rank"),
+            Column("patient_id", "Patient", "patient_id"),
+            Column("department_text", "Main department", "department"),
+            Column("when", "Last visit (UTC)", "last_visit"),
+            Column("risk", "Risk", "probability"),
+            Column("risk_tier", "Tier", "tier_rank"),
+            Column("reasons", "Top reasons", None),
+            Column("channel_text", "Channel", "channel"),
+            Column("action_label", "Recommended action", "action_label"),
+            Column("why", "Why", None),
+        ],
+    },
+}
+
+
+@dataclass
+class Snapshot:
+    folder: Path
+    manifest: dict
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    departments: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _words(s: pd.Series) -> pd.Series:
+    return s.fillna("").astype(str).str.replace("_", " ", regex=False).str.capitalize()
+
+
+def _display(df: pd.DataFrame, date_col: str) -> pd.DataFrame:
+    out = df.copy()
+    when = pd.to_datetime(out[date_col], utc=True)
+    out[date_col] = when
+    out["date"] = when.dt.date
+    out["when"] = when.dt.strftime("%Y-%m-%d %H:%M").fillna("never")
+    out["department_text"] = _words(out["department"]).replace("", "Unknown")
+    if "visit_type" in out:
+        vt = _words(out["visit_type"])
+        out["visit_text"] = np.where(out["telehealth"].to_numpy(bool), vt + " (telehealth)", vt)
+    out["risk"] = (100 * out["probability"]).round().astype(int).astype(str) + "%"
+    out["tier_rank"] = out["risk_tier"].map({"low": 0, "medium": 1, "high": 2}).fillna(0).astype(int)
+    out["channel_text"] = out["channel"].fillna("").map(lambda c: CHANNEL_WORDS.get(c, c))
+    out["reasons"] = out["reasons"].fillna("")
+    return out
+
+
+class Store:
+    """The latest risk lists under ``root``, reloaded when ``LATEST`` names a new folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._snap: Snapshot | None = None
+        self._lock = threading.Lock()
+
+    def latest(self) -> Snapshot | None:
+        pointer = self.root / LATEST
+        try:
+            name = pointer.read_text().strip()
+        except FileNotFoundError:
+            return None
+        folder = self.root / name
+        snap = self._snap
+        if snap is not None and snap.folder == folder:
+            return snap
+        with self._lock:
+            if self._snap is not None and self._snap.folder == folder:
+                return self._snap
+            manifest = json.loads((folder / "manifest.json").read_text())
+            snap = Snapshot(folder, manifest)
+            for name_, spec in LISTS.items():
+                df = _display(pd.read_parquet(folder / spec["file"]), spec["date"])
+                snap.frames[name_] = df
+                snap.departments[name_] = sorted(d for d in df["department"].dropna().unique() if d)
+            self._snap = snap
+            return snap
+
+
+@dataclass
+class Query:
+    start: dt.date | None = None
+    end: dt.date | None = None
+    department: str = ""
+    tier: str = ""
+    sort: str = "rank"
+    desc: bool = False
+    page: int = 1
+    size: int = 50
+    problems: list[str] = field(default_factory=list)
+
+
+def _date(value: str | None, name: str, problems: list[str]) -> dt.date | None:
+    if not value:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        problems.append(f"{name} must be a date like 2026-06-01; ignored")
+        return None
+
+
+def parse_query(params, list_name: str) -> Query:
+    """Query parameters -> Query; anything invalid falls back to the default and is reported."""
+    q = Query()
+    q.start = _date(params.get("from"), "From", q.problems)
+    q.end = _date(params.get("to"), "To", q.problems)
+    q.department = params.get("department", "") or ""
+    tier = params.get("tier", "") or ""
+    q.tier = tier if tier in TIERS else ""
+    sortable = {c.key for c in LISTS[list_name]["columns"] if c.sort}
+    sort = params.get("sort", "rank") or "rank"
+    q.sort = sort if sort in sortable else "rank"
+    q.desc = params.get("dir") == "desc"
+    try:
+        q.size = int(params.get("size", 50))
+    except ValueError:
+        q.size = 50
+    q.size = q.size if q.size in PAGE_SIZES else 50
+    try:
+        q.page = max(1, int(params.get("page", 1)))
+    except ValueError:
+        q.page = 1
+    return q
+
+
+def apply(df: pd.DataFrame, q: Query, list_name: str) -> pd.DataFrame:
+    """Filtered and sorted rows (every page)."""
+    mask = np.ones(len(df), dtype=bool)
+    if q.start is not None:
+        mask &= (df["date"] >= q.start).fillna(False).to_numpy(bool)
+    if q.end is not None:
+        mask &= (df["date"] <= q.end).fillna(False).to_numpy(bool)
+    if q.department:
+        mask &= (df["department"] == q.department).to_numpy()
+    if q.tier:
+        mask &= (df["risk_tier"] == q.tier).to_numpy()
+    out = df[mask]
+    col = next(c for c in LISTS[list_name]["columns"] if c.key == q.sort)
+    if col.sort != "rank" or q.desc:
+        # stable, ties by rank so the order is deterministic and the same on screen and in the CSV
+        out = out.sort_values([col.sort, "rank"], ascending=[not q.desc, True], kind="mergesort",
+                              na_position="last")
+    return out
+
+
+def page(rows: pd.DataFrame, q: Query) -> tuple[pd.DataFrame, int]:
+    pages = max(1, -(-len(rows) // q.size))
+    q.page = min(q.page, pages)
+    start = (q.page - 1) * q.size
+    return rows.iloc[start:start + q.size], pages
+
+
+def _safe(v: str) -> str:
+    """Spreadsheet formula injection guard: a cell never starts with = + - @."""
+    return "'" + v if v[:1] in ("=", "+", "-", "@") else v
+
+
+def to_csv(rows: pd.DataFrame, list_name: str) -> str:
+    cols = LISTS[list_name]["columns"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([c.label for c in cols])
+    values = [[_safe(v) for v in rows[c.key].astype(str).tolist()] for c in cols]
+    for i in range(len(rows)):
+        w.writerow([v[i] for v in values])
+    return buf.getvalue()
