@@ -205,7 +205,7 @@ def _asof_join(settings: Settings, store: Any, refs: list[str], entity: pd.DataF
     for r in refs:
         v, f = r.split(":")
         by_view.setdefault(v, []).append(f)
-    con = connect(settings)
+    con = connect(settings, memory_limit="2GB")  # DuckDB spills to the home's tmp beyond this
     ent = entity.copy()
     ent["_row"] = np.arange(len(ent))
     con.register("entity_df", ent)
