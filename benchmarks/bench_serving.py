@@ -8,7 +8,8 @@ prediction and explanation done in-process (``Predictor.no_show``).
 Uses the champions and the feature store under $CARECAST_HOME when all three champions and the
 online store exist; otherwise builds a stand-in home in a temporary folder (small XGBoost models of
 the production shape, depth 4 x 200 trees, in a real MLflow registry; in-memory features) and says
-so. Clients run on the same machine: on 2 cores they take CPU from the server. Bounded loops only.
+so (``BENCH_STANDIN=1`` forces the stand-in, to measure the serving layer apart from the feature
+store). Clients run on the same machine: on 2 cores they take CPU from the server. Bounded loops only.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _setup() -> tuple[dict[str, str], list[str], str]:
     """Environment for the server, known patient ids, and a description of what is served."""
     settings = load_settings()
     env = {"CARECAST_API_KEYS": KEY, "BENTOML_DO_NOT_TRACK": "True"}
-    if _real_home_ready(settings):
+    if os.environ.get("BENCH_STANDIN") != "1" and _real_home_ready(settings):
         import test_serving_support as sup
 
         env["CARECAST_HOME"] = str(settings.home)
