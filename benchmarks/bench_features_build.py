@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import sys
 import tempfile
+import resource
 import time
 from pathlib import Path
 
@@ -19,6 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from carecast.bench import peak_rss_mb, report  # noqa: E402
 from carecast.settings import load_settings  # noqa: E402
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process (user + system): comparable across load, unlike wall time."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def world(patients: int, out: Path) -> Path:
@@ -49,19 +56,19 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="cc-bench-home-"))
     s = load_settings(environ={**os.environ, "CARECAST_HOME": str(home)})
     load = os.getloadavg()[0]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_s()
     summary = build_features(s, data, bucket_patients=args.bucket_patients)
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, cpu_s() - c0
     rows_in = sum(counts.values())
     figures = {"patients": counts["patients"], "visits": counts["visits"], "input_rows": rows_in,
-               "snapshots": summary.snapshots, "seconds": round(secs, 1),
+               "snapshots": summary.snapshots, "seconds": round(secs, 1), "cpu_seconds": round(cpu, 1),
                "visits_per_s": round(counts["visits"] / secs), "input_rows_per_s": round(rows_in / secs),
                "peak_rss_mb": round(peak_rss_mb()), "load_avg_1m_at_start": round(load, 1),
                "seconds_per_10M_visits": round(secs * 10_000_000 / max(counts["visits"], 1), 1),
                "bucket_patients": args.bucket_patients}
     report("features_build", figures,
            f"feature build: {counts['patients']:,} patients, {counts['visits']:,} visits, {rows_in:,} feed rows "
-           f"-> {summary.snapshots:,} snapshots in {secs:.1f}s ({figures['visits_per_s']:,} visits/s, "
+           f"-> {summary.snapshots:,} snapshots in {secs:.1f}s wall, {cpu:.0f} CPU-s ({figures['visits_per_s']:,} visits/s, "
            f"{figures['input_rows_per_s']:,} feed rows/s), peak {figures['peak_rss_mb']:,} MB, "
            f"load avg {load:.1f} on {os.cpu_count()} cores; scaled: {figures['seconds_per_10M_visits']}s per 10M visits")
 
