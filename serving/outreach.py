@@ -61,7 +61,7 @@ ACTION_WORDS = {
     "billing_counselling": "Billing counselling",
     "re_engagement": "Re-engagement message",
 }
-CHANNEL_WORDS = {"sms": "SMS", "email": "E-mail", "phone": "Phone", "portal": "Portal"}
+CHANNEL_WORDS = {"sms": "SMS", "email": "e-mail", "phone": "phone", "portal": "the portal"}  # as in a sentence
 
 #: channel -> the contact detail it needs (patients feed)
 CHANNEL_NEEDS: dict[str, str] = {"sms": "has_mobile", "phone": "has_mobile", "email": "has_email",
@@ -91,6 +91,8 @@ class Effects(BaseModel):
     - telehealth_or_reschedule 0.41, billing_counselling 0.41: a coordinator contact aimed at the
       reason; no published figure, assumed equal to a call.
     - re_engagement 0.10: churn; no published figure (domain.md), a conservative assumption.
+    - churn_billing_counselling 0.15: billing counselling for a patient at risk of leaving; no
+      published figure, an assumption a little above the re-engagement message.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -101,9 +103,14 @@ class Effects(BaseModel):
     telehealth_or_reschedule: float = Field(0.41, ge=0, le=1)
     billing_counselling: float = Field(0.41, ge=0, le=1)
     re_engagement: float = Field(0.10, ge=0, le=1)
+    churn_billing_counselling: float = Field(0.15, ge=0, le=1)
 
-    def of(self, action: str) -> float:
-        return 0.0 if action == "none" else float(getattr(self, action))
+    def of(self, action: str, target: str = "no_show") -> float:
+        if action == "none":
+            return 0.0
+        if target == "churn" and action == "billing_counselling":
+            return float(self.churn_billing_counselling)
+        return float(getattr(self, action))
 
 
 DEFAULT_EFFECTS_SOURCES = {
@@ -113,6 +120,7 @@ DEFAULT_EFFECTS_SOURCES = {
     "telehealth_or_reschedule": "assumption (no published figure): as a call",
     "billing_counselling": "assumption (no published figure): as a call",
     "re_engagement": "assumption (no published churn figure): 10% relative",
+    "churn_billing_counselling": "assumption (no published churn figure): 15% relative",
 }
 
 
@@ -289,7 +297,7 @@ def plan(items: Sequence[Item], settings: OutreachSettings | None = None,
             recs.append(Recommendation(it.key, it.target, p, tier, "none", None, 0.0, False, None, up, why))
             continue
         fallback = _automated(it, tier, s)
-        benefit = weight * p * eff.of(fallback)
+        benefit = weight * p * eff.of(fallback, it.target)
         what = "no-show" if it.target == "no_show" else "leaving"
         why = f"{tier.capitalize()} risk of {what} ({_pct(p)})"
         why += f"; {ACTION_WORDS[fallback].lower()} by {CHANNEL_WORDS[channel]}" if fallback != "none" else ""
@@ -301,7 +309,7 @@ def plan(items: Sequence[Item], settings: OutreachSettings | None = None,
         cand_channel = "phone" if cand == "call" else channel
         if cand_channel not in reachable_channels(it.reachable):
             continue  # a call needs a phone number: keep the automated action
-        extra = weight * p * (eff.of(cand) - eff.of(fallback))
+        extra = weight * p * (eff.of(cand, it.target) - eff.of(fallback, it.target))
         if extra > 0:
             wanted.append((extra, p, i, cand, drivers, cand_channel))
     wanted.sort(key=lambda w: (-w[0], -w[1], w[2]))
@@ -326,7 +334,7 @@ def expected_benefit(probability: float, action: str, settings: OutreachSettings
     """Expected outcomes averted: risk x the action's effect (churn weighted)."""
     s = settings or OutreachSettings()
     w = s.churn_weight if target == "churn" else 1.0
-    return w * float(probability) * s.effects.of(action)
+    return w * float(probability) * s.effects.of(action, target)
 
 
 # --------------------------------------------------------------------------- API models
