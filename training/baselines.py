@@ -24,6 +24,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from training import metrics as M
 
 LOGISTIC_MAX_ROWS = 100_000
+RULE_MAX_ROWS = 200_000
 
 
 def _as_proba(kind: str, p: np.ndarray) -> np.ndarray:
@@ -123,15 +124,19 @@ def fit_baselines(kind: str, n_classes: int, features: list[str], categoricals: 
                   X_train: pd.DataFrame, y_train: np.ndarray, X_val: pd.DataFrame, y_val: np.ndarray) -> dict:
     """Fit the three baselines on the training window; the rule's feature is chosen on validation."""
     out = {"prevalence": Prevalence(kind).fit(X_train, y_train, n_classes)}
+    rng = np.random.default_rng(7)
+    ti = rng.choice(len(X_train), min(len(X_train), RULE_MAX_ROWS), replace=False)
+    vi = rng.choice(len(X_val), min(len(X_val), RULE_MAX_ROWS), replace=False)
+    Xt, yt, Xv, yv = X_train.iloc[ti], y_train[ti], X_val.iloc[vi], y_val[vi]
     best, best_score = None, -np.inf
-    for f in features:
-        if X_train[f].nunique(dropna=False) < 2:
+    for f in features:       # the rule's feature is chosen on a sample; the chosen rule is refitted on all
+        if Xt[f].nunique(dropna=False) < 2:
             continue
-        rule = OneFeature(kind, f, f in categoricals).fit(X_train, y_train, n_classes)
-        s = _score(kind, y_val, rule.predict(X_val))
+        rule = OneFeature(kind, f, f in categoricals).fit(Xt, yt, n_classes)
+        s = _score(kind, yv, rule.predict(Xv))
         if np.isfinite(s) and s > best_score:
             best, best_score = rule, s
     if best is not None:
-        out["rule"] = best
+        out["rule"] = OneFeature(kind, best.feature, best.categorical).fit(X_train, y_train, n_classes)
     out["logistic"] = Logistic(kind, features, categoricals).fit(X_train, y_train, n_classes)
     return out
