@@ -21,8 +21,8 @@ visible only from the day's last event: late, never early); (2) month starts (00
 with any event in the previous two years, which refreshes window counts and is exactly the churn and
 channel prediction point; (3) one snapshot for every patient at ``as_of`` so the online store is current.
 Window counts (30/90/365 days) are exact at snapshot times; read between snapshots they are as of the
-last snapshot, at most about a month stale. Window edges are at day resolution (events are grouped per
-day). "Days since" features are not stored as counts: the snapshots store timestamps
+last snapshot, at most about a month stale. Running sums are computed per event (numpy over rows DuckDB
+sorted by patient and time), so window edges are exact at snapshot times. "Days since" features are not stored as counts: the snapshots store timestamps
 (``last_completed_ts`` ...) and ``features/request_features.py`` computes the days at request time.
 """
 
@@ -161,7 +161,8 @@ def load_feeds(con: duckdb.DuckDBPyConnection, data: Path, as_of: dt.datetime | 
 
 
 def _events_sql(as_of: str) -> str:
-    """Per-patient per-day event contributions (one row per patient and UTC day with any event)."""
+    """Event contributions, one row per event (visit outcome, statement, payment, status, due, settlement,
+    engagement) at the time it became known. No aggregation here: numpy does running sums over the sorted rows."""
     dept_cols = ", ".join(f"(department = '{d}')::INT AS d_{d}" for d in DEPARTMENTS)
     pos = ", ".join(f"'{o}'" for o in POSITIVE_RESPONSES)
     ch_cols = ", ".join(
@@ -217,12 +218,11 @@ def _events_sql(as_of: str) -> str:
         UNION ALL BY NAME SELECT * FROM ev_due
         UNION ALL BY NAME SELECT * FROM ev_settle
         UNION ALL BY NAME SELECT * FROM ev_eng)
-    SELECT patient_id, MAX(ts) AS ts,
-      {", ".join(f"SUM(COALESCE({c}, 0))::DOUBLE AS {c}" for c in _SUM_COLS)},
-      {", ".join(f"MAX({c}) AS {c}" for c in _MAX_COLS)},
-      (arg_max(streak, ts) FILTER (WHERE streak IS NOT NULL))::DOUBLE AS streak,
-      MAX(max_streak)::DOUBLE AS max_streak
-    FROM ev GROUP BY patient_id, date_trunc('day', ts)
+    SELECT patient_id, ts,
+      {", ".join(f"COALESCE({c}, 0)::DOUBLE AS {c}" for c in _SUM_COLS)},
+      {", ".join(f"{c}::DOUBLE AS {c}" for c in _MAX_COLS)},
+      streak::DOUBLE AS streak, max_streak::DOUBLE AS max_streak
+    FROM ev
     """
 
 
@@ -233,7 +233,8 @@ _MAX_COLS = ["lc_ts", "lns_ts", "lr_all"] + [f"lr_{c}" for c in MODEL_CHANNELS]
 
 
 def _timeline_sql(as_of: str) -> str:
-    """Each patient's timeline: its event days plus marker rows (month starts, as-of), sorted by patient and time."""
+    """Each patient's timeline: its events plus marker rows (month starts, as-of), sorted by patient and time
+    (markers after events at the same time)."""
     zeros = ", ".join(f"0::DOUBLE AS {c}" for c in _SUM_COLS)
     nulls = ", ".join(f"NULL::DOUBLE AS {c}" for c in _MAX_COLS)
     return f"""
@@ -244,14 +245,13 @@ def _timeline_sql(as_of: str) -> str:
     at_asof AS (SELECT patient_id, {as_of} AS ts FROM p WHERE registered_at <= {as_of}
                 UNION SELECT patient_id, {as_of} AS ts FROM span),
     markers AS (SELECT patient_id, ts FROM months UNION SELECT patient_id, ts FROM at_asof),
-    new_markers AS (SELECT m.patient_id, m.ts FROM markers m ANTI JOIN days d ON m.patient_id = d.patient_id AND m.ts = d.ts)
-    SELECT patient_id, hash(patient_id) AS pkey, epoch_us(ts) AS ts_us, {", ".join(_SUM_COLS)}, {", ".join(_MAX_COLS)},
-      streak, max_streak FROM days
+    SELECT patient_id, hash(patient_id) AS pkey, epoch_us(ts) AS ts_us, 0 AS is_marker, {", ".join(_SUM_COLS)},
+      {", ".join(_MAX_COLS)}, streak, max_streak FROM days
     UNION ALL
-    SELECT patient_id, hash(patient_id) AS pkey, epoch_us(ts) AS ts_us, {zeros}, {nulls}, NULL::DOUBLE AS streak,
-      NULL::DOUBLE AS max_streak
-    FROM new_markers
-    ORDER BY patient_id, ts_us
+    SELECT patient_id, hash(patient_id) AS pkey, epoch_us(ts) AS ts_us, 1 AS is_marker, {zeros}, {nulls},
+      NULL::DOUBLE AS streak, NULL::DOUBLE AS max_streak
+    FROM markers
+    ORDER BY patient_id, ts_us, is_marker
     """
 
 
@@ -344,10 +344,26 @@ def _snapshots(batch: pa.Table) -> pa.Table:
     ts_s = col["ts_us"].astype(np.int64) / 1e6
     became = (pd_now - f["c_pd"] <= 0) & (pd_now > 0)
     out["past_due_since_ts"] = np.where(pd_now > 0, P.ffill(np.where(became, ts_s, np.nan)), np.nan)
-    ts = pa.array(col["ts_us"].astype(np.int64), type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-    arrays = {"patient_id": batch.column("patient_id"), "event_timestamp": ts, "created": ts}
-    arrays.update({c: pa.array(out[c], type=pa.float64()) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS})
+    keep = _snapshot_rows(P, col["is_marker"].astype(bool), col["ts_us"].astype(np.int64))
+    ts = pa.array(col["ts_us"].astype(np.int64)[keep], type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    arrays = {"patient_id": batch.column("patient_id").take(pa.array(keep)), "event_timestamp": ts, "created": ts}
+    arrays.update({c: pa.array(out[c][keep], type=pa.float64()) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS})
     return pa.table(arrays)
+
+
+def _snapshot_rows(P: _Patients, is_marker: np.ndarray, ts_us: np.ndarray) -> np.ndarray:
+    """Rows that become snapshots: each patient-day's last event, and every marker; one row per (patient, time)."""
+    ev = np.flatnonzero(~is_marker)
+    day_key = (P.pidx[ev].astype(np.int64) << 32) | (P.ts_s[ev] // 86_400)
+    last_of_day = np.ones(len(ev), dtype=bool)
+    if len(ev) > 1:
+        last_of_day[:-1] = day_key[1:] != day_key[:-1]
+    rows = np.union1d(ev[last_of_day], np.flatnonzero(is_marker))
+    # a marker at the same time as an event duplicates it: keep the last row of each (patient, time)
+    if len(rows) > 1:
+        same = (P.pidx[rows[1:]] == P.pidx[rows[:-1]]) & (ts_us[rows[1:]] == ts_us[rows[:-1]])
+        rows = rows[np.concatenate([~same, [True]])]
+    return rows
 
 
 def _write_snapshots(con: duckdb.DuckDBPyConnection, sql: str, writer_holder: dict, path: Path,
@@ -443,7 +459,7 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
             info["buckets"] = buckets
     activity_tmp = out / (ACTIVITY_FILE + ".tmp")
     writer: dict = {}
-    snapshots, patient_days = 0, 0
+    snapshots, events = 0, 0
     label_rows = {t: 0 for t in labels.TARGETS}
     try:
         for k, scan in enumerate(scans):
@@ -451,8 +467,8 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
                 if scan is not None:
                     load_feeds(con, Path(data), as_of_ts, scan)
                 con.execute(f"CREATE OR REPLACE TEMP TABLE days AS {_events_sql(lit)}")
-                info["patient_days"] = n = con.execute("SELECT COUNT(*) FROM days").fetchall()[0][0]
-                patient_days += n
+                info["events"] = n = con.execute("SELECT COUNT(*) FROM days").fetchall()[0][0]
+                events += n
                 info["snapshots"] = n = _write_snapshots(con, _timeline_sql(lit), writer, activity_tmp)
                 snapshots += n
                 part = work / f"labels-{k}"
@@ -476,7 +492,7 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
     snapshot_hash = _file_hash(out / PROFILE_FILE, out / ACTIVITY_FILE)
     as_of_utc = as_of_ts.replace(tzinfo=dt.timezone.utc)
     manifest = {"as_of": as_of_utc.isoformat(), "patients": patients, "snapshots": snapshots,
-                "patient_days": patient_days, "labels": label_rows, "snapshot_hash": snapshot_hash,
+                "events": events, "labels": label_rows, "snapshot_hash": snapshot_hash,
                 "data": str(Path(data).resolve()),
                 "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
