@@ -105,6 +105,17 @@ def test_score_synthetic_world_end_to_end(home: Path) -> None:
     batch = scores.set_index("appointment_id").probability
     assert np.allclose([online[a] for a in sample.appointment_id], batch.loc[sample.appointment_id], atol=1e-5)
 
+    # the outreach-plan handler on the real predictor: valid response, reachable channels, capacity
+    from serving.outreach import OutreachPlanRequest, OutreachPlanResponse, plan_request
+
+    body = OutreachPlanRequest.model_validate({
+        "appointments": [{k: v for k, v in r.items() if k != "as_of"} for r in reqs],
+        "patient_ids": list(pats.patient_id.head(5)), "calls_available": 2})
+    resp = OutreachPlanResponse.model_validate(plan_request(pred, body))
+    assert len(resp.recommendations) == len(reqs) + 5 and resp.calls_used <= 2
+    for r in resp.recommendations:
+        assert r.channel is None or bool(feed.loc[r.patient_id, need[r.channel]])
+
     # and the page shows the list
     from starlette.testclient import TestClient
 
