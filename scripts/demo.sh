@@ -1,15 +1,35 @@
 #!/usr/bin/env bash
-# The embedded demo: synthetic history -> validated feeds -> (features -> models -> service as they land).
+# The embedded demo: synthetic history -> validated feeds -> Feast features -> three models in MLflow
+# -> gate -> tonight's risk lists -> the API and the coordinators' page on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CC=.venv/bin/carecast
-echo "== CareCast demo, home: ${CARECAST_HOME}"
-$CC data synth --patients "${DEMO_PATIENTS:-2000}" --seed 7 --out "${CARECAST_HOME}/feeds"
-$CC data validate "${CARECAST_HOME}/feeds"
-if $CC --help | grep -q " features "; then
-  $CC features build --data "${CARECAST_HOME}/validated"
-  $CC features apply
-  $CC features materialize
-else
-  echo "next: the feature store (issue: Feast repo over the feeds) is not built yet; the demo stops here."
+HOME_DIR="${CARECAST_HOME}"
+mkdir -p "$HOME_DIR"
+step() { printf '\n== %s\n' "$*"; }
+
+# One API key for the demo (also the page's login), kept in the home's settings file.
+if [[ -z "${CARECAST_API_KEYS:-}" && ! -f "$HOME_DIR/carecast.yaml" ]]; then
+  key="demo-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  umask 077
+  printf 'serving:\n  api_keys: ["%s"]\n' "$key" > "$HOME_DIR/carecast.yaml"
 fi
+TODAY=$(.venv/bin/python -c "from carecast.settings import load_settings; print(load_settings().synth.today)")
+
+step "CareCast demo, home: $HOME_DIR"
+step "1/7 synthetic history"; $CC data synth --patients "${DEMO_PATIENTS:-2000}" --seed 7 --out "$HOME_DIR/feeds"
+step "2/7 validate feeds";    $CC data validate "$HOME_DIR/feeds"
+step "3/7 feature store";     $CC features build --data "$HOME_DIR/validated"; $CC features apply; $CC features materialize
+step "4/7 train";             $CC train --target all
+step "5/7 promotion gate";    $CC promote --target all
+step "6/7 risk lists";        $CC score --as-of "$TODAY" --days 14
+step "7/7 serve"
+port=$(.venv/bin/python -c "from carecast.settings import load_settings; print(load_settings().serving.port)")
+cat <<TXT
+The API and the coordinators' page start now on loopback (Ctrl-C stops them):
+  page:   http://127.0.0.1:${port}/ui/   (password: an API key; see $HOME_DIR/carecast.yaml)
+  API:    curl -H "Authorization: Bearer <key>" -d '{"patient_ids": ["P0000001"]}' http://127.0.0.1:${port}/v1/churn
+  MLflow: .venv/bin/mlflow ui --backend-store-uri sqlite:///$HOME_DIR/mlflow.db
+TXT
+[[ "${DEMO_NO_SERVE:-0}" == 1 ]] && exit 0
+exec $CC serve
