@@ -100,6 +100,7 @@ def build_app() -> FastAPI:
         try:
             if app.state.runtime is None:
                 raise ModelNotAvailable("service not initialised")
+            _with_capture(app.state.runtime)
             if rows <= INLINE_ROWS:
                 result = fn()
             else:
@@ -158,6 +159,23 @@ def build_app() -> FastAPI:
         rt = runtime()
         if rt is None:
             return await _run(None, 0)
-        return _json({"models": rt.predictor.versions(), "changed": []})
+        _with_capture(rt)
+        cap = getattr(rt.predictor, "capture", None)
+        extra = {"capture": cap.stats()} if cap is not None else {}
+        return _json({"models": rt.predictor.versions(), "changed": [], **extra})
 
     return app
+
+
+def _with_capture(rt: Any) -> None:
+    """Attach the prediction capture store (serving/capture.py) to the runtime's predictor, once."""
+    try:
+        if getattr(rt, "_capture_attached", False):
+            return
+        rt._capture_attached = True
+        if getattr(rt.predictor, "capture", None) is None:
+            from serving.capture import attach
+
+            attach(rt.predictor)
+    except Exception as exc:  # capture never fails a request
+        log.error("prediction capture not attached: %s", type(exc).__name__)

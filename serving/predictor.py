@@ -88,6 +88,8 @@ class Predictor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: where each prediction is recorded (serving/capture.py); set by the app, None in tests
+        self.capture: Any = None
 
     # --- models ------------------------------------------------------------------------------
     def served(self, target: str) -> ServedModel:
@@ -150,6 +152,8 @@ class Predictor:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self.capture is not None:
+            self.capture.close()
 
     # --- predictions -------------------------------------------------------------------------
     def _explained(self, model: ServedModel, X: np.ndarray, known: list[bool], top_k: int) -> list[dict[str, Any]]:
@@ -181,6 +185,16 @@ class Predictor:
             out.append(item)
         return out
 
+    def _capture(self, target: str, model: ServedModel, ids: Sequence[str], X: np.ndarray,
+                 preds: list[dict[str, Any]], known: list[bool], appointment_ids: list[str] | None = None) -> None:
+        """Queue the prediction for monitoring (serving/capture.py); a capture failure never fails a request."""
+        if self.capture is None:
+            return
+        try:
+            self.capture.record(target, model, ids, X, preds, known, appointment_ids)
+        except Exception as exc:  # the store counts its own failures; this is the last guard
+            log.error("prediction capture failed: %s", type(exc).__name__)
+
     def no_show(self, appointments: Sequence[Mapping[str, Any]], top_k: int) -> dict[str, Any]:
         model = self.served("no_show")
         ids = [a["patient_id"] for a in appointments]
@@ -189,6 +203,7 @@ class Predictor:
         for a, p in zip(appointments, preds):
             p["appointment_id"] = a["appointment_id"]
             p["patient_id"] = a["patient_id"]
+        self._capture("no_show", model, ids, X, preds, known, [a["appointment_id"] for a in appointments])
         return {"model": {"name": model.name, "version": model.version}, "predictions": preds}
 
     def patients(self, target: str, patient_ids: Sequence[str], top_k: int) -> dict[str, Any]:
@@ -197,6 +212,7 @@ class Predictor:
         preds = self._explained(model, X, known, top_k)
         for pid, p in zip(patient_ids, preds):
             p["patient_id"] = pid
+        self._capture(target, model, patient_ids, X, preds, known)
         return {"model": {"name": model.name, "version": model.version}, "predictions": preds}
 
 

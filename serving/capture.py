@@ -1,0 +1,412 @@
+"""Prediction capture: every prediction the service makes, kept for monitoring.
+
+What is kept, one row per predicted item, in SQLite at ``settings.capture_dir / predictions.sqlite``:
+time (epoch seconds, UTC), target, model name and version, the features the model read (float32
+in the model's feature order; the order is stored once per model version in ``model_features``),
+the output (probability; for channel also every class's probability and the chosen class), and
+whether the patient was known to the feature store. The patient id and the appointment id are
+**pseudonymised** with a keyed hash (HMAC-SHA256, truncated to 128 bits): the same id always maps
+to the same key, so captured no-show predictions can be joined to outcomes in the visits feed by
+hashing the feed's ids with the same secret, but the key cannot be turned back into an id without
+it. The secret is ``capture.key_file`` (default ``$CARECAST_HOME/secrets/capture.key``), generated
+with 32 random bytes and mode 0600 (folder 0700) when absent.
+
+The request path only appends references to a queue (about a microsecond); a background thread
+hashes ids, packs features and writes a batch per transaction every ``flush_seconds`` or
+``flush_rows``. Capture never raises into a request: rows that cannot be queued (queue full) are
+counted as ``dropped``, rows whose write failed as ``failed`` (``stats()``; the API shows them on
+``GET /v1/models``). ``purge(older_than_days)`` deletes old rows (``carecast monitor purge``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger("carecast.capture")
+
+DB_FILE = "predictions.sqlite"
+KEY_BYTES = 32
+HASH_HEX = 32  # 128 bits of the HMAC: collisions are negligible at any practice's size
+
+
+class CaptureSettings(BaseModel):
+    """``capture:`` section (defaults when the settings object has none)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    key_file: Path | None = None            # default: $CARECAST_HOME/secrets/capture.key
+    flush_seconds: float = Field(1.0, gt=0)
+    flush_rows: int = Field(2000, gt=0)
+    max_queue_rows: int = Field(200_000, gt=0)
+
+
+def capture_settings(settings: Any) -> CaptureSettings:
+    section = getattr(settings, "capture", None)
+    if section is None:
+        return CaptureSettings()
+    return section if isinstance(section, CaptureSettings) else CaptureSettings.model_validate(
+        section.model_dump() if hasattr(section, "model_dump") else dict(section))
+
+
+def db_path(settings: Any) -> Path:
+    return Path(settings.capture_dir) / DB_FILE
+
+
+# --------------------------------------------------------------------------- pseudonymisation
+
+
+def key_path(settings: Any) -> Path:
+    return capture_settings(settings).key_file or Path(settings.home) / "secrets" / "capture.key"
+
+
+def load_key(settings: Any, create: bool = True) -> bytes:
+    """The capture secret; generated (0600, folder 0700) when absent and ``create``."""
+    path = key_path(settings)
+    if not path.exists():
+        if not create:
+            raise FileNotFoundError(f"{path}: no capture key (it is created when the service first captures)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(KEY_BYTES) + "\n")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("capture key %s is readable by others (mode %o); chmod 600 it", path, mode)
+    text = path.read_text().strip()
+    if len(text) < 32:
+        raise ValueError(f"{path}: capture key is too short (need at least 16 bytes as hex)")
+    return bytes.fromhex(text) if all(c in "0123456789abcdefABCDEF" for c in text) else text.encode()
+
+
+class Pseudonymiser:
+    """HMAC-SHA256 of ``kind:id`` under the capture secret, as 32 hex characters."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def __call__(self, kind: str, value: str) -> str:
+        return hmac.new(self._key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:HASH_HEX]
+
+    def many(self, kind: str, values: Iterable[str]) -> list[str]:
+        return [self(kind, str(v)) for v in values]
+
+
+# --------------------------------------------------------------------------- the store
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    ts REAL NOT NULL,
+    target TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    patient_key TEXT NOT NULL,
+    appointment_key TEXT,
+    known INTEGER,
+    probability REAL,
+    label TEXT,
+    probabilities TEXT,
+    features BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
+CREATE INDEX IF NOT EXISTS predictions_target_ts ON predictions (target, ts);
+CREATE TABLE IF NOT EXISTS model_features (
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    target TEXT NOT NULL,
+    features TEXT NOT NULL,
+    classes TEXT,
+    PRIMARY KEY (model_name, model_version)
+);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    con.executescript(_SCHEMA)
+    return con
+
+
+@dataclass
+class _Batch:
+    ts: float
+    target: str
+    model_name: str
+    model_version: str
+    feature_names: tuple[str, ...]
+    classes: tuple[str, ...] | None
+    patient_ids: Sequence[str]
+    appointment_ids: Sequence[str] | None
+    X: np.ndarray
+    predictions: Sequence[Mapping[str, Any]]
+    known: Sequence[bool]
+
+
+class PredictionCapture:
+    """Queue in the request path, write in a background thread (or on ``flush()``)."""
+
+    def __init__(self, path: Path, pseudonymise: Pseudonymiser, cfg: CaptureSettings = CaptureSettings(),
+                 background: bool = True) -> None:
+        self.path = Path(path)
+        self.cfg = cfg
+        self._pseudo = pseudonymise
+        self._queue: deque[_Batch] = deque()
+        self._pending = 0
+        self._lock = threading.Lock()          # queue and counters
+        self._write_lock = threading.Lock()    # one writer at a time
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._background = background
+        self._thread: threading.Thread | None = None
+        self._con: sqlite3.Connection | None = None
+        self._known_models: set[tuple[str, str]] = set()
+        self.counts = {"received": 0, "written": 0, "dropped": 0, "failed": 0}
+
+    # --- request path ------------------------------------------------------------------------
+    def record(self, target: str, model: Any, patient_ids: Sequence[str], X: np.ndarray,
+               predictions: Sequence[Mapping[str, Any]], known: Sequence[bool],
+               appointment_ids: Sequence[str] | None = None) -> None:
+        """Queue one response's rows. Never raises; counts what it could not take."""
+        n = len(patient_ids)
+        try:
+            batch = _Batch(time.time(), target, model.name, str(model.version), tuple(model.feature_names),
+                           tuple(model.classes) if getattr(model, "classes", None) else None,
+                           patient_ids, appointment_ids, X, predictions, known)
+            with self._lock:
+                self.counts["received"] += n
+                if self._pending + n > self.cfg.max_queue_rows:
+                    self.counts["dropped"] += n
+                    return
+                self._queue.append(batch)
+                self._pending += n
+                full = self._pending >= self.cfg.flush_rows
+            if self._background:
+                if self._thread is None:
+                    self._start()
+                if full:
+                    self._wake.set()
+        except Exception as exc:  # noqa: BLE001 - capture must never fail a request
+            with self._lock:
+                self.counts["failed"] += n
+            log.error("prediction capture: could not queue %d rows: %s", n, type(exc).__name__)
+
+    # --- writer ------------------------------------------------------------------------------
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._loop, name="carecast-capture", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.cfg.flush_seconds)
+            self._wake.clear()
+            self.flush()
+        self.flush()
+
+    def _rows(self, b: _Batch) -> list[tuple]:
+        rows = []
+        X = np.asarray(b.X, dtype="<f4")
+        pkeys = self._pseudo.many("patient", b.patient_ids)
+        akeys = self._pseudo.many("appointment", b.appointment_ids) if b.appointment_ids is not None else None
+        for i, p in enumerate(b.predictions):
+            probs = p.get("probabilities")
+            rows.append((b.ts, b.target, b.model_name, b.model_version, pkeys[i],
+                         akeys[i] if akeys is not None else None, int(bool(b.known[i])),
+                         float(p["probability"]) if p.get("probability") is not None else None,
+                         p.get("channel"), json.dumps(probs, separators=(",", ":")) if probs else None,
+                         X[i].tobytes()))
+        return rows
+
+    def flush(self) -> int:
+        """Write everything queued; return rows written. Failures are counted, not raised."""
+        with self._lock:
+            batches = list(self._queue)
+            self._queue.clear()
+            self._pending = 0
+        if not batches:
+            return 0
+        n = sum(len(b.patient_ids) for b in batches)
+        with self._write_lock:
+            try:
+                if self._con is None:
+                    self._con = connect(self.path)
+                con = self._con
+                rows: list[tuple] = []
+                models = []
+                for b in batches:
+                    rows += self._rows(b)
+                    key = (b.model_name, b.model_version)
+                    if key not in self._known_models:
+                        models.append((b.model_name, b.model_version, b.target, json.dumps(list(b.feature_names)),
+                                       json.dumps(list(b.classes)) if b.classes else None))
+                con.execute("BEGIN")
+                con.executemany("INSERT OR IGNORE INTO model_features VALUES (?, ?, ?, ?, ?)", models)
+                con.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                con.execute("COMMIT")
+                self._known_models.update((m[0], m[1]) for m in models)
+            except Exception as exc:  # noqa: BLE001 - counted; the service keeps serving
+                try:
+                    if self._con is not None and self._con.in_transaction:
+                        self._con.execute("ROLLBACK")
+                except Exception:  # noqa: BLE001
+                    self._con = None
+                with self._lock:
+                    self.counts["failed"] += n
+                log.error("prediction capture: %d rows not written: %s", n, type(exc).__name__)
+                return 0
+        with self._lock:
+            self.counts["written"] += n
+        return n
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {**self.counts, "pending": self._pending}
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.flush()
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+class DisabledCapture:
+    """Stands in when capture is off or could not start: counts what it was given."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.counts = {"received": 0, "written": 0, "dropped": 0, "failed": 0}
+
+    def record(self, target, model, patient_ids, X, predictions, known, appointment_ids=None) -> None:
+        self.counts["received"] += len(patient_ids)
+        self.counts["failed" if self.reason != "disabled" else "dropped"] += len(patient_ids)
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.counts, "pending": 0, "off": self.reason}
+
+    def flush(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def from_settings(settings: Any, background: bool = True) -> PredictionCapture | DisabledCapture:
+    """The capture store for this home; a ``DisabledCapture`` (counting failures) if it cannot start."""
+    cfg = capture_settings(settings)
+    if not cfg.enabled:
+        return DisabledCapture("disabled")
+    try:
+        pseudo = Pseudonymiser(load_key(settings))
+        store = PredictionCapture(db_path(settings), pseudo, cfg, background=background)
+        connect(store.path).close()  # fail now, not per batch, if the folder is unusable
+        return store
+    except Exception as exc:  # noqa: BLE001
+        log.error("prediction capture off: %s", type(exc).__name__)
+        return DisabledCapture(f"could not start: {type(exc).__name__}")
+
+
+def attach(predictor: Any) -> None:
+    """Give a serving ``Predictor`` its capture store from the current settings (never raises)."""
+    try:
+        from carecast.settings import load_settings
+
+        predictor.capture = from_settings(load_settings())
+    except Exception as exc:  # noqa: BLE001
+        predictor.capture = DisabledCapture(f"could not start: {type(exc).__name__}")
+
+
+# --------------------------------------------------------------------------- reading and purging
+
+
+def purge(settings: Any, older_than_days: float, now: dt.datetime | None = None) -> int:
+    """Delete captured rows older than ``older_than_days``; return how many went."""
+    path = db_path(settings)
+    if not path.exists():
+        return 0
+    now = now or dt.datetime.now(dt.timezone.utc)
+    cut = now.timestamp() - older_than_days * 86400.0
+    con = connect(path)
+    try:
+        n = con.execute("DELETE FROM predictions WHERE ts < ?", [cut]).rowcount
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if n:
+            con.execute("VACUUM")
+    finally:
+        con.close()
+    return int(n)
+
+
+def read(settings: Any, target: str, since: dt.datetime | None = None, model_name: str | None = None,
+         limit: int | None = None):
+    """Captured rows of ``target`` since ``since`` as a DataFrame: ts, model, keys, outputs and one
+    column per feature (features a model version did not read are NaN)."""
+    import pandas as pd
+
+    path = db_path(settings)
+    cols = ["ts", "model_name", "model_version", "patient_key", "appointment_key", "known", "probability", "label"]
+    if not path.exists():
+        return pd.DataFrame(columns=cols)
+    con = connect(path)
+    try:
+        q = ("SELECT ts, model_name, model_version, patient_key, appointment_key, known, probability, label, features "
+             "FROM predictions WHERE target = ?")
+        args: list[Any] = [target]
+        if since is not None:
+            q += " AND ts >= ?"
+            args.append(since.timestamp())
+        if model_name is not None:
+            q += " AND model_name = ?"
+            args.append(model_name)
+        q += " ORDER BY rowid DESC"  # the newest first when limited; returned oldest first
+        if limit:
+            q += f" LIMIT {int(limit)}"
+        rows = con.execute(q, args).fetchall()[::-1]
+        names = {(m, v): json.loads(f) for m, v, f in
+                 con.execute("SELECT model_name, model_version, features FROM model_features").fetchall()}
+    finally:
+        con.close()
+    df = pd.DataFrame([r[:-1] for r in rows], columns=cols)
+    if not rows:
+        return df
+    parts = []
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault((r[1], r[2]), []).append(i)
+    for key, idx in groups.items():
+        feats = names.get(key, [])
+        M = np.frombuffer(b"".join(rows[i][-1] for i in idx), dtype="<f4").reshape(len(idx), len(feats))
+        parts.append(pd.DataFrame(M.astype("float64"), columns=feats, index=idx))
+    F = pd.concat(parts).sort_index()
+    return pd.concat([df, F], axis=1)
