@@ -34,7 +34,7 @@ class SynthSettings(_Section):
 
     patients: int = Field(2000, gt=0)
     seed: int = 7
-    start: str = "2023-01-01"
+    start: str = "2021-01-01"
     end: str = "2026-06-30"
     today: str = "2026-06-01"
 

@@ -33,6 +33,9 @@ from features.synth_write import clear, codes, ids_arrow, ts_arrow, write_chunke
 GENERATOR_VERSION = "synth-1.0"
 SHIFTS = (None, "billing_policy", "sms_outage")
 SHIFT_DEFAULT_DAYS = 182
+# The practice is simulated this long before ``start`` (the first day of its records) so that at
+# ``start`` its patients are mid-history and its rates are steady; nothing from then is written.
+BURN_IN_YEARS = 4
 
 log = logs.get("synth")
 
@@ -88,6 +91,7 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
     stages: dict[str, float] = {}
     rng = np.random.default_rng(cfg.seed)
     start, end, today = day(cfg.start), day(cfg.end), day(cfg.today)
+    sim_begin = start - round(BURN_IN_YEARS * 365.25)      # the hidden burn-in starts here
     shift_day = day(cfg.shift_day) if cfg.shift else np.inf
     sms_down = shift_day if cfg.shift == "sms_outage" else np.inf
 
@@ -96,7 +100,7 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
 
     t = time.perf_counter()
     with logs.stage(log, "patients") as info:
-        P = make_patients(rng, cfg.patients, start, today)
+        P = make_patients(rng, cfg.patients, sim_begin, today)
         info["patients"] = P.n
     timed("patients", t)
 
@@ -106,7 +110,7 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
         def step(k: int, m: int) -> None:
             if k % 10 == 0:
                 log.debug("appointments: step %d, %d patients booking", k, m)
-        H = simulate(rng, P, ev, start=start, end=end, today=today, shift=cfg.shift, shift_day=shift_day, log_step=step)
+        H = simulate(rng, P, ev, start=sim_begin, end=end, today=today, shift=cfg.shift, shift_day=shift_day, log_step=step)
         info["appointments"] = len(H.visits["appt"])
         info["statements"] = len(H.statements["pat"])
         info["steps"] = H.steps
@@ -119,7 +123,7 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
         background(rng, P, ev, begin=begin, stop=np.maximum(stop, begin), depart=H.depart, today=today,
                    sms_down_from=sms_down)
         s = H.statements
-        coll = np.isfinite(s["coll_t"]) & (s["coll_t"] <= today)
+        coll = np.isfinite(s["coll_t"]) & (s["coll_t"] <= today) & (s["coll_t"] >= start)
         collection_calls(rng, P, ev, pat=s["pat"][coll].astype(np.int64), coll_t=s["coll_t"][coll])
         E = ev.concat()
         info["events"] = len(E["t"])
@@ -152,8 +156,11 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
     t = time.perf_counter()
     V = H.visits
     with logs.stage(log, "write visits") as info:
+        # The records begin at ``start``: appointments scheduled before it (the burn-in) are not written.
+        n_all = len(V["appt"])
+        V = {k: v[V["sched"] >= start] for k, v in V.items()}
         order = np.lexsort((V["pat"], V["booked"]))
-        rank = np.empty(len(order), np.int64)
+        rank = np.full(n_all, -1, np.int64)        # written position of each simulated appointment
         rank[V["appt"][order].astype(np.int64)] = np.arange(len(order))
         future = V["sched"] > today
         status = np.where(future, 0, V["status"]).astype(np.int64)     # index into VISIT_STATUSES
@@ -182,7 +189,7 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
 
     t = time.perf_counter()
     with logs.stage(log, "write billing") as info:
-        keep = s["billed"] <= today
+        keep = (s["billed"] <= today) & (rank[s["appt"].astype(np.int64)] >= 0)
         S = {k: v[keep] for k, v in s.items()}
         B = billing_state(S, today)
         b_order = np.argsort(S["billed"], kind="stable")
@@ -209,7 +216,9 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
 
     t = time.perf_counter()
     with logs.stage(log, "write engagement") as info:
-        keep = np.flatnonzero(E["t"] <= today)
+        ea = E["appt"].astype(np.int64)
+        keep = np.flatnonzero((E["t"] <= today) & (E["t"] >= start) & ((ea < 0) | (rank[np.maximum(ea, 0)] >= 0)))
+        del ea
         e_order = keep[np.lexsort((E["pat"][keep], E["t"][keep]))]
         del keep
 

@@ -24,7 +24,12 @@ SEX_P = (0.54, 0.445, 0.005, 0.01)
 # The practice's default channel mix for outreach (sms, email, phone, portal), renormalised over
 # the channels a patient can be reached on.
 PRACTICE_MIX = np.array([0.45, 0.25, 0.15, 0.15])
-SHARE_EXISTING = 0.65            # registered before the simulated history starts
+# A steady practice: a stock of patients already registered when the (hidden) simulation begins,
+# plus a constant inflow of new registrations that balances the leavers, so the active population
+# stays roughly constant. The stock's size is the inflow times the mean stay.
+MEAN_STAY_YEARS = 7.0            # mean time from registration to departure (tuned: flat active count)
+STOCK_TENURE_YEARS = 8.0         # how far back the stock's registrations go
+LOYALTY_SD = 0.45                # loyalty (log-hazard) spread among new registrants
 LATENT_U_SD = 0.55               # per-patient no-show random effect (logit scale)
 
 
@@ -63,8 +68,13 @@ class Patients:
         return np.divide(a, s, out=np.zeros_like(a), where=s > 0)
 
 
+def stock_share(begin: float, today: float) -> float:
+    """Share of patients already registered at ``begin`` when inflow balances departures."""
+    return 1.0 / (1.0 + (today - begin) / 365.25 / MEAN_STAY_YEARS)
+
+
 def make_patients(rng: np.random.Generator, n: int, start: float, today: float) -> Patients:
-    """Draw ``n`` patients; ``start``/``today`` are simulated days."""
+    """Draw ``n`` patients; ``start`` (when the simulation begins) and ``today`` are simulated days."""
     band = choice(rng, n, [b[2] for b in AGE_BANDS])
     lo = np.array([b[0] for b in AGE_BANDS])[band]
     hi = np.array([b[1] for b in AGE_BANDS])[band]
@@ -92,8 +102,9 @@ def make_patients(rng: np.random.Generator, n: int, start: float, today: float) 
     dist = np.round(dist, 1)
     dist[rng.random(n) < 0.03] = np.nan
 
-    existing = rng.random(n) < SHARE_EXISTING
-    registered = np.where(existing, start - rng.random(n) * 8 * 365.25, start + rng.random(n) * (today - 1 - start))
+    existing = rng.random(n) < stock_share(start, today)
+    registered = np.where(existing, start - rng.random(n) * STOCK_TENURE_YEARS * 365.25,
+                          start + rng.random(n) * (today - 1 - start))
     registered = np.maximum(registered, (birth_year - 1970) * 365.25 + 1)
     registered = np.minimum(np.floor(registered) + (8 + rng.random(n) * 9) / 24, today - 0.5)
 
@@ -104,7 +115,9 @@ def make_patients(rng: np.random.Generator, n: int, start: float, today: float) 
 
     u = rng.normal(0.0, LATENT_U_SD, n)
     stress = rng.normal(0.0, 1.0, n) + 0.9 * medicaid + 1.0 * self_pay - 0.3 * (ins == INS["medicare"]) + 0.2 * young
-    loyalty = rng.normal(0.0, 0.45, n)
+    # Patients still registered after years are the loyal ones: a stationary stock's loyalty is the
+    # newcomers' N(0, sd) weighted by the mean stay exp(-loyalty), i.e. N(-sd^2, sd).
+    loyalty = rng.normal(0.0, LOYALTY_SD, n) - LOYALTY_SD ** 2 * existing
     lam = np.exp(rng.normal(np.log(3.1), 0.55, n)) * np.where(old, 1.35, 1.0) * np.where(age_today < 2, 1.6, 1.0)
     lam = np.clip(lam, 0.6, 14.0)
     e0 = rng.normal(0.0, 0.75, n)

@@ -96,7 +96,7 @@ def simulate(rng: np.random.Generator, P: Patients, ev: Events, *, start: float,
     n_ns = np.zeros(n, np.int64)
     ns_recent = np.zeros(n)                    # no-shows, decaying with a one-year time constant
     ns_seen = np.full(n, start)
-    n_done = np.zeros(n, np.int64)
+    n_done = np.where(existing, 5, 0).astype(np.int64)   # the stock has a visit history already
     streak = np.zeros(n, np.int64)
     ignored = np.zeros(n, np.int64)
     last_ns = np.full(n, -np.inf)
@@ -105,7 +105,7 @@ def simulate(rng: np.random.Generator, P: Patients, ev: Events, *, start: float,
     pool = BalancePool(n)
     age0 = P.age_at(np.full(n, start))
     eta = churn_hazard(streak=streak, n_ns=n_ns, n_coll=pool.n_coll, balance=pool.balance, n_disp=pool.n_disp,
-                       e=e, ignored=ignored, age=age0, n_done=np.full(n, 5), loyalty=P.loyalty, ins=P.ins)
+                       e=e, ignored=ignored, age=age0, n_done=n_done, loyalty=P.loyalty, ins=P.ins)
     vis, st, seg = Visits(), Statements(), Segments()
     appt_counter = 0
     steps = 0

@@ -20,9 +20,8 @@ KIND_DTYPES = {"string": "object", "int": "int64", "float": "float64", "bool": "
                "timestamp": "datetime64[ns, UTC]"}
 
 
-def _cfg(patients: int = 400, seed: int = 11, **kw) -> SynthConfig:
-    return SynthConfig(patients=patients, seed=seed, start=dt.date(2023, 1, 1), end=dt.date(2026, 6, 30),
-                       today=TODAY, **kw)
+def _cfg(patients: int = 400, seed: int = 11, start: dt.date = dt.date(2023, 1, 1), **kw) -> SynthConfig:
+    return SynthConfig(patients=patients, seed=seed, start=start, end=dt.date(2026, 6, 30), today=TODAY, **kw)
 
 
 def _load(out: Path) -> dict[str, pd.DataFrame]:
@@ -40,7 +39,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, pd.
 def big(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, pd.DataFrame]]:
     """A larger world for rates that need more rows to be stable."""
     out = tmp_path_factory.mktemp("synth_big") / "feeds"
-    generate(_cfg(patients=1500, seed=3), out)
+    generate(_cfg(patients=1500, seed=3, start=dt.date(2021, 1, 1)), out)
     return out, _load(out)
 
 
@@ -193,6 +192,44 @@ def test_churn_truth_matches_label_definition(big) -> None:
     assert lab[hi].y.mean() > 4 * lab[lo].y.mean()
     # After leaving, nobody books again: departed rows (p = 1) never see a completed visit.
     assert lab[lab.p_churn == 1.0].y.all()
+
+
+def _half(ts: pd.Series) -> pd.Series:
+    return ts.dt.year.astype(str) + "H" + (1 + (ts.dt.month > 6)).astype(str)
+
+
+def test_the_world_is_stationary(big) -> None:
+    """No warm-up from an empty start: the practice is mid-history when its records begin.
+
+    Appointment volume and the no-show rate are flat by half-year from ``start``; the churn label
+    rate and the mean true churn probability are flat once the two-year activity window of the
+    label definition lies inside the records (before that it can only see recent visitors).
+    """
+    out, f = big
+    v = f["visits"]
+    start = pd.Timestamp("2021-01-01", tz="UTC")
+    assert v.scheduled_at.min() >= start
+    assert (f["patients"].registered_at < start).mean() > 0.3       # records begin with patients mid-history
+    full = v[(v.scheduled_at < pd.Timestamp("2026-01-01", tz="UTC"))]
+    volume = full.groupby(_half(full.scheduled_at)).size()
+    assert volume.min() > 0.85 * volume.mean() and volume.max() < 1.15 * volume.mean(), volume.to_dict()
+    d = _noshow_frame(f)
+    d = d[d.scheduled_at < pd.Timestamp("2026-01-01", tz="UTC")]
+    rate = d.groupby(_half(d.scheduled_at)).y.mean()
+    assert (rate - d.y.mean()).abs().max() < 0.035, rate.round(3).to_dict()
+
+    today = pd.Timestamp(TODAY, tz="UTC")
+    churn = pd.read_parquet(out / "truth" / "churn.parquet")
+    lab = churn[(churn.snapshot_at >= start + pd.Timedelta(days=730)) & (churn.snapshot_at <= today - pd.Timedelta(days=365))]
+    m = lab.merge(v[v.status == "completed"][["patient_id", "scheduled_at"]], on="patient_id", how="left")
+    m["in_year"] = (m.scheduled_at >= m.snapshot_at) & (m.scheduled_at < m.snapshot_at + pd.Timedelta(days=365))
+    y = ~m.groupby(["patient_id", "snapshot_at"]).in_year.any()
+    lab = lab.set_index(["patient_id", "snapshot_at"]).join(y.rename("y")).reset_index()
+    by = lab.groupby(_half(lab.snapshot_at)).agg(y=("y", "mean"), p=("p_churn", "mean"), n=("y", "size"))
+    assert len(by) >= 4
+    assert (by.y - lab.y.mean()).abs().max() < 0.04, by.round(3).to_dict()
+    assert (by.p - lab.p_churn.mean()).abs().max() < 0.03, by.round(3).to_dict()
+    assert by.n.min() > 0.85 * by.n.mean()
 
 
 def test_channel_truth_matches_first_responses(big) -> None:
