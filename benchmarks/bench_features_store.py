@@ -85,7 +85,7 @@ def materialize(home: Path, kind: str) -> None:
     (home / f"bench_project_{kind}.txt").write_text(project)
 
 
-def online(home: Path, kind: str, calls: int = 2000, batch_calls: int = 200) -> None:
+def online(home: Path, kind: str, calls: int = 1000, batch_calls: int = 100) -> None:
     import numpy as np
     import pandas as pd
 
@@ -130,7 +130,7 @@ def online(home: Path, kind: str, calls: int = 2000, batch_calls: int = 200) -> 
     report(f"features_online_read_{kind}", figures,
            f"online read from {kind} (no_show vector, {figures['features']} features incl. 2 python-mode on-demand "
            f"views): 1 patient p50 {results['carecast_api_1_p50_ms']} ms / p99 {results['carecast_api_1_p99_ms']} ms "
-           f"through store.online_features ({results['feast_service_1_p50_ms']} / {results['feast_service_1_p99_ms']} ms "
+           f"(CPU p50 {results['carecast_api_1_cpu_p50_ms']} ms) through store.online_features ({results['feast_service_1_p50_ms']} / {results['feast_service_1_p99_ms']} ms "
            f"raw Feast service call); 100 patients p50 {results['carecast_api_100_p50_ms']} ms / p99 "
            f"{results['carecast_api_100_p99_ms']} ms (load avg {figures['load_avg_1m']})")
     if kind == "redis":

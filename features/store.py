@@ -99,6 +99,7 @@ def render_repo(settings: Settings) -> Path:
 
 
 _STORES: dict[tuple, Any] = {}
+_SERVICES: dict[tuple, Any] = {}
 
 
 def get_store(settings: Settings) -> "FeatureStore":
@@ -110,6 +111,15 @@ def get_store(settings: Settings) -> "FeatureStore":
         repo = render_repo(settings)
         _STORES[key] = FeatureStore(repo_path=str(repo))
     return _STORES[key]
+
+
+def _service(settings: Settings, target: Target) -> Any:
+    """The target's FeatureService object, cached: Feast rebuilds it from protobuf (~240 typed fields) per lookup."""
+    store = get_store(settings)
+    key = (id(store), target)
+    if key not in _SERVICES:
+        _SERVICES[key] = store.get_feature_service(SERVICES[target])
+    return _SERVICES[key]
 
 
 def _require_build(settings: Settings) -> dict[str, Any]:
@@ -128,6 +138,7 @@ def apply(settings: Settings) -> None:
         store = get_store(settings)
         objs = objects(settings.feature_dir)
         store.apply(objs)
+        _SERVICES.clear()
         info["objects"] = len(objs)
         info["online_store"] = settings.online_store.type
 
@@ -161,6 +172,7 @@ def teardown(settings: Settings) -> None:
     store = get_store(settings)
     store.teardown()
     _STORES.clear()
+    _SERVICES.clear()
 
 
 # --------------------------------------------------------------------------- training
@@ -357,26 +369,24 @@ def online_features(settings: Settings, target: Target, patient_ids: list[str],
         row = _request_row(target, requests[i] if requests else None, now)
         row["patient_id"] = pid
         rows.append(row)
-    service = store.get_feature_service(SERVICES[target])
-    resp = store.get_online_features(features=service, entity_rows=rows).to_dict()
+    resp = store.get_online_features(features=_service(settings, target), entity_rows=rows).to_dict()
     fcols = feature_columns(target)
     n = len(patient_ids)
     known = [resp["sex_code"][i] is not None or resp["visits_all"][i] is not None for i in range(n)]
     defaults = _defaults_cached(settings)
-    data: dict[str, list] = {}
-    for c in fcols:
+    nan = float("nan")
+    matrix = np.empty((n, len(fcols)), dtype=np.float64)
+    for j, c in enumerate(fcols):
         vals = resp.get(c, [None] * n)
         if c in APPOINTMENT_FEATURES:
-            data[c] = vals
-            continue
-        default = defaults.get(c, float("nan"))
-        data[c] = [(default if not known[i] else vals[i]) for i in range(n)]
-    df = pd.DataFrame(data, columns=fcols)
-    for c in fcols:
-        if c in CATEGORIES:
-            df[c] = df[c].fillna(-1).astype("int64")
+            matrix[:, j] = [nan if v is None else v for v in vals]
         else:
-            df[c] = df[c].astype("float64")
+            d = defaults.get(c, nan)
+            matrix[:, j] = [(nan if v is None else v) if known[i] else d for i, v in enumerate(vals)]
+    df = pd.DataFrame(matrix, columns=fcols)
+    cats = [c for c in fcols if c in CATEGORIES]
+    if cats:
+        df[cats] = np.nan_to_num(matrix[:, [fcols.index(c) for c in cats]], nan=-1).astype(np.int64)
     return df, known
 
 
