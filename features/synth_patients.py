@@ -27,7 +27,7 @@ PRACTICE_MIX = np.array([0.45, 0.25, 0.15, 0.15])
 # A steady practice: a stock of patients already registered when the (hidden) simulation begins,
 # plus a constant inflow of new registrations that balances the leavers, so the active population
 # stays roughly constant. The stock's size is the inflow times the mean stay.
-MEAN_STAY_YEARS = 7.0            # mean time from registration to departure (tuned: flat active count)
+MEAN_STAY_YEARS = 11.0  # mean time from registration to departure (tuned: flat active count)
 STOCK_TENURE_YEARS = 8.0         # how far back the stock's registrations go
 LOYALTY_SD = 0.45                # loyalty (log-hazard) spread among new registrants
 LATENT_U_SD = 0.55               # per-patient no-show random effect (logit scale)
