@@ -30,7 +30,7 @@ from features.synth_truth import channel_probs, churn_by_snapshot
 from features.synth_visits import simulate
 from features.synth_write import clear, codes, ids_arrow, ts_arrow, write_chunked, write_table_chunked
 
-GENERATOR_VERSION = "synth-1.0"
+GENERATOR_VERSION = "synth-1.1"
 SHIFTS = (None, "billing_policy", "sms_outage")
 SHIFT_DEFAULT_DAYS = 182
 # The practice is simulated this long before ``start`` (the first day of its records) so that at
