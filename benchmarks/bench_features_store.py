@@ -116,13 +116,15 @@ def online(home: Path, kind: str, calls: int = 1000, batch_calls: int = 100) -> 
                 fn(rng.choice(pids, size))
             gc.collect()
             gc.freeze()
-            lat = []
+            lat, cpu = [], []
             for _ in range(n):
                 ids = rng.choice(pids, size)
-                t0, c0 = time.perf_counter(), cpu_s()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn(ids)
                 lat.append((time.perf_counter() - t0) * 1000)
+                cpu.append((time.process_time() - c0) * 1000)
             gc.unfreeze()
+            results[f"{name}_{size}_cpu_p50_ms"] = round(float(np.percentile(cpu, 50)), 2)
             results[f"{name}_{size}_p50_ms"] = round(float(np.percentile(lat, 50)), 2)
             results[f"{name}_{size}_p99_ms"] = round(float(np.percentile(lat, 99)), 2)
     figures = {"store": kind, "features": len(store.feature_columns("no_show")), **results,
