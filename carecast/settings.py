@@ -63,6 +63,58 @@ class GateSettings(_Section):
     max_subgroup_auc_gap: float = 0.10
 
 
+class Effects(_Section):
+    """Relative reduction of the outcome probability against no outreach, per action (0..1).
+
+    Defaults (docs/coordinators.md, shared/domain.md):
+    - reminder 0.24: SMS reminder vs none, relative risk of attending 1.08 (NIHR review 2014:
+      1.06-1.10) at a 25% no-show baseline: 25% -> 19%.
+    - two_reminders 0.36: a second reminder cuts no-shows among high-risk patients from 24-25% to
+      20.5% (AJMC 2018: x0.84) on top of the first: 1 - 0.76 x 0.84.
+    - call 0.41: calls to high-risk patients cut no-shows 29.2% -> 22.8% (JGIM 2016: x0.78) on top
+      of the usual reminder: 1 - 0.76 x 0.78.
+    - telehealth_or_reschedule 0.41, billing_counselling 0.41: a coordinator contact aimed at the
+      reason; no published figure, assumed equal to a call.
+    - re_engagement 0.10: churn; no published figure (domain.md), a conservative assumption.
+    - churn_billing_counselling 0.15: billing counselling for a patient at risk of leaving; no
+      published figure, an assumption a little above the re-engagement message.
+    """
+
+    reminder: float = Field(0.24, ge=0, le=1)
+    two_reminders: float = Field(0.36, ge=0, le=1)
+    call: float = Field(0.41, ge=0, le=1)
+    telehealth_or_reschedule: float = Field(0.41, ge=0, le=1)
+    billing_counselling: float = Field(0.41, ge=0, le=1)
+    re_engagement: float = Field(0.10, ge=0, le=1)
+    churn_billing_counselling: float = Field(0.15, ge=0, le=1)
+
+    def of(self, action: str, target: str = "no_show") -> float:
+        if action == "none":
+            return 0.0
+        if target == "churn" and action == "billing_counselling":
+            return float(self.churn_billing_counselling)
+        return float(getattr(self, action))
+
+
+class OutreachSettings(_Section):
+    """Outreach plan settings (see docs/coordinators.md for the defaults' sources)."""
+
+    calls_per_day: int = Field(40, ge=0, description="Coordinator contacts (calls, counselling, offers) per day.")
+    effects: Effects = Effects()
+    #: no-show probability below which nothing beyond the usual contact is planned
+    min_risk_for_reminder: float = Field(0.05, ge=0, le=1)
+    #: tier at or above which a no-show risk is a call candidate
+    call_tier: Literal["medium", "high"] = "high"
+    #: tier at or above which billing/access reasons make a coordinator action a candidate
+    coordinator_tier: Literal["medium", "high"] = "medium"
+    #: share of the risk-raising contributions among the top reasons that makes a reason group "drive" the risk
+    driver_share: float = Field(0.5, gt=0, le=1)
+    #: value of keeping a patient from leaving, relative to averting one no-show (for ranking across lists)
+    churn_weight: float = Field(1.0, ge=0)
+    #: how many of a prediction's reasons the plan reads (and the lists show)
+    top_k: int = Field(3, ge=1, le=20)
+
+
 class ServingSettings(_Section):
     """The prediction API: loopback unless configured, behind API keys."""
 
@@ -91,6 +143,7 @@ class Settings(_Section):
     mlflow: MlflowSettings = MlflowSettings()
     gate: GateSettings = GateSettings()
     serving: ServingSettings = ServingSettings()
+    outreach: OutreachSettings = OutreachSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
 

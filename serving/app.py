@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from serving.auth import BearerKeyMiddleware
 from serving.model_source import ModelNotAvailable
+from serving.outreach import OutreachPlanRequest, OutreachPlanResponse, plan_request
 from serving.schemas import (ChannelResponse, ChurnResponse, ErrorResponse, NoShowRequest, NoShowResponse,
                              PatientsRequest, ReloadResponse)
 
@@ -143,6 +144,17 @@ def build_app() -> FastAPI:
               summary="Channel most likely to reach each patient, with probabilities and reasons")
     async def channel(body: PatientsRequest, _: Any = Depends(_bearer)) -> Response:
         return await _patients("channel", body)
+
+    @app.post("/v1/outreach-plan", response_model=OutreachPlanResponse, responses=_ERRORS, tags=["predictions"],
+              summary="Personalised outreach: an action and channel per appointment or patient, within capacity")
+    async def outreach_plan(body: OutreachPlanRequest, _: Any = Depends(_bearer)) -> Response:
+        rt = runtime()
+        if rt is None:
+            return await _run(None, 0)
+        n = len(body.appointments) + len(body.patient_ids)
+        if n > rt.max_batch:
+            return _too_many("appointments+patient_ids", n, rt.max_batch)
+        return await _run(lambda: plan_request(rt.predictor, body, rt.outreach), INLINE_ROWS + 1)
 
     @app.post("/v1/admin/reload", response_model=ReloadResponse, responses=_ERRORS, tags=["admin"],
               summary="Load any new champion now (the service also polls every serving.reload_poll_seconds)")

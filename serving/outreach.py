@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from carecast.settings import Effects, OutreachSettings  # noqa: F401  (re-exported for callers)
 from features.contracts import MODEL_CHANNELS
 
 Action = Literal["none", "reminder", "two_reminders", "call", "telehealth_or_reschedule", "billing_counselling",
@@ -78,41 +79,6 @@ ACCESS_FEATURES = frozenset({"distance_km", "lead_time_days", "weekday", "hour"}
 # --------------------------------------------------------------------------- settings
 
 
-class Effects(BaseModel):
-    """Relative reduction of the outcome probability against no outreach, per action (0..1).
-
-    Defaults (docs/coordinators.md, shared/domain.md):
-    - reminder 0.24: SMS reminder vs none, relative risk of attending 1.08 (NIHR review 2014:
-      1.06-1.10) at a 25% no-show baseline: 25% -> 19%.
-    - two_reminders 0.36: a second reminder cuts no-shows among high-risk patients from 24-25% to
-      20.5% (AJMC 2018: x0.84) on top of the first: 1 - 0.76 x 0.84.
-    - call 0.41: calls to high-risk patients cut no-shows 29.2% -> 22.8% (JGIM 2016: x0.78) on top
-      of the usual reminder: 1 - 0.76 x 0.78.
-    - telehealth_or_reschedule 0.41, billing_counselling 0.41: a coordinator contact aimed at the
-      reason; no published figure, assumed equal to a call.
-    - re_engagement 0.10: churn; no published figure (domain.md), a conservative assumption.
-    - churn_billing_counselling 0.15: billing counselling for a patient at risk of leaving; no
-      published figure, an assumption a little above the re-engagement message.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    reminder: float = Field(0.24, ge=0, le=1)
-    two_reminders: float = Field(0.36, ge=0, le=1)
-    call: float = Field(0.41, ge=0, le=1)
-    telehealth_or_reschedule: float = Field(0.41, ge=0, le=1)
-    billing_counselling: float = Field(0.41, ge=0, le=1)
-    re_engagement: float = Field(0.10, ge=0, le=1)
-    churn_billing_counselling: float = Field(0.15, ge=0, le=1)
-
-    def of(self, action: str, target: str = "no_show") -> float:
-        if action == "none":
-            return 0.0
-        if target == "churn" and action == "billing_counselling":
-            return float(self.churn_billing_counselling)
-        return float(getattr(self, action))
-
-
 DEFAULT_EFFECTS_SOURCES = {
     "reminder": "SMS reminder vs none: RR of attending 1.06-1.10 (NIHR review 2014); 1.08 at a 25% no-show baseline",
     "two_reminders": "Two reminders vs one among high risk: 24-25% -> 20.5% (AJMC 2018), on top of one reminder",
@@ -124,32 +90,11 @@ DEFAULT_EFFECTS_SOURCES = {
 }
 
 
-class OutreachSettings(BaseModel):
-    """Outreach plan settings (to become ``Settings.outreach``; see docs/coordinators.md)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    calls_per_day: int = Field(40, ge=0, description="Coordinator contacts (calls, counselling, offers) per day.")
-    effects: Effects = Effects()
-    #: no-show probability below which nothing beyond the usual contact is planned
-    min_risk_for_reminder: float = Field(0.05, ge=0, le=1)
-    #: tier at or above which a no-show risk is a call candidate
-    call_tier: Literal["medium", "high"] = "high"
-    #: tier at or above which billing/access reasons make a coordinator action a candidate
-    coordinator_tier: Literal["medium", "high"] = "medium"
-    #: share of the risk-raising contributions among the top reasons that makes a reason group "drive" the risk
-    driver_share: float = Field(0.5, gt=0, le=1)
-    #: value of keeping a patient from leaving, relative to averting one no-show (for ranking across lists)
-    churn_weight: float = Field(1.0, ge=0)
-    #: how many of a prediction's reasons the plan reads (and the lists show)
-    top_k: int = Field(3, ge=1, le=20)
-
-
 DEFAULT_TIERS = {"medium": 0.15, "high": 0.30}  # serving.risk_tiers' default
 
 
 def from_settings(settings: Any) -> tuple[OutreachSettings, dict[str, float]]:
-    """The outreach section (``settings.outreach`` once Settings has it, else the defaults) and the risk tiers."""
+    """The outreach section and the risk tiers (defaults when ``settings`` is not a full Settings)."""
     outreach = getattr(settings, "outreach", None) or OutreachSettings()
     serving = getattr(settings, "serving", None)
     return outreach, dict(getattr(serving, "risk_tiers", None) or DEFAULT_TIERS)

@@ -27,7 +27,9 @@ from carecast import logs
 from carecast.settings import load_settings
 from serving.app import build_app
 from serving.model_source import TARGETS, MlflowModelSource, SnapshotModelSource
+from serving.outreach import OutreachSettings
 from serving.predictor import Predictor
+from serving.ui import create_ui_app
 
 log = logging.getLogger("carecast.serving")
 
@@ -54,6 +56,7 @@ class Runtime:
     predictor: Predictor
     keys: list[bytes]
     max_batch: int
+    outreach: OutreachSettings
 
 
 def _feature_source(settings):
@@ -108,7 +111,9 @@ class CareCast:
         keys = [k.encode() for k in settings.serving.api_keys]
         if not keys:
             log.warning("no API keys configured (CARECAST_API_KEYS): every /v1 request will get 401")
-        app.state.runtime = Runtime(self.predictor, keys, settings.serving.max_batch)
+        app.state.runtime = Runtime(self.predictor, keys, settings.serving.max_batch, settings.outreach)
+        if not any(getattr(r, "path", None) == "/ui" for r in app.routes):
+            app.mount("/ui", create_ui_app(settings), name="ui")  # the coordinators' page, its own login
         if not BENTO_MODE:
             self.predictor.start_polling(settings.serving.reload_poll_seconds)
         gc.collect()

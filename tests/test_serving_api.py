@@ -295,3 +295,19 @@ def test_hot_swap_without_restart(tmp_path, monkeypatch):
             time.sleep(0.2)
             version = c.post("/v1/churn", json={"patient_ids": ["P0001"]}, headers=AUTH).json()["model"]["version"]
         assert version == "2"
+
+
+def test_outreach_plan_route_and_ui_are_served(client) -> None:
+    """The service answers /v1/outreach-plan behind the key and mounts the coordinators' page."""
+    body = {"appointments": [sup.appointment("P0001", 0), sup.appointment("P0002", 1)],
+            "patient_ids": ["P0003"], "calls_available": 1}
+    assert client.post("/v1/outreach-plan", json=body).status_code == 401
+    r = client.post("/v1/outreach-plan", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    plan = r.json()
+    assert {"no_show", "channel"} <= set(plan["models"])
+    assert len(plan["recommendations"]) == 3 and plan["calls_used"] <= 1
+    bad = client.post("/v1/outreach-plan", json={"appointments": [], "patient_ids": []}, headers=AUTH)
+    assert bad.status_code == 422 and "at least one" in bad.text
+    page = client.get("/ui/", follow_redirects=False)
+    assert page.status_code in (302, 303, 307) and "login" in page.headers["location"]
