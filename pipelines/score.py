@@ -41,11 +41,10 @@ import pandas as pd
 from carecast import logs
 from carecast.settings import Settings
 from features.contracts import DEPARTMENTS, MODEL_CHANNELS
-from serving import reasons as reason_text
 from serving.explain import explain
 from serving.model_source import ServedModel
 from serving.outreach import Item, OutreachSettings, ReasonIn, plan, tier_of
-from serving.predictor import REQUEST_FEATURES, _RowView
+from serving.predictor import top_reasons
 
 log = logs.get("score")
 
@@ -260,24 +259,14 @@ def explain_rows(model: ServedModel, X: np.ndarray, known: np.ndarray, top_k: in
     """Top reasons (feature, contribution, sentence) for each row of ``X``, chunked with progress."""
     _threads(model)
     index = {n: j for j, n in enumerate(model.feature_names)}
-    names = model.feature_names
     out: list[list[ReasonIn]] = []
     n = X.shape[0]
     for start in range(0, n, chunk):
         part = X[start:start + chunk]
         ex = explain(model.booster, part, top_k, multiclass=model.multiclass, slope=model.slope,
                      intercept=model.intercept)
-        contrib, top = ex.contrib, ex.top
-        for i in range(part.shape[0]):
-            row = _RowView(model, part[i], index)
-            rs = []
-            for j in top[i].tolist():
-                name = names[j]
-                text = reason_text.sentence(name, row)
-                if not known[start + i] and name not in REQUEST_FEATURES:
-                    text += reason_text.NO_HISTORY
-                rs.append(ReasonIn(name, float(contrib[i, j]), text))
-            out.append(rs)
+        for rs in top_reasons(model, part, known[start:start + chunk], ex, index):
+            out.append([ReasonIn(r["feature"], r["contribution"], r["text"]) for r in rs])
         log.info("score: explained %s %s/%s", what, f"{min(n, start + chunk):,}", f"{n:,}")
     return out
 

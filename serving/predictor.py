@@ -76,6 +76,29 @@ def display_value(model: ServedModel, name: str, v: float) -> float | int | str 
     return round(v, 6)
 
 
+def top_reasons(model: ServedModel, X: np.ndarray, known: Sequence[bool], ex: Any,
+                index: Mapping[str, int] | None = None) -> list[list[dict[str, Any]]]:
+    """Each row's top reasons ``{feature, value, contribution, text}`` from an ``explain`` result.
+
+    One place for the wording rule, shared by the API and batch scoring: a reason read from
+    population defaults (unknown patient) says so.
+    """
+    index = index if index is not None else {n: j for j, n in enumerate(model.feature_names)}
+    names = model.feature_names
+    out = []
+    for i in range(X.shape[0]):
+        row = _RowView(model, X[i], index)
+        rs = []
+        for j in ex.top[i].tolist():
+            name = names[j]
+            text = reasons.sentence(name, row)
+            if not known[i] and name not in REQUEST_FEATURES:
+                text += reasons.NO_HISTORY
+            rs.append({"feature": name, "value": row[name], "contribution": float(ex.contrib[i, j]), "text": text})
+        out.append(rs)
+    return out
+
+
 class Predictor:
     def __init__(self, models: ModelSource, features: FeatureSource, risk_tiers: Mapping[str, float],
                  targets: Sequence[str] = tuple(TARGETS)) -> None:
@@ -158,19 +181,9 @@ class Predictor:
     # --- predictions -------------------------------------------------------------------------
     def _explained(self, model: ServedModel, X: np.ndarray, known: list[bool], top_k: int) -> list[dict[str, Any]]:
         ex = explain(model.booster, X, top_k, multiclass=model.multiclass, slope=model.slope, intercept=model.intercept)
-        names = model.feature_names
-        index = self._index[model.target]
         out = []
-        base, other, contrib, top = ex.base.tolist(), ex.other.tolist(), ex.contrib, ex.top
-        for i in range(X.shape[0]):
-            row = _RowView(model, X[i], index)
-            rs = []
-            for j in top[i].tolist():
-                name = names[j]
-                text = reasons.sentence(name, row)
-                if not known[i] and name not in REQUEST_FEATURES:
-                    text += reasons.NO_HISTORY
-                rs.append({"feature": name, "value": row[name], "contribution": float(contrib[i, j]), "text": text})
+        base, other = ex.base.tolist(), ex.other.tolist()
+        for i, rs in enumerate(top_reasons(model, X, known, ex, self._index[model.target])):
             item: dict[str, Any] = {"known_patient": known[i], "base_value": base[i], "reasons": rs, "other": other[i]}
             if model.multiclass:
                 assert model.classes is not None and ex.probabilities is not None and ex.chosen is not None
