@@ -40,3 +40,9 @@ def home() -> None:
                         ("quarantine", s.quarantine_dir), ("feature repo", s.feature_repo_dir),
                         ("mlflow", s.tracking_uri), ("risk lists", s.risk_list_dir)]:
         typer.echo(f"{label:>12}: {path}")
+
+from pipelines.monitor_cli import app as monitor_app  # noqa: E402
+from pipelines.pipeline_cli import app as pipeline_app  # noqa: E402
+
+app.add_typer(monitor_app, name="monitor")
+app.add_typer(pipeline_app, name="pipeline")

@@ -1,0 +1,562 @@
+"""Monitoring: drift of the features the champions read, and their performance once outcomes arrive.
+
+**Drift** (``drift``): an Evidently report comparing *current* features with the champion's
+*reference* features, per target.
+
+* Reference: the champion's own data, in this order of preference: (1) the sample the pipeline logged
+  with the model's run (``monitoring/reference.parquet``, see ``log_reference``); (2) rebuilt from the
+  window recorded in the model version's tags (``data.*``) with point-in-time features from the feature
+  store. Which window: ``monitor.reference_window``, by default the champion's **test** window (the
+  newest labelled data, on which its quality was measured; the train window of a young practice is
+  dominated by patients with short histories). At most ``monitor.reference_rows`` rows (seeded sample).
+* Current: predictions the service captured since ``--since`` (``serving/capture.py``) when there
+  are at least ``monitor.min_current_rows`` of them for the champion's model; otherwise the latest
+  feature snapshots: the target's prediction points from ``--since`` on (default: the build's as-of
+  minus ``monitor.recent_days``), with point-in-time features (for no-show: the booked appointments).
+* Tests: Wasserstein distance (normed by the reference's standard deviation) for numeric features,
+  Jensen-Shannon distance for categorical ones, both at 0.1 (effect sizes: a p-value test flags
+  negligible differences on large samples); configurable.
+* Verdict: the share of drifted features among the *monitored* features; ``flagged`` when it reaches
+  ``monitor.drift_share``. Lifetime totals (``*_all``, ``billed_total``, per-channel send and response
+  counts, ...) grow with every patient's history by construction: they are reported but not counted
+  (``monitor.trend_features``).
+
+Output under ``$CARECAST_HOME/monitoring/drift/<stamp>/``: ``<target>.html`` (Evidently),
+``<target>.json`` (Evidently's snapshot) and ``summary.json`` (ours: per-feature scores, share, verdict,
+sources, model versions); ``monitoring/drift/LATEST`` names the newest. Each drift check is also an
+MLflow run in the target's experiment (metrics, ``drift.flagged`` tag, the reports as artifacts) and
+tags the champion version with ``drift.flagged`` / ``drift.share``.
+
+**Performance** (``performance``): AUC and calibration by week for the champion: captured no-show
+predictions joined to the outcomes in the validated visits feed (by the pseudonymised appointment id),
+or, when nothing was captured, the champion's predictions recomputed at each labelled prediction point
+after its own training data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from carecast import logs
+from carecast.settings import Settings
+
+log = logs.get("monitor")
+
+REFERENCE_ARTIFACT = "monitoring/reference.parquet"
+LATEST = "LATEST"
+
+#: lifetime totals: they grow with each patient's history whatever happens in the world
+DEFAULT_TREND_FEATURES = (
+    "visits_all", "no_shows_all", "completed_all", "max_no_show_streak", "statements_all", "billed_total",
+    "paid_total", "portal_logins_all", "sends_sms", "sends_email", "sends_phone", "sends_portal",
+    "responses_sms", "responses_email", "responses_phone", "responses_portal")
+
+
+class MonitorSettings(BaseModel):
+    """``monitor:`` section (defaults when the settings object has none)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    drift_share: float = Field(0.2, gt=0, le=1)
+    num_method: str = "wasserstein"
+    cat_method: str = "jensenshannon"
+    threshold: float = Field(0.1, gt=0)
+    reference_window: Literal["train", "validation", "test", "all"] = "test"
+    reference_rows: int = Field(5000, gt=0)
+    current_rows: int = Field(5000, gt=0)
+    min_current_rows: int = Field(100, gt=0)
+    recent_days: int = Field(90, gt=0)
+    noise_reps: int = Field(40, ge=0)       # permutations for each feature's noise floor (0: fixed threshold only)
+    noise_quantile: float = Field(0.95, gt=0.5, lt=1)
+    trend_features: list[str] = Field(default_factory=lambda: list(DEFAULT_TREND_FEATURES))
+
+
+def monitor_settings(settings: Any) -> MonitorSettings:
+    section = getattr(settings, "monitor", None)
+    if section is None:
+        return MonitorSettings()
+    return section if isinstance(section, MonitorSettings) else MonitorSettings.model_validate(
+        section.model_dump() if hasattr(section, "model_dump") else dict(section))
+
+
+class MonitorError(RuntimeError):
+    """Monitoring cannot run (no champion, no features); the message says what to run first."""
+
+
+def monitoring_dir(settings: Settings) -> Path:
+    return settings.home / "monitoring"
+
+
+# --------------------------------------------------------------------------- reference and current
+
+
+def _utc(ts: Any) -> pd.Timestamp:
+    t = pd.Timestamp(ts)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def _as_of(settings: Settings) -> pd.Timestamp:
+    from features.build import MANIFEST_FILE
+
+    path = settings.feature_dir / MANIFEST_FILE
+    if not path.exists():
+        raise MonitorError(f"{path}: no features built; run `carecast features build` first")
+    return _utc(json.loads(path.read_text())["as_of"])
+
+
+def _window(tags: dict[str, str], which: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    keys = {"train": ("data.train_start", "data.train_end"), "validation": ("data.val_start", "data.val_end"),
+            "test": ("data.test_start", "data.test_end"), "all": ("data.train_start", "data.test_end")}[which]
+    if not all(k in tags for k in keys):
+        raise MonitorError(f"the model version has no {keys[0]}/{keys[1]} tags: it was not trained by `carecast train`")
+    return _utc(tags[keys[0]]), _utc(tags[keys[1]])
+
+
+def _points(settings: Settings, target: str, start: pd.Timestamp, end: pd.Timestamp | None, rows: int,
+            labelled: bool, seed: int = 0) -> pd.DataFrame:
+    """Prediction points of ``target`` in [start, end] (a seeded sample of at most ``rows``)."""
+    from features.labels import label_file
+
+    path = label_file(settings.feature_dir, target)
+    if not path.exists():
+        raise MonitorError(f"{path}: no prediction points; run `carecast features build` first")
+    lab = pd.read_parquet(path)
+    ts = pd.to_datetime(lab["event_timestamp"], utc=True)
+    keep = ts >= start
+    if end is not None:
+        keep &= ts <= end
+    if labelled:
+        keep &= lab["label"].notna()
+    lab = lab[keep.to_numpy()]
+    if len(lab) > rows:
+        lab = lab.sample(rows, random_state=seed)
+    lab = lab.assign(event_timestamp=pd.to_datetime(lab["event_timestamp"], utc=True))
+    return lab.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
+
+
+def point_features(settings: Settings, target: str, points: pd.DataFrame) -> pd.DataFrame:
+    """Point-in-time features (the training frame's columns) for prediction points, via the feature store."""
+    from features import store
+    from features.request_features import CATEGORIES
+
+    if points.empty:
+        return pd.DataFrame(columns=[*store.feature_columns(target), "event_timestamp", "label"])
+    df = store.historical(settings, target, points.drop(columns=["label"]), engine="asof")
+    for c in CATEGORIES:
+        if c in df:
+            df[c] = df[c].fillna(-1).astype("int64")
+    df["label"] = points["label"].to_numpy()
+    return df
+
+
+def log_reference(settings: Settings, target: str, run_id: str, frame: pd.DataFrame, tags: dict[str, str]) -> int:
+    """Log the champion-to-be's reference sample with its run (the pipeline's train stage calls this)."""
+    import tempfile
+
+    from training import tracking
+
+    cfg = monitor_settings(settings)
+    start, end = _window(tags, cfg.reference_window)
+    ts = pd.to_datetime(frame["event_timestamp"], utc=True)
+    ref = frame[((ts >= start) & (ts <= end)).to_numpy()]
+    if len(ref) > cfg.reference_rows:
+        ref = ref.sample(cfg.reference_rows, random_state=0)
+    cols = [c for c in ref.columns if c not in ("patient_id", "appointment_id")]  # no identifiers
+    client = tracking.setup(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
+        ref[cols].reset_index(drop=True).to_parquet(path)
+        client.log_artifact(run_id, str(path), str(Path(REFERENCE_ARTIFACT).parent))
+    return len(ref)
+
+
+def reference(settings: Settings, target: str, mv: Any) -> tuple[pd.DataFrame, str]:
+    """The champion's reference features and where they came from."""
+    from training import tracking
+
+    cfg = monitor_settings(settings)
+    client = tracking.setup(settings)
+    try:
+        local = client.download_artifacts(mv.run_id, REFERENCE_ARTIFACT)
+        return pd.read_parquet(local), f"sample logged with run {mv.run_id} ({cfg.reference_window} window)"
+    except Exception:  # noqa: BLE001 - not logged (trained outside the pipeline): rebuild it
+        pass
+    start, end = _window(mv.tags or {}, cfg.reference_window)
+    pts = _points(settings, target, start, end, cfg.reference_rows, labelled=True)
+    return point_features(settings, target, pts), (
+        f"rebuilt from the {cfg.reference_window} window {start:%Y-%m-%d}..{end:%Y-%m-%d} in the version's tags")
+
+
+def current(settings: Settings, target: str, model_name: str, since: pd.Timestamp) -> tuple[pd.DataFrame, str]:
+    """Recent features: captured predictions if there are enough, else the latest feature snapshots."""
+    from serving import capture
+
+    cfg = monitor_settings(settings)
+    cap = capture.read(settings, target, since.to_pydatetime(), model_name=model_name, limit=cfg.current_rows)
+    if len(cap) >= cfg.min_current_rows:
+        return cap, f"{len(cap):,} captured predictions since {since:%Y-%m-%d}"
+    # points up to the build's as-of time: later ones (upcoming appointments) have not been predicted yet
+    pts = _points(settings, target, since, _as_of(settings), cfg.current_rows, labelled=False)
+    how = (f"latest feature snapshots: {len(pts):,} prediction points since {since:%Y-%m-%d}"
+           + (f" (only {len(cap)} captured predictions)" if len(cap) else " (nothing captured)"))
+    return point_features(settings, target, pts), how
+
+
+# --------------------------------------------------------------------------- drift
+
+
+@dataclass
+class TargetDrift:
+    target: str
+    model: dict[str, str]
+    flagged: bool
+    dataset_drift: bool
+    share: float
+    drifted: list[str]
+    features: list[dict[str, Any]]
+    reference: dict[str, Any]
+    current: dict[str, Any]
+    html: str
+    json: str
+    seconds: float
+    mlflow_run_id: str | None = None
+
+    def describe(self) -> str:
+        word = "DRIFT" if self.flagged else "no drift"
+        top = ", ".join(f"{f['feature']} {f['score']:.2f}" for f in
+                        sorted((f for f in self.features if f["drifted"] and f["counted"]), key=lambda f: -f["score"])[:5])
+        return (f"{self.target}: {word}: {len(self.drifted)} of {sum(f['counted'] for f in self.features)} monitored "
+                f"features drifted (share {self.share:.2f}){'; largest: ' + top if top else ''}; "
+                f"{self.model['name']} v{self.model['version']}; reference {self.reference['rows']:,} rows, "
+                f"current {self.current['rows']:,} rows ({self.current['source']}); report {self.html}")
+
+
+@dataclass
+class DriftResult:
+    folder: Path
+    flagged: bool
+    targets: dict[str, TargetDrift] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        lines = [t.describe() for t in self.targets.values()]
+        lines += [f"{t}: skipped: {why}" for t, why in self.skipped.items()]
+        lines.append(f"drift {'FLAGGED' if self.flagged else 'not flagged'}; summary {self.folder / 'summary.json'} "
+                     f"({self.seconds:.1f}s)")
+        return "\n".join(lines)
+
+
+def _definition(columns: list[str], categorical: list[str]):
+    from evidently import DataDefinition
+
+    return DataDefinition(numerical_columns=[c for c in columns if c not in categorical],
+                          categorical_columns=[c for c in columns if c in categorical])
+
+
+#: Evidently tests whose score is a p-value (drift when below the threshold); the others are distances
+_P_VALUE_TESTS = {"ks", "chisquare", "z", "fisher_exact", "anderson", "g_test", "cramer_von_mises", "mannw",
+                  "t_test", "epps_singleton", "empirical_mmd", "TVD"}
+
+
+def noise_floors(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], categorical: list[str],
+                 cfg: MonitorSettings, seed: int = 0) -> dict[str, float]:
+    """Per feature, the ``noise_quantile`` of the drift score between random splits of the pooled rows
+    (reference and current sizes kept): what sampling noise alone gives at these sample sizes. A distance
+    test at a fixed 0.1 flags noise on a few hundred rows (heavy-tailed features especially); the
+    threshold used is the larger of the two, the same idea as the gate's ECE noise floor."""
+    from evidently.legacy.calculations.stattests.jensenshannon import _jensenshannon
+    from evidently.legacy.calculations.stattests.wasserstein_distance_norm import _wasserstein_distance_norm
+    from evidently.legacy.core import ColumnType
+
+    tests = {"wasserstein": _wasserstein_distance_norm, "jensenshannon": _jensenshannon}
+    rng = np.random.default_rng(seed)
+    out: dict[str, float] = {}
+    if cfg.noise_reps <= 0:
+        return out
+    for c in columns:
+        is_cat = c in categorical
+        fn = tests.get(cfg.cat_method if is_cat else cfg.num_method)
+        r, k = ref[c].dropna().to_numpy(), cur[c].dropna().to_numpy()
+        if fn is None or len(r) < 2 or len(k) < 2:
+            continue
+        pool = np.concatenate([r, k])
+        kind = ColumnType.Categorical if is_cat else ColumnType.Numerical
+        scores = []
+        for _ in range(cfg.noise_reps):
+            perm = rng.permutation(pool)
+            scores.append(fn(pd.Series(perm[:len(r)]), pd.Series(perm[len(r):]), kind, cfg.threshold)[0])
+        out[c] = float(np.quantile(scores, cfg.noise_quantile))
+    return out
+
+
+def run_report(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], categorical: list[str],
+               cfg: MonitorSettings):
+    """The Evidently snapshot plus our per-feature table and verdict."""
+    from evidently import Dataset, Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import DataDriftPreset
+
+    trend = [c for c in columns if c in set(cfg.trend_features)]
+    counted = [c for c in columns if c not in set(trend)]
+    floors = noise_floors(ref, cur, columns, categorical, cfg)
+    thresholds = {c: round(max(cfg.threshold, floors.get(c, 0.0)), 4) for c in columns}
+    kw = dict(num_method=cfg.num_method, cat_method=cfg.cat_method, threshold=cfg.threshold,
+              per_column_threshold={c: thresholds[c] for c in counted})
+    metrics: list[Any] = [DataDriftPreset(columns=counted, drift_share=cfg.drift_share, **kw)]
+    for c in trend:
+        metrics.append(ValueDrift(column=c, method=cfg.cat_method if c in categorical else cfg.num_method,
+                                  threshold=thresholds[c]))
+    dd = _definition(columns, categorical)
+    ref_ds = Dataset.from_pandas(ref[columns].reset_index(drop=True), data_definition=dd)
+    cur_ds = Dataset.from_pandas(cur[columns].reset_index(drop=True), data_definition=dd)
+    snapshot = Report(metrics).run(cur_ds, ref_ds)
+    rows = []
+    for m in snapshot.dict()["metrics"]:
+        conf = m.get("config", {})
+        if conf.get("type", "").endswith("ValueDrift"):
+            score, thr, method = float(m["value"]), float(conf["threshold"]), str(conf["method"])
+            p_value = "p_value" in method or method in _P_VALUE_TESTS
+            drifted = score < thr if p_value else score >= thr
+            rows.append({"feature": conf["column"], "method": method, "score": score if math.isfinite(score) else None,
+                         "threshold": thr, "noise_floor": floors.get(conf["column"]), "drifted": bool(drifted),
+                         "counted": conf["column"] not in trend})
+    n_counted = sum(r["counted"] for r in rows)
+    drifted = [r["feature"] for r in rows if r["drifted"] and r["counted"]]
+    share = len(drifted) / n_counted if n_counted else 0.0
+    return snapshot, rows, drifted, share
+
+
+def _record_mlflow(settings: Settings, target: str, mv: Any, td: TargetDrift, files: list[Path]) -> str | None:
+    import mlflow
+
+    from training import tracking
+    from training.targets import spec
+
+    client = tracking.setup(settings)
+    exp = tracking.experiment_id(settings, spec(target))
+    tags = {"carecast.target": target, "carecast.kind": "drift", "drift.flagged": str(td.flagged).lower(),
+            "drift.model_version": str(mv.version), "drift.current_source": td.current["source"][:250]}
+    with mlflow.start_run(experiment_id=exp, run_name=f"drift-v{mv.version}", tags=tags) as run:
+        mlflow.log_params({"drift_share": monitor_settings(settings).drift_share,
+                           "threshold": monitor_settings(settings).threshold,
+                           "reference_window": monitor_settings(settings).reference_window})
+        mlflow.log_metrics({"drift_share_drifted": td.share, "drifted_features": len(td.drifted),
+                            "reference_rows": td.reference["rows"], "current_rows": td.current["rows"]})
+        for f in files:
+            mlflow.log_artifact(str(f), "drift")
+        run_id = run.info.run_id
+    for k, v in {"drift.flagged": str(td.flagged).lower(), "drift.share": f"{td.share:.3f}",
+                 "drift.run_id": run_id, "drift.checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}.items():
+        client.set_model_version_tag(spec(target).registered_model, str(mv.version), k, v)
+    return run_id
+
+
+def drift(settings: Settings, targets: list[str] | None = None, since: dt.datetime | None = None,
+          record: bool = True, versions: dict[str, str] | None = None) -> DriftResult:
+    """Drift reports for each target that has a champion (see the module doc). ``versions`` names the
+    model version to compare against per target (default: the champion; the pipeline passes the champion
+    that served before the run, which made the captured predictions)."""
+    from features import store
+    from training import registry, tracking
+
+    t0 = time.perf_counter()
+    cfg = monitor_settings(settings)
+    targets = targets or ["no_show", "churn", "channel"]
+    as_of = _as_of(settings)
+    since_ts = _utc(since) if since is not None else as_of - pd.Timedelta(days=cfg.recent_days)
+    created = dt.datetime.now(dt.timezone.utc)
+    root = monitoring_dir(settings) / "drift"
+    folder = root / f"{created:%Y%m%dT%H%M%S%fZ}"
+    folder.mkdir(parents=True, exist_ok=True)
+    result = DriftResult(folder=folder, flagged=False)
+    for target in targets:
+        if versions and versions.get(target):
+            mv = tracking.setup(settings).get_model_version(registry.spec(target).registered_model,
+                                                            str(versions[target]))
+        else:
+            mv = registry.version_by_alias(settings, target, registry.CHAMPION)
+        if mv is None:
+            result.skipped[target] = "no champion"
+            continue
+        t = time.perf_counter()
+        with logs.stage(log, f"drift {target}") as info:
+            ref, ref_src = reference(settings, target, mv)
+            cur, cur_src = current(settings, target, mv.name, since_ts)
+            columns = [c for c in store.feature_columns(target) if c in ref.columns and c in cur.columns]
+            cats = [c for c in store.categorical_columns(target) if c in columns]
+            if len(cur) < 2 or len(ref) < 2:
+                result.skipped[target] = f"too few rows (reference {len(ref)}, current {len(cur)})"
+                continue
+            snapshot, rows, drifted, share = run_report(ref, cur, columns, cats, cfg)
+            html, js = folder / f"{target}.html", folder / f"{target}.json"
+            snapshot.save_html(str(html))
+            snapshot.save_json(str(js))
+            td = TargetDrift(target=target, model={"name": mv.name, "version": str(mv.version)},
+                             flagged=share >= cfg.drift_share, dataset_drift=share >= cfg.drift_share,
+                             share=share, drifted=drifted, features=rows,
+                             reference={"rows": len(ref), "source": ref_src},
+                             current={"rows": len(cur), "source": cur_src, "since": since_ts.isoformat()},
+                             html=str(html), json=str(js), seconds=time.perf_counter() - t)
+            info.update({"share": round(share, 3), "drifted": len(drifted), "flagged": td.flagged})
+        if record:
+            try:
+                td.mlflow_run_id = _record_mlflow(settings, target, mv, td, [html, js])
+            except Exception as exc:  # noqa: BLE001 - the report stands without the MLflow record
+                log.warning("drift %s: not recorded in MLflow: %s", target, type(exc).__name__)
+        result.targets[target] = td
+        result.flagged |= td.flagged
+    result.seconds = time.perf_counter() - t0
+    summary = {
+        "created_at": created.isoformat(timespec="seconds"), "as_of": as_of.isoformat(), "since": since_ts.isoformat(),
+        "flagged": result.flagged, "thresholds": {"drift_share": cfg.drift_share, "threshold": cfg.threshold,
+                                                  "num_method": cfg.num_method, "cat_method": cfg.cat_method},
+        "targets": {t: {k: v for k, v in vars(d).items()} for t, d in result.targets.items()},
+        "skipped": result.skipped, "seconds": round(result.seconds, 2)}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (root / f".{LATEST}.tmp").write_text(folder.name + "\n")
+    (root / f".{LATEST}.tmp").replace(root / LATEST)
+    return result
+
+
+def latest_summary(settings: Settings) -> dict | None:
+    root = monitoring_dir(settings) / "drift"
+    pointer = root / LATEST
+    if not pointer.exists():
+        return None
+    path = root / pointer.read_text().strip() / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# --------------------------------------------------------------------------- performance
+
+
+@dataclass
+class Performance:
+    target: str
+    model: dict[str, str]
+    source: str
+    weeks: pd.DataFrame
+    overall: dict[str, float]
+    path: Path
+
+    def describe(self) -> str:
+        lines = [f"{self.target}: {self.model['name']} v{self.model['version']}; {self.source}"]
+        if self.weeks.empty:
+            return lines[0] + "; no outcomes yet"
+        cols = [c for c in ("week", "n", "events", "auc", "ece", "mean_p", "rate", "accuracy", "log_loss")
+                if c in self.weeks.columns]
+        lines.append(self.weeks[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        lines.append("overall: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                              for k, v in self.overall.items()))
+        lines.append(f"written to {self.path}")
+        return "\n".join(lines)
+
+
+def _week_metrics(kind: str, week: pd.Series, y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
+    from training import metrics as M
+
+    out = []
+    for w, idx in pd.Series(np.arange(len(y))).groupby(week.to_numpy()).groups.items():
+        i = np.asarray(idx)
+        yy, pp = y[i], p[i]
+        row: dict[str, Any] = {"week": str(w), "n": len(i)}
+        if kind == "binary":
+            row |= {"events": int(yy.sum()), "mean_p": float(pp.mean()), "rate": float(yy.mean()),
+                    "auc": float(M._safe_auc(yy, pp)) if 0 < yy.sum() < len(yy) else float("nan"),
+                    "ece": float(M.ece(yy, pp))}
+        else:
+            m = M.multiclass_metrics(yy, pp)
+            row |= {"accuracy": m["accuracy"], "log_loss": m["log_loss"], "ece": m.get("ece", float("nan"))}
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _captured_outcomes(settings: Settings, mv: Any, since: pd.Timestamp | None) -> pd.DataFrame:
+    """Captured no-show predictions of this model joined to outcomes in the validated visits feed."""
+    import duckdb
+
+    from features.feeds_io import duckdb_scan
+    from serving import capture
+
+    cap = capture.read(settings, "no_show", since.to_pydatetime() if since is not None else None, model_name=mv.name)
+    if cap.empty:
+        return cap
+    con = duckdb.connect()
+    visits = con.execute(f"""SELECT appointment_id, scheduled_at, (status = 'no_show')::INT AS label
+        FROM {duckdb_scan(settings.validated_dir, 'visits')} WHERE status IN ('no_show', 'completed')""").df()
+    con.close()
+    pseudo = capture.Pseudonymiser(capture.load_key(settings, create=False))
+    visits["appointment_key"] = pseudo.many("appointment", visits["appointment_id"])
+    m = cap.merge(visits.drop(columns=["appointment_id"]), on="appointment_key", how="inner")
+    m = m.sort_values("ts").drop_duplicates("appointment_key", keep="last")  # the latest prediction per visit
+    m["event_timestamp"] = pd.to_datetime(m["scheduled_at"], utc=True)
+    return m
+
+
+def performance(settings: Settings, target: str = "no_show", since: dt.datetime | None = None) -> Performance:
+    """AUC and calibration by week for the champion of ``target`` (see the module doc)."""
+    from training import data, registry
+    from training.model import predict
+    from training.targets import spec
+
+    ts_ = spec(target)
+    mv = registry.version_by_alias(settings, target, registry.CHAMPION)
+    if mv is None:
+        raise MonitorError(f"{ts_.registered_model} has no champion: run `carecast pipeline run` or `carecast promote`")
+    since_ts = _utc(since) if since is not None else None
+    df = pd.DataFrame()
+    if target == "no_show":
+        try:
+            df = _captured_outcomes(settings, mv, since_ts)
+        except FileNotFoundError:
+            df = pd.DataFrame()
+    if len(df):
+        source = f"{len(df):,} captured predictions with an outcome in the visits feed"
+        y = df["label"].to_numpy(int)
+        p = df["probability"].to_numpy(float)
+    else:
+        start = since_ts if since_ts is not None else _utc((mv.tags or {}).get("data.test_start", "1970-01-01"))
+        pts = _points(settings, target, start, None, 10**9, labelled=True)
+        if pts.empty:
+            source = f"no labelled prediction points since {start:%Y-%m-%d}"
+            y, p = np.empty(0, int), np.empty(0)
+            df = pts
+        else:
+            df = point_features(settings, target, pts)
+            loaded = registry.load(settings, target, version=str(mv.version))
+            from features.store import categorical_columns
+
+            frame_cats = categorical_columns(target)
+            X = data.features(data.recode(df, frame_cats, loaded.meta.get("categorical_columns", {})),
+                              loaded.meta["feature_columns"])
+            p = predict(loaded.booster, X)
+            y = df["label"].to_numpy(int)
+            source = (f"predictions recomputed at {len(df):,} labelled prediction points since {start:%Y-%m-%d} "
+                      "(nothing captured with an outcome yet)")
+    if len(df):
+        week = pd.to_datetime(df["event_timestamp"], utc=True).dt.tz_localize(None).dt.to_period("W-SUN").dt.start_time.dt.strftime("%Y-%m-%d")
+        weeks = _week_metrics(ts_.kind, week.reset_index(drop=True), y, p)
+        from training import metrics as M
+
+        overall = {k: v for k, v in M.metrics(ts_.kind, y, p).items() if isinstance(v, (int, float))}
+    else:
+        weeks, overall = pd.DataFrame(), {}
+    out = monitoring_dir(settings) / "performance"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{target}.json"
+    path.write_text(json.dumps({"target": target, "model": {"name": mv.name, "version": str(mv.version)},
+                                "source": source, "overall": overall, "weeks": weeks.to_dict("records"),
+                                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+                               indent=1, default=str))
+    return Performance(target, {"name": mv.name, "version": str(mv.version)}, source, weeks, overall, path)

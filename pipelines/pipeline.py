@@ -1,0 +1,477 @@
+"""`carecast pipeline run`: validate -> features -> train -> gate -> score -> drift, end to end.
+
+Each stage runs in this process (imports are paid once) and, when it succeeds, writes a marker
+``$CARECAST_HOME/pipeline/markers/<stage>.json`` with the *fingerprint* of its inputs: the feeds'
+files (path, size, modification time) for ``validate``, and for every later stage the previous stage's
+fingerprint plus its own options (as-of time, targets, gate settings, the champions it compares, the
+capture store's size). A re-run skips every stage whose marker holds the fingerprint it would run with,
+so an unchanged world costs nothing and a run that failed at stage N resumes at N (``--from STAGE``
+re-runs from that stage on, whatever the markers say; ``--force`` re-runs everything). The run stops at
+the first failing stage with its message and what to do, and writes no marker for it.
+
+Stages:
+
+* ``validate``: the feeds (default ``$CARECAST_HOME/feeds``) against their contracts; quarantined rows are
+  counted and reported (``--strict`` makes any quarantined row a failure).
+* ``features``: build the snapshots (as of ``--as-of``, default the latest event), apply the Feast repo,
+  materialize the online store.
+* ``train``: a new version per target (alias ``challenger``) from the feature store's training frame; its
+  reference sample for drift monitoring is logged with its run (``pipelines.monitor.log_reference``). The
+  reason (new data; drift flagged by the last check) is recorded.
+* ``gate``: challenger vs champion on the same recent window (``training.gate``); the decision and
+  reasons go to MLflow (a ``promote-v<N>`` run and tags on the version).
+* ``score``: the risk lists as of the build's as-of time (``pipelines.score``), when every target has a
+  champion (skipped, with the reason, otherwise).
+* ``drift``: Evidently drift report of the recent features against the champion that was serving when
+  the run started (the model whose predictions cover the recent period; the newly promoted one when
+  there was none).
+
+Every run is also an MLflow run in the ``carecast-pipeline`` experiment: stage timings as metrics,
+per-target retrain reasons, gate decisions and drift flags as tags, and the run record as an artifact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from carecast import logs
+from carecast.settings import Settings
+
+log = logs.get("pipeline")
+
+STAGES = ("validate", "features", "train", "gate", "score", "drift")
+EXPERIMENT = "carecast-pipeline"
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.stage, self.message, self.hint = stage, message, hint
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    targets: tuple[str, ...] = ("no_show", "churn", "channel")
+    feeds: Path | None = None
+    as_of: dt.datetime | None = None
+    from_stage: str | None = None
+    until: str | None = None          # stop after this stage
+    force: bool = False
+    strict: bool = False
+    plots: bool = True
+    score_days: int = 14
+    since: dt.datetime | None = None
+    record: bool = True
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str            # ran | skipped | failed
+    seconds: float = 0.0
+    summary: str = ""
+    outputs: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+
+
+@dataclass
+class PipelineRun:
+    started_at: str
+    stages: list[StageResult] = field(default_factory=list)
+    failed: StageResult | None = None
+    seconds: float = 0.0
+    mlflow_run_id: str | None = None
+    record_path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failed is None
+
+    def stage(self, name: str) -> StageResult | None:
+        return next((s for s in self.stages if s.stage == name), None)
+
+    def describe(self) -> str:
+        lines = [f"{s.stage:>9}: {s.status:<7} {s.seconds:7.1f}s  {s.summary}" for s in self.stages]
+        head = "pipeline finished" if self.ok else f"pipeline STOPPED at stage '{self.failed.stage}'"
+        lines.append(f"{head} in {self.seconds:.1f}s" + (f"; MLflow run {self.mlflow_run_id}" if self.mlflow_run_id else ""))
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- fingerprints and markers
+
+
+def _hash(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Names, sizes and modification times of every file under ``folder`` (cheap for any size)."""
+    folder = Path(folder)
+    if not folder.exists():
+        return "missing"
+    entries = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d != "truth")  # the ground truth is not an input
+        for f in sorted(files):
+            p = Path(root) / f
+            st = p.stat()
+            entries.append((str(p.relative_to(folder)), st.st_size, st.st_mtime_ns))
+    return _hash(entries)
+
+
+def markers_dir(settings: Settings) -> Path:
+    return settings.home / "pipeline" / "markers"
+
+
+def read_marker(settings: Settings, stage: str) -> dict | None:
+    path = markers_dir(settings) / f"{stage}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_marker(settings: Settings, res: StageResult) -> None:
+    d = markers_dir(settings)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{res.stage}.tmp"
+    tmp.write_text(json.dumps({"stage": res.stage, "fingerprint": res.fingerprint, "summary": res.summary,
+                               "seconds": round(res.seconds, 2), "outputs": res.outputs,
+                               "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+                              indent=1, default=str))
+    tmp.replace(d / f"{res.stage}.json")
+
+
+def _utc(when: dt.datetime | None) -> dt.datetime | None:
+    if when is None:
+        return None
+    return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class Context:
+    """What stages share within one run (frames are kept so gate does not rebuild them)."""
+
+    def __init__(self, settings: Settings, opts: PipelineOptions) -> None:
+        self.settings = settings
+        self.opts = opts
+        self.frames: dict[str, Any] = {}
+        self.champions_before: dict[str, str | None] = {}
+        self.outputs: dict[str, dict[str, Any]] = {}
+
+
+def _champions(settings: Settings, targets: tuple[str, ...]) -> dict[str, str | None]:
+    from training import registry
+
+    out = {}
+    for t in targets:
+        mv = registry.version_by_alias(settings, t, registry.CHAMPION)
+        out[t] = str(mv.version) if mv is not None else None
+    return out
+
+
+def _validate(ctx: Context) -> StageResult:
+    from features.validate import FeedError, validate_feeds
+
+    s = ctx.settings
+    src = ctx.opts.feeds or s.feeds_dir
+    try:
+        report = validate_feeds(src, s.validated_dir, s.quarantine_dir)
+    except FeedError as exc:
+        raise StageFailed("validate", str(exc), "fix the feed named above and re-run") from None
+    counts = report.counts
+    loaded = sum(c["loaded"] for c in counts.values())
+    if report.quarantined and ctx.opts.strict:
+        raise StageFailed("validate", f"{report.quarantined:,} rows quarantined (see {s.quarantine_dir})",
+                          "fix the feeds, or run without --strict to continue with the good rows")
+    return StageResult("validate", "ran", summary=f"{loaded:,} rows loaded, {report.quarantined:,} quarantined",
+                       outputs={"counts": counts})
+
+
+def _features(ctx: Context) -> StageResult:
+    from features import store
+    from features.build import build_features
+
+    s = ctx.settings
+    try:
+        b = build_features(s, s.validated_dir, _utc(ctx.opts.as_of))
+    except FileNotFoundError as exc:
+        raise StageFailed("features", str(exc), "run the validate stage first") from None
+    store.apply(s)
+    n = store.materialize(s)
+    return StageResult("features", "ran", summary=f"as of {b.as_of:%Y-%m-%d %H:%M}; {b.patients:,} patients, "
+                       f"{b.snapshots:,} snapshots; {n:,} patients online",
+                       outputs={"as_of": b.as_of.isoformat(), "snapshot_hash": b.snapshot_hash,
+                                "labels": b.label_rows})
+
+
+def _train(ctx: Context) -> StageResult:
+    from features.store import training_frame
+    from pipelines import monitor
+    from training.data import FrameError
+    from training.split import SplitError
+    from training.train import train_target
+
+    s = ctx.settings
+    last = monitor.latest_summary(s)
+    flagged = sorted(t for t, d in (last or {}).get("targets", {}).items() if d.get("flagged"))
+    versions, reasons = {}, {}
+    for t in ctx.opts.targets:
+        why = ["new data (the feature build changed)"]
+        if t in flagged:
+            why.append(f"the last drift check ({last['created_at']}) flagged drift")
+        if ctx.champions_before.get(t) is None:
+            why.append("no champion yet")
+        try:
+            tf = training_frame(s, t)
+            ctx.frames[t] = tf
+            r = train_target(s, t, tf=tf, plots_on=ctx.opts.plots)
+        except (FrameError, SplitError, FileNotFoundError) as exc:
+            raise StageFailed("train", f"{t}: {exc}", "the history may be too short or too small for this target") from None
+        try:
+            monitor.log_reference(s, t, r["run_id"], tf.frame, r["windows"])
+        except Exception as exc:  # noqa: BLE001 - drift can rebuild the reference from the version's tags
+            log.warning("%s: reference sample not logged: %s", t, type(exc).__name__)
+        _tag_version(s, t, r["version"], {"retrain.reason": "; ".join(why)})
+        versions[t], reasons[t] = r["version"], "; ".join(why)
+    return StageResult("train", "ran", summary=", ".join(f"{t} v{v}" for t, v in versions.items()) + " -> challenger",
+                       outputs={"versions": versions, "reasons": reasons})
+
+
+def _tag_version(settings: Settings, target: str, version: str, tags: dict[str, str]) -> None:
+    from training import tracking
+    from training.targets import spec
+
+    client = tracking.setup(settings)
+    for k, v in tags.items():
+        client.set_model_version_tag(spec(target).registered_model, str(version), k, v[:4900])
+
+
+def _gate(ctx: Context) -> StageResult:
+    from training.gate import GateError, promote
+
+    s = ctx.settings
+    decisions, texts = {}, []
+    for t in ctx.opts.targets:
+        try:
+            d = promote(s, t, tf=ctx.frames.get(t))
+        except GateError as exc:
+            raise StageFailed("gate", f"{t}: {exc}") from None
+        decisions[t] = {"promoted": d.promoted, "challenger": d.challenger, "champion_before": d.champion_before,
+                        "reasons": d.reasons, "run_id": d.run_id}
+        texts.append(d.describe())
+        log.info("gate: %s", d.describe().splitlines()[0])
+    summary = "; ".join(f"{t} v{d['challenger']} {'promoted' if d['promoted'] else 'refused'}" for t, d in decisions.items())
+    return StageResult("gate", "ran", summary=summary, outputs={"decisions": decisions, "text": "\n".join(texts)})
+
+
+def _score(ctx: Context) -> StageResult:
+    from pipelines.score import ScoreError, ScoreOptions, run
+
+    s = ctx.settings
+    champs = _champions(s, ("no_show", "churn", "channel"))
+    missing = [t for t, v in champs.items() if v is None]
+    if missing:
+        return StageResult("score", "skipped", summary=f"no champion for {', '.join(missing)}: risk lists need all three")
+    as_of = dt.datetime.fromisoformat(json.loads((s.feature_dir / "manifest.json").read_text())["as_of"])
+    try:
+        r = run(s, as_of, ScoreOptions(days=ctx.opts.score_days))
+    except (ScoreError, FileNotFoundError) as exc:
+        raise StageFailed("score", str(exc)) from None
+    return StageResult("score", "ran", summary=r.describe().split("; written")[0],
+                       outputs={"folder": str(r.folder), "counts": r.counts, "champions": champs})
+
+
+def _drift(ctx: Context) -> StageResult:
+    from pipelines import monitor
+
+    versions = _drift_versions(ctx)
+    r = monitor.drift(ctx.settings, list(ctx.opts.targets), _utc(ctx.opts.since), record=ctx.opts.record,
+                      versions=versions)
+    flags = {t: d.flagged for t, d in r.targets.items()}
+    summary = ", ".join(f"{t} v{d.model['version']} {'DRIFT' if d.flagged else 'ok'} ({d.share:.2f})"
+                        for t, d in r.targets.items()) or "no champion to compare"
+    return StageResult("drift", "ran", summary=summary + f"; {r.folder / 'summary.json'}",
+                       outputs={"flagged": r.flagged, "targets": flags, "skipped": r.skipped,
+                                "versions": {t: d.model["version"] for t, d in r.targets.items()},
+                                "folder": str(r.folder)})
+
+
+def _drift_versions(ctx: Context) -> dict[str, str]:
+    now = _champions(ctx.settings, ctx.opts.targets)
+    return {t: (ctx.champions_before.get(t) or now.get(t)) for t in ctx.opts.targets
+            if (ctx.champions_before.get(t) or now.get(t))}
+
+
+RUNNERS: dict[str, Callable[[Context], StageResult]] = {
+    "validate": _validate, "features": _features, "train": _train, "gate": _gate, "score": _score, "drift": _drift}
+
+
+def _own_inputs(ctx: Context, stage: str) -> Any:
+    s, o = ctx.settings, ctx.opts
+    if stage == "validate":
+        return [folder_fingerprint(o.feeds or s.feeds_dir), o.strict]
+    if stage == "features":
+        return [o.as_of.isoformat() if o.as_of else None, s.online_store.model_dump()]
+    if stage == "train":
+        return [list(o.targets), o.plots]
+    if stage == "gate":
+        return [list(o.targets), s.gate.model_dump()]
+    if stage == "score":
+        return [o.score_days]
+    if stage == "drift":
+        from serving.capture import db_path
+
+        cap = db_path(s)
+        st = cap.stat() if cap.exists() else None
+        return [list(o.targets), o.since.isoformat() if o.since else None,
+                [st.st_size, st.st_mtime_ns] if st else None, _drift_versions(ctx)]
+    raise KeyError(stage)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
+        progress: Callable[[str], None] | None = None) -> PipelineRun:
+    """Run the stages in order; skip those whose inputs did not change; stop at the first failure."""
+    say = progress or (lambda m: log.info("%s", m))
+    for name, value in (("--from", opts.from_stage), ("--until", opts.until)):
+        if value is not None and value not in STAGES:
+            raise ValueError(f"{name} must be one of {', '.join(STAGES)}, not {value!r}")
+    t0 = time.perf_counter()
+    started = dt.datetime.now(dt.timezone.utc)
+    result = PipelineRun(started_at=started.isoformat(timespec="seconds"))
+    ctx = Context(settings, opts)
+    ctx.champions_before = _champions(settings, opts.targets)
+    forced_from = STAGES.index(opts.from_stage) if opts.from_stage else (0 if opts.force else len(STAGES))
+    previous = ""
+    for i, stage in enumerate(STAGES):
+        fp = _hash(previous, _own_inputs(ctx, stage))
+        marker = read_marker(settings, stage)
+        label = f"[{i + 1}/{len(STAGES)}] {stage}"
+        if i < forced_from and marker is not None and marker.get("fingerprint") == fp:
+            res = StageResult(stage, "skipped", summary=f"unchanged since {marker.get('finished_at')}: "
+                              f"{marker.get('summary', '')}", outputs=marker.get("outputs", {}), fingerprint=fp)
+            say(f"{label}: skipped (inputs unchanged)")
+        elif opts.from_stage and i < forced_from:
+            if marker is None:
+                msg = f"stage '{stage}' has never completed in this home: run without --from first"
+                result.failed = StageResult(stage, "failed", summary=msg)
+                result.stages.append(result.failed)
+                say(f"{label}: FAILED: {msg}")
+                break
+            fp = marker["fingerprint"]  # trusted as done: later stages chain on what it did
+            res = StageResult(stage, "skipped", summary=f"before --from {opts.from_stage}: {marker.get('summary', '')}",
+                              outputs=marker.get("outputs", {}), fingerprint=fp)
+            say(f"{label}: skipped (before --from)")
+        else:
+            say(f"{label}: running")
+            t = time.perf_counter()
+            try:
+                res = RUNNERS[stage](ctx)
+            except StageFailed as exc:
+                res = StageResult(stage, "failed", time.perf_counter() - t,
+                                  summary=exc.message + (f" ({exc.hint})" if exc.hint else ""))
+            except Exception as exc:  # noqa: BLE001 - any failure stops the run with a clear line
+                log.debug("stage %s: %s", stage, traceback.format_exc())
+                res = StageResult(stage, "failed", time.perf_counter() - t,
+                                  summary=f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+            res.seconds = time.perf_counter() - t
+            res.fingerprint = fp
+            if res.status == "failed":
+                result.failed = res
+                result.stages.append(res)
+                say(f"{label}: FAILED after {res.seconds:.1f}s: {res.summary}")
+                say(f"fix it and re-run `carecast pipeline run` (completed stages are skipped), "
+                    f"or `carecast pipeline run --from {stage}`")
+                break
+            _write_marker(settings, res)
+            say(f"{label}: {res.status} in {res.seconds:.1f}s: {res.summary}")
+        ctx.outputs[stage] = res.outputs
+        result.stages.append(res)
+        previous = fp
+        if stage == opts.until:
+            say(f"stopping after {stage} (--until)")
+            break
+    result.seconds = time.perf_counter() - t0
+    result.record_path = _save_record(settings, result, opts)
+    if opts.record:
+        try:
+            result.mlflow_run_id = _record_mlflow(settings, result, opts, ctx)
+        except Exception as exc:  # noqa: BLE001 - the run record on disk stands
+            log.warning("pipeline run not recorded in MLflow: %s", type(exc).__name__)
+    return result
+
+
+def _record_dict(result: PipelineRun, opts: PipelineOptions) -> dict:
+    return {"started_at": result.started_at, "ok": result.ok, "seconds": round(result.seconds, 2),
+            "failed_stage": result.failed.stage if result.failed else None,
+            "options": {k: (str(v) if isinstance(v, (Path, dt.datetime)) else v) for k, v in vars(opts).items()},
+            "stages": [{"stage": s.stage, "status": s.status, "seconds": round(s.seconds, 2), "summary": s.summary,
+                        "outputs": s.outputs} for s in result.stages]}
+
+
+def _save_record(settings: Settings, result: PipelineRun, opts: PipelineOptions) -> Path:
+    d = settings.home / "pipeline" / "runs"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{result.started_at.replace(':', '').replace('+0000', 'Z')}.json"
+    path.write_text(json.dumps(_record_dict(result, opts), indent=1, default=str))
+    return path
+
+
+def _record_mlflow(settings: Settings, result: PipelineRun, opts: PipelineOptions, ctx: Context) -> str:
+    import mlflow
+
+    from training import tracking
+
+    tracking.setup(settings)
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    exp_id = exp.experiment_id if exp else mlflow.create_experiment(
+        EXPERIMENT, artifact_location=(settings.mlflow_artifacts / EXPERIMENT).as_uri())
+    tags = {"pipeline.status": "ok" if result.ok else "failed", **tracking.project_run_tags()}
+    if result.failed:
+        tags["pipeline.failed_stage"] = result.failed.stage
+        tags["pipeline.error"] = result.failed.summary[:4900]
+    train = ctx.outputs.get("train", {})
+    gate = ctx.outputs.get("gate", {})
+    drift = ctx.outputs.get("drift", {})
+    for t in opts.targets:
+        if result.stage("train") and result.stage("train").status == "ran" and t in train.get("versions", {}):
+            tags[f"retrain.{t}"] = f"v{train['versions'][t]}: {train['reasons'][t]}"
+        if result.stage("gate") and result.stage("gate").status == "ran" and t in gate.get("decisions", {}):
+            d = gate["decisions"][t]
+            tags[f"gate.{t}"] = f"v{d['challenger']} {'promoted' if d['promoted'] else 'refused'}"
+            tags[f"gate.{t}.reasons"] = " | ".join(d["reasons"])[:4900]
+        if t in drift.get("targets", {}):
+            tags[f"drift.{t}"] = "flagged" if drift["targets"][t] else "ok"
+    with mlflow.start_run(experiment_id=exp_id, run_name="pipeline", tags=tags) as run:
+        mlflow.log_params({"targets": ",".join(opts.targets), "as_of": str(opts.as_of), "from": str(opts.from_stage),
+                           "force": opts.force})
+        mlflow.log_metrics({f"{s.stage}_seconds": s.seconds for s in result.stages} | {"total_seconds": result.seconds}
+                           | {f"{s.stage}_ran": float(s.status == "ran") for s in result.stages})
+        mlflow.log_dict(_record_dict(result, opts), "pipeline_run.json")
+        if gate.get("text"):
+            mlflow.log_text(gate["text"] + "\n", "gate_decisions.txt")
+        return run.info.run_id
+
+
+def status(settings: Settings) -> list[dict]:
+    out = []
+    for stage in STAGES:
+        m = read_marker(settings, stage)
+        out.append({"stage": stage, "done": m is not None, "finished_at": (m or {}).get("finished_at"),
+                    "seconds": (m or {}).get("seconds"), "summary": (m or {}).get("summary", "")})
+    return out

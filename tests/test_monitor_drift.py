@@ -1,0 +1,71 @@
+"""Drift verdict on hand-made frames (Evidently, no feature store): a shifted feature drifts, lifetime
+totals are reported but not counted, the CLI exits 1 on drift, and the performance table by week."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipelines import monitor
+
+
+def _frame(n: int, seed: int, shift: float = 0.0, trend: float = 0.0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "open_balance": rng.gamma(2, 50, n) * (1 + shift),
+        "in_collections": (rng.random(n) < 0.05 + 0.3 * shift).astype("int64"),
+        "distance_km": rng.gamma(2, 8, n),
+        "age_years": rng.integers(18, 90, n).astype(float),
+        "department_code": rng.integers(0, 5, n).astype("int64"),
+        "visits_all": rng.poisson(5 + trend, n).astype(float),
+    })
+
+
+COLS = ["open_balance", "in_collections", "distance_km", "age_years", "department_code", "visits_all"]
+CATS = ["department_code", "in_collections"]
+
+
+def test_shifted_features_drift_and_trend_features_are_not_counted() -> None:
+    cfg = monitor.MonitorSettings(drift_share=0.3)
+    ref = _frame(3000, 0)
+    _, rows, drifted, share = monitor.run_report(ref, _frame(800, 1, trend=8), COLS, CATS, cfg)
+    by = {r["feature"]: r for r in rows}
+    assert set(by) == set(COLS)
+    assert by["visits_all"]["drifted"] and not by["visits_all"]["counted"]   # reported, not counted
+    assert drifted == [] and share == 0.0
+    snapshot, rows, drifted, share = monitor.run_report(ref, _frame(800, 2, shift=1.0, trend=8), COLS, CATS, cfg)
+    assert set(drifted) == {"open_balance", "in_collections"} and share == pytest.approx(2 / 5)
+    assert share >= cfg.drift_share
+    assert {r["method"].split()[0].lower() for r in rows} <= {"wasserstein", "jensen-shannon", "jensenshannon"}
+    assert "metrics" in snapshot.dict()
+
+
+def test_drift_cli_exit_code_follows_the_flag(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.cli import app
+
+    def fake(flagged):
+        return lambda settings, targets, since=None: SimpleNamespace(flagged=flagged, describe=lambda: f"flag {flagged}")
+
+    monkeypatch.setattr(monitor, "drift", fake(True))
+    res = CliRunner().invoke(app, ["monitor", "drift", "--target", "no_show"])
+    assert res.exit_code == 1 and "flag True" in res.output
+    assert CliRunner().invoke(app, ["monitor", "drift", "--no-fail-on-drift"]).exit_code == 0
+    monkeypatch.setattr(monitor, "drift", fake(False))
+    assert CliRunner().invoke(app, ["monitor", "drift"]).exit_code == 0
+
+
+def test_weekly_metrics() -> None:
+    rng = np.random.default_rng(0)
+    n = 700
+    p = rng.random(n)
+    y = (rng.random(n) < p).astype(int)
+    week = pd.Series(np.repeat(["2026-01-05", "2026-01-12"], [400, 300]))
+    table = monitor._week_metrics("binary", week, y, p)
+    assert table["week"].tolist() == ["2026-01-05", "2026-01-12"] and table["n"].tolist() == [400, 300]
+    assert (table["auc"] > 0.7).all() and (table["ece"] < 0.1).all()
+    assert table["events"].sum() == y.sum()

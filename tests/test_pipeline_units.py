@@ -1,0 +1,103 @@
+"""Pipeline control flow with stand-in stages: idempotent re-runs, stop at the first failure and resume
+there, --from, --force, and fingerprints that follow the feeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from carecast.settings import load_settings
+from pipelines import pipeline as P
+
+
+@pytest.fixture()
+def fake(home: Path, monkeypatch: pytest.MonkeyPatch):
+    calls: list[str] = []
+    broken: set[str] = set()
+
+    def runner(stage):
+        def run(ctx):
+            calls.append(stage)
+            if stage in broken:
+                raise RuntimeError(f"{stage} broke")
+            return P.StageResult(stage, "ran", summary=f"{stage} done", outputs={"n": len(calls)})
+        return run
+
+    monkeypatch.setattr(P, "RUNNERS", {s: runner(s) for s in P.STAGES})
+    monkeypatch.setattr(P, "_champions", lambda settings, targets: {})
+    feeds = home / "feeds"
+    feeds.mkdir()
+    (feeds / "visits.parquet").write_text("v1")
+    return calls, broken, feeds
+
+
+def _run(**kw) -> P.PipelineRun:
+    return P.run(load_settings(), P.PipelineOptions(record=False, **kw), progress=lambda m: None)
+
+
+def test_rerun_skips_unchanged_stages_and_feeds_change_reruns_all(fake) -> None:
+    calls, _, feeds = fake
+    r = _run()
+    assert r.ok and calls == list(P.STAGES) and [s.status for s in r.stages] == ["ran"] * 6
+    calls.clear()
+    r = _run()
+    assert r.ok and calls == [] and [s.status for s in r.stages] == ["skipped"] * 6
+    (feeds / "visits.parquet").write_text("v2 with more rows")
+    r = _run()
+    assert calls == list(P.STAGES)
+    calls.clear()
+    _run(targets=("no_show",))  # other targets: train onwards runs again, validate and features do not
+    assert calls == ["train", "gate", "score", "drift"]
+
+
+def test_failure_stops_the_run_and_a_rerun_resumes_there(fake) -> None:
+    calls, broken, _ = fake
+    broken.add("train")
+    r = _run()
+    assert not r.ok and r.failed.stage == "train" and "train broke" in r.failed.summary
+    assert calls == ["validate", "features", "train"] and [s.stage for s in r.stages] == ["validate", "features", "train"]
+    assert P.read_marker(load_settings(), "train") is None
+    broken.clear()
+    calls.clear()
+    r = _run()
+    assert r.ok and calls == ["train", "gate", "score", "drift"]
+    assert r.record_path.exists()
+
+
+def test_from_and_force(fake) -> None:
+    calls, _, _ = fake
+    r = _run(from_stage="gate")
+    assert not r.ok and "never completed" in r.failed.summary and calls == []
+    _run()
+    calls.clear()
+    _run(from_stage="gate")
+    assert calls == ["gate", "score", "drift"]
+    calls.clear()
+    _run()
+    assert calls == []  # --from re-ran with the same inputs: markers still match
+    _run(force=True)
+    assert calls == list(P.STAGES)
+    calls.clear()
+    r = _run(force=True, until="train")
+    assert calls == ["validate", "features", "train"] and [x.stage for x in r.stages][-1] == "train"
+    with pytest.raises(ValueError):
+        _run(from_stage="nope")
+
+
+def test_pipeline_cli_reports_the_failed_stage(fake, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    calls, broken, _ = fake
+    monkeypatch.setattr(P, "_record_mlflow", lambda *a, **k: None)
+    broken.add("features")
+    res = CliRunner().invoke(app, ["pipeline", "run"])
+    assert res.exit_code == 1
+    assert "[2/6] features: FAILED" in res.output and "--from features" in res.output
+    broken.clear()
+    res = CliRunner().invoke(app, ["pipeline", "run"])
+    assert res.exit_code == 0 and "[1/6] validate: skipped" in res.output and "pipeline finished" in res.output
+    status = CliRunner().invoke(app, ["pipeline", "status"])
+    assert status.exit_code == 0 and "drift done" in status.output
