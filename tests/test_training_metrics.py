@@ -69,3 +69,25 @@ def test_time_split_refuses_history_shorter_than_the_horizon() -> None:
     ts = pd.Series(pd.date_range("2024-01-01", periods=12, freq="MS", tz="UTC").repeat(20))
     with pytest.raises(SplitError, match="too short"):
         time_split(ts, purge_days=365)
+
+
+def test_time_split_holds_out_patients_for_validation() -> None:
+    """Churn: validation is held-out patients only, purged from their own training rows like the
+    test window; the other patients' validation-window rows train; the test window is untouched."""
+    months = pd.date_range("2020-01-01", periods=60, freq="MS", tz="UTC")
+    ts = pd.Series(np.tile(months, 200))
+    pids = pd.Series(np.repeat([f"P{i:04d}" for i in range(200)], len(months)))
+    plain = time_split(ts, purge_days=365)
+    sp = time_split(ts, purge_days=365, entities=pids, val_entity_frac=0.3)
+    again = time_split(ts, purge_days=365, entities=pids, val_entity_frac=0.3)
+    assert (sp.val == again.val).all() and (sp.train == again.train).all()      # same patients every run
+    assert (sp.test == plain.test).all() and sp.val_start == plain.val_start
+    held = set(pids[sp.val])
+    assert 0.2 < len(held) / 200 < 0.4 and not held & set(pids[sp.train & (ts >= sp.val_start).to_numpy()])
+    own_train = sp.train & pids.isin(held).to_numpy()
+    assert (sp.val_start - ts[own_train].max()).days >= 365
+    assert not (sp.train & sp.val).any() and not ((sp.train | sp.val) & sp.test).any()
+    assert (ts[sp.train | sp.val] < sp.test_start - pd.Timedelta(days=365)).all()
+    assert sp.train.sum() > plain.train.sum() and "held-out" in sp.describe()
+    with pytest.raises(SplitError, match="entity"):
+        time_split(ts, purge_days=365, val_entity_frac=0.3)

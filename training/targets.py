@@ -1,4 +1,5 @@
-"""The three targets: what kind of model each is, its registered name and its label horizon."""
+"""The three targets: what kind of model each is, its registered name, its label horizon, and the
+few training choices that differ between them (one table, ``TARGETS``; the code path is shared)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from features.contracts import MODEL_CHANNELS
+from training.model import Shape
 
 Target = Literal["no_show", "churn", "channel"]
 
@@ -21,6 +23,11 @@ class TargetSpec:
     horizon_days: int
     classes: tuple[str, ...]
     description: str
+    #: booster shape (``training.model.Shape``); a shape passed to ``train_target`` overrides it
+    shape: Shape = Shape()
+    #: share of patients held out as the validation set (``training.split.time_split``); 0: the
+    #: validation window's rows of every patient
+    val_entity_frac: float = 0.0
 
     @property
     def experiment(self) -> str:
@@ -37,7 +44,12 @@ TARGETS: dict[str, TargetSpec] = {
         "Probability that a booked appointment is missed, predicted at max(booking, 3 days before)."),
     "churn": TargetSpec(
         "churn", "binary", "carecast-churn", "patient_id", 365, ("stays", "churns"),
-        "Probability that a patient leaves the practice within 365 days of the prediction point."),
+        "Probability that a patient leaves the practice within 365 days of the prediction point.",
+        # monthly rows of the same patient with overlapping 365-day labels: validate on held-out
+        # patients (training/split.py), fewer and larger leaves (a leaf must hold about four
+        # patient-years of rows), stronger L2, slower learning
+        shape=Shape(max_depth=3, eta=0.05, min_child_weight=50.0, reg_lambda=10.0),
+        val_entity_frac=0.3),
     "channel": TargetSpec(
         "channel", "multiclass", "carecast-channel", "patient_id", 90, tuple(MODEL_CHANNELS),
         "Probabilities over the channels (sms, email, phone, portal) that reach a patient."),

@@ -69,11 +69,13 @@ def _requirements() -> list[str]:
     return reqs
 
 
-def train_target(settings: Settings, target_name: str, tf=None, shape: Shape = Shape(),
+def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | None = None,
                  register: bool = True, plots_on: bool = True) -> dict:
     """Train, evaluate and (by default) register one target. ``tf``: a TrainingFrame, else loaded
-    from the feature store. Returns the figures (also logged to MLflow and in the model card)."""
+    from the feature store; ``shape``: else the target's own (``training.targets``). Returns the
+    figures (also logged to MLflow and in the model card)."""
     target = spec(target_name)
+    shape = shape if shape is not None else target.shape
     t0 = time.perf_counter()
     with logs.stage(log, f"{target.name}: training frame") as info:
         tf = tf if tf is not None else data.load_frame(settings, target)
@@ -82,7 +84,9 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape = S
     load_s = time.perf_counter() - t0
     feats = list(tf.feature_columns)
     cats = {k: list(v) for k, v in (tf.categorical_columns or {}).items() if k in feats}
-    sp = time_split(df["event_timestamp"], target.horizon_days)
+    held = target.val_entity_frac > 0 and "patient_id" in df.columns
+    sp = time_split(df["event_timestamp"], target.horizon_days,
+                    entities=df["patient_id"] if held else None, val_entity_frac=target.val_entity_frac if held else 0.0)
     log.info("%s: %s", target.name, sp.describe())
     X = data.features(df, feats)
     y = df["label"].to_numpy(dtype=int)
