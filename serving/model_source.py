@@ -137,7 +137,8 @@ class MlflowModelSource:
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+        self.registry_uri = registry_uri or tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
 
     def champion_version(self, target: str) -> str | None:
         from mlflow.exceptions import MlflowException
@@ -160,6 +161,7 @@ class MlflowModelSource:
             raise ModelNotAvailable(f"{name}: no '{ALIAS}' alias in the registry")
         mv = self.client.get_model_version(name, version)
         mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.registry_uri)  # `models:/` URIs resolve through the global one
         with tempfile.TemporaryDirectory(prefix="carecast-model-") as tmp:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp))
             model = mlflow.xgboost.load_model(str(local))

@@ -56,7 +56,7 @@ def test_billing_shift_is_flagged_retrained_and_gated(home: Path) -> None:
     from training import tracking
 
     tracking.setup(s)
-    client = MlflowClient(s.tracking_uri)
+    client = MlflowClient(s.tracking_uri, registry_uri=s.tracking_uri)
     v1 = client.get_model_version("carecast-no-show", "1")
     v2 = client.get_model_version("carecast-no-show", "2")
     assert v1.tags["drift.flagged"] == "true" and float(v1.tags["drift.share"]) >= 0.2

@@ -102,7 +102,8 @@ def register(home: Path, target: str, seed: int = 0, trees: int = 40, depth: int
 
     uri = f"sqlite:///{home / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    mlflow.set_registry_uri(uri)  # a training test in this process may have pointed it at another home
+    client = MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name("carecast-serving-tests")
     exp_id = exp.experiment_id if exp else client.create_experiment(
         "carecast-serving-tests", artifact_location=(home / "mlartifacts").as_uri())
@@ -201,7 +202,8 @@ def register_on_store(settings, target: str, rounds: int = 30, seed: int = 0) ->
                         xgb.DMatrix(X, label=y), num_boost_round=rounds)
     uri = settings.tracking_uri
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    mlflow.set_registry_uri(uri)  # a training test in this process may have pointed it at another home
+    client = MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name(f"serving-tests-{target}")
     exp_id = exp.experiment_id if exp else client.create_experiment(
         f"serving-tests-{target}", artifact_location=(settings.home / "mlartifacts").as_uri())
