@@ -498,6 +498,7 @@ def _captured_outcomes(settings: Settings, mv: Any, since: pd.Timestamp | None) 
     con.close()
     pseudo = capture.Pseudonymiser(capture.load_key(settings, create=False))
     visits["appointment_key"] = pseudo.many("appointment", visits["appointment_id"])
+    cap = cap.drop(columns=["label"])  # the captured class label (channel only); the outcome comes from the feed
     m = cap.merge(visits.drop(columns=["appointment_id"]), on="appointment_key", how="inner")
     m = m.sort_values("ts").drop_duplicates("appointment_key", keep="last")  # the latest prediction per visit
     m["event_timestamp"] = pd.to_datetime(m["scheduled_at"], utc=True)

@@ -69,3 +69,27 @@ def test_weekly_metrics() -> None:
     assert table["week"].tolist() == ["2026-01-05", "2026-01-12"] and table["n"].tolist() == [400, 300]
     assert (table["auc"] > 0.7).all() and (table["ece"] < 0.1).all()
     assert table["events"].sum() == y.sum()
+
+
+def test_captured_no_show_predictions_join_their_outcomes(home: Path) -> None:
+    """Performance from captures: the feed's appointment ids, hashed with the capture secret, meet the
+    captured keys; the latest prediction per appointment counts; scheduled ones have no outcome yet."""
+    from carecast.settings import load_settings
+    from serving import capture
+
+    s = load_settings()
+    s.validated_dir.mkdir(parents=True)
+    ts = pd.Timestamp("2026-03-02 09:00", tz="UTC")
+    pd.DataFrame({"appointment_id": ["A1", "A2", "A3", "A4"], "scheduled_at": [ts, ts, ts + pd.Timedelta(days=7), ts],
+                  "status": ["no_show", "completed", "completed", "scheduled"]}).to_parquet(s.validated_dir / "visits.parquet")
+    store = capture.from_settings(s, background=False)
+    model = SimpleNamespace(name="carecast-no-show", version="1", feature_names=("a",), classes=None)
+    X = np.zeros((4, 1), np.float32)
+    store.record("no_show", model, ["P1", "P2", "P3", "P4"], X, [{"probability": p} for p in (0.1, 0.2, 0.3, 0.4)],
+                 [True] * 4, ["A1", "A2", "A3", "A4"])
+    store.record("no_show", model, ["P1"], X[:1], [{"probability": 0.9}], [True], ["A1"])
+    store.close()
+    m = monitor._captured_outcomes(s, SimpleNamespace(name="carecast-no-show"), None)
+    assert len(m) == 3 and sorted(m["label"].tolist()) == [0, 0, 1]
+    assert m.loc[m["label"] == 1, "probability"].item() == pytest.approx(0.9)
+    assert "appointment_id" not in m and "patient_id" not in m
