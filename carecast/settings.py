@@ -115,6 +115,39 @@ class OutreachSettings(_Section):
     top_k: int = Field(3, ge=1, le=20)
 
 
+class CaptureSettings(_Section):
+    """``capture:`` section prediction capture, ids pseudonymised (see docs/monitoring.md)."""
+
+    enabled: bool = True
+    key_file: Path | None = None            # default: $CARECAST_HOME/secrets/capture.key
+    flush_seconds: float = Field(1.0, gt=0)
+    flush_rows: int = Field(2000, gt=0)
+    max_queue_rows: int = Field(200_000, gt=0)
+
+
+DEFAULT_TREND_FEATURES = (
+    "visits_all", "no_shows_all", "completed_all", "max_no_show_streak", "statements_all", "billed_total",
+    "paid_total", "portal_logins_all", "sends_sms", "sends_email", "sends_phone", "sends_portal",
+    "responses_sms", "responses_email", "responses_phone", "responses_portal")
+
+
+class MonitorSettings(_Section):
+    """``monitor:`` section drift checks (see docs/monitoring.md)."""
+
+    drift_share: float = Field(0.2, gt=0, le=1)
+    num_method: str = "wasserstein"
+    cat_method: str = "jensenshannon"
+    threshold: float = Field(0.1, gt=0)
+    reference_window: Literal["train", "validation", "test", "all"] = "test"
+    reference_rows: int = Field(5000, gt=0)
+    current_rows: int = Field(5000, gt=0)
+    min_current_rows: int = Field(100, gt=0)
+    recent_days: int = Field(90, gt=0)
+    noise_reps: int = Field(40, ge=0)       # permutations for each feature's noise floor (0: fixed threshold only)
+    noise_quantile: float = Field(0.95, gt=0.5, lt=1)
+    trend_features: list[str] = Field(default_factory=lambda: list(DEFAULT_TREND_FEATURES))
+
+
 class ServingSettings(_Section):
     """The prediction API: loopback unless configured, behind API keys."""
 
@@ -144,6 +177,8 @@ class Settings(_Section):
     gate: GateSettings = GateSettings()
     serving: ServingSettings = ServingSettings()
     outreach: OutreachSettings = OutreachSettings()
+    capture: CaptureSettings = CaptureSettings()
+    monitor: MonitorSettings = MonitorSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
 
