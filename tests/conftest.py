@@ -14,3 +14,20 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     h.mkdir()
     monkeypatch.setenv("CARECAST_HOME", str(h))
     return h
+
+
+@pytest.fixture()
+def carecast_ok(home: Path):
+    """Run a `carecast` command in this test's home; fail with its output unless it exits 0."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    cli = CliRunner()
+
+    def ok(*args: str) -> str:
+        res = cli.invoke(app, list(args))
+        assert res.exit_code == 0, f"carecast {' '.join(args)}: {res.output}\n{res.exception!r}"
+        return res.output
+
+    return ok

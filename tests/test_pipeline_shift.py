@@ -10,23 +10,15 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from carecast.settings import load_settings
-from pipelines.cli import app
 
 SHIFT_FROM = "2025-12-01"
 
 
 @pytest.mark.slow
-def test_billing_shift_is_flagged_retrained_and_gated(home: Path) -> None:
-    cli = CliRunner()
-
-    def ok(*args: str) -> str:
-        res = cli.invoke(app, list(args))
-        assert res.exit_code == 0, f"carecast {' '.join(args)}: {res.output}\n{res.exception!r}"
-        return res.output
-
+def test_billing_shift_is_flagged_retrained_and_gated(home: Path, carecast_ok) -> None:
+    ok = carecast_ok
     ok("data", "synth", "--patients", "1500", "--seed", "7", "--shift", "billing_policy", "--shift-from", SHIFT_FROM)
     # the world as known the day the policy changed: the first champion learns from it
     first = ok("pipeline", "run", "--target", "no_show", "--as-of", SHIFT_FROM, "--no-plots", "--until", "gate")

@@ -10,10 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from carecast.settings import load_settings
-from pipelines.cli import app
 from pipelines.score import LATEST, ScoreOptions, latest_folder, select
 from training import registry
 from training.model import Shape
@@ -23,14 +21,8 @@ AS_OF = "2026-06-01"
 
 
 @pytest.mark.slow
-def test_score_synthetic_world_end_to_end(home: Path) -> None:
-    cli = CliRunner()
-
-    def ok(*args: str) -> str:
-        res = cli.invoke(app, list(args))
-        assert res.exit_code == 0, f"carecast {' '.join(args)}: {res.output}\n{res.exception!r}"
-        return res.output
-
+def test_score_synthetic_world_end_to_end(home: Path, carecast_ok) -> None:
+    ok = carecast_ok
     ok("data", "synth", "--patients", "400", "--seed", "7")
     ok("data", "validate", str(home / "feeds"), "--allow-quarantine")
     ok("features", "build")

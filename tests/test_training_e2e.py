@@ -7,24 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from carecast.settings import load_settings
-from pipelines.cli import app
 from training import registry
 from training.model import matrix
 from training.targets import TARGETS
 
 
 @pytest.mark.slow
-def test_synthetic_world_to_registered_models(home: Path) -> None:
-    cli = CliRunner()
-
-    def ok(*args: str) -> str:
-        res = cli.invoke(app, list(args))
-        assert res.exit_code == 0, f"carecast {' '.join(args)}: {res.output}\n{res.exception!r}"
-        return res.output
-
+def test_synthetic_world_to_registered_models(home: Path, carecast_ok) -> None:
+    ok = carecast_ok
     ok("data", "synth", "--patients", "500", "--seed", "7")
     ok("data", "validate", str(home / "feeds"), "--allow-quarantine")
     ok("features", "build")
