@@ -117,23 +117,21 @@ def build_app() -> FastAPI:
     @app.post("/v1/no-show", response_model=NoShowResponse, responses=_ERRORS, tags=["predictions"],
               summary="No-show probability per appointment, with reasons")
     async def no_show(body: NoShowRequest, _: Any = Depends(_bearer)) -> Response:
+        appts = [a.__dict__ for a in body.appointments]
+        return await _batch("appointments", len(appts), lambda rt: rt.predictor.no_show(appts, body.top_k))
+
+    async def _batch(field: str, n: int, fn, rows: int | None = None) -> Response:
+        """The shared route body: 503 before start-up, the batch limit, then ``fn(runtime)``."""
         rt = runtime()
         if rt is None:
             return await _run(None, 0)
-        n = len(body.appointments)
         if n > rt.max_batch:
-            return _too_many("appointments", n, rt.max_batch)
-        appts = [a.__dict__ for a in body.appointments]
-        return await _run(lambda: rt.predictor.no_show(appts, body.top_k), n)
+            return _too_many(field, n, rt.max_batch)
+        return await _run(lambda: fn(rt), n if rows is None else rows)
 
     async def _patients(target: str, body: PatientsRequest) -> Response:
-        rt = runtime()
-        if rt is None:
-            return await _run(None, 0)
-        n = len(body.patient_ids)
-        if n > rt.max_batch:
-            return _too_many("patient_ids", n, rt.max_batch)
-        return await _run(lambda: rt.predictor.patients(target, body.patient_ids, body.top_k), n)
+        return await _batch("patient_ids", len(body.patient_ids),
+                            lambda rt: rt.predictor.patients(target, body.patient_ids, body.top_k))
 
     @app.post("/v1/churn", response_model=ChurnResponse, responses=_ERRORS, tags=["predictions"],
               summary="Probability each patient leaves the practice, with reasons")
@@ -148,13 +146,10 @@ def build_app() -> FastAPI:
     @app.post("/v1/outreach-plan", response_model=OutreachPlanResponse, responses=_ERRORS, tags=["predictions"],
               summary="Personalised outreach: an action and channel per appointment or patient, within capacity")
     async def outreach_plan(body: OutreachPlanRequest, _: Any = Depends(_bearer)) -> Response:
-        rt = runtime()
-        if rt is None:
-            return await _run(None, 0)
         n = len(body.appointments) + len(body.patient_ids)
-        if n > rt.max_batch:
-            return _too_many("appointments+patient_ids", n, rt.max_batch)
-        return await _run(lambda: plan_request(rt.predictor, body, rt.outreach), INLINE_ROWS + 1)
+        # always in a worker thread: the plan reads contact details and runs three models
+        return await _batch("appointments+patient_ids", n, lambda rt: plan_request(rt.predictor, body, rt.outreach),
+                            rows=INLINE_ROWS + 1)
 
     @app.post("/v1/admin/reload", response_model=ReloadResponse, responses=_ERRORS, tags=["admin"],
               summary="Load any new champion now (the service also polls every serving.reload_poll_seconds)")

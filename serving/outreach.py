@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from carecast.settings import Effects, OutreachSettings  # noqa: F401  (re-exported for callers)
 from features.contracts import MODEL_CHANNELS
+from serving.predictor import risk_tier as tier_of  # one tier rule for the API, the lists and the plan
 
 Action = Literal["none", "reminder", "two_reminders", "call", "telehealth_or_reschedule", "billing_counselling",
                  "re_engagement"]
@@ -149,12 +150,6 @@ class Recommendation:
         return ACTION_WORDS[self.action]
 
 
-def tier_of(p: float, tiers: Mapping[str, float]) -> str:
-    tier = "low"
-    for name, cut in sorted(tiers.items(), key=lambda kv: kv[1]):
-        if p >= cut:
-            tier = name
-    return tier
 
 
 _TIER_ORDER = {"low": 0, "medium": 1, "high": 2}
