@@ -91,3 +91,22 @@ def test_time_split_holds_out_patients_for_validation() -> None:
     assert sp.train.sum() > plain.train.sum() and "held-out" in sp.describe()
     with pytest.raises(SplitError, match="entity"):
         time_split(ts, purge_days=365, val_entity_frac=0.3)
+
+
+def test_subgroup_standard_errors_count_patients_not_rows() -> None:
+    """Twelve monthly rows of one patient are one piece of evidence: the SE grows by sqrt(12)."""
+    rng = np.random.default_rng(5)
+    n_pat, months = 60, 12
+    yp = (rng.random(n_pat) < 0.3).astype(int)
+    pp = np.clip(yp * 0.3 + rng.random(n_pat) * 0.7, 0, 1)
+    y, p = np.repeat(yp, months), np.repeat(pp, months)
+    pats = np.repeat(np.arange(n_pat), months)
+    groups = pd.DataFrame({"group_sex": np.where(pats % 2 == 0, "F", "M")})
+    rows = M.subgroup_table("binary", y, p, groups).set_index("value")
+    clustered = M.subgroup_table("binary", y, p, groups, clusters=pats).set_index("value")
+    assert clustered.loc["F", "patients"] == n_pat // 2
+    assert clustered.loc["F", "auc"] == pytest.approx(rows.loc["F", "auc"])
+    assert clustered.loc["F", "auc_se"] == pytest.approx(rows.loc["F", "auc_se"] * np.sqrt(months))
+    gap_rows, gap_pat = M.largest_gap(rows.reset_index()), M.largest_gap(clustered.reset_index())
+    assert gap_pat["gap"] == pytest.approx(gap_rows["gap"]) and gap_pat["gap_lower"] < gap_rows["gap_lower"]
+    assert "30 patients" in gap_pat["low"]

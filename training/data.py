@@ -66,6 +66,11 @@ def features(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return df[columns].astype("float32")
 
 
+def patients(df: pd.DataFrame) -> np.ndarray | None:
+    """One patient id per row (the unit of independence for standard errors), if the frame has it."""
+    return df["patient_id"].astype(str).to_numpy() if "patient_id" in df.columns else None
+
+
 def group_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith("group_")]
 

@@ -16,7 +16,8 @@ is promoted only if every check passes:
    macro AUC for channel) at most ``gate.max_subgroup_auc_gap``. Subgroup AUCs on a few hundred
    rows carry a standard error of 0.02-0.04 each, so a gap above the bound fails only when it is
    significantly above it (its one-sided 95% lower bound, Hanley-McNeil standard errors, is above
-   the bound). A significant gap still passes when the champion already had one at least as wide:
+   the bound). Standard errors count patients, not rows (``metrics.subgroup_table``): churn's
+   monthly rows of one patient are one piece of evidence, not twelve. A significant gap still passes when the champion already had one at least as wide:
    the challenger must not *open* or *widen* a gap, but a narrower one than the champion's is an
    improvement we do not block.
 4. **First model** (no champion): instead of (1) it must beat the baselines fitted on the frame's
@@ -79,7 +80,7 @@ def _score(target: TargetSpec, loaded: registry.LoadedModel, df: pd.DataFrame, f
         raise GateError(f"{target.registered_model} v{loaded.version} needs features the frame lacks: {missing}")
     X = data.features(data.recode(df, frame_cats, meta.get("categorical_columns", {})), meta["feature_columns"])
     p = predict(loaded.booster, X)
-    out = evaluate(target, df["label"].to_numpy(dtype=int), p, df[data.group_columns(df)])
+    out = evaluate(target, df["label"].to_numpy(dtype=int), p, df[data.group_columns(df)], data.patients(df))
     out["ece_floor"] = M.ece_noise_floor(p)
     return out
 

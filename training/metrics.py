@@ -128,13 +128,20 @@ def metrics(kind: str, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def subgroup_table(kind: str, y: np.ndarray, p: np.ndarray, groups: pd.DataFrame,
-                   min_n: int = MIN_SUBGROUP) -> pd.DataFrame:
+                   min_n: int = MIN_SUBGROUP, clusters: np.ndarray | None = None) -> pd.DataFrame:
     """Metrics for every value of every ``group_*`` column with enough rows to be meaningful.
 
     A binary subgroup needs ``min_n`` rows and ``MIN_CLASS`` of each class for its AUC to count;
     smaller ones are listed with ``scored=False`` and left out of the gap.
+
+    ``clusters`` (one patient id per row): rows of the same patient are not independent (churn and
+    channel have a row per patient per month, with overlapping labels), so a subgroup's AUC standard
+    error is inflated by the design effect ``rows / patients`` (the bound for perfectly correlated
+    rows within a patient). Without it, 626 monthly rows of 70 self-pay patients would claim the
+    precision of 626 patients and a chance gap would read as significant.
     """
     y = np.asarray(y).astype(int)
+    cl = None if clusters is None else pd.factorize(np.asarray(clusters))[0]
     rows = []
     for col in groups.columns:
         values = groups[col].astype("string").fillna("unknown").to_numpy()
@@ -147,6 +154,8 @@ def subgroup_table(kind: str, y: np.ndarray, p: np.ndarray, groups: pd.DataFrame
             else:
                 scored = m.sum() >= min_n and len(np.unique(yy)) >= 2
             row = {"group": col.removeprefix("group_"), "value": v, "n": int(m.sum()), "scored": bool(scored)}
+            if cl is not None:
+                row["patients"] = int(len(np.unique(cl[m])))
             if scored:
                 row.update({k: val for k, val in metrics(kind, yy, pp).items() if k != "n"})
                 if kind == "binary":
@@ -155,6 +164,8 @@ def subgroup_table(kind: str, y: np.ndarray, p: np.ndarray, groups: pd.DataFrame
                     ses = [auc_se(row["auc"], int((yy == c).sum()), int((yy != c).sum()))
                            for c in range(pp.shape[1]) if 0 < (yy == c).sum() < len(yy)]
                     row["auc_se"] = float(np.sqrt(np.nanmean(np.square(ses)) / len(ses))) if ses else float("nan")
+                if cl is not None:
+                    row["auc_se"] *= float(np.sqrt(row["n"] / max(row["patients"], 1)))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -173,10 +184,15 @@ def largest_gap(table: pd.DataFrame, metric: str = "auc") -> dict:
         gap = float(hi[metric] - lo[metric])
         if gap > best["gap"]:
             se = float(np.sqrt(np.nansum([lo.get("auc_se", 0.0) ** 2, hi.get("auc_se", 0.0) ** 2])))
-            best = {"group": group, "gap": gap, "low": f"{lo['value']} ({lo[metric]:.3f}, n={lo['n']})",
-                    "high": f"{hi['value']} ({hi[metric]:.3f}, n={hi['n']})", "se": se,
+            best = {"group": group, "gap": gap, "low": _describe(lo, metric), "high": _describe(hi, metric), "se": se,
                     "gap_lower": gap - 1.645 * se}
     return best
+
+
+def _describe(row: pd.Series, metric: str) -> str:
+    pats = row.get("patients")
+    who = f"n={row['n']}" + (f", {int(pats)} patients" if pats is not None and pd.notna(pats) else "")
+    return f"{row['value']} ({row[metric]:.3f}, {who})"
 
 
 def fmt(value: float) -> str:

@@ -27,9 +27,12 @@ from training.targets import TargetSpec, spec
 log = logs.get("training")
 
 
-def evaluate(target: TargetSpec, y: np.ndarray, p: np.ndarray, groups: pd.DataFrame) -> dict:
-    """Metrics, the subgroup table and its largest gap (AUC; one-vs-rest macro AUC for channel)."""
-    table = M.subgroup_table(target.kind, y, p, groups) if len(groups.columns) else pd.DataFrame()
+def evaluate(target: TargetSpec, y: np.ndarray, p: np.ndarray, groups: pd.DataFrame,
+             patients: np.ndarray | None = None) -> dict:
+    """Metrics, the subgroup table and its largest gap (AUC; one-vs-rest macro AUC for channel).
+    ``patients``: one patient id per row, so subgroup standard errors count patients, not rows."""
+    table = (M.subgroup_table(target.kind, y, p, groups, clusters=patients) if len(groups.columns)
+             else pd.DataFrame())
     return {"metrics": M.metrics(target.kind, y, p),
             "subgroups": table.to_dict("records"),
             "gap": M.largest_gap(table, "auc")}
@@ -101,7 +104,7 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
     with logs.stage(log, f"{target.name}: evaluate"):
         p_test = predict(booster, X[sp.test])
         p_val = predict(booster, X[sp.val])
-        test = evaluate(target, y[sp.test], p_test, groups[sp.test])
+        test = evaluate(target, y[sp.test], p_test, groups[sp.test], data.patients(df[sp.test]))
         base = B.fit_baselines(target.kind, k, feats, list(cats), X[sp.train], y[sp.train], X[sp.val], y[sp.val])
         base_metrics, base_preds = {}, {}
         for name, b in base.items():
