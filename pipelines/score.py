@@ -100,6 +100,8 @@ class Result:
     counts: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     folder: Path | None = None
+    #: targets without a champion -> why (their lists are empty)
+    missing: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         c = self.counts
@@ -108,6 +110,7 @@ class Result:
                 f"as of {self.as_of.isoformat()}; lists: {c.get('appointments_listed', 0):,} appointments, "
                 f"{c.get('patients_listed', 0):,} patients; {c.get('coordinator_actions', 0):,} coordinator actions "
                 f"planned; models " + ", ".join(f"{m['name']} v{m['version']}" for m in self.models.values())
+                + "".join(f"; no {t} list: no champion" for t in self.missing)
                 + f"; {sum(self.seconds.values()):.1f}s{where}")
 
 
@@ -285,32 +288,38 @@ def score_lists(models: Mapping[str, ServedModel], inputs: Inputs, tiers: Mappin
     outreach = outreach or OutreachSettings()
     secs: dict[str, float] = {}
     t = time.perf_counter()
-    ns, ch, cm = models["no_show"], models["channel"], models["churn"]
+    if not models:
+        raise ScoreError("no model has a champion: run `carecast train` and `carecast promote` first")
+    ns, ch, cm = models.get("no_show"), models.get("channel"), models.get("churn")
     appts, pats = inputs.appointments, inputs.patients
+    active = pats["active"].to_numpy(bool)
+    act_idx = np.flatnonzero(active)
+    # A target without a champion (the gate refused it) scores nothing: its list is empty and its
+    # probabilities NaN, and the manifest says why; the other lists are still worth a coordinator's day.
     with logs.stage(log, "score: predict") as info:
-        X_ns = _matrix(inputs.appointment_features, ns)
-        p_ns = predict(ns, X_ns, opts.chunk_rows, "appointments")
-        X_ch = _matrix(inputs.patient_features, ch)
-        p_ch = predict(ch, X_ch, opts.chunk_rows, "patients (channel)")
-        active = pats["active"].to_numpy(bool)
-        act_idx = np.flatnonzero(active)
-        X_cm = _matrix(inputs.patient_features.iloc[act_idx] if len(act_idx) < len(pats) else inputs.patient_features, cm)
-        p_cm = predict(cm, X_cm, opts.chunk_rows, "patients (churn)")
-        info["appointments"] = len(p_ns)
-        info["patients"] = len(p_ch)
-        info["active"] = len(p_cm)
+        X_ns = _matrix(inputs.appointment_features, ns) if ns else None
+        p_ns = predict(ns, X_ns, opts.chunk_rows, "appointments") if ns else np.full(len(appts), np.nan)
+        classes = list((ch.classes if ch else None) or MODEL_CHANNELS)
+        p_ch = (predict(ch, _matrix(inputs.patient_features, ch), opts.chunk_rows, "patients (channel)") if ch
+                else np.full((len(pats), len(classes)), np.nan))
+        X_cm = (_matrix(inputs.patient_features.iloc[act_idx] if len(act_idx) < len(pats) else inputs.patient_features, cm)
+                if cm else None)
+        p_cm = predict(cm, X_cm, opts.chunk_rows, "patients (churn)") if cm else np.full(len(act_idx), np.nan)
+        info["appointments"] = len(p_ns) if ns else 0
+        info["patients"] = len(p_ch) if ch else 0
+        info["active"] = len(p_cm) if cm else 0
     secs["predict"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    classes = list(ch.classes or MODEL_CHANNELS)
-    sel_a = select(p_ns, tiers, opts)
-    sel_p = select(p_cm, tiers, opts)
+    none = np.empty(0, dtype=np.int64)
+    sel_a = select(p_ns, tiers, opts) if ns else none
+    sel_p = select(p_cm, tiers, opts) if cm else none
+    pat_rows = act_idx[sel_p]
     with logs.stage(log, "score: explain the lists") as info:
-        r_a = explain_rows(ns, X_ns[sel_a], inputs.appointment_known[sel_a], opts.top_k, opts.chunk_rows // 4 or 1,
-                           "appointments")
-        pat_rows = act_idx[sel_p]
-        r_p = explain_rows(cm, X_cm[sel_p], inputs.patient_known[pat_rows], opts.top_k, opts.chunk_rows // 4 or 1,
-                           "patients")
+        r_a = (explain_rows(ns, X_ns[sel_a], inputs.appointment_known[sel_a], opts.top_k, opts.chunk_rows // 4 or 1,
+                            "appointments") if ns else [])
+        r_p = (explain_rows(cm, X_cm[sel_p], inputs.patient_known[pat_rows], opts.top_k, opts.chunk_rows // 4 or 1,
+                            "patients") if cm else [])
         info["appointments"] = len(sel_a)
         info["patients"] = len(sel_p)
     secs["explain"] = time.perf_counter() - t
@@ -327,7 +336,7 @@ def score_lists(models: Mapping[str, ServedModel], inputs: Inputs, tiers: Mappin
             return {c: bool(reach[i, j] >= 0.5) for j, c in enumerate(REACH)}
 
         def chan_of(i: int) -> dict[str, float]:
-            return dict(zip(classes, p_ch[i].tolist()))
+            return dict(zip(classes, p_ch[i].tolist())) if ch else {}
 
         tele = appts["telehealth"].to_numpy(bool)
         items = [Item(f"a{k}", "no_show", float(p_ns[r]), r_a[k], reach_of(int(a_pat[k])), chan_of(int(a_pat[k])),
@@ -376,18 +385,19 @@ def score_lists(models: Mapping[str, ServedModel], inputs: Inputs, tiers: Mappin
         "known_patient": inputs.patient_known[pat_rows],
         **plan_cols(recs_p, r_p),
     })
-    ch_idx = p_ch.argmax(axis=1) if len(p_ch) else np.empty(0, int)
+    ch_idx = p_ch.argmax(axis=1) if ch and len(p_ch) else np.zeros(len(pats), int)
     churn_all = np.full(len(pats), np.nan)
     churn_all[act_idx] = p_cm
     s_a = pd.DataFrame({"appointment_id": appts["appointment_id"].to_numpy(), "patient_id": appts["patient_id"].to_numpy(),
                         "scheduled_at": appts["scheduled_at"].to_numpy(), "department": appts["department"].to_numpy(),
-                        "probability": p_ns, "risk_tier": _tiers(p_ns, tiers)})
+                        "probability": p_ns, "risk_tier": _tiers(p_ns, tiers) if ns else np.full(len(appts), "", dtype=object)})
     s_p = pd.DataFrame({"patient_id": pats["patient_id"].to_numpy(), "active": active,
-                        "churn_probability": churn_all, "churn_tier": np.where(active, _tiers(np.nan_to_num(churn_all), tiers), ""),
-                        "channel": np.asarray(classes, dtype=object)[ch_idx] if len(ch_idx) else np.empty(0, object),
-                        "channel_probability": p_ch.max(axis=1) if len(p_ch) else np.empty(0)})
+                        "churn_probability": churn_all, "churn_tier": np.where(active & bool(cm), _tiers(np.nan_to_num(churn_all), tiers), ""),
+                        "channel": (np.asarray(classes, dtype=object)[ch_idx] if ch else np.full(len(pats), "", dtype=object)),
+                        "channel_probability": p_ch.max(axis=1) if ch and len(p_ch) else np.full(len(pats), np.nan)})
     models_info = {t: {"name": m.name, "version": m.version} for t, m in models.items()}
-    counts = {"appointments": len(p_ns), "patients_scored": len(p_ch), "patients_active": len(p_cm),
+    counts = {"appointments": len(p_ns) if ns else 0, "patients_scored": len(p_ch) if ch else 0,
+              "patients_active": len(p_cm) if cm else 0,
               "appointments_listed": len(sel_a), "patients_listed": len(sel_p),
               "coordinator_actions": int(sum(r.uses_coordinator for r in recs))}
     return Result(inputs.as_of, a_list, p_list, s_a, s_p, models_info, counts, secs)
@@ -437,17 +447,24 @@ def latest_folder(risk_list_dir: Path) -> Path | None:
     return folder if (folder / MANIFEST).exists() else None
 
 
-def load_models(settings: Settings) -> dict[str, ServedModel]:
+TARGETS = ("no_show", "churn", "channel")
+
+
+def load_models(settings: Settings) -> tuple[dict[str, ServedModel], dict[str, str]]:
+    """The champions that exist, and for each target without one, why (for the manifest and page).
+    Only when no target has a champion is there nothing to score."""
     from serving.model_source import MlflowModelSource, ModelNotAvailable
 
     source = MlflowModelSource(settings.tracking_uri, settings.mlflow.registry_uri)
-    out = {}
-    for target in ("no_show", "churn", "channel"):
+    out, missing = {}, {}
+    for target in TARGETS:
         try:
             out[target] = source.load(target)
         except ModelNotAvailable as exc:
-            raise ScoreError(f"{exc}; run `carecast train` and `carecast promote` first") from None
-    return out
+            missing[target] = f"{exc}: the promotion gate has not passed a version (see `carecast promote --target {target}`)"
+    if not out:
+        raise ScoreError("no model has a champion: run `carecast train` and `carecast promote` first")
+    return out, missing
 
 
 def run(settings: Settings, as_of: dt.datetime, opts: ScoreOptions = ScoreOptions(),
@@ -461,15 +478,22 @@ def run(settings: Settings, as_of: dt.datetime, opts: ScoreOptions = ScoreOption
     section, tiers = from_settings(settings)
     outreach = outreach or section
     with logs.stage(log, "score: load champions") as info:
-        models = dict(models or load_models(settings))
+        missing: dict[str, str] = {}
+        if models is None:
+            models, missing = load_models(settings)
+        models = dict(models)
+        for target in missing:
+            log.warning("score: %s has no champion; its list stays empty", target)
         info["models"] = ", ".join(f"{m.name} v{m.version}" for m in models.values())
     inputs = load_inputs(settings, as_of, opts.days, data)
     load_s = time.perf_counter() - t0
     result = score_lists(models, inputs, tiers, opts, outreach, calls_available)
     result.seconds = {"load": load_s, **result.seconds}
+    result.missing = dict(missing)
     t = time.perf_counter()
     with logs.stage(log, "score: write risk lists"):
         result.folder = write(settings, result, opts, {"risk_tiers": tiers, "features_as_of": inputs.features_as_of,
+                                                       "missing_models": missing,
                                                        "calls_available": outreach.calls_per_day
                                                        if calls_available is None else calls_available})
     result.seconds["write"] = time.perf_counter() - t

@@ -117,3 +117,19 @@ def test_score_synthetic_world_end_to_end(home: Path, carecast_ok) -> None:
     c.post("/login", data={"password": "k"})
     html = c.get("/appointments?size=200").text
     assert appts.appointment_id.iloc[0] in html and f"carecast-no-show v{manifest['models']['no_show']['version']}" in html
+
+    # a target the gate refused: its list is empty and says why; the others are still written
+    registry.delete_alias(s, "churn", registry.CHAMPION)
+    out = ok("score", "--as-of", AS_OF, "--days", "14", "--calls", "5")
+    assert "no churn list: no champion" in out
+    folder2 = latest_folder(s.risk_list_dir)
+    assert folder2 != folder
+    m2 = json.loads((folder2 / "manifest.json").read_text())
+    assert set(m2["missing_models"]) == {"churn"} and "churn" not in m2["models"]
+    assert len(pd.read_parquet(folder2 / "patients.parquet")) == 0
+    assert pd.read_parquet(folder2 / "scores_patients.parquet").churn_probability.isna().all()
+    assert sorted(pd.read_parquet(folder2 / "appointments.parquet").appointment_id) == sorted(appts.appointment_id)
+    c2 = TestClient(create_ui_app(s, api_keys=["k"]))
+    c2.post("/login", data={"password": "k"})
+    assert "the churn model has no champion" in c2.get("/patients").text
+    assert "has no champion" not in c2.get("/appointments").text

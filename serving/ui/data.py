@@ -35,6 +35,7 @@ class Column:
 LISTS: dict[str, dict] = {
     "appointments": {
         "title": "Upcoming appointments at risk of no-show",
+        "target": "no_show", "model": "no-show",
         "file": "appointments.parquet",
         "date": "scheduled_at", "date_label": "Appointment date",
         "columns": [
@@ -53,6 +54,7 @@ LISTS: dict[str, dict] = {
         ],
     },
     "patients": {
+        "target": "churn", "model": "churn",
         "title": "Patients at risk of leaving the practice",
         "file": "patients.parquet",
         "date": "last_visit", "date_label": "Last visit",
