@@ -52,10 +52,20 @@ from carecast.settings import Settings
 
 log = logs.get("monitor")
 
-REFERENCE_ARTIFACT = "monitoring/reference.parquet"
+#: the scoring-population reference (``scoring_reference``); the labelled-rows sample logged before it was
+#: ``monitoring/reference.parquet`` and is ignored (such models get their reference rebuilt from their tags)
+REFERENCE_ARTIFACT = "monitoring/reference-scoring.parquet"
 LATEST = "LATEST"
+#: column in reference and current frames: rows with the same code are the same patient (codes are local to
+#: one frame, in random order: they link rows of that frame to each other and to nothing else)
+GROUP = "patient_group"
+IDENTIFIERS = ("patient_id", "appointment_id", "patient_key", "appointment_key")
 
-#: lifetime totals: they grow with each patient's history whatever happens in the world
+
+def _group_codes(ids: pd.Series, seed: int = 0) -> np.ndarray:
+    codes, uniq = pd.factorize(pd.Series(ids).astype(str))
+    return np.random.default_rng(seed).permutation(len(uniq))[codes].astype("int64")
+
 def monitor_settings(settings: Any) -> MonitorSettings:
     """The ``monitor`` section (defaults for a settings-like object without one, as tests pass)."""
     return getattr(settings, "monitor", None) or MonitorSettings()
@@ -131,23 +141,42 @@ def point_features(settings: Settings, target: str, points: pd.DataFrame) -> pd.
     return df
 
 
-def log_reference(settings: Settings, target: str, run_id: str, frame: pd.DataFrame, tags: dict[str, str]) -> int:
-    """Log the champion-to-be's reference sample with its run (the pipeline's train stage calls this)."""
+def scoring_reference(settings: Settings, target: str, tags: dict[str, str], seed: int = 0) -> pd.DataFrame:
+    """The reference for drift: the **scoring population** as of the reference window, i.e. every
+    prediction point of ``target`` in the window (labelled or not) with point-in-time features, at most
+    ``monitor.reference_rows`` (seeded sample), no identifiers, plus ``GROUP`` (which rows are the same
+    patient; codes local to this sample).
+
+    Why not the training rows: drift asks whether what the model is *applied to* has changed, so the
+    reference must be drawn from the same population as *current* (every prediction point in the recent
+    window: the rows the model scores), only earlier. The channel model trains on labelled points only
+    (patients who responded within 90 days): compared with all patients being scored, its recency
+    features differ by one to two standard deviations in an unchanged world, and drift was flagged on
+    that selection, not on any change. Restricting *current* to the labelled population instead is not
+    possible (whether a recent point will get a label is only known 90 days later) and would hide drift
+    among the patients the model scores but never learnt from. The train/serve selection itself is a
+    property of the channel model (the gate and the model docs are where it belongs), constant over time.
+    """
+    cfg = monitor_settings(settings)
+    start, end = _window(tags, cfg.reference_window)
+    pts = _points(settings, target, start, end, cfg.reference_rows, labelled=False, seed=seed)
+    df = point_features(settings, target, pts)
+    df[GROUP] = _group_codes(pts["patient_id"], seed)
+    return df[[c for c in df.columns if c not in IDENTIFIERS]].reset_index(drop=True)
+
+
+def log_reference(settings: Settings, target: str, run_id: str, tags: dict[str, str]) -> int:
+    """Log the champion-to-be's reference sample (``scoring_reference``) with its run (the pipeline's train
+    stage calls this)."""
     import tempfile
 
     from training import tracking
 
-    cfg = monitor_settings(settings)
-    start, end = _window(tags, cfg.reference_window)
-    ts = pd.to_datetime(frame["event_timestamp"], utc=True)
-    ref = frame[((ts >= start) & (ts <= end)).to_numpy()]
-    if len(ref) > cfg.reference_rows:
-        ref = ref.sample(cfg.reference_rows, random_state=0)
-    cols = [c for c in ref.columns if c not in ("patient_id", "appointment_id")]  # no identifiers
+    ref = scoring_reference(settings, target, tags)
     client = tracking.setup(settings)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
-        ref[cols].reset_index(drop=True).to_parquet(path)
+        ref.to_parquet(path)
         client.log_artifact(run_id, str(path), str(Path(REFERENCE_ARTIFACT).parent))
     return len(ref)
 
@@ -161,11 +190,10 @@ def reference(settings: Settings, target: str, mv: Any) -> tuple[pd.DataFrame, s
     try:
         local = client.download_artifacts(mv.run_id, REFERENCE_ARTIFACT)
         return pd.read_parquet(local), f"sample logged with run {mv.run_id} ({cfg.reference_window} window)"
-    except Exception:  # noqa: BLE001 - not logged (trained outside the pipeline): rebuild it
-        pass
+    except Exception:  # noqa: BLE001 - not logged (trained outside the pipeline, or before the scoring-population
+        pass           # reference: the older labelled-rows artifact had another name): rebuild it
     start, end = _window(mv.tags or {}, cfg.reference_window)
-    pts = _points(settings, target, start, end, cfg.reference_rows, labelled=True)
-    return point_features(settings, target, pts), (
+    return scoring_reference(settings, target, mv.tags or {}), (
         f"rebuilt from the {cfg.reference_window} window {start:%Y-%m-%d}..{end:%Y-%m-%d} in the version's tags")
 
 
@@ -176,12 +204,16 @@ def current(settings: Settings, target: str, model_name: str, since: pd.Timestam
     cfg = monitor_settings(settings)
     cap = capture.read(settings, target, since.to_pydatetime(), model_name=model_name, limit=cfg.current_rows)
     if len(cap) >= cfg.min_current_rows:
-        return cap, f"{len(cap):,} captured predictions since {since:%Y-%m-%d}"
+        cap[GROUP] = _group_codes(cap["patient_key"])
+        return cap.drop(columns=[c for c in IDENTIFIERS if c in cap]), (
+            f"{len(cap):,} captured predictions since {since:%Y-%m-%d}")
     # points up to the build's as-of time: later ones (upcoming appointments) have not been predicted yet
     pts = _points(settings, target, since, _as_of(settings), cfg.current_rows, labelled=False)
     how = (f"latest feature snapshots: {len(pts):,} prediction points since {since:%Y-%m-%d}"
            + (f" (only {len(cap)} captured predictions)" if len(cap) else " (nothing captured)"))
-    return point_features(settings, target, pts), how
+    df = point_features(settings, target, pts)
+    df[GROUP] = _group_codes(pts["patient_id"])
+    return df.drop(columns=[c for c in IDENTIFIERS if c in df]), how
 
 
 # --------------------------------------------------------------------------- drift
@@ -241,34 +273,76 @@ _P_VALUE_TESTS = {"ks", "chisquare", "z", "fisher_exact", "anderson", "g_test", 
                   "t_test", "epps_singleton", "empirical_mmd", "TVD"}
 
 
+def _distance(method: str, categorical: bool):
+    """Vectorised twin of Evidently's normed Wasserstein / Jensen-Shannon on integer codes of the pooled
+    values (``codes``: index into the sorted unique values ``grid``; ``a``: rows on the reference side)."""
+    from scipy.spatial import distance as sd
+
+    if method == "wasserstein" and not categorical:
+        def f(codes: np.ndarray, grid: np.ndarray, a: np.ndarray) -> float:
+            ca, cb = np.bincount(codes[a], minlength=len(grid)), np.bincount(codes[~a], minlength=len(grid))
+            ra = grid[codes[a]]
+            diff = np.abs(np.cumsum(ca)[:-1] / a.sum() - np.cumsum(cb)[:-1] / (~a).sum())
+            return float((diff * np.diff(grid)).sum() / max(float(ra.std()), 0.001))
+        return f
+    if method == "jensenshannon":
+        def g(codes: np.ndarray, grid: np.ndarray, a: np.ndarray) -> float:
+            if not categorical and len(grid) > 20:  # Evidently bins many-valued numbers (Sturges, pooled range)
+                edges = np.histogram_bin_edges(grid[codes], bins="sturges")
+                ca, cb = np.histogram(grid[codes[a]], edges)[0], np.histogram(grid[codes[~a]], edges)[0]
+            else:
+                ca, cb = np.bincount(codes[a], minlength=len(grid)), np.bincount(codes[~a], minlength=len(grid))
+            return float(sd.jensenshannon(ca / a.sum(), cb / (~a).sum()))
+        return g
+    return None
+
+
 def noise_floors(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], categorical: list[str],
                  cfg: MonitorSettings, seed: int = 0) -> dict[str, float]:
     """Per feature, the ``noise_quantile`` of the drift score between random splits of the pooled rows
     (reference and current sizes kept): what sampling noise alone gives at these sample sizes. A distance
     test at a fixed 0.1 flags noise on a few hundred rows (heavy-tailed features especially); the
-    threshold used is the larger of the two, the same idea as the gate's ECE noise floor."""
-    from evidently.legacy.calculations.stattests.jensenshannon import _jensenshannon
-    from evidently.legacy.calculations.stattests.wasserstein_distance_norm import _wasserstein_distance_norm
-    from evidently.legacy.core import ColumnType
+    threshold used is the larger of the two, the same idea as the gate's ECE noise floor.
 
-    tests = {"wasserstein": _wasserstein_distance_norm, "jensenshannon": _jensenshannon}
+    The splits move whole **patients** (``GROUP``), not rows, when both frames carry it: monthly snapshots
+    of one patient (churn, channel), a patient's several appointments (no-show) and repeated captured
+    predictions are nearly copies of each other, so the rows are not independent and a row-level
+    permutation understates the noise by about the square root of the rows per patient (measured on
+    1,500-patient worlds: most of the unshifted world's "drift" was this). Without groups, rows."""
     rng = np.random.default_rng(seed)
     out: dict[str, float] = {}
     if cfg.noise_reps <= 0:
         return out
+    nr, nc = len(ref), len(cur)
+    if GROUP in ref and GROUP in cur:
+        gr = ref[GROUP].to_numpy("int64")
+        gc = cur[GROUP].to_numpy("int64") + (gr.max() + 1 if nr else 0)  # the two frames' codes are unrelated
+        g = np.concatenate([gr, gc])
+    else:
+        g = np.arange(nr + nc)
+    gcode, g = np.unique(g, return_inverse=True)
+    sizes = np.bincount(g)
+    splits = []
+    for _ in range(cfg.noise_reps):  # the same splits for every feature
+        order = rng.permutation(len(gcode))
+        take = np.zeros(len(gcode), bool)
+        take[order[np.cumsum(sizes[order]) <= nr]] = True
+        splits.append(take[g])
     for c in columns:
         is_cat = c in categorical
-        fn = tests.get(cfg.cat_method if is_cat else cfg.num_method)
-        r, k = ref[c].dropna().to_numpy(), cur[c].dropna().to_numpy()
-        if fn is None or len(r) < 2 or len(k) < 2:
+        fn = _distance(cfg.cat_method if is_cat else cfg.num_method, is_cat)
+        vals = np.concatenate([ref[c].to_numpy("float64", na_value=np.nan), cur[c].to_numpy("float64", na_value=np.nan)])
+        ok = ~np.isnan(vals)
+        if fn is None or ok[:nr].sum() < 2 or ok[nr:].sum() < 2:
             continue
-        pool = np.concatenate([r, k])
-        kind = ColumnType.Categorical if is_cat else ColumnType.Numerical
+        grid, codes = np.unique(vals[ok], return_inverse=True)
         scores = []
-        for _ in range(cfg.noise_reps):
-            perm = rng.permutation(pool)
-            scores.append(fn(pd.Series(perm[:len(r)]), pd.Series(perm[len(r):]), kind, cfg.threshold)[0])
-        out[c] = float(np.quantile(scores, cfg.noise_quantile))
+        for a in splits:
+            a = a[ok]
+            if a.sum() >= 2 and (~a).sum() >= 2:
+                scores.append(fn(codes, grid, a))
+        if scores:
+            out[c] = float(np.quantile(scores, cfg.noise_quantile))
     return out
 
 

@@ -241,7 +241,7 @@ def _train(ctx: Context) -> StageResult:
         except (FrameError, SplitError, FileNotFoundError) as exc:
             raise StageFailed("train", f"{t}: {exc}", "the history may be too short or too small for this target") from None
         try:
-            monitor.log_reference(s, t, r["run_id"], tf.frame, r["windows"])
+            monitor.log_reference(s, t, r["run_id"], r["windows"])
         except Exception as exc:  # noqa: BLE001 - drift can rebuild the reference from the version's tags
             log.warning("%s: reference sample not logged: %s", t, type(exc).__name__)
         _tag_version(s, t, r["version"], {"retrain.reason": "; ".join(why)})
