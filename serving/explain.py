@@ -15,6 +15,7 @@ The probability is computed from the same contributions, so additivity holds by 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,10 +43,29 @@ class Explained:
     chosen: np.ndarray | None = None
 
 
+def _needs_feature_info(booster: xgb.Booster) -> bool:
+    """Whether the booster has categorical features (then the DMatrix must carry their types)."""
+    hit = _FEATURE_INFO.get(booster)
+    if hit is None:
+        hit = _FEATURE_INFO[booster] = any(t == "c" for t in (booster.feature_types or ()))
+    return hit
+
+
+_FEATURE_INFO: "weakref.WeakKeyDictionary[xgb.Booster, bool]" = weakref.WeakKeyDictionary()
+
+
 def contributions(booster: xgb.Booster, X: np.ndarray) -> np.ndarray:
-    """Raw TreeSHAP contributions (bias last) as float64."""
-    dm = xgb.DMatrix(X, feature_names=booster.feature_names, feature_types=booster.feature_types,
-                     missing=np.nan, nthread=1)
+    """Raw TreeSHAP contributions (bias last) as float64.
+
+    ``X`` is already in the booster's feature order, so the DMatrix carries no feature names (setting
+    and checking 70-odd names cost more than the TreeSHAP of one row) unless the booster has
+    categorical features, whose types it needs.
+    """
+    if _needs_feature_info(booster):
+        dm = xgb.DMatrix(X, feature_names=booster.feature_names, feature_types=booster.feature_types,
+                         missing=np.nan, nthread=1)
+    else:
+        dm = xgb.DMatrix(X, missing=np.nan, nthread=1)
     return np.asarray(booster.predict(dm, pred_contribs=True, validate_features=False), dtype=np.float64)
 
 

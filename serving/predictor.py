@@ -85,18 +85,35 @@ def top_reasons(model: ServedModel, X: np.ndarray, known: Sequence[bool], ex: An
     """
     index = index if index is not None else {n: j for j, n in enumerate(model.feature_names)}
     names = model.feature_names
+    top = np.asarray(ex.top)
+    tops = top.tolist()  # one conversion per batch instead of one numpy scalar per reason
+    contribs = np.take_along_axis(np.asarray(ex.contrib), top, axis=1).tolist() if top.size else [[]] * len(tops)
+    sentence, no_history = reasons.sentence, reasons.NO_HISTORY
     out = []
     for i in range(X.shape[0]):
         row = _RowView(model, X[i], index)
         rs = []
-        for j in ex.top[i].tolist():
+        for j, c in zip(tops[i], contribs[i]):
             name = names[j]
-            text = reasons.sentence(name, row)
+            text = sentence(name, row)
             if not known[i] and name not in REQUEST_FEATURES:
-                text += reasons.NO_HISTORY
-            rs.append({"feature": name, "value": row[name], "contribution": float(ex.contrib[i, j]), "text": text})
+                text += no_history
+            rs.append({"feature": name, "value": row[name], "contribution": c, "text": text})
         out.append(rs)
     return out
+
+
+def _tier_rule(tiers: Mapping[str, float]) -> list[tuple[float, str]]:
+    """``risk_tier``'s cut-offs sorted once: (cut, name), ascending."""
+    return [(cut, name) for name, cut in sorted(tiers.items(), key=lambda kv: kv[1])]
+
+
+def _tier(p: float, rule: list[tuple[float, str]]) -> str:
+    tier = "low"
+    for cut, name in rule:
+        if p >= cut:
+            tier = name
+    return tier
 
 
 class Predictor:
@@ -105,6 +122,7 @@ class Predictor:
         self.models = models
         self.features = features
         self.risk_tiers = dict(risk_tiers)
+        self._tiers = (dict(self.risk_tiers), _tier_rule(self.risk_tiers))
         self.targets = tuple(targets)
         self._served: dict[str, ServedModel] = {}
         self._index: dict[str, dict[str, int]] = {}
@@ -183,18 +201,25 @@ class Predictor:
         ex = explain(model.booster, X, top_k, multiclass=model.multiclass, slope=model.slope, intercept=model.intercept)
         out = []
         base, other = ex.base.tolist(), ex.other.tolist()
+        if self._tiers[0] != self.risk_tiers:  # the attribute is public: follow a change to it
+            self._tiers = (dict(self.risk_tiers), _tier_rule(self.risk_tiers))
+        rule = self._tiers[1]
+        if model.multiclass:
+            assert model.classes is not None and ex.probabilities is not None and ex.chosen is not None
+            all_probs, chosen = ex.probabilities.tolist(), ex.chosen.tolist()
+        else:
+            probability = ex.probability.tolist()
         for i, rs in enumerate(top_reasons(model, X, known, ex, self._index[model.target])):
             item: dict[str, Any] = {"known_patient": known[i], "base_value": base[i], "reasons": rs, "other": other[i]}
             if model.multiclass:
-                assert model.classes is not None and ex.probabilities is not None and ex.chosen is not None
-                probs = ex.probabilities[i].tolist()
-                item["channel"] = model.classes[int(ex.chosen[i])]
-                item["probability"] = probs[int(ex.chosen[i])]
+                probs, c = all_probs[i], chosen[i]
+                item["channel"] = model.classes[c]
+                item["probability"] = probs[c]
                 item["probabilities"] = dict(zip(model.classes, probs))
             else:
-                p = float(ex.probability[i])
+                p = probability[i]
                 item["probability"] = p
-                item["risk_tier"] = risk_tier(p, self.risk_tiers)
+                item["risk_tier"] = _tier(p, rule)
             out.append(item)
         return out
 
