@@ -1,6 +1,6 @@
 """Feature build benchmark: synthetic world of N patients -> `features build` (snapshots + labels).
 
-Usage: python benchmarks/bench_features_build.py [--patients 100000] [--keep DIR]
+Usage: python benchmarks/bench_features_build.py [--patients 100000] [--keep DIR] [--home HOME]
 Target (issue 3): 10 million visits in at most 2 minutes on 2 cores. Peak memory is this process's
 (DuckDB runs in-process). The world is generated once per size and reused from --keep when present.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from carecast import logs  # noqa: E402
 from carecast.bench import peak_rss_mb, report  # noqa: E402
 from carecast.settings import load_settings  # noqa: E402
 
@@ -40,9 +41,11 @@ def world(patients: int, out: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--patients", type=int, default=100_000)
-    ap.add_argument("--bucket-patients", type=int, default=250_000, help="patients per build bucket (memory bound)")
+    ap.add_argument("--rows-per-chunk", type=int, default=1_000_000, help="snapshots per numpy chunk (memory bound)")
+    ap.add_argument("--home", type=Path, default=None, help="CARECAST_HOME to build into (kept; default a temp folder)")
     ap.add_argument("--keep", type=Path, default=None, help="folder to keep/reuse the generated world in")
     args = ap.parse_args()
+    logs.configure("INFO")  # per-stage lines: counts, wall and CPU seconds, peak RSS
     import duckdb
 
     from features.build import build_features
@@ -53,11 +56,11 @@ def main() -> None:
                              f"SELECT COUNT(*) FROM read_parquet('{data}/{f}.parquet')").fetchall()[0][0]
               for f in ("patients", "visits", "billing", "engagement")}
     con.close()
-    home = Path(tempfile.mkdtemp(prefix="cc-bench-home-"))
+    home = args.home or Path(tempfile.mkdtemp(prefix="cc-bench-home-"))
     s = load_settings(environ={**os.environ, "CARECAST_HOME": str(home)})
     load = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), cpu_s()
-    summary = build_features(s, data, bucket_patients=args.bucket_patients)
+    summary = build_features(s, data, rows_per_chunk=args.rows_per_chunk)
     secs, cpu = time.perf_counter() - t0, cpu_s() - c0
     rows_in = sum(counts.values())
     figures = {"patients": counts["patients"], "visits": counts["visits"], "input_rows": rows_in,
@@ -65,7 +68,7 @@ def main() -> None:
                "visits_per_s": round(counts["visits"] / secs), "input_rows_per_s": round(rows_in / secs),
                "peak_rss_mb": round(peak_rss_mb()), "load_avg_1m_at_start": round(load, 1),
                "seconds_per_10M_visits": round(secs * 10_000_000 / max(counts["visits"], 1), 1),
-               "bucket_patients": args.bucket_patients}
+               "rows_per_chunk": args.rows_per_chunk, "home": str(home)}
     report("features_build", figures,
            f"feature build: {counts['patients']:,} patients, {counts['visits']:,} visits, {rows_in:,} feed rows "
            f"-> {summary.snapshots:,} snapshots in {secs:.1f}s wall, {cpu:.0f} CPU-s ({figures['visits_per_s']:,} visits/s, "

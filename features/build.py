@@ -21,8 +21,9 @@ visible only from the day's last event: late, never early); (2) month starts (00
 with any event in the previous two years, which refreshes window counts and is exactly the churn and
 channel prediction point; (3) one snapshot for every patient at ``as_of`` so the online store is current.
 Window counts (30/90/365 days) are exact at snapshot times; read between snapshots they are as of the
-last snapshot, at most about a month stale. Running sums are computed per event (numpy over rows DuckDB
-sorted by patient and time), so window edges are exact at snapshot times. "Days since" features are not stored as counts: the snapshots store timestamps
+last snapshot, at most about a month stale. DuckDB writes one narrow table per kind of event, sorted by patient
+and time; numpy reads each snapshot's values from running sums over them (``searchsorted`` on packed (patient,
+time) keys), so window edges are exact at snapshot times. "Days since" features are not stored as counts: the snapshots store timestamps
 (``last_completed_ts`` ...) and ``features/request_features.py`` computes the days at request time.
 """
 
@@ -33,15 +34,17 @@ import hashlib
 import json
 import math
 import os
+import resource
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from carecast import logs
@@ -110,6 +113,16 @@ class BuildSummary:
                 f"{self.snapshots:,} activity snapshots; prediction points {labels}; {self.seconds:.1f}s")
 
 
+@contextmanager
+def _stage(name: str) -> Iterator[dict]:
+    """A logged stage (counts, wall time) that also reports its CPU seconds (all threads) and the peak RSS so far."""
+    c0 = time.process_time()
+    with logs.stage(log, name) as info:
+        yield info
+        info["cpu_s"] = round(time.process_time() - c0, 1)
+        info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
 def _code(col: str, values: tuple[str, ...]) -> str:
     arms = " ".join(f"WHEN '{v}' THEN {i}" for i, v in enumerate(values))
     return f"(CASE {col} {arms} ELSE -1 END)"
@@ -160,241 +173,359 @@ def load_feeds(con: duckdb.DuckDBPyConnection, data: Path, as_of: dt.datetime | 
     return as_of
 
 
-def _events_sql(as_of: str) -> str:
-    """Event contributions, one row per event (visit outcome, statement, payment, status, due, settlement,
-    engagement) at the time it became known. No aggregation here: numpy does running sums over the sorted rows."""
-    dept_cols = ", ".join(f"(department = '{d}')::INT AS d_{d}" for d in DEPARTMENTS)
+#: When each kind of event becomes known: the as-of rule in one place (the leakage test breaks it on purpose).
+KNOWN_AT = {"visit": "status_at", "billed": "billed_at", "paid": "paid_at", "status": "status_at",
+            "due": "due_at", "settled": "settled_at", "engagement": "occurred_at"}
+STATUS_KINDS = ("collections", "disputed", "written_off")
+
+
+def _sources_sql(as_of: str) -> dict[str, str]:
+    """One narrow query per kind of event: ``patient_id``, ``ts`` (when it became known, ``KNOWN_AT``) and its own
+    columns, one row per event, events after ``as_of`` left out. A new event-based feature adds a source here (or a
+    column to one) and its arithmetic in ``_chunk_features``."""
+    k = KNOWN_AT
     pos = ", ".join(f"'{o}'" for o in POSITIVE_RESPONSES)
-    ch_cols = ", ".join(
-        f"(direction = 'outbound' AND channel = '{c}')::INT AS s_{c}, "
-        f"(outcome IN ({pos}) AND channel = '{c}')::INT AS r_{c}, "
-        f"CASE WHEN outcome IN ({pos}) AND channel = '{c}' THEN epoch(occurred_at) END AS lr_{c}"
-        for c in MODEL_CHANNELS)
     settled = ("LEAST(CASE WHEN paid >= resp - 0.005 AND paid > 0 THEN paid_at END, "
                "CASE WHEN status = 'written_off' THEN status_at END)")
-    return f"""
-    WITH
-    v AS (SELECT * FROM v_all WHERE status IN ('completed', 'no_show', 'cancelled')
-          AND status_at IS NOT NULL AND status_at <= {as_of}),
-    ev_visit AS (
-        SELECT patient_id, status_at AS ts,
-          (status = 'completed')::INT AS c_done, (status = 'no_show')::INT AS c_ns, (status = 'cancelled')::INT AS c_cx,
-          {dept_cols},
-          CASE WHEN status = 'completed' THEN epoch(status_at) END AS lc_ts,
-          CASE WHEN status = 'no_show' THEN epoch(status_at) END AS lns_ts
-        FROM v),
-    o AS (SELECT patient_id, status_at AS ts, appointment_id, (status = 'no_show')::INT AS ns FROM v
-          WHERE status IN ('completed', 'no_show')),
-    o1 AS (SELECT *, SUM(ns) OVER w AS cum_ns FROM o
-           WINDOW w AS (PARTITION BY patient_id ORDER BY ts, appointment_id ROWS UNBOUNDED PRECEDING)),
-    o2 AS (SELECT *, cum_ns - COALESCE(MAX(CASE WHEN ns = 0 THEN cum_ns END) OVER w, 0) AS streak FROM o1
-           WINDOW w AS (PARTITION BY patient_id ORDER BY ts, appointment_id ROWS UNBOUNDED PRECEDING)),
-    o3 AS (SELECT *, MAX(streak) OVER w AS max_streak FROM o2
-           WINDOW w AS (PARTITION BY patient_id ORDER BY ts, appointment_id ROWS UNBOUNDED PRECEDING)),
-    ev_streak AS (SELECT patient_id, ts, streak, max_streak FROM o3),
-    b AS (SELECT *, {settled} AS settled_at FROM b_all WHERE billed_at <= {as_of}),
-    ev_billed AS (SELECT patient_id, billed_at AS ts, 1 AS c_stmt, resp AS c_billed, payment_plan::INT AS c_plan FROM b),
-    ev_paid AS (SELECT patient_id, paid_at AS ts, paid AS c_paid FROM b
-                WHERE paid > 0 AND paid_at IS NOT NULL AND paid_at <= {as_of}),
-    ev_status AS (SELECT patient_id, status_at AS ts, (status = 'collections')::INT AS c_coll,
-                  (status = 'disputed')::INT AS c_disp, (status = 'written_off')::INT AS c_wo,
-                  CASE WHEN status = 'written_off' THEN GREATEST(resp - paid, 0) ELSE 0 END AS c_wo_amt
-                  FROM b WHERE status IN ('collections', 'disputed', 'written_off') AND status_at <= {as_of}),
-    ev_due AS (SELECT patient_id, due_at AS ts, 1 AS c_pd FROM b
-               WHERE resp > 0.005 AND (settled_at IS NULL OR settled_at > due_at) AND due_at <= {as_of}),
-    ev_settle AS (SELECT patient_id, settled_at AS ts, -1 AS c_pd FROM b
-                  WHERE resp > 0.005 AND settled_at > due_at AND settled_at <= {as_of}),
-    ev_eng AS (SELECT patient_id, occurred_at AS ts, {ch_cols},
-               (direction = 'outbound')::INT AS s_all, (outcome IN ({pos}))::INT AS r_all,
-               CASE WHEN outcome IN ({pos}) THEN epoch(occurred_at) END AS lr_all,
-               (kind = 'portal_login')::INT AS c_login
-               FROM e_all WHERE occurred_at <= {as_of}),
-    ev AS (
-        SELECT * FROM ev_visit
-        UNION ALL BY NAME SELECT * FROM ev_streak
-        UNION ALL BY NAME SELECT * FROM ev_billed
-        UNION ALL BY NAME SELECT * FROM ev_paid
-        UNION ALL BY NAME SELECT * FROM ev_status
-        UNION ALL BY NAME SELECT * FROM ev_due
-        UNION ALL BY NAME SELECT * FROM ev_settle
-        UNION ALL BY NAME SELECT * FROM ev_eng)
-    SELECT patient_id, ts,
-      {", ".join(f"COALESCE({c}, 0)::DOUBLE AS {c}" for c in _SUM_COLS)},
-      {", ".join(f"{c}::DOUBLE AS {c}" for c in _MAX_COLS)},
-      streak::DOUBLE AS streak, max_streak::DOUBLE AS max_streak
-    FROM ev
-    """
+    b = f"(SELECT *, {settled} AS settled_at FROM b_all WHERE billed_at <= {as_of})"
+    return {
+        # visit outcomes; appointment_id orders outcomes known at the same time (the no-show streak)
+        "visit": f"""SELECT patient_id, {k['visit']} AS ts, appointment_id,
+            (CASE status WHEN 'completed' THEN 0 WHEN 'no_show' THEN 1 ELSE 2 END)::TINYINT AS outcome,
+            {_code('department', DEPARTMENTS)}::TINYINT AS dept
+            FROM v_all WHERE status IN ('completed', 'no_show', 'cancelled')
+            AND status_at IS NOT NULL AND status_at <= {as_of}""",
+        "billed": f"""SELECT patient_id, {k['billed']} AS ts, COALESCE(resp, 0)::DOUBLE AS amount,
+            COALESCE(payment_plan::INT, 0)::TINYINT AS plan FROM {b}""",
+        "paid": f"""SELECT patient_id, {k['paid']} AS ts, paid::DOUBLE AS amount FROM {b}
+            WHERE paid > 0 AND paid_at IS NOT NULL AND paid_at <= {as_of}""",
+        "status": f"""SELECT patient_id, {k['status']} AS ts, {_code('status', STATUS_KINDS)}::TINYINT AS kind,
+            COALESCE(CASE WHEN status = 'written_off' THEN GREATEST(resp - paid, 0) ELSE 0 END, 0)::DOUBLE AS wo_amt
+            FROM {b} WHERE status IN ({", ".join(f"'{s}'" for s in STATUS_KINDS)}) AND status_at <= {as_of}""",
+        # +1 when a statement becomes past due, -1 when it is settled after its due date
+        "past_due": f"""SELECT patient_id, {k['due']} AS ts, 1::TINYINT AS step FROM {b}
+            WHERE resp > 0.005 AND (settled_at IS NULL OR settled_at > due_at) AND due_at <= {as_of}
+            UNION ALL SELECT patient_id, {k['settled']} AS ts, -1::TINYINT AS step FROM {b}
+            WHERE resp > 0.005 AND settled_at > due_at AND settled_at <= {as_of}""",
+        "engagement": f"""SELECT patient_id, {k['engagement']} AS ts, {_code('channel', MODEL_CHANNELS)}::TINYINT AS ch,
+            COALESCE(direction = 'outbound', false) AS outbound, COALESCE(outcome IN ({pos}), false) AS positive,
+            COALESCE(kind = 'portal_login', false) AS login FROM e_all WHERE occurred_at <= {as_of}""",
+    }
 
 
-_SUM_COLS = (["c_done", "c_ns", "c_cx"] + [f"d_{d}" for d in DEPARTMENTS]
-             + ["c_stmt", "c_billed", "c_plan", "c_paid", "c_coll", "c_disp", "c_wo", "c_wo_amt", "c_pd"]
-             + [f"{k}_{c}" for c in MODEL_CHANNELS for k in ("s", "r")] + ["s_all", "r_all", "c_login"])
-_MAX_COLS = ["lc_ts", "lns_ts", "lr_all"] + [f"lr_{c}" for c in MODEL_CHANNELS]
+#: columns fetched per source (besides pk and ts_us), and the extra sort key within equal times
+_SOURCE_COLUMNS = {"visit": ["outcome", "dept"], "billed": ["amount", "plan"], "paid": ["amount"],
+                   "status": ["kind", "wo_amt"], "past_due": ["step"],
+                   "engagement": ["ch", "outbound", "positive", "login"]}
+_TIE_ORDER = {"visit": ", appointment_id"}
 
 
-def _timeline_sql(as_of: str) -> str:
-    """Each patient's timeline: its events plus marker rows (month starts, as-of), sorted by patient and time
-    (markers after events at the same time)."""
-    zeros = ", ".join(f"0::DOUBLE AS {c}" for c in _SUM_COLS)
-    nulls = ", ".join(f"NULL::DOUBLE AS {c}" for c in _MAX_COLS)
-    return f"""
-    WITH
-    span AS (SELECT patient_id, MIN(ts) AS first_ts, MAX(ts) AS last_ts FROM days GROUP BY patient_id),
-    months AS (SELECT patient_id, UNNEST(generate_series(date_trunc('month', first_ts) + INTERVAL 1 MONTH,
-                   LEAST(last_ts + INTERVAL 730 DAYS, {as_of}), INTERVAL 1 MONTH)) AS ts FROM span),
-    at_asof AS (SELECT patient_id, {as_of} AS ts FROM p WHERE registered_at <= {as_of}
-                UNION SELECT patient_id, {as_of} AS ts FROM span),
-    markers AS (SELECT patient_id, ts FROM months UNION SELECT patient_id, ts FROM at_asof),
-    SELECT patient_id, hash(patient_id) AS pkey, epoch_us(ts) AS ts_us, 0 AS is_marker, {", ".join(_SUM_COLS)},
-      {", ".join(_MAX_COLS)}, streak, max_streak FROM days
-    UNION ALL
-    SELECT patient_id, hash(patient_id) AS pkey, epoch_us(ts) AS ts_us, 1 AS is_marker, {zeros}, {nulls},
-      NULL::DOUBLE AS streak, NULL::DOUBLE AS max_streak
-    FROM markers
-    ORDER BY patient_id, ts_us, is_marker
-    """
+def _prepare(con: duckdb.DuckDBPyConnection, as_of: str) -> dict[str, int]:
+    """Sorted narrow event tables ``s_<source>`` keyed by an integer patient code ``pk`` (patient_id order), the
+    view ``days`` (every event's patient_id and time, for the labels), ``pids`` and the snapshot times ``snaps``."""
+    sources = _sources_sql(as_of)
+    for name, sql in sources.items():
+        con.execute(f"CREATE OR REPLACE TEMP VIEW src_{name} AS {sql}")
+    con.execute("CREATE OR REPLACE TEMP VIEW days AS "
+                + " UNION ALL ".join(f"SELECT patient_id, ts FROM src_{n}" for n in sources))
+    con.execute("""CREATE OR REPLACE TEMP TABLE pids AS SELECT patient_id, (row_number() OVER (ORDER BY patient_id) - 1)::INT AS pk
+        FROM (SELECT patient_id FROM p UNION SELECT patient_id FROM v_all UNION SELECT patient_id FROM b_all
+              UNION SELECT patient_id FROM e_all) WHERE patient_id IS NOT NULL""")
+    counts = {}
+    con.execute("SET preserve_insertion_order=true")  # tables stored sorted by pk: chunk reads skip row groups
+    try:
+        for name in sources:
+            cols = ", ".join(_SOURCE_COLUMNS[name])
+            tie = _TIE_ORDER.get(name, "")
+            con.execute(f"""CREATE OR REPLACE TEMP TABLE s_{name} AS SELECT pk, ts{tie}, {cols} FROM src_{name}
+                JOIN pids USING (patient_id) WHERE ts IS NOT NULL ORDER BY pk, ts{tie}""")
+            counts[name] = con.execute(f"SELECT COUNT(*) FROM s_{name}").fetchall()[0][0]
+        ev = " UNION ALL ".join(f"SELECT pk, ts FROM s_{n}" for n in sources)
+        # snapshot times: each patient-day's last event, month starts while active, and the as-of time
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE snaps AS
+            WITH ev AS ({ev}),
+            span AS (SELECT pk, MIN(ts) AS first_ts, MAX(ts) AS last_ts FROM ev GROUP BY pk),
+            daylast AS (SELECT pk, MAX(ts) AS ts FROM ev GROUP BY pk, date_trunc('day', ts)),
+            months AS (SELECT pk, UNNEST(generate_series(date_trunc('month', first_ts) + INTERVAL 1 MONTH,
+                           LEAST(last_ts + INTERVAL 730 DAYS, {as_of}), INTERVAL 1 MONTH)) AS ts FROM span),
+            at_asof AS (SELECT pk, {as_of} AS ts FROM p JOIN pids USING (patient_id) WHERE registered_at <= {as_of}
+                        UNION ALL SELECT pk, {as_of} AS ts FROM span)
+            SELECT DISTINCT pk, ts FROM (SELECT * FROM daylast UNION ALL SELECT * FROM months
+                                         UNION ALL SELECT * FROM at_asof) ORDER BY pk, ts""")
+    finally:
+        con.execute("SET preserve_insertion_order=false")
+    return counts
 
 
-class _Patients:
-    """Index helpers over a batch sorted by (patient, time): running sums, windows, running max, forward fill."""
+def _chunks(con: duckdb.DuckDBPyConnection, rows_per_chunk: int, max_patients: int) -> list[tuple[int, int]]:
+    """Patient-code ranges [lo, hi) holding about ``rows_per_chunk`` snapshots (whole patients)."""
+    per = con.execute("SELECT pk, COUNT(*) AS n FROM snaps GROUP BY pk ORDER BY pk").fetchnumpy()
+    pks, n = np.asarray(per["pk"], dtype=np.int64), np.asarray(per["n"], dtype=np.int64)
+    if len(pks) == 0:
+        return []
+    out, i = [], 0
+    cum = np.cumsum(n)
+    while i < len(pks):
+        base = cum[i - 1] if i else 0
+        j = int(np.searchsorted(cum, base + rows_per_chunk, side="right"))
+        j = min(max(j, i + 1), len(pks), i + max_patients)
+        out.append((int(pks[i]), int(pks[j - 1]) + 1))
+        i = j
+    return out
 
-    def __init__(self, pids: np.ndarray, ts_us: np.ndarray):
-        n = len(pids)
-        self.n = n
-        new = np.ones(n, dtype=bool)
-        if n > 1:
-            new[1:] = pids[1:] != pids[:-1]
-        self.pidx = np.cumsum(new) - 1
-        self.first = np.flatnonzero(new)[self.pidx]      # first row of each row's patient
-        self.ts_s = ts_us // 1_000_000
-        self.key = (self.pidx.astype(np.int64) << 32) | self.ts_s
-        self.rows = np.arange(n)
 
-    def cum(self, x: np.ndarray) -> np.ndarray:
-        g = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
-        return g[self.rows + 1] - g[self.first]
+def _fetch(con: duckdb.DuckDBPyConnection, table: str, cols: list[str], lo: int, hi: int, tie: str = "") -> dict:
+    sel = ", ".join(["pk", "epoch_us(ts) AS ts_us", *cols])
+    res = con.execute(f"SELECT {sel} FROM {table} WHERE pk >= {lo} AND pk < {hi} ORDER BY pk, ts{tie}").fetchnumpy()
+    return {c: np.asarray(v) for c, v in res.items()}
 
-    def window(self, x: np.ndarray, days: int) -> np.ndarray:
-        """Sum over rows with ts in [t - days, t] (the SQL RANGE frame), by differences of running sums."""
-        g = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
-        start = np.searchsorted(self.key, self.key - days * 86_400, side="left")
-        return g[self.rows + 1] - g[start]
 
-    def running_max(self, x: np.ndarray) -> np.ndarray:
-        """Running max of non-negative values (NaN = none) within each patient; NaN until the first value."""
-        v = np.where(np.isnan(x), -1.0, x)
-        off = self.pidx.astype(np.float64) * 1e11          # larger than any epoch-seconds value
-        out = np.maximum.accumulate(v + off) - off
-        return np.where(out < 0, np.nan, out)
+class _Index:
+    """Point-in-time lookups of one sorted event source at the snapshot points of a chunk.
 
-    def ffill(self, x: np.ndarray) -> np.ndarray:
-        """Last non-NaN value so far within each patient (NaN if none)."""
-        idx = np.where(np.isnan(x), -1, self.rows)
-        last = np.maximum.accumulate(idx)
-        ok = last >= self.first
-        return np.where(ok, x[np.where(ok, last, 0)], np.nan)
+    Keys are ``(patient << bits) | time`` in one int64, so ``searchsorted`` finds, for every snapshot at time t,
+    the events of its patient up to t (``hi``: everything known at t, ties included) and from t - W days (``lo``)."""
+
+    def __init__(self, src: dict, snap_key: np.ndarray, clock: "_Clock"):
+        self.src, self.clock = src, clock
+        self.n = len(src["pk"])
+        self.key = clock.key(src["pk"], src["ts_us"])
+        # first event of the snapshot's patient (events per patient, then offsets), and events with time <= t
+        per_patient = np.bincount(src["pk"] - clock.lo_pk, minlength=clock.patients)
+        offsets = np.concatenate([[0], np.cumsum(per_patient)])
+        self.start = offsets[clock.snap_local]
+        self.hi = np.searchsorted(self.key, snap_key, side="right")
+        self.has = self.hi > self.start
+        self.last = np.where(self.has, self.hi - 1, 0)
+        self._lo: dict[int, np.ndarray] = {}
+        self._pstart: np.ndarray | None = None
+
+    def lo(self, days: int) -> np.ndarray:
+        if days not in self._lo:
+            self._lo[days] = np.maximum(np.searchsorted(self.key, self.clock.window_start(days), side="left"),
+                                        self.start)
+        return self._lo[days]
+
+    @staticmethod
+    def _prefix(x: np.ndarray) -> np.ndarray:
+        g = np.empty(len(x) + 1, dtype=np.float64)
+        g[0] = 0.0
+        np.cumsum(x, dtype=np.float64, out=g[1:])
+        return g
+
+    def cum(self, x: np.ndarray | None = None) -> np.ndarray:
+        """Sum of x over the patient's events known at t (count of events when x is None)."""
+        if x is None:
+            return (self.hi - self.start).astype(np.float64)
+        g = self._prefix(x)
+        return g[self.hi] - g[self.start]
+
+    def money(self, x: np.ndarray) -> np.ndarray:
+        """Like ``cum`` for amounts: summed in whole cents when they are whole cents, so a patient's total does
+        not depend on the other patients in the chunk (float running sums over the chunk would)."""
+        cents = np.round(x * 100.0)
+        if not np.all(np.abs(x * 100.0 - cents) < 1e-6):
+            return self.cum(x)
+        g = np.zeros(len(x) + 1, dtype=np.int64)
+        np.cumsum(cents.astype(np.int64), out=g[1:])
+        return (g[self.hi] - g[self.start]) / 100.0
+
+    def window(self, days: int, x: np.ndarray | None = None) -> np.ndarray:
+        """Sum over events with time in [t - days, t] (day edges in whole seconds, as the SQL RANGE frame)."""
+        lo = self.lo(days)
+        if x is None:
+            return (self.hi - lo).astype(np.float64)
+        g = self._prefix(x)
+        return g[self.hi] - g[lo]
+
+    def patient_start(self) -> np.ndarray:
+        """Per event: the row of its patient's first event (for running values within a patient)."""
+        if self._pstart is None:
+            pk = self.src["pk"]
+            new = np.ones(self.n, dtype=bool)
+            new[1:] = pk[1:] != pk[:-1]
+            self._pstart = np.flatnonzero(new)[np.cumsum(new) - 1] if self.n else np.zeros(0, dtype=np.int64)
+        return self._pstart
+
+    def running_last(self, values: np.ndarray, flag: np.ndarray | None = None) -> np.ndarray:
+        """Per event: the latest flagged value so far within the patient (NaN before the first)."""
+        rows = np.arange(self.n)
+        idx = rows if flag is None else np.where(flag, rows, -1)
+        last = np.maximum.accumulate(idx) if self.n else idx
+        ok = last >= self.patient_start()
+        return np.where(ok, values[np.where(ok, last, 0)], np.nan)
+
+    def at(self, per_event: np.ndarray) -> np.ndarray:
+        """A per-event running value read at each snapshot (its patient's last event known at t; NaN if none)."""
+        if self.n == 0:
+            return np.full(len(self.hi), np.nan)
+        v = per_event.take(self.last)
+        v[~self.has] = np.nan
+        return v
+
+    def last_ts(self, flag: np.ndarray | None = None) -> np.ndarray:
+        """Epoch seconds of the patient's latest (flagged) event known at t; NaN if none."""
+        return self.at(self.running_last(self.src["ts_us"] / 1e6, flag))
+
+
+class _Clock:
+    """Packs (patient, time) into one sortable int64 for a chunk of patients."""
+
+    def __init__(self, lo_pk: int, t_min_us: int, t_max_us: int, whole_seconds: bool):
+        self.lo_pk, self.t0 = lo_pk, t_min_us
+        self.unit = 1_000_000 if whole_seconds else 1
+        self.bits = max(1, int((t_max_us - t_min_us) // self.unit + 1).bit_length())
+        self.snap_pk = self.snap_ts = self.snap_local = None
+        self.patients = 0
+        self._starts: dict[int, np.ndarray] = {}
+
+    def at_snapshots(self, pk: np.ndarray, ts_us: np.ndarray, patients: int) -> np.ndarray:
+        """Set the chunk's snapshot points; return their keys."""
+        self.snap_pk, self.snap_ts, self.patients = pk, ts_us, patients
+        self.snap_local = pk.astype(np.int64) - self.lo_pk
+        self._starts = {}
+        return self.key(pk, ts_us)
+
+    def max_patients(self) -> int:
+        return 1 << max(0, 62 - self.bits)
+
+    def key(self, pk: np.ndarray, ts_us: np.ndarray) -> np.ndarray:
+        return ((pk.astype(np.int64) - self.lo_pk) << self.bits) | ((ts_us.astype(np.int64) - self.t0) // self.unit)
+
+    def window_start(self, days: int) -> np.ndarray:
+        """Key of (patient, first whole second of the window [t - days, t]); before the chunk's first event, the
+        patient's first key (``_Index.lo`` never goes below the patient's first event anyway)."""
+        if days not in self._starts:
+            t_s = np.floor_divide(self.snap_ts, 1_000_000)
+            start_us = np.maximum((t_s - days * 86_400) * 1_000_000, self.t0)
+            if self.unit > 1:
+                start_us += -(start_us - self.t0) % self.unit
+            self._starts[days] = self.key(self.snap_pk, start_us)
+        return self._starts[days]
 
 
 def _rate(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+    """num / den where den > 0, else NaN."""
+    return np.divide(num, den, out=np.full(len(den), np.nan), where=den > 0)
 
 
-def _snapshots(batch: pa.Table) -> pa.Table:
-    """Snapshot features for whole patients in ``batch`` (rows sorted by patient, time), vectorised with numpy."""
-    col = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in batch.column_names
-           if name != "patient_id"}   # all numeric: nulls become NaN
-    f = {c: np.nan_to_num(col[c].astype(np.float64, copy=False)) for c in _SUM_COLS}
-    P = _Patients(col["pkey"], col["ts_us"].astype(np.int64))
+def _chunk_features(snap: dict, src: dict[str, dict], clock: _Clock, patients: int) -> dict[str, np.ndarray]:
+    """Every activity feature at every snapshot (patient, t) of a chunk of ``patients`` patient codes, from the
+    sorted event sources."""
+    snap_key = clock.at_snapshots(snap["pk"], snap["ts_us"], patients)
+    ix = {name: _Index(s, snap_key, clock) for name, s in src.items()}
     out: dict[str, np.ndarray] = {}
-    outcomes = f["c_done"] + f["c_ns"] + f["c_cx"]
+
+    V = ix["visit"]
+    outcome = V.src["outcome"]
+    done, ns, cx = outcome == 0, outcome == 1, outcome == 2
     for w in (*WINDOWS, "all"):
-        agg = P.cum if w == "all" else (lambda x, d=w: P.window(x, d))
-        n_out, n_ns, n_done, n_cx = agg(outcomes), agg(f["c_ns"]), agg(f["c_done"]), agg(f["c_cx"])
+        if w == "all":
+            n_out, n_ns, n_done, n_cx = V.cum(), V.cum(ns), V.cum(done), V.cum(cx)
+        else:
+            n_out, n_ns, n_done, n_cx = V.window(w), V.window(w, ns), V.window(w, done), V.window(w, cx)
         out[f"visits_{w}"], out[f"no_shows_{w}"] = n_out, n_ns
         out[f"no_show_rate_{w}"] = _rate(n_ns, n_ns + n_done)
         out[f"cancel_rate_{w}"] = _rate(n_cx, n_out)
-    out["completed_all"] = P.cum(f["c_done"])
-    out["no_show_streak"] = np.nan_to_num(P.ffill(col["streak"].astype(np.float64)))
-    out["max_no_show_streak"] = np.nan_to_num(P.running_max(col["max_streak"].astype(np.float64)))
-    all_out = out["visits_all"]
-    for d in DEPARTMENTS:
-        out[f"dept_share_{d}"] = _rate(P.cum(f[f"d_{d}"]), all_out)
-    billed, paid, wo = P.cum(f["c_billed"]), P.cum(f["c_paid"]), P.cum(f["c_wo_amt"])
-    pd_now = P.cum(f["c_pd"])
+    out["completed_all"] = V.cum(done)
+    # no-show streak: no-shows since the patient's last completed visit (in time, then appointment_id, order)
+    cum_ns = V._prefix(ns)[1:] - V._prefix(ns)[V.patient_start()] if V.n else np.zeros(0)
+    at_done = V.running_last(cum_ns, done)
+    streak = cum_ns - np.nan_to_num(at_done)
+    off = V.patient_start().astype(np.float64) * 1e9        # per-patient running max (streak < 1e9)
+    max_streak = np.maximum.accumulate(streak + off) - off if V.n else streak
+    out["no_show_streak"] = np.nan_to_num(V.at(streak))
+    out["max_no_show_streak"] = np.nan_to_num(V.at(max_streak))
+    dept = V.src["dept"]
+    for i, d in enumerate(DEPARTMENTS):
+        out[f"dept_share_{d}"] = _rate(V.cum(dept == i), out["visits_all"])
+
+    B, Pd, S, D = ix["billed"], ix["paid"], ix["status"], ix["past_due"]
+    billed, paid, wo = B.money(B.src["amount"]), Pd.money(Pd.src["amount"]), S.money(S.src["wo_amt"])
+    pd_now = D.cum(D.src["step"])
+    kind = S.src["kind"]
     out.update({
-        "statements_all": P.cum(f["c_stmt"]), "billed_total": billed, "paid_total": paid,
+        "statements_all": B.cum(), "billed_total": billed, "paid_total": paid,
         "open_balance": np.maximum(billed - paid - wo, 0.0), "share_paid": _rate(paid, billed),
         "statements_past_due": pd_now,
-        "in_collections": (P.cum(f["c_coll"]) > 0).astype(np.float64),
-        "disputed": (P.cum(f["c_disp"]) > 0).astype(np.float64),
-        "written_off": (P.cum(f["c_wo"]) > 0).astype(np.float64),
-        "payment_plan": (P.cum(f["c_plan"]) > 0).astype(np.float64),
+        "in_collections": (S.cum(kind == 0) > 0).astype(np.float64),
+        "disputed": (S.cum(kind == 1) > 0).astype(np.float64),
+        "written_off": (S.cum(kind == 2) > 0).astype(np.float64),
+        "payment_plan": (B.cum(B.src["plan"]) > 0).astype(np.float64),
     })
-    for c in MODEL_CHANNELS:
-        s_, r_ = P.cum(f[f"s_{c}"]), P.cum(f[f"r_{c}"])
+
+    E = ix["engagement"]
+    ch, outbound, positive = E.src["ch"], E.src["outbound"], E.src["positive"]
+    for i, c in enumerate(MODEL_CHANNELS):
+        s_, r_ = E.cum(outbound & (ch == i)), E.cum(positive & (ch == i))
         out[f"sends_{c}"], out[f"responses_{c}"], out[f"response_rate_{c}"] = s_, r_, _rate(r_, s_)
-    s90, r90 = P.window(f["s_all"], 90), P.window(f["r_all"], 90)
+    s90, r90 = E.window(90, outbound), E.window(90, positive)
     out.update({"sends_90": s90, "responses_90": r90, "response_rate_90": _rate(r90, s90),
-                "portal_logins_90": P.window(f["c_login"], 90), "portal_logins_all": P.cum(f["c_login"])})
-    ts_col = {"last_completed_ts": "lc_ts", "last_no_show_ts": "lns_ts", "last_response_ts": "lr_all",
-              **{f"last_response_{c}_ts": f"lr_{c}" for c in MODEL_CHANNELS}}
-    for name, src in ts_col.items():
-        out[name] = P.running_max(col[src].astype(np.float64))
-    ts_s = col["ts_us"].astype(np.int64) / 1e6
-    became = (pd_now - f["c_pd"] <= 0) & (pd_now > 0)
-    out["past_due_since_ts"] = np.where(pd_now > 0, P.ffill(np.where(became, ts_s, np.nan)), np.nan)
-    keep = _snapshot_rows(P, col["is_marker"].astype(bool), col["ts_us"].astype(np.int64))
-    ts = pa.array(col["ts_us"].astype(np.int64)[keep], type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-    arrays = {"patient_id": batch.column("patient_id").take(pa.array(keep)), "event_timestamp": ts, "created": ts}
-    arrays.update({c: pa.array(out[c][keep], type=pa.float64()) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS})
-    return pa.table(arrays)
+                "portal_logins_90": E.window(90, E.src["login"]), "portal_logins_all": E.cum(E.src["login"])})
+
+    out["last_completed_ts"] = V.last_ts(done)
+    out["last_no_show_ts"] = V.last_ts(ns)
+    out["last_response_ts"] = E.last_ts(positive)
+    for i, c in enumerate(MODEL_CHANNELS):
+        out[f"last_response_{c}_ts"] = E.last_ts(positive & (ch == i))
+    out["past_due_since_ts"] = np.where(pd_now > 0, D.at(_past_due_since(D)), np.nan)
+    return out
 
 
-def _snapshot_rows(P: _Patients, is_marker: np.ndarray, ts_us: np.ndarray) -> np.ndarray:
-    """Rows that become snapshots: each patient-day's last event, and every marker; one row per (patient, time)."""
-    ev = np.flatnonzero(~is_marker)
-    day_key = (P.pidx[ev].astype(np.int64) << 32) | (P.ts_s[ev] // 86_400)
-    last_of_day = np.ones(len(ev), dtype=bool)
-    if len(ev) > 1:
-        last_of_day[:-1] = day_key[1:] != day_key[:-1]
-    rows = np.union1d(ev[last_of_day], np.flatnonzero(is_marker))
-    # a marker at the same time as an event duplicates it: keep the last row of each (patient, time)
-    if len(rows) > 1:
-        same = (P.pidx[rows[1:]] == P.pidx[rows[:-1]]) & (ts_us[rows[1:]] == ts_us[rows[:-1]])
-        rows = rows[np.concatenate([~same, [True]])]
-    return rows
+def _past_due_since(D: _Index) -> np.ndarray:
+    """Per past-due event: when the account last became past due (count went from 0 to > 0), NaN if never.
+    Events at the same time count together (a statement settled and another falling due at once is no gap)."""
+    if D.n == 0:
+        return np.zeros(0)
+    run = D._prefix(D.src["step"])
+    after = run[1:] - run[D.patient_start()]
+    key = D.key
+    last_of_time = np.ones(D.n, dtype=bool)
+    last_of_time[:-1] = key[1:] != key[:-1]
+    first_of_time = np.ones(D.n, dtype=bool)
+    first_of_time[1:] = key[1:] != key[:-1]
+    before_idx = np.maximum.accumulate(np.where(first_of_time, np.arange(D.n), 0))   # first row of the time group
+    before = after[before_idx] - D.src["step"][before_idx]
+    became = last_of_time & (before <= 0) & (after > 0)
+    return D.running_last(D.src["ts_us"] / 1e6, became)
 
 
-def _write_snapshots(con: duckdb.DuckDBPyConnection, sql: str, writer_holder: dict, path: Path,
-                     batch_rows: int = 1_000_000) -> int:
-    """Stream the sorted timeline, compute snapshots per whole-patient batch, append to one parquet file."""
-    reader = con.sql(sql).to_arrow_reader(batch_rows)
-    carry: pa.Table | None = None
+def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, rows_per_chunk: int = 1_000_000) -> int:
+    """Snapshot features chunk by chunk (whole patients), appended to one parquet file; the write of one chunk
+    overlaps the computation of the next."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t = con.execute("SELECT MIN(t0), MAX(t1), bool_and(w) FROM (" + " UNION ALL ".join(
+        f"SELECT epoch_us(MIN(ts)) AS t0, epoch_us(MAX(ts)) AS t1, bool_and(epoch_us(ts) % 1000000 = 0) AS w FROM {n}"
+        for n in ["snaps", *(f"s_{s}" for s in _SOURCE_COLUMNS)]) + ") WHERE t0 IS NOT NULL").fetchall()[0]
+    if t[0] is None:
+        return 0
+    clock0 = _Clock(0, t[0], t[1], bool(t[2]))
+    chunks = _chunks(con, rows_per_chunk, clock0.max_patients())
+    ids = con.sql("SELECT patient_id::VARCHAR AS patient_id FROM pids ORDER BY pk").to_arrow_table()
+    ids = ids.column(0).combine_chunks().cast(pa.string())
+    writer: pq.ParquetWriter | None = None
     rows = 0
-
-    def emit(tbl: pa.Table) -> None:
-        nonlocal rows
-        snap = _snapshots(tbl)
-        if writer_holder.get("w") is None:
-            writer_holder["w"] = pq.ParquetWriter(path, snap.schema, compression="zstd")
-        writer_holder["w"].write_table(snap, row_group_size=500_000)
-        rows += snap.num_rows
-
-    for rb in reader:
-        tbl = pa.Table.from_batches([rb])
-        if carry is not None:
-            tbl = pa.concat_tables([carry, tbl])
-        pids = tbl.column("patient_id")
-        last = pids[len(pids) - 1]
-        # rows of the last patient may continue in the next batch: keep them back
-        is_last = pc.equal(pids, last)
-        cut = len(pids) - pc.sum(is_last).as_py()
-        if cut > 0:
-            emit(tbl.slice(0, cut))
-        carry = tbl.slice(cut)
-    if carry is not None and carry.num_rows:
-        emit(carry)
+    pending = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for lo, hi in chunks:
+            snap = _fetch(con, "snaps", [], lo, hi)
+            src = {n: _fetch(con, f"s_{n}", cols, lo, hi, _TIE_ORDER.get(n, "")) for n, cols in _SOURCE_COLUMNS.items()}
+            feats = _chunk_features(snap, src, _Clock(lo, t[0], t[1], bool(t[2])), hi - lo)
+            ts = pa.array(snap["ts_us"], type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+            arrays = {"patient_id": ids.take(pa.array(snap["pk"])), "event_timestamp": ts, "created": ts}
+            arrays.update({c: pa.array(feats[c], type=pa.float64()) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS})
+            table = pa.table(arrays)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(writer.write_table, table, row_group_size=500_000)
+            rows += table.num_rows
+        if pending is not None:
+            pending.result()
+    if writer is not None:
+        writer.close()
     return rows
 
 
@@ -408,11 +539,12 @@ def _file_hash(*paths: Path) -> str:
 
 
 def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = None,
-                   memory_limit: str | None = None, bucket_patients: int = 250_000) -> BuildSummary:
+                   memory_limit: str | None = None, rows_per_chunk: int = 1_000_000) -> BuildSummary:
     """Compute the snapshots, label tables and population defaults from validated feeds in ``data``.
 
-    Large worlds are processed in buckets of about ``bucket_patients`` patients (hash of the id), so memory
-    stays bounded: the feeds are split once, then each bucket's events, snapshots and labels are computed.
+    DuckDB turns the feeds into narrow, sorted event tables (one per kind of event) and the snapshot times; numpy
+    then computes every feature at every snapshot with running sums and ``searchsorted`` over the whole chunk,
+    about ``rows_per_chunk`` snapshots (whole patients) at a time, so memory stays bounded.
     """
     from features import labels
 
@@ -423,14 +555,12 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     con = connect(settings, memory_limit)
-    with logs.stage(log, "features build: read feeds") as info:
+    with _stage("features build: read feeds") as info:
         as_of_ts = load_feeds(con, Path(data), as_of)
         lit = f"TIMESTAMP '{as_of_ts.isoformat(sep=' ')}'"
-        info["patients"] = n_patients = con.execute("SELECT COUNT(*) FROM p").fetchall()[0][0]
+        info["patients"] = con.execute("SELECT COUNT(*) FROM p").fetchall()[0][0]
         info["visits"] = con.execute("SELECT COUNT(*) FROM v_all").fetchall()[0][0]
-        buckets = max(1, math.ceil(n_patients / bucket_patients))
-        info["buckets"] = buckets
-    with logs.stage(log, "features build: patient profile") as info:
+    with _stage("features build: patient profile") as info:
         tmp = out / (PROFILE_FILE + ".tmp")
         con.execute(f"""COPY (
             WITH first AS (
@@ -448,44 +578,19 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
             FROM reg WHERE known_at <= {lit}) TO '{tmp}' (FORMAT PARQUET, COMPRESSION zstd)""")
         tmp.replace(out / PROFILE_FILE)
         info["patients"] = patients = con.execute(f"SELECT COUNT(*) FROM read_parquet('{out / PROFILE_FILE}')").fetchall()[0][0]
-    scans: list[dict[str, str] | None] = [None]
-    if buckets > 1:
-        with logs.stage(log, "features build: split feeds into buckets") as info:
-            for feed in FEEDS:
-                con.execute(f"""COPY (SELECT *, hash(patient_id) % {buckets} AS bucket FROM {_scan(Path(data), feed)})
-                            TO '{work / feed}' (FORMAT PARQUET, PARTITION_BY (bucket))""")
-            scans = [{feed: f"read_parquet('{work / feed}/bucket={k}/*.parquet')" for feed in FEEDS}
-                     for k in range(buckets)]
-            info["buckets"] = buckets
+    with _stage("features build: events") as info:
+        counts = _prepare(con, lit)
+        info.update(counts)
+        info["events"] = events = sum(counts.values())
+        info["snapshot_times"] = con.execute("SELECT COUNT(*) FROM snaps").fetchall()[0][0]
     activity_tmp = out / (ACTIVITY_FILE + ".tmp")
-    writer: dict = {}
-    snapshots, events = 0, 0
-    label_rows = {t: 0 for t in labels.TARGETS}
-    try:
-        for k, scan in enumerate(scans):
-            with logs.stage(log, f"features build: bucket {k + 1}/{len(scans)}") as info:
-                if scan is not None:
-                    load_feeds(con, Path(data), as_of_ts, scan)
-                con.execute(f"CREATE OR REPLACE TEMP TABLE days AS {_events_sql(lit)}")
-                info["events"] = n = con.execute("SELECT COUNT(*) FROM days").fetchall()[0][0]
-                events += n
-                info["snapshots"] = n = _write_snapshots(con, _timeline_sql(lit), writer, activity_tmp)
-                snapshots += n
-                part = work / f"labels-{k}"
-                part.mkdir()
-                for t, c in labels.write_labels(con, part, as_of_ts).items():
-                    label_rows[t] += c
-    finally:
-        if writer.get("w") is not None:
-            writer["w"].close()
+    with _stage("features build: snapshots") as info:
+        info["snapshots"] = snapshots = _write_snapshots(con, activity_tmp, rows_per_chunk)
     activity_tmp.replace(out / ACTIVITY_FILE)
-    with logs.stage(log, "features build: labels") as info:
-        for t in labels.TARGETS:
-            dst = labels.label_file(out, t)
-            con.execute(f"COPY (SELECT * FROM read_parquet('{work}/labels-*/{dst.name}')) TO '{dst}.tmp' (FORMAT PARQUET)")
-            Path(f"{dst}.tmp").replace(dst)
+    with _stage("features build: labels") as info:
+        label_rows = labels.write_labels(con, out, as_of_ts)
         info.update(label_rows)
-    with logs.stage(log, "features build: population defaults") as info:
+    with _stage("features build: population defaults") as info:
         defaults = compute_defaults(con, out, as_of_ts)
         (out / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1, sort_keys=True))
         info["columns"] = len(defaults)

@@ -115,20 +115,9 @@ def test_events_after_the_prediction_point_never_reach_the_row(tmp_path: Path) -
 
 def test_the_leakage_check_bites_when_the_as_of_logic_is_broken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Use scheduled_at for visit outcomes and billed_at for payments/statuses: the checks above must fail."""
-    real = build_mod._events_sql
-
-    def broken(as_of: str) -> str:
-        sql = real(as_of)
-        sql = sql.replace("SELECT patient_id, status_at AS ts,\n", "SELECT patient_id, scheduled_at AS ts,\n")
-        sql = sql.replace("SELECT patient_id, status_at AS ts, appointment_id", "SELECT patient_id, scheduled_at AS ts, appointment_id")
-        sql = sql.replace("SELECT patient_id, paid_at AS ts, paid AS c_paid", "SELECT patient_id, billed_at AS ts, paid AS c_paid")
-        sql = sql.replace("SELECT patient_id, status_at AS ts, (status = 'collections')",
-                          "SELECT patient_id, billed_at AS ts, (status = 'collections')")
-        sql = sql.replace("SELECT patient_id, settled_at AS ts, -1", "SELECT patient_id, billed_at AS ts, -1")
-        assert sql != real(as_of)
-        return sql
-
-    monkeypatch.setattr(build_mod, "_events_sql", broken)
+    broken = {**build_mod.KNOWN_AT, "visit": "scheduled_at", "paid": "billed_at", "status": "billed_at",
+              "settled": "billed_at"}
+    monkeypatch.setattr(build_mod, "KNOWN_AT", broken)
     s = settings_for(tmp_path / "home")
     rows = scored_rows(s, leakage_world(tmp_path / "feeds"))
     failed = leaks(rows["P_AFTER"], rows["P_BEFORE"])
