@@ -222,7 +222,8 @@ _TIE_ORDER = {"visit": ", appointment_id"}
 
 def _prepare(con: duckdb.DuckDBPyConnection, as_of: str) -> dict[str, int]:
     """Sorted narrow event tables ``s_<source>`` keyed by an integer patient code ``pk`` (patient_id order), the
-    view ``days`` (every event's patient_id and time, for the labels), ``pids`` and the snapshot times ``snaps``."""
+    views ``events_pk`` (every event's pk and time) and ``days`` (the same with patient_id), ``pids`` (pk ->
+    patient_id) and the snapshot times ``snaps``."""
     sources = _sources_sql(as_of)
     for name, sql in sources.items():
         con.execute(f"CREATE OR REPLACE TEMP VIEW src_{name} AS {sql}")
@@ -241,6 +242,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, as_of: str) -> dict[str, int]:
                 JOIN pids USING (patient_id) WHERE ts IS NOT NULL ORDER BY pk, ts{tie}""")
             counts[name] = con.execute(f"SELECT COUNT(*) FROM s_{name}").fetchall()[0][0]
         ev = " UNION ALL ".join(f"SELECT pk, ts FROM s_{n}" for n in sources)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW events_pk AS {ev}")
         # snapshot times: each patient-day's last event, month starts while active, and the as-of time
         con.execute(f"""CREATE OR REPLACE TEMP TABLE snaps AS
             WITH ev AS ({ev}),

@@ -13,8 +13,8 @@
   (replied/confirmed/clicked) on sms/email/phone/portal in the next 90 days; null when there is none,
   or when the point is less than 90 days before the data's end.
 
-Tables are built in DuckDB over the views ``features/build.py`` creates (``p``, ``v_all``, ``e_all``,
-``days``), and written as ``labels_<target>.parquet`` with ``event_timestamp`` (the prediction point),
+Tables are built in DuckDB over the views and tables ``features/build.py`` creates (``p``, ``v_all``, and for
+channel the integer-keyed ``events_pk``, ``s_engagement``, ``pids``), and written as ``labels_<target>.parquet`` with ``event_timestamp`` (the prediction point),
 ``request_ts`` (the same, as epoch seconds) and ``label``.
 """
 
@@ -25,7 +25,6 @@ from pathlib import Path
 
 import duckdb
 
-from features.contracts import MODEL_CHANNELS, POSITIVE_RESPONSES
 
 NO_SHOW_LEAD = dt.timedelta(hours=72)
 CHURN_HORIZON_DAYS = 365
@@ -84,25 +83,24 @@ def churn_sql(as_of: str) -> str:
 
 
 def channel_sql(as_of: str) -> str:
-    pos = ", ".join(f"'{o}'" for o in POSITIVE_RESPONSES)
-    chans = ", ".join(f"'{c}'" for c in MODEL_CHANNELS)
-    code = " ".join(f"WHEN '{c}' THEN {i}" for i, c in enumerate(MODEL_CHANNELS))
+    """Over the build's integer-keyed event tables: ``events_pk`` (every event's ``pk`` and ``ts``), ``s_engagement``
+    (``ch`` is the ``MODEL_CHANNELS`` index, -1 for other channels; ``positive`` a replied/confirmed/clicked outcome)
+    and ``pids`` (``pk`` -> ``patient_id``): integer joins instead of joins on patient-id strings."""
     return f"""
-    WITH span AS (SELECT patient_id, MIN(ts) AS first_ts, MAX(ts) AS last_ts FROM days GROUP BY patient_id),
-    m AS (SELECT patient_id, UNNEST(generate_series(date_trunc('month', first_ts) + INTERVAL 1 MONTH,
+    WITH span AS (SELECT pk, MIN(ts) AS first_ts, MAX(ts) AS last_ts FROM events_pk GROUP BY pk),
+    m AS (SELECT pk, UNNEST(generate_series(date_trunc('month', first_ts) + INTERVAL 1 MONTH,
               LEAST(last_ts + INTERVAL {ACTIVE_LOOKBACK_DAYS} DAYS, {as_of}), INTERVAL 1 MONTH)) AS point FROM span),
-    act AS (SELECT m.patient_id, m.point FROM m ASOF JOIN (SELECT patient_id, ts FROM days) d
-            ON m.patient_id = d.patient_id AND d.ts <= m.point
+    act AS (SELECT m.pk, m.point FROM m ASOF JOIN events_pk d
+            ON m.pk = d.pk AND d.ts <= m.point
             WHERE d.ts >= m.point - INTERVAL {ACTIVE_LOOKBACK_DAYS} DAYS),
-    r AS (SELECT patient_id, occurred_at, channel FROM e_all
-          WHERE outcome IN ({pos}) AND channel IN ({chans}) AND occurred_at <= {as_of}),
-    nxt AS (SELECT act.*, r.occurred_at AS resp_at, r.channel
-            FROM act ASOF LEFT JOIN r ON act.patient_id = r.patient_id AND r.occurred_at > act.point)
-    SELECT patient_id, point,
+    r AS (SELECT pk, ts AS occurred_at, ch FROM s_engagement WHERE positive AND ch >= 0 AND ts <= {as_of}),
+    nxt AS (SELECT act.*, r.occurred_at AS resp_at, r.ch
+            FROM act ASOF LEFT JOIN r ON act.pk = r.pk AND r.occurred_at > act.point)
+    SELECT pids.patient_id, point,
       CASE WHEN point + INTERVAL {CHANNEL_HORIZON_DAYS} DAYS <= {as_of}
             AND resp_at <= point + INTERVAL {CHANNEL_HORIZON_DAYS} DAYS
-           THEN (CASE channel {code} END) END AS label
-    FROM nxt
+           THEN ch::INTEGER END AS label
+    FROM nxt JOIN pids USING (pk)
     """
 
 
