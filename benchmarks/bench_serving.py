@@ -116,6 +116,47 @@ def _stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system) used so far by ``root`` and every process below it (BentoML's
+    arbiter and its workers): a figure that, unlike wall time, other jobs on a shared machine do not
+    inflate much."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0))[1]
+        todo += children.get(pid, [])
+    return total / tick
+
+
+class _Cpu:
+    """Server (process tree) and client (this process) CPU seconds over a block."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+
+    def __enter__(self) -> "_Cpu":
+        self._s0, self._c0 = _tree_cpu_s(self.root), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server_s = _tree_cpu_s(self.root) - self._s0
+        self.client_s = time.process_time() - self._c0
+
+
 def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
@@ -167,7 +208,7 @@ def batch(base: str, pids: list[str]) -> list[float]:
     return out
 
 
-def in_process(env: dict[str, str], pids: list[str]) -> list[float]:
+def in_process(env: dict[str, str], pids: list[str]) -> tuple[list[float], float]:
     """The same explained prediction without HTTP: features, TreeSHAP, reasons, response dict."""
     import datetime as dt
     import gc
@@ -184,15 +225,17 @@ def in_process(env: dict[str, str], pids: list[str]) -> list[float]:
     gc.collect()
     gc.freeze()
     out = []
+    cpu = 0.0
     for i in range(SEQUENTIAL + 50):
         a = _appointment(pids[i % len(pids)], i)
         a["scheduled_at"] = dt.datetime.fromisoformat(a["scheduled_at"])
         a["booked_at"] = dt.datetime.fromisoformat(a["booked_at"])
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         pred.no_show([a], 3)
         if i >= 50:
             out.append((time.perf_counter() - t0) * 1000)
-    return out
+            cpu += time.process_time() - c0
+    return out, cpu * 1000 / SEQUENTIAL
 
 
 def main() -> None:
@@ -204,13 +247,18 @@ def main() -> None:
     t0 = time.perf_counter()
     proc = _start(env, port)
     start_s = time.perf_counter() - t0
+    load_before = os.getloadavg()
     try:
-        seq = sequential(base, pids)
-        rps, errors = asyncio.run(_concurrent(base, pids))
-        bat = batch(base, pids)
+        with _Cpu(proc.pid) as cpu_seq:
+            seq = sequential(base, pids)
+        with _Cpu(proc.pid) as cpu_con:
+            rps, errors = asyncio.run(_concurrent(base, pids))
+        with _Cpu(proc.pid) as cpu_bat:
+            bat = batch(base, pids)
     finally:
         _stop(proc)
-    inproc = in_process(env, pids)
+    inproc, inproc_cpu_ms = in_process(env, pids)
+    load_after = os.getloadavg()
     figures = {
         "served": what,
         "server_start_s": round(start_s, 1),
@@ -226,13 +274,24 @@ def main() -> None:
         "in_process_p50_ms": round(_pct(inproc, 50), 3),
         "in_process_p99_ms": round(_pct(inproc, 99), 3),
         "endpoint_to_in_process_p50_ratio": round(_pct(seq, 50) / _pct(inproc, 50), 1),
+        # CPU per request: what the server spends, independent of other jobs' load (wall figures are not)
+        "sequential_server_cpu_ms": round(cpu_seq.server_s * 1000 / (SEQUENTIAL + 50), 3),
+        "sequential_client_cpu_ms": round(cpu_seq.client_s * 1000 / (SEQUENTIAL + 50), 3),
+        "concurrent_server_cpu_ms": round(cpu_con.server_s * 1000 / (2 * CONCURRENT_REQUESTS), 3),
+        "concurrent_client_cpu_ms": round(cpu_con.client_s * 1000 / (2 * CONCURRENT_REQUESTS), 3),
+        "batch_1000_server_cpu_ms": round(cpu_bat.server_s * 1000 / (BATCH_REPEATS + 1), 1),
+        "in_process_cpu_ms": round(inproc_cpu_ms, 3),
+        "load_average_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
     }
     words = (f"Serving ({what}), one explained /v1/no-show prediction over loopback keep-alive: "
              f"p50 {figures['sequential_p50_ms']} ms, p99 {figures['sequential_p99_ms']} ms (targets 5 / 15 ms); "
              f"{CLIENTS} concurrent clients: {figures['concurrent_rps']} explained predictions/s (target 400, "
              f"{errors} errors); 1,000-appointment batch: median {figures['batch_1000_median_ms']} ms (target 300); "
              f"in-process p50 {figures['in_process_p50_ms']} ms, endpoint/in-process ratio "
-             f"{figures['endpoint_to_in_process_p50_ratio']}x; server ready in {figures['server_start_s']} s.")
+             f"{figures['endpoint_to_in_process_p50_ratio']}x; server ready in {figures['server_start_s']} s. "
+             f"Server CPU per request: {figures['sequential_server_cpu_ms']} ms sequential, "
+             f"{figures['concurrent_server_cpu_ms']} ms at {CLIENTS} clients; per 1,000 batch "
+             f"{figures['batch_1000_server_cpu_ms']} ms; load average {figures['load_average_1m_before_after']}.")
     report("serving", figures, words)
 
 
