@@ -218,8 +218,10 @@ def _asof_join(settings: Settings, store: Any, refs: list[str], entity: pd.DataF
         v, f = r.split(":")
         by_view.setdefault(v, []).append(f)
     con = connect(settings, memory_limit="2GB")  # DuckDB spills to the home's tmp beyond this
-    ent = entity.copy()
-    ent["_row"] = np.arange(len(ent))
+    # only the join keys go to DuckDB; features come back as numpy and are placed by row number, so the entity
+    # frame's other columns (ids, request fields) never round-trip through DuckDB and no ORDER BY is needed
+    ent = pd.DataFrame({"patient_id": entity["patient_id"].to_numpy(), "event_timestamp": entity["event_timestamp"],
+                        "_row": np.arange(len(entity), dtype=np.int64)})
     con.register("entity_df", ent)
     sel, joins = [], []
     for i, (view, feats) in enumerate(by_view.items()):
@@ -231,9 +233,18 @@ def _asof_join(settings: Settings, store: Any, refs: list[str], entity: pd.DataF
                          FROM read_parquet('{src.path}') WHERE "{cr}" <= "{ts}") v{i}
                          ON e.patient_id = v{i}._k{i} AND e.event_timestamp >= v{i}._t{i}""")
         sel += [f'v{i}."{f}"' for f in feats]
-    df = con.execute(f"SELECT e.*, {', '.join(sel)} FROM entity_df e {' '.join(joins)} ORDER BY e._row").df()
+    res = con.execute(f"SELECT e._row, {', '.join(sel)} FROM entity_df e {' '.join(joins)}").fetchnumpy()
     con.close()
-    return df.drop(columns=["_row"])
+    rows = np.asarray(res.pop("_row"))
+    df = entity.reset_index(drop=True)   # a copy with a fresh index, as the joined frame had
+    for name, col in res.items():
+        if np.ma.isMaskedArray(col) and np.ma.getmaskarray(col).any():   # NULL (no snapshot yet) -> NaN
+            col = np.ma.filled(col.astype(np.float64), np.nan)
+        col = np.asarray(col)
+        out = np.empty(len(df), dtype=col.dtype)
+        out[rows] = col
+        df[name] = out
+    return df
 
 
 def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odfv: bool = False,
