@@ -492,9 +492,11 @@ def _past_due_since(D: _Index) -> np.ndarray:
     return D.running_last(D.src["ts_us"] / 1e6, became)
 
 
-def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, rows_per_chunk: int = 1_000_000) -> int:
+def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, rows_per_chunk: int = 1_000_000,
+                     latest_path: Path | None = None) -> int:
     """Snapshot features chunk by chunk (whole patients), appended to one parquet file; the write of one chunk
-    overlaps the computation of the next."""
+    overlaps the computation of the next. The rows at the latest snapshot time (every patient's as-of snapshot)
+    also go to ``latest_path``, for the population defaults."""
     from concurrent.futures import ThreadPoolExecutor
 
     t = con.execute("SELECT MIN(t0), MAX(t1), bool_and(w) FROM (" + " UNION ALL ".join(
@@ -506,7 +508,9 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, rows_per_chunk:
     chunks = _chunks(con, rows_per_chunk, clock0.max_patients())
     ids = con.sql("SELECT patient_id::VARCHAR AS patient_id FROM pids ORDER BY pk").to_arrow_table()
     ids = ids.column(0).combine_chunks().cast(pa.string())
+    latest_us = con.execute("SELECT epoch_us(MAX(ts)) FROM snaps").fetchall()[0][0]
     writer: pq.ParquetWriter | None = None
+    latest_writer: pq.ParquetWriter | None = None
     rows = 0
     pending = None
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -520,14 +524,19 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, rows_per_chunk:
             table = pa.table(arrays)
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+                if latest_path is not None:
+                    latest_writer = pq.ParquetWriter(latest_path, table.schema)
+            if latest_writer is not None:
+                latest_writer.write_table(table.filter(pa.array(snap["ts_us"] == latest_us)))
             if pending is not None:
                 pending.result()
             pending = pool.submit(writer.write_table, table, row_group_size=500_000)
             rows += table.num_rows
         if pending is not None:
             pending.result()
-    if writer is not None:
-        writer.close()
+    for w in (writer, latest_writer):
+        if w is not None:
+            w.close()
     return rows
 
 
@@ -587,13 +596,13 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
         info["snapshot_times"] = con.execute("SELECT COUNT(*) FROM snaps").fetchall()[0][0]
     activity_tmp = out / (ACTIVITY_FILE + ".tmp")
     with _stage("features build: snapshots") as info:
-        info["snapshots"] = snapshots = _write_snapshots(con, activity_tmp, rows_per_chunk)
+        info["snapshots"] = snapshots = _write_snapshots(con, activity_tmp, rows_per_chunk, work / "latest.parquet")
     activity_tmp.replace(out / ACTIVITY_FILE)
     with _stage("features build: labels") as info:
         label_rows = labels.write_labels(con, out, as_of_ts)
         info.update(label_rows)
     with _stage("features build: population defaults") as info:
-        defaults = compute_defaults(con, out, as_of_ts)
+        defaults = compute_defaults(con, out, as_of_ts, work / "latest.parquet")
         (out / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1, sort_keys=True))
         info["columns"] = len(defaults)
     snapshot_hash = _file_hash(out / PROFILE_FILE, out / ACTIVITY_FILE)
@@ -609,13 +618,16 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
                         seconds=time.perf_counter() - t0, snapshot_hash=snapshot_hash)
 
 
-def compute_defaults(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.datetime) -> dict[str, float]:
-    """Medians (numeric) and modes (codes and flags) over every patient's latest snapshot, for unknown patients."""
+def compute_defaults(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.datetime,
+                     latest: Path | None = None) -> dict[str, float]:
+    """Medians (numeric) and modes (codes and flags) over every patient's latest snapshot, for unknown patients.
+    ``latest``: a file holding just the snapshots at the latest time (the build writes one), else the activity file."""
     from features.request_features import recency_features
 
     act, prof = out / ACTIVITY_FILE, out / PROFILE_FILE
-    df = con.execute(f"""SELECT * FROM read_parquet('{act}') a JOIN read_parquet('{prof}') USING (patient_id)
-                     WHERE a.event_timestamp = (SELECT MAX(event_timestamp) FROM read_parquet('{act}'))""").df()
+    src = latest if latest is not None and latest.exists() else act
+    df = con.execute(f"""SELECT * FROM read_parquet('{src}') a JOIN read_parquet('{prof}') USING (patient_id)
+                     WHERE a.event_timestamp = (SELECT MAX(event_timestamp) FROM read_parquet('{src}'))""").df()
     req = as_of.replace(tzinfo=dt.timezone.utc).timestamp()
     rec = recency_features({"request_ts": [req] * len(df), "birth_year": df["birth_year"].tolist(),
                             **{c: df[c].tolist() for c in ACTIVITY_TIMESTAMPS}})
