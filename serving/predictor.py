@@ -198,7 +198,8 @@ class Predictor:
 
     # --- predictions -------------------------------------------------------------------------
     def _explained(self, model: ServedModel, X: np.ndarray, known: list[bool], top_k: int) -> list[dict[str, Any]]:
-        ex = explain(model.booster, X, top_k, multiclass=model.multiclass, slope=model.slope, intercept=model.intercept)
+        ex = explain(model.booster, X, top_k, multiclass=model.multiclass, slope=model.slope, intercept=model.intercept,
+                     batch_booster=model.batch_booster)
         out = []
         base, other = ex.base.tolist(), ex.other.tolist()
         if self._tiers[0] != self.risk_tiers:  # the attribute is public: follow a change to it

@@ -111,3 +111,22 @@ def test_key_check_is_exact():
     for header in (None, b"", b"alpha-key", b"Bearer alpha", b"Bearer alpha-key2", b"Basic alpha-key", b"Bearer "):
         assert not key_ok(header, keys)
     assert not key_ok(b"Bearer alpha-key", [])
+
+
+def test_large_batches_use_the_threaded_copy_with_identical_results(monkeypatch):
+    from serving.explain import BATCH_ROWS
+    from serving.model_source import build
+
+    monkeypatch.setenv("SERVING_XGB_BATCH_THREADS", "2")
+    b, _ = _booster()
+    model = build("no_show", "carecast-no-show", "1", b, {})
+    assert model.batch_booster is not None and model.batch_booster is not model.booster
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(BATCH_ROWS + 44, 6)).astype(np.float32)
+    X[rng.random(X.shape) < 0.05] = np.nan
+    threaded = explain(model.booster, X, 3, batch_booster=model.batch_booster)
+    single = explain(model.booster, X, 3)
+    for field in ("margin", "probability", "base", "contrib", "top", "other"):
+        np.testing.assert_array_equal(getattr(threaded, field), getattr(single, field))
+    monkeypatch.setenv("SERVING_XGB_BATCH_THREADS", "1")
+    assert build("no_show", "carecast-no-show", "1", b, {}).batch_booster is None
