@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import math
 import os
 import resource
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -509,28 +511,47 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, rows_per_chunk:
     ids = con.sql("SELECT patient_id::VARCHAR AS patient_id FROM pids ORDER BY pk").to_arrow_table()
     ids = ids.column(0).combine_chunks().cast(pa.string())
     latest_us = con.execute("SELECT epoch_us(MAX(ts)) FROM snaps").fetchall()[0][0]
+    fetch_lock = threading.Lock()   # one DuckDB connection (its temp tables are connection-local): fetch in turn
+
+    def compute(lo: int, hi: int) -> tuple[pa.Table, pa.Table | None]:
+        with fetch_lock:
+            snap = _fetch(con, "snaps", [], lo, hi)
+            src = {n: _fetch(con, f"s_{n}", cols, lo, hi, _TIE_ORDER.get(n, "")) for n, cols in _SOURCE_COLUMNS.items()}
+        feats = _chunk_features(snap, src, _Clock(lo, t[0], t[1], bool(t[2])), hi - lo)
+        ts = pa.array(snap["ts_us"], type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        arrays = {"patient_id": ids.take(pa.array(snap["pk"])), "event_timestamp": ts, "created": ts}
+        arrays.update({c: pa.array(feats[c], type=pa.float64()) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS})
+        table = pa.table(arrays)
+        latest = table.filter(pa.array(snap["ts_us"] == latest_us)) if latest_path is not None else None
+        return table, latest
+
     writer: pq.ParquetWriter | None = None
     latest_writer: pq.ParquetWriter | None = None
     rows = 0
-    pending = None
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        for lo, hi in chunks:
-            snap = _fetch(con, "snaps", [], lo, hi)
-            src = {n: _fetch(con, f"s_{n}", cols, lo, hi, _TIE_ORDER.get(n, "")) for n, cols in _SOURCE_COLUMNS.items()}
-            feats = _chunk_features(snap, src, _Clock(lo, t[0], t[1], bool(t[2])), hi - lo)
-            ts = pa.array(snap["ts_us"], type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-            arrays = {"patient_id": ids.take(pa.array(snap["pk"])), "event_timestamp": ts, "created": ts}
-            arrays.update({c: pa.array(feats[c], type=pa.float64()) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS})
-            table = pa.table(arrays)
+    workers = max(1, min(2, os.cpu_count() or 1))
+    # numpy and the parquet writer release the GIL: chunks are computed by `workers` threads while the writer
+    # thread appends finished chunks in order; at most workers + 1 chunks are in memory at once
+    with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=1) as write_pool:
+        todo = iter(chunks)
+        running = [pool.submit(compute, lo, hi) for lo, hi in itertools.islice(todo, workers)]
+        pending = None
+        while running:
+            table, latest = running.pop(0).result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                running.append(pool.submit(compute, *nxt))
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema, compression="zstd")
                 if latest_path is not None:
                     latest_writer = pq.ParquetWriter(latest_path, table.schema)
-            if latest_writer is not None:
-                latest_writer.write_table(table.filter(pa.array(snap["ts_us"] == latest_us)))
             if pending is not None:
                 pending.result()
-            pending = pool.submit(writer.write_table, table, row_group_size=500_000)
+
+            def write(table: pa.Table = table, latest: pa.Table | None = latest) -> None:
+                writer.write_table(table, row_group_size=500_000)
+                if latest_writer is not None and latest is not None:
+                    latest_writer.write_table(latest)
+            pending = write_pool.submit(write)
             rows += table.num_rows
         if pending is not None:
             pending.result()
