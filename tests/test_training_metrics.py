@@ -110,3 +110,13 @@ def test_subgroup_standard_errors_count_patients_not_rows() -> None:
     gap_rows, gap_pat = M.largest_gap(rows.reset_index()), M.largest_gap(clustered.reset_index())
     assert gap_pat["gap"] == pytest.approx(gap_rows["gap"]) and gap_pat["gap_lower"] < gap_rows["gap_lower"]
     assert "30 patients" in gap_pat["low"]
+
+
+def test_thin_keeps_at_most_cap_rows_of_the_mask_reproducibly() -> None:
+    from training.split import thin
+
+    mask = np.zeros(10_000, bool)
+    mask[::3] = True
+    a, b = thin(mask, 500, seed=3), thin(mask, 500, seed=3)
+    assert a.sum() == 500 and not (a & ~mask).any() and (a == b).all()
+    assert thin(mask, 10**6) is mask and thin(mask, 0) is mask

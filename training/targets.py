@@ -28,6 +28,10 @@ class TargetSpec:
     #: share of patients held out as the validation set (``training.split.time_split``); 0: the
     #: validation window's rows of every patient
     val_entity_frac: float = 0.0
+    #: at most this many training / validation rows go into the fit (a uniform sample beyond it;
+    #: ``training.split.thin``); evaluation always uses every test row
+    max_fit_rows: int = 500_000
+    max_val_rows: int = 150_000
 
     @property
     def experiment(self) -> str:

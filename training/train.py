@@ -21,7 +21,7 @@ from training import baselines as B
 from training import card, data, plots, registry, tracking
 from training import metrics as M
 from training.model import Shape, fit, n_trees, predict, shap_rows_per_second
-from training.split import time_split
+from training.split import thin, time_split
 from training.targets import TargetSpec, spec
 
 log = logs.get("training")
@@ -97,7 +97,9 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
     k = len(target.classes)
 
     with logs.stage(log, f"{target.name}: fit") as info:
-        fitted = fit(target.kind, X[sp.train], y[sp.train], X[sp.val], y[sp.val], shape, n_classes=k)
+        tr, va = thin(sp.train, target.max_fit_rows, shape.seed), thin(sp.val, target.max_val_rows, shape.seed)
+        info["train_rows"], info["val_rows"] = int(tr.sum()), int(va.sum())
+        fitted = fit(target.kind, X[tr], y[tr], X[va], y[va], shape, n_classes=k)
         info["best_iteration"] = fitted.best_iteration
     booster = fitted.booster
 
@@ -105,7 +107,7 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
         p_test = predict(booster, X[sp.test])
         p_val = predict(booster, X[sp.val])
         test = evaluate(target, y[sp.test], p_test, groups[sp.test], data.patients(df[sp.test]))
-        base = B.fit_baselines(target.kind, k, feats, list(cats), X[sp.train], y[sp.train], X[sp.val], y[sp.val])
+        base = B.fit_baselines(target.kind, k, feats, list(cats), X[tr], y[tr], X[va], y[va])
         base_metrics, base_preds = {}, {}
         for name, b in base.items():
             base_preds[name] = b.predict(X[sp.test])
@@ -130,6 +132,7 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
         "gap_metric": "AUC" if target.kind == "binary" else "one-vs-rest AUC",
         "baselines": base_metrics, "oracle": orc,
         "n": {"train": int(sp.train.sum()), "val": int(sp.val.sum()), "test": int(sp.test.sum())},
+        "n_fit": {"train": int(tr.sum()), "val": int(va.sum())},
     }
     if register:
         with logs.stage(log, f"{target.name}: log to MLflow") as info:
@@ -188,6 +191,7 @@ def _log(settings: Settings, target: TargetSpec, result: dict, booster, X: pd.Da
         params = {f"shape.{k}": v for k, v in result["shape"].items()} | {
             "best_iteration": result["best_iteration"], "n_features": len(result["features"]),
             "n_train": result["n"]["train"], "n_val": result["n"]["val"], "n_test": result["n"]["test"],
+            "n_fit_train": result["n_fit"]["train"], "n_fit_val": result["n_fit"]["val"],
             "calibration": result["calibration"]["method"], "calibration_a": round(result["calibration"]["a"], 6),
             "calibration_b": round(result["calibration"]["b"], 6), "purge_days": result["purge_days"],
             "rule_baseline": result["baselines"].get("rule", {}).get("label", "none")}
