@@ -3,11 +3,12 @@
 **Drift** (``drift``): an Evidently report comparing *current* features with the champion's
 *reference* features, per target.
 
-* Reference: the champion's own data, in this order of preference: (1) the sample the pipeline logged
-  with the model's run (``monitoring/reference.parquet``, see ``log_reference``); (2) rebuilt from the
-  window recorded in the model version's tags (``data.*``) with point-in-time features from the feature
-  store. Which window: ``monitor.reference_window``, by default the champion's **test** window (the
-  newest labelled data, on which its quality was measured; the train window of a young practice is
+* Reference: the **scoring population** as of the champion's reference window (``scoring_reference``: every
+  prediction point in the window, labelled or not, with point-in-time features; not the training rows, which
+  for the channel model are only the patients who responded). In this order of preference: (1) the sample the
+  pipeline logged with the model's run (``REFERENCE_ARTIFACT``, see ``log_reference``); (2) rebuilt from the
+  window recorded in the model version's tags (``data.*``). Which window: ``monitor.reference_window``, by
+  default the champion's **test** window (the newest labelled data; the train window of a young practice is
   dominated by patients with short histories). At most ``monitor.reference_rows`` rows (seeded sample).
 * Current: predictions the service captured since ``--since`` (``serving/capture.py``) when there
   are at least ``monitor.min_current_rows`` of them for the champion's model; otherwise the latest
@@ -15,11 +16,12 @@
   minus ``monitor.recent_days``), with point-in-time features (for no-show: the booked appointments).
 * Tests: Wasserstein distance (normed by the reference's standard deviation) for numeric features,
   Jensen-Shannon distance for categorical ones, both at 0.1 (effect sizes: a p-value test flags
-  negligible differences on large samples); configurable.
+  negligible differences on large samples); configurable. Each feature's threshold is raised to its noise
+  floor, from splits that move whole patients (``noise_floors``).
 * Verdict: the share of drifted features among the *monitored* features; ``flagged`` when it reaches
   ``monitor.drift_share``. Lifetime totals (``*_all``, ``billed_total``, per-channel send and response
-  counts, ...) grow with every patient's history by construction: they are reported but not counted
-  (``monitor.trend_features``).
+  counts, ...) and times since an event (``RECORDS_AGE_FEATURES``) grow with the records' age by
+  construction: they are reported but not counted (``monitor.trend_features``).
 
 Output under ``$CARECAST_HOME/monitoring/drift/<stamp>/``: ``<target>.html`` (Evidently),
 ``<target>.json`` (Evidently's snapshot) and ``summary.json`` (ours: per-feature scores, share, verdict,
@@ -65,6 +67,15 @@ IDENTIFIERS = ("patient_id", "appointment_id", "patient_key", "appointment_key")
 def _group_codes(ids: pd.Series, seed: int = 0) -> np.ndarray:
     codes, uniq = pd.factorize(pd.Series(ids).astype(str))
     return np.random.default_rng(seed).permutation(len(uniq))[codes].astype("int64")
+
+#: time since an event (``days_since_*``, ``days_past_due``): bounded by how long the records go back, so their
+#: tails grow with the records' age, as lifetime totals do (measured on the unshifted 1,500-patient world: the
+#: churn reference of 2024 sees at most ~1,400 days, the current window ~1,900; "never" (NaN) shrinks from 52% to
+#: 42% for ``days_since_last_no_show``). Reported, not counted in the verdict, like ``monitor.trend_features``.
+RECORDS_AGE_FEATURES = ("days_since_last_completed", "days_since_last_no_show", "days_since_last_response",
+                        "days_since_last_response_sms", "days_since_last_response_email",
+                        "days_since_last_response_phone", "days_since_last_response_portal", "days_past_due")
+
 
 def monitor_settings(settings: Any) -> MonitorSettings:
     """The ``monitor`` section (defaults for a settings-like object without one, as tests pass)."""
@@ -353,7 +364,7 @@ def run_report(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], categor
     from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset
 
-    trend = [c for c in columns if c in set(cfg.trend_features)]
+    trend = [c for c in columns if c in set(cfg.trend_features) | set(RECORDS_AGE_FEATURES)]
     counted = [c for c in columns if c not in set(trend)]
     floors = noise_floors(ref, cur, columns, categorical, cfg)
     thresholds = {c: round(max(cfg.threshold, floors.get(c, 0.0)), 4) for c in columns}

@@ -145,3 +145,16 @@ def test_repeated_rows_of_a_patient_do_not_make_noise_look_like_drift() -> None:
     shifted = cur.assign(open_balance=cur["open_balance"] * 1.6)
     _, _, drifted, _ = monitor.run_report(ref, shifted, COLS, CATS, cfg)
     assert "open_balance" in drifted
+
+
+def test_time_since_features_are_reported_not_counted() -> None:
+    """``days_since_*`` grow with the records' age (censored by their start): in the report, not the verdict."""
+    cfg = monitor.MonitorSettings(drift_share=0.3, noise_reps=10)
+    ref, cur = _frame(1500, 0), _frame(600, 1)
+    ref["days_since_last_no_show"] = np.random.default_rng(0).uniform(0, 1400, len(ref))
+    cur["days_since_last_no_show"] = np.random.default_rng(1).uniform(0, 1900, len(cur))
+    cols = [*COLS, "days_since_last_no_show"]
+    _, rows, drifted, share = monitor.run_report(ref, cur, cols, CATS, cfg)
+    by = {r["feature"]: r for r in rows}
+    assert by["days_since_last_no_show"]["drifted"] and not by["days_since_last_no_show"]["counted"]
+    assert "days_since_last_no_show" not in drifted

@@ -14,11 +14,15 @@ import pytest
 from carecast.settings import load_settings
 
 SHIFT_FROM = "2025-12-01"
+DRIFT_SHARE = 0.1
 
 
 @pytest.mark.slow
-def test_billing_shift_is_flagged_retrained_and_gated(home: Path, carecast_ok) -> None:
+def test_billing_shift_is_flagged_retrained_and_gated(home: Path, carecast_ok, monkeypatch: pytest.MonkeyPatch) -> None:
     ok = carecast_ok
+    # with patient-level noise floors the policy moves about 7 of 52 monitored no-show features (share ~0.13)
+    # and the unshifted world at most 0.06 (docs/monitoring.md): 0.2 was sized on noise-inflated shares
+    monkeypatch.setenv("CARECAST_MONITOR__DRIFT_SHARE", str(DRIFT_SHARE))
     ok("data", "synth", "--patients", "1500", "--seed", "7", "--shift", "billing_policy", "--shift-from", SHIFT_FROM)
     # the world as known the day the policy changed: the first champion learns from it
     first = ok("pipeline", "run", "--target", "no_show", "--as-of", SHIFT_FROM, "--no-plots", "--until", "gate")
@@ -51,7 +55,7 @@ def test_billing_shift_is_flagged_retrained_and_gated(home: Path, carecast_ok) -
     client = MlflowClient(s.tracking_uri, registry_uri=s.tracking_uri)
     v1 = client.get_model_version("carecast-no-show", "1")
     v2 = client.get_model_version("carecast-no-show", "2")
-    assert v1.tags["drift.flagged"] == "true" and float(v1.tags["drift.share"]) >= 0.2
+    assert v1.tags["drift.flagged"] == "true" and float(v1.tags["drift.share"]) >= DRIFT_SHARE
     assert "new data" in v2.tags["retrain.reason"]
     assert v2.tags["gate.decision"] in {"promoted", "refused"} and "AUC" in v2.tags["gate.reasons"]
     gate_run = client.get_run(v2.tags["gate.run_id"])
@@ -62,7 +66,7 @@ def test_billing_shift_is_flagged_retrained_and_gated(home: Path, carecast_ok) -
     assert pipe.data.tags["gate.no_show"] == f"v2 {v2.tags['gate.decision']}"
     assert pipe.data.tags["gate.no_show.reasons"] and pipe.data.tags["retrain.no_show"].startswith("v2:")
     drift_run = client.get_run(v1.tags["drift.run_id"])
-    assert drift_run.data.tags["drift.flagged"] == "true" and drift_run.data.metrics["drift_share_drifted"] >= 0.2
+    assert drift_run.data.tags["drift.flagged"] == "true" and drift_run.data.metrics["drift_share_drifted"] >= DRIFT_SHARE
 
     # nothing new: a re-run does no work (drift re-checks only when the champion changed)
     third = ok("pipeline", "run", "--target", "no_show", "--no-plots")
