@@ -51,7 +51,8 @@ class FeastFeatureSource:
     protobuf and converts every row's timestamp: about 1 s for 1,000 patients); other online stores
     go through Feast's ``online_read``. A feature service the plan does not cover (an on-demand view
     that is not plain ``mode="python"``) is read through ``features.store.online_features``.
-    Plans are rebuilt after the registry's cache TTL, as Feast refreshes its registry.
+    Plans are rebuilt after the registry's cache TTL, as Feast refreshes its registry (in a thread,
+    answering with the current plan meanwhile).
     """
 
     def __init__(self, settings: Any) -> None:
@@ -60,6 +61,8 @@ class FeastFeatureSource:
         self.settings = settings
         self._store = store
         self._plans: dict[tuple[str, tuple[str, ...]], tuple[float, _Plan | None]] = {}
+        self._refresh_lock = threading.Lock()
+        self._refreshing: set[tuple[str, tuple[str, ...]]] = set()
 
     def fetch(self, target, patient_ids, requests, feature_names):
         names = tuple(feature_names)
@@ -87,9 +90,15 @@ class FeastFeatureSource:
     def _plan(self, target: str, names: tuple[str, ...]) -> "_Plan | None":
         key = (target, names)
         hit = self._plans.get(key)
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < _plan_ttl(hit[1]):
+        if hit is not None:
+            if time.monotonic() - hit[0] >= _plan_ttl(hit[1]):
+                self._refresh_later(key)  # keep answering with the current plan meanwhile
             return hit[1]
+        return self._build(key)
+
+    def _build(self, key: tuple[str, tuple[str, ...]]) -> "_Plan | None":
+        target, names = key
+        now = time.monotonic()
         available = self._store.feature_columns(STORE_TARGETS[target])
         missing = [n for n in names if n not in available]
         if missing:
@@ -101,6 +110,25 @@ class FeastFeatureSource:
             plan = None
         self._plans[key] = (now, plan)
         return plan
+
+    def _refresh_later(self, key: tuple[str, tuple[str, ...]]) -> None:
+        """Rebuild a stale plan (registry TTL) in a thread: building one reads the registry (~30 ms)."""
+        with self._refresh_lock:
+            if key in self._refreshing:
+                return
+            self._refreshing.add(key)
+
+        def run() -> None:
+            try:
+                self._build(key)
+            except Exception as exc:  # keep the current plan; name the failure, never data
+                log.error("feature read plan refresh failed: %s", type(exc).__name__)
+                self._plans[key] = (time.monotonic(), self._plans[key][1])
+            finally:
+                with self._refresh_lock:
+                    self._refreshing.discard(key)
+
+        threading.Thread(target=run, name="carecast-feature-plan", daemon=True).start()
 
 
 class _Unsupported(Exception):

@@ -99,3 +99,25 @@ def test_entity_keys_are_feasts_own_encoding(store_home):
     assert plan._entity_keys(ids, "patient_id") == [
         serialize_entity_key(EntityKey(join_keys=["patient_id"], entity_values=[Value(string_val=i)]),
                              entity_key_serialization_version=3) for i in ids]
+
+
+def test_a_stale_plan_is_rebuilt_in_the_background(store_home):
+    import time
+
+    from features import store
+    from serving.feature_source import FeastFeatureSource
+
+    src = FeastFeatureSource(store_home)
+    names = tuple(store.feature_columns("churn"))
+    ids = sup.known_patient_ids(store_home, 2)
+    first, _ = src.fetch("churn", ids, _requests("churn", 2), names)
+    key = ("churn", names)
+    built_at, plan = src._plans[key]
+    src._plans[key] = (built_at - 3600, plan)  # past the registry TTL
+    again, _ = src.fetch("churn", ids, _requests("churn", 2), names)  # answered by the old plan
+    np.testing.assert_array_equal(first, again)
+    for _ in range(200):
+        if src._plans[key][1] is not plan:
+            break
+        time.sleep(0.05)
+    assert src._plans[key][1] is not plan and src._plans[key][0] > built_at - 3600
