@@ -42,6 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--patients", type=int, default=100_000)
     ap.add_argument("--rows-per-chunk", type=int, default=1_000_000, help="snapshots per numpy chunk (memory bound)")
+    ap.add_argument("--memory-limit", default=None, help="DuckDB memory_limit for the build, e.g. 3GB (spills beyond)")
     ap.add_argument("--home", type=Path, default=None, help="CARECAST_HOME to build into (kept; default a temp folder)")
     ap.add_argument("--keep", type=Path, default=None, help="folder to keep/reuse the generated world in")
     args = ap.parse_args()
@@ -60,7 +61,7 @@ def main() -> None:
     s = load_settings(environ={**os.environ, "CARECAST_HOME": str(home)})
     load = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), cpu_s()
-    summary = build_features(s, data, rows_per_chunk=args.rows_per_chunk)
+    summary = build_features(s, data, memory_limit=args.memory_limit, rows_per_chunk=args.rows_per_chunk)
     secs, cpu = time.perf_counter() - t0, cpu_s() - c0
     rows_in = sum(counts.values())
     figures = {"patients": counts["patients"], "visits": counts["visits"], "input_rows": rows_in,
@@ -68,7 +69,7 @@ def main() -> None:
                "visits_per_s": round(counts["visits"] / secs), "input_rows_per_s": round(rows_in / secs),
                "peak_rss_mb": round(peak_rss_mb()), "load_avg_1m_at_start": round(load, 1),
                "seconds_per_10M_visits": round(secs * 10_000_000 / max(counts["visits"], 1), 1),
-               "rows_per_chunk": args.rows_per_chunk, "home": str(home)}
+               "rows_per_chunk": args.rows_per_chunk, "memory_limit": args.memory_limit, "home": str(home)}
     report("features_build", figures,
            f"feature build: {counts['patients']:,} patients, {counts['visits']:,} visits, {rows_in:,} feed rows "
            f"-> {summary.snapshots:,} snapshots in {secs:.1f}s wall, {cpu:.0f} CPU-s ({figures['visits_per_s']:,} visits/s, "

@@ -224,14 +224,16 @@ _TIE_ORDER = {"visit": ", appointment_id"}
 
 def _prepare(con: duckdb.DuckDBPyConnection, as_of: str) -> dict[str, int]:
     """Sorted narrow event tables ``s_<source>`` keyed by an integer patient code ``pk`` (patient_id order), the
-    views ``events_pk`` (every event's pk and time) and ``days`` (the same with patient_id), ``pids`` (pk ->
-    patient_id) and the snapshot times ``snaps``."""
+    views ``events_pk`` (every event's pk and time) and ``days`` (the same with patient_id) and ``pids`` (pk ->
+    patient_id, ``registered``: known to the practice by the as-of time)."""
     sources = _sources_sql(as_of)
     for name, sql in sources.items():
         con.execute(f"CREATE OR REPLACE TEMP VIEW src_{name} AS {sql}")
     con.execute("CREATE OR REPLACE TEMP VIEW days AS "
                 + " UNION ALL ".join(f"SELECT patient_id, ts FROM src_{n}" for n in sources))
-    con.execute("""CREATE OR REPLACE TEMP TABLE pids AS SELECT patient_id, (row_number() OVER (ORDER BY patient_id) - 1)::INT AS pk
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE pids AS SELECT patient_id,
+            (row_number() OVER (ORDER BY patient_id) - 1)::INT AS pk,
+            patient_id IN (SELECT patient_id FROM p WHERE registered_at <= {as_of}) AS registered
         FROM (SELECT patient_id FROM p UNION SELECT patient_id FROM v_all UNION SELECT patient_id FROM b_all
               UNION SELECT patient_id FROM e_all) WHERE patient_id IS NOT NULL""")
     counts = {}
@@ -245,35 +247,25 @@ def _prepare(con: duckdb.DuckDBPyConnection, as_of: str) -> dict[str, int]:
             counts[name] = con.execute(f"SELECT COUNT(*) FROM s_{name}").fetchall()[0][0]
         ev = " UNION ALL ".join(f"SELECT pk, ts FROM s_{n}" for n in sources)
         con.execute(f"CREATE OR REPLACE TEMP VIEW events_pk AS {ev}")
-        # snapshot times: each patient-day's last event, month starts while active, and the as-of time
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE snaps AS
-            WITH ev AS ({ev}),
-            span AS (SELECT pk, MIN(ts) AS first_ts, MAX(ts) AS last_ts FROM ev GROUP BY pk),
-            daylast AS (SELECT pk, MAX(ts) AS ts FROM ev GROUP BY pk, date_trunc('day', ts)),
-            months AS (SELECT pk, UNNEST(generate_series(date_trunc('month', first_ts) + INTERVAL 1 MONTH,
-                           LEAST(last_ts + INTERVAL 730 DAYS, {as_of}), INTERVAL 1 MONTH)) AS ts FROM span),
-            at_asof AS (SELECT pk, {as_of} AS ts FROM p JOIN pids USING (patient_id) WHERE registered_at <= {as_of}
-                        UNION ALL SELECT pk, {as_of} AS ts FROM span)
-            SELECT DISTINCT pk, ts FROM (SELECT * FROM daylast UNION ALL SELECT * FROM months
-                                         UNION ALL SELECT * FROM at_asof) ORDER BY pk, ts""")
     finally:
         con.execute("SET preserve_insertion_order=false")
     return counts
 
 
 def _chunks(con: duckdb.DuckDBPyConnection, rows_per_chunk: int, max_patients: int) -> list[tuple[int, int]]:
-    """Patient-code ranges [lo, hi) holding about ``rows_per_chunk`` snapshots (whole patients)."""
-    per = con.execute("SELECT pk, COUNT(*) AS n FROM snaps GROUP BY pk ORDER BY pk").fetchnumpy()
-    pks, n = np.asarray(per["pk"], dtype=np.int64), np.asarray(per["n"], dtype=np.int64)
-    if len(pks) == 0:
-        return []
+    """Patient-code ranges [lo, hi) of whole patients, each about ``rows_per_chunk`` snapshots (estimated as the
+    patient's events plus 60 month starts)."""
+    n_pk = con.execute("SELECT COUNT(*) FROM pids").fetchall()[0][0]
+    per = con.execute("SELECT pk, COUNT(*) AS n FROM events_pk GROUP BY pk").fetchnumpy()
+    est = np.full(n_pk, 1, dtype=np.int64)
+    est[np.asarray(per["pk"], dtype=np.int64)] += np.asarray(per["n"], dtype=np.int64) + 60
     out, i = [], 0
-    cum = np.cumsum(n)
-    while i < len(pks):
+    cum = np.cumsum(est)
+    while i < n_pk:
         base = cum[i - 1] if i else 0
         j = int(np.searchsorted(cum, base + rows_per_chunk, side="right"))
-        j = min(max(j, i + 1), len(pks), i + max_patients)
-        out.append((int(pks[i]), int(pks[j - 1]) + 1))
+        j = min(max(j, i + 1), n_pk, i + max_patients)
+        out.append((i, j))
         i = j
     return out
 
@@ -408,6 +400,36 @@ class _Clock:
         return self._starts[days]
 
 
+def _snapshot_times(src: dict[str, dict], registered: np.ndarray, clock: _Clock, as_of_us: int) -> dict:
+    """The chunk's snapshot points, sorted by (patient, time): each patient-day's last event (UTC days), month starts
+    (00:00 UTC) from the month after the first event while the patient had an event in the previous two years
+    (up to the as-of time), and the as-of time for patients registered by then or with any event."""
+    pk = np.concatenate([s["pk"] for s in src.values()]).astype(np.int64)
+    ts = np.concatenate([s["ts_us"] for s in src.values()]).astype(np.int64)
+    order = np.argsort(clock.key(pk, ts), kind="stable")
+    pk, ts = pk[order], ts[order]
+    day_key = ((pk - clock.lo_pk) << 32) | np.floor_divide(ts, 86_400_000_000)
+    last_of_day = np.ones(len(ts), dtype=bool)
+    last_of_day[:-1] = day_key[1:] != day_key[:-1]
+    new = np.ones(len(pk), dtype=bool)
+    new[1:] = pk[1:] != pk[:-1]
+    first_i = np.flatnonzero(new)
+    last_i = np.concatenate([first_i[1:] - 1, [len(pk) - 1]]) if len(pk) else first_i
+    ev_pk, first_ts, last_ts = pk[first_i], ts[first_i], ts[last_i]
+    start_m = first_ts.astype("datetime64[us]").astype("datetime64[M]") + 1
+    stop = np.minimum(last_ts + 730 * 86_400_000_000, as_of_us)
+    n_months = np.maximum((stop.astype("datetime64[us]").astype("datetime64[M]") - start_m).astype(np.int64) + 1, 0)
+    m_pk = np.repeat(ev_pk, n_months)
+    step = np.arange(len(m_pk)) - np.repeat(np.cumsum(n_months) - n_months, n_months)
+    m_ts = (np.repeat(start_m, n_months) + step).astype("datetime64[us]").astype(np.int64)
+    reg = np.flatnonzero(registered) + clock.lo_pk
+    asof_pk = np.union1d(reg, ev_pk)
+    all_pk = np.concatenate([pk[last_of_day], m_pk, asof_pk])
+    all_ts = np.concatenate([ts[last_of_day], m_ts, np.full(len(asof_pk), as_of_us, dtype=np.int64)])
+    _, keep = np.unique(clock.key(all_pk, all_ts), return_index=True)   # sorted, one per (patient, time)
+    return {"pk": all_pk[keep], "ts_us": all_ts[keep]}
+
+
 def _rate(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den where den > 0, else NaN."""
     return np.divide(num, den, out=np.full(len(den), np.nan), where=den > 0)
@@ -494,30 +516,35 @@ def _past_due_since(D: _Index) -> np.ndarray:
     return D.running_last(D.src["ts_us"] / 1e6, became)
 
 
-def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, rows_per_chunk: int = 1_000_000,
+def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, as_of: str, rows_per_chunk: int = 1_000_000,
                      latest_path: Path | None = None) -> int:
     """Snapshot features chunk by chunk (whole patients), appended to one parquet file; the write of one chunk
     overlaps the computation of the next. The rows at the latest snapshot time (every patient's as-of snapshot)
     also go to ``latest_path``, for the population defaults."""
     from concurrent.futures import ThreadPoolExecutor
 
+    as_of_us = con.execute(f"SELECT epoch_us({as_of})").fetchall()[0][0]
     t = con.execute("SELECT MIN(t0), MAX(t1), bool_and(w) FROM (" + " UNION ALL ".join(
-        f"SELECT epoch_us(MIN(ts)) AS t0, epoch_us(MAX(ts)) AS t1, bool_and(epoch_us(ts) % 1000000 = 0) AS w FROM {n}"
-        for n in ["snaps", *(f"s_{s}" for s in _SOURCE_COLUMNS)]) + ") WHERE t0 IS NOT NULL").fetchall()[0]
-    if t[0] is None:
-        return 0
-    clock0 = _Clock(0, t[0], t[1], bool(t[2]))
+        f"SELECT epoch_us(MIN(ts)) AS t0, epoch_us(MAX(ts)) AS t1, bool_and(epoch_us(ts) % 1000000 = 0) AS w FROM s_{n}"
+        for n in _SOURCE_COLUMNS) + ") WHERE t0 IS NOT NULL").fetchall()[0]
+    t = (min(t[0], as_of_us), max(t[1], as_of_us), bool(t[2]) and as_of_us % 1_000_000 == 0) \
+        if t[0] is not None else (as_of_us, as_of_us, as_of_us % 1_000_000 == 0)
+    clock0 = _Clock(0, t[0], t[1], t[2])
     chunks = _chunks(con, rows_per_chunk, clock0.max_patients())
-    ids = con.sql("SELECT patient_id::VARCHAR AS patient_id FROM pids ORDER BY pk").to_arrow_table()
-    ids = ids.column(0).combine_chunks().cast(pa.string())
-    latest_us = con.execute("SELECT epoch_us(MAX(ts)) FROM snaps").fetchall()[0][0]
+    if not chunks:
+        return 0
+    pids = con.sql("SELECT patient_id::VARCHAR AS patient_id, registered FROM pids ORDER BY pk").to_arrow_table()
+    ids = pids.column(0).combine_chunks().cast(pa.string())
+    registered = pids.column(1).to_numpy(zero_copy_only=False).astype(bool)
+    latest_us = t[1]   # every patient has an as-of snapshot; events are never later than the as-of time
     fetch_lock = threading.Lock()   # one DuckDB connection (its temp tables are connection-local): fetch in turn
 
     def compute(lo: int, hi: int) -> tuple[pa.Table, pa.Table | None]:
         with fetch_lock:
-            snap = _fetch(con, "snaps", [], lo, hi)
             src = {n: _fetch(con, f"s_{n}", cols, lo, hi, _TIE_ORDER.get(n, "")) for n, cols in _SOURCE_COLUMNS.items()}
-        feats = _chunk_features(snap, src, _Clock(lo, t[0], t[1], bool(t[2])), hi - lo)
+        clock = _Clock(lo, t[0], t[1], t[2])
+        snap = _snapshot_times(src, registered[lo:hi], clock, as_of_us)
+        feats = _chunk_features(snap, src, clock, hi - lo)
         ts = pa.array(snap["ts_us"], type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
         arrays = {"patient_id": ids.take(pa.array(snap["pk"])), "event_timestamp": ts, "created": ts}
         arrays.update({c: pa.array(feats[c], type=pa.float64()) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS})
@@ -614,10 +641,10 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
         counts = _prepare(con, lit)
         info.update(counts)
         info["events"] = events = sum(counts.values())
-        info["snapshot_times"] = con.execute("SELECT COUNT(*) FROM snaps").fetchall()[0][0]
     activity_tmp = out / (ACTIVITY_FILE + ".tmp")
     with _stage("features build: snapshots") as info:
-        info["snapshots"] = snapshots = _write_snapshots(con, activity_tmp, rows_per_chunk, work / "latest.parquet")
+        info["snapshots"] = snapshots = _write_snapshots(con, activity_tmp, lit, rows_per_chunk,
+                                                         work / "latest.parquet")
     activity_tmp.replace(out / ACTIVITY_FILE)
     with _stage("features build: labels") as info:
         label_rows = labels.write_labels(con, out, as_of_ts)
