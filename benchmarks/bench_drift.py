@@ -2,7 +2,8 @@
 
 1. Drift: ``pipelines.monitor.drift`` for the three targets on a world built by bench_pipeline.py
    (``--home``; default: the 20,000-patient one), timed end to end (reference, current features,
-   noise floors, Evidently report, HTML/JSON, MLflow record) with CPU seconds.
+   noise floors, Evidently report, HTML/JSON, MLflow record) with CPU seconds, and per target where it went
+   (reference, current features, report incl. noise floors, HTML/JSON) and the share drifted.
 2. Capture: ``PredictionCapture.record`` per call (what a request pays), and the background writer's
    rows per second.
 
@@ -64,6 +65,7 @@ def capture_figures() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", type=Path, default=Path("/tmp/cc-bench-pipeline/home-20000"))
+    ap.add_argument("--no-record", action="store_true", help="Leave MLflow alone (no drift run, no version tags).")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     os.environ["CARECAST_HOME"] = str(a.home)
@@ -77,11 +79,13 @@ def main() -> None:
 
         s = load_settings()
         t, c, l0 = time.perf_counter(), cpu(), os.getloadavg()[0]
-        r = monitor.drift(s)
+        r = monitor.drift(s, record=not a.no_record)
         wall, used = time.perf_counter() - t, cpu() - c
         figures |= {"drift_seconds": round(wall, 1), "drift_cpu_seconds": round(used, 1), "load": round(l0, 2),
                     "home": str(a.home), **{f"drift_{k}_seconds": round(d.seconds, 1) for k, d in r.targets.items()},
-                    **{f"drift_{k}_rows": [d.reference["rows"], d.current["rows"]] for k, d in r.targets.items()}}
+                    **{f"drift_{k}_rows": [d.reference["rows"], d.current["rows"]] for k, d in r.targets.items()},
+                    **{f"drift_{k}_parts_seconds": d.timings for k, d in r.targets.items()},
+                    **{f"drift_{k}_share": round(d.share, 3) for k, d in r.targets.items()}}
         words.append(f"drift report for {len(r.targets)} targets: {wall:.1f} s wall, {used:.1f} s CPU (load {l0:.1f}); "
                      + ", ".join(f"{k} {d.seconds:.1f} s ({d.reference['rows']:,} vs {d.current['rows']:,} rows)"
                                  for k, d in r.targets.items()))

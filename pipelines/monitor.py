@@ -245,6 +245,7 @@ class TargetDrift:
     json: str
     seconds: float
     mlflow_run_id: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: reference, current, report, save
 
     def describe(self) -> str:
         word = "DRIFT" if self.flagged else "no drift"
@@ -449,22 +450,28 @@ def drift(settings: Settings, targets: list[str] | None = None, since: dt.dateti
         t = time.perf_counter()
         with logs.stage(log, f"drift {target}") as info:
             ref, ref_src = reference(settings, target, mv)
+            t_ref = time.perf_counter()
             cur, cur_src = current(settings, target, mv.name, since_ts)
+            t_cur = time.perf_counter()
             columns = [c for c in store.feature_columns(target) if c in ref.columns and c in cur.columns]
             cats = [c for c in store.categorical_columns(target) if c in columns]
             if len(cur) < 2 or len(ref) < 2:
                 result.skipped[target] = f"too few rows (reference {len(ref)}, current {len(cur)})"
                 continue
             snapshot, rows, drifted, share = run_report(ref, cur, columns, cats, cfg)
+            t_rep = time.perf_counter()
             html, js = folder / f"{target}.html", folder / f"{target}.json"
             snapshot.save_html(str(html))
             snapshot.save_json(str(js))
+            timings = {"reference": t_ref - t, "current": t_cur - t_ref, "report": t_rep - t_cur,
+                       "save": time.perf_counter() - t_rep}
             td = TargetDrift(target=target, model={"name": mv.name, "version": str(mv.version)},
                              flagged=share >= cfg.drift_share, dataset_drift=share >= cfg.drift_share,
                              share=share, drifted=drifted, features=rows,
                              reference={"rows": len(ref), "source": ref_src},
                              current={"rows": len(cur), "source": cur_src, "since": since_ts.isoformat()},
-                             html=str(html), json=str(js), seconds=time.perf_counter() - t)
+                             html=str(html), json=str(js), seconds=time.perf_counter() - t,
+                             timings={k: round(v, 2) for k, v in timings.items()})
             info.update({"share": round(share, 3), "drifted": len(drifted), "flagged": td.flagged})
         if record:
             try:
