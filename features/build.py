@@ -554,7 +554,8 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, as_of: str, row
 
     writer: pq.ParquetWriter | None = None
     latest_writer: pq.ParquetWriter | None = None
-    rows = 0
+    rows = done = 0
+    t_start, c_start = time.perf_counter(), time.process_time()
     workers = max(1, min(2, os.cpu_count() or 1))
     # numpy and the parquet writer release the GIL: chunks are computed by `workers` threads while the writer
     # thread appends finished chunks in order; at most workers + 1 chunks are in memory at once
@@ -580,6 +581,10 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, as_of: str, row
                     latest_writer.write_table(latest)
             pending = write_pool.submit(write)
             rows += table.num_rows
+            done += 1
+            if done % 10 == 0 or done == len(chunks):
+                log.info("features build: snapshots: chunk %d/%d, %s snapshots so far, %.0fs, %.0f CPU-s", done,
+                         len(chunks), f"{rows:,}", time.perf_counter() - t_start, time.process_time() - c_start)
         if pending is not None:
             pending.result()
     for w in (writer, latest_writer):
