@@ -136,7 +136,7 @@ def connect(settings: Settings, memory_limit: str | None = None) -> duckdb.DuckD
     tmp = settings.home / "tmp" / "duckdb"
     tmp.mkdir(parents=True, exist_ok=True)
     con.execute(f"SET temp_directory='{tmp}'")
-    limit = memory_limit or os.environ.get("CARECAST_DUCKDB_MEMORY")
+    limit = memory_limit or settings.features.duckdb_memory_limit
     if limit:
         con.execute(f"SET memory_limit='{limit}'")
     con.execute("SET preserve_insertion_order=false")
