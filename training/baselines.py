@@ -23,7 +23,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from training import metrics as M
 
-LOGISTIC_MAX_ROWS = 100_000
+LOGISTIC_MAX_ROWS = 50_000
 RULE_MAX_ROWS = 200_000
 
 
