@@ -70,7 +70,7 @@ def _visit_features() -> list[str]:
     cols = []
     for w in (*WINDOWS, "all"):
         cols += [f"visits_{w}", f"no_shows_{w}", f"no_show_rate_{w}", f"cancel_rate_{w}"]
-    cols += ["completed_all", "no_show_streak", "max_no_show_streak"]
+    cols += ["completed_all", "no_show_streak", "max_no_show_streak", "open_bookings"]
     cols += [f"dept_share_{d}" for d in DEPARTMENTS]
     return cols
 
@@ -93,7 +93,7 @@ BILLING_FEATURES = _billing_features()
 ENGAGEMENT_FEATURES = _engagement_features()
 #: stored timestamps (epoch seconds); the "days since" features are computed from them at request time
 ACTIVITY_TIMESTAMPS = ["last_completed_ts", "last_no_show_ts", "last_response_ts",
-                       *[f"last_response_{c}_ts" for c in MODEL_CHANNELS], "past_due_since_ts"]
+                       *[f"last_response_{c}_ts" for c in MODEL_CHANNELS], "past_due_since_ts", "next_booked_ts"]
 ACTIVITY_FEATURES = VISIT_FEATURES + BILLING_FEATURES + ENGAGEMENT_FEATURES
 #: int-valued columns (everything else in the snapshots is float)
 INT_COLUMNS = {"sex_code", "language_code", "insurance_code", "has_mobile", "has_email", "portal_enrolled",
@@ -245,6 +245,14 @@ def _prepare(con: duckdb.DuckDBPyConnection, as_of: str) -> dict[str, int]:
             con.execute(f"""CREATE OR REPLACE TEMP TABLE s_{name} AS SELECT pk, ts{tie}, {cols} FROM src_{name}
                 JOIN pids USING (patient_id) WHERE ts IS NOT NULL ORDER BY pk, ts{tie}""")
             counts[name] = con.execute(f"SELECT COUNT(*) FROM s_{name}").fetchall()[0][0]
+        # bookings: known from booked_at, open (and in the future) until the appointment time or an earlier outcome;
+        # not a snapshot-making event (the month starts and the as-of snapshot read them exactly)
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE s_booking AS SELECT pk, epoch_us(booked_at) AS booked_us,
+                epoch_us(LEAST(scheduled_at, COALESCE(CASE WHEN status_at <= {as_of} THEN status_at END, scheduled_at)))
+                AS end_us, epoch_us(scheduled_at) AS sched_us
+            FROM v_all JOIN pids USING (patient_id) WHERE booked_at <= {as_of} AND scheduled_at IS NOT NULL
+            ORDER BY pk, booked_at""")
+        counts["booking"] = con.execute("SELECT COUNT(*) FROM s_booking").fetchall()[0][0]
         ev = " UNION ALL ".join(f"SELECT pk, ts FROM s_{n}" for n in sources)
         con.execute(f"CREATE OR REPLACE TEMP VIEW events_pk AS {ev}")
     finally:
@@ -435,9 +443,31 @@ def _rate(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.full(len(den), np.nan), where=den > 0)
 
 
-def _chunk_features(snap: dict, src: dict[str, dict], clock: _Clock, patients: int) -> dict[str, np.ndarray]:
+def _bookings_at(snap_key: np.ndarray, clock: _Clock, t_max_us: int, bk: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per snapshot (patient, t): the number of appointments booked by t and still ahead (``booked <= t < end``,
+    ``end`` = the appointment time or an earlier cancellation known by the as-of time), and the earliest of their
+    times (epoch seconds; NaN if none). Each booking covers a contiguous run of its patient's snapshots."""
+    n = len(snap_key)
+    count, nxt = np.zeros(n), np.full(n, np.inf)
+    if bk is None or not len(bk.get("pk", ())):
+        return count, np.full(n, np.nan)
+    lo_t, hi_t = clock.t0, t_max_us + clock.unit          # keys must stay inside the patient's time range
+    start = np.clip(bk["booked_us"], lo_t, hi_t)
+    end = np.clip(bk["end_us"], lo_t, hi_t)
+    lo = np.searchsorted(snap_key, clock.key(bk["pk"], start), side="left")
+    hi = np.searchsorted(snap_key, clock.key(bk["pk"], end), side="left")
+    runs = np.maximum(hi - lo, 0)
+    if runs.sum():
+        idx = np.repeat(lo, runs) + (np.arange(runs.sum()) - np.repeat(np.cumsum(runs) - runs, runs))
+        np.add.at(count, idx, 1.0)
+        np.minimum.at(nxt, idx, np.repeat(bk["sched_us"].astype(np.float64) / 1e6, runs))
+    return count, np.where(np.isfinite(nxt), nxt, np.nan)
+
+
+def _chunk_features(snap: dict, src: dict[str, dict], clock: _Clock, patients: int,
+                    bookings: dict | None = None, t_max_us: int = 0) -> dict[str, np.ndarray]:
     """Every activity feature at every snapshot (patient, t) of a chunk of ``patients`` patient codes, from the
-    sorted event sources."""
+    sorted event sources (and the chunk's bookings, for ``open_bookings`` and ``next_booked_ts``)."""
     snap_key = clock.at_snapshots(snap["pk"], snap["ts_us"], patients)
     ix = {name: _Index(s, snap_key, clock) for name, s in src.items()}
     out: dict[str, np.ndarray] = {}
@@ -495,6 +525,7 @@ def _chunk_features(snap: dict, src: dict[str, dict], clock: _Clock, patients: i
     for i, c in enumerate(MODEL_CHANNELS):
         out[f"last_response_{c}_ts"] = E.last_ts(positive & (ch == i))
     out["past_due_since_ts"] = np.where(pd_now > 0, D.at(_past_due_since(D)), np.nan)
+    out["open_bookings"], out["next_booked_ts"] = _bookings_at(snap_key, clock, t_max_us, bookings)
     return out
 
 
@@ -542,9 +573,11 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, as_of: str, row
     def compute(lo: int, hi: int) -> tuple[pa.Table, pa.Table | None]:
         with fetch_lock:
             src = {n: _fetch(con, f"s_{n}", cols, lo, hi, _TIE_ORDER.get(n, "")) for n, cols in _SOURCE_COLUMNS.items()}
+            bk = con.execute(f"SELECT pk, booked_us, end_us, sched_us FROM s_booking WHERE pk >= {lo} AND pk < {hi}").fetchnumpy()
+            bk = {c: np.asarray(v, dtype=np.int64) for c, v in bk.items()}
         clock = _Clock(lo, t[0], t[1], t[2])
         snap = _snapshot_times(src, registered[lo:hi], clock, as_of_us)
-        feats = _chunk_features(snap, src, clock, hi - lo)
+        feats = _chunk_features(snap, src, clock, hi - lo, bk, t[1])
         ts = pa.array(snap["ts_us"], type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
         arrays = {"patient_id": ids.take(pa.array(snap["pk"])), "event_timestamp": ts, "created": ts}
         arrays.update({c: pa.array(feats[c], type=pa.float64()) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS})

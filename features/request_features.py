@@ -57,7 +57,9 @@ RECENCY_SOURCES: dict[str, str] = {
     "last_response_portal_ts": "days_since_last_response_portal",
     "past_due_since_ts": "days_past_due",
 }
-RECENCY_FEATURES = (*RECENCY_SOURCES.values(), "age_years")
+#: stored timestamps of something ahead -> the "days until" feature (NaN when nothing is booked)
+AHEAD_SOURCES: dict[str, str] = {"next_booked_ts": "days_to_next_booked"}
+RECENCY_FEATURES = (*RECENCY_SOURCES.values(), *AHEAD_SOURCES.values(), "age_years")
 
 
 def _floats(col: Sequence[Any] | None, n: int) -> np.ndarray:
@@ -101,6 +103,8 @@ def recency_features(batch: Mapping[str, Sequence[Any]]) -> dict[str, list]:
         if name == "days_past_due":
             days = np.where(np.isnan(days), 0.0, days)
         out[name] = days.tolist()
+    for src, name in AHEAD_SOURCES.items():   # stale by hours at most: the appointment's outcome makes a snapshot
+        out[name] = np.maximum(0.0, (_floats(batch.get(src), n) - req) / DAY_S).tolist()
     births = _floats(batch.get("birth_year"), n)
     ok = ~np.isnan(req)
     years = np.where(ok, req, 0.0).astype("datetime64[s]").astype("datetime64[Y]").astype(np.int64) + 1970

@@ -186,6 +186,15 @@ def _days_since(what: str, never: str) -> Template:
     return t
 
 
+def _next_booked(v: Any, row: Row) -> str | None:
+    n = _int(v)
+    if n is None:
+        return "No upcoming appointment booked"
+    if n == 0:
+        return "Has an appointment booked for today"
+    return f"Next appointment booked in {n} {_plural(n, 'day')}"
+
+
 def _streak(v: Any, row: Row) -> str | None:
     n = _int(v)
     if n is None:
@@ -217,6 +226,8 @@ TEMPLATES: dict[str, Template] = {
     "no_show_streak": _streak,
     "max_no_show_streak": _count("Once missed {n} {noun} in a row", "appointment", zero="Never missed an appointment"),
     "days_since_last_completed": _days_since("Last attended a visit", "Has never attended a visit"),
+    "days_to_next_booked": _next_booked,
+    "open_bookings": _count("{n} upcoming {noun} booked", "appointment", zero="No upcoming appointment booked"),
     "days_since_last_no_show": _days_since("Last missed an appointment", "Has never missed an appointment"),
     # billing
     "statements_all": _count("Received {n} {noun} so far", "bill", zero="Has never been billed"),

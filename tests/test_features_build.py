@@ -81,6 +81,19 @@ def test_snapshots_match_a_direct_count_from_the_feeds(world: tuple[Path, pd.Dat
     want = (last - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
     np.testing.assert_array_equal(snaps["last_completed_ts"].to_numpy(), want)
 
+    # appointments booked by t and still ahead of it (not yet held, not cancelled by t): count and the earliest
+    allv = read("visits")
+    allv = allv[allv.booked_at <= as_of]
+    resolved = allv.status_at.where(allv.status_at <= as_of)
+    allv = allv.assign(end=np.minimum(allv.scheduled_at, resolved.fillna(allv.scheduled_at)))
+    m = s.merge(allv, on="patient_id")
+    m = m[(m.booked_at <= m.event_timestamp) & (m.event_timestamp < m.end)]
+    np.testing.assert_array_equal(snaps["open_bookings"], m.groupby("index").size().reindex(s["index"], fill_value=0))
+    nxt = m.groupby("index").scheduled_at.min().reindex(s["index"])
+    want = (nxt - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy()
+    assert (~np.isnan(want)).sum() > 20, "the world should have snapshots with appointments ahead"
+    np.testing.assert_allclose(snaps["next_booked_ts"].to_numpy(), want, rtol=0, atol=1e-6)
+
 
 def test_chunking_does_not_change_any_value(world: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
     data, whole = world
