@@ -282,9 +282,8 @@ def _score(ctx: Context) -> StageResult:
 
     s = ctx.settings
     champs = _champions(s, ("no_show", "churn", "channel"))
-    missing = [t for t, v in champs.items() if v is None]
-    if missing:
-        return StageResult("score", "skipped", summary=f"no champion for {', '.join(missing)}: risk lists need all three")
+    if all(v is None for v in champs.values()):
+        return StageResult("score", "skipped", summary="no champion yet: nothing to score")
     as_of = dt.datetime.fromisoformat(json.loads((s.feature_dir / "manifest.json").read_text())["as_of"])
     try:
         r = run(s, as_of, ScoreOptions(days=ctx.opts.score_days))
