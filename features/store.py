@@ -35,6 +35,9 @@ Target = Literal["no_show", "churn", "channel"]
 TARGETS: tuple[Target, ...] = ("no_show", "churn", "channel")
 SERVICES: dict[str, str] = {"no_show": "carecast_no_show", "churn": "carecast_churn", "channel": "carecast_channel"}
 PATIENT_FEATURES = [c for c in PROFILE_FEATURES if c != "birth_year"] + ACTIVITY_FEATURES + list(RECENCY_FEATURES)
+#: the appointments a patient has booked ahead: churn's strongest signal, but at a no-show prediction point they
+#: mostly describe the appointment being predicted (its own booking, exactly 3 days ahead), so not a no-show feature
+AHEAD_FEATURES = ("open_bookings", "days_to_next_booked")
 AGE_BANDS = ((0, 18, "0-17"), (18, 35, "18-34"), (35, 50, "35-49"), (50, 65, "50-64"), (65, 200, "65+"))
 GROUP_COLUMNS = ["group_age_band", "group_sex", "group_insurance", "group_language"]
 
@@ -51,7 +54,9 @@ class TrainingFrame:
 def feature_columns(target: Target) -> list[str]:
     """The model's feature columns, in order (the same order online_features returns)."""
     _check_target(target)
-    return PATIENT_FEATURES + (list(APPOINTMENT_FEATURES) if target == "no_show" else [])
+    if target == "no_show":
+        return [c for c in PATIENT_FEATURES if c not in AHEAD_FEATURES] + list(APPOINTMENT_FEATURES)
+    return list(PATIENT_FEATURES)
 
 
 def categorical_columns(target: Target) -> dict[str, list[str]]:
