@@ -185,7 +185,7 @@ def load_inputs(settings: Settings, as_of: dt.datetime, days: int = 14, data: Pa
             filler[c] = np.nan
         filler["active"] = False
         patients = pd.concat([patients, filler])
-    known = np.isin(patients.index.to_numpy(), pf.index.to_numpy())
+    known = patients.index.isin(pf.index)   # a hash lookup: numpy's isin on object ids is quadratic
     dept_cols = [f"dept_share_{d}" for d in DEPARTMENTS]
     shares = patients[dept_cols].to_numpy(float)
     top_dept = np.where(np.isnan(shares).all(axis=1), -1, np.nanargmax(np.nan_to_num(shares, nan=-1.0), axis=1))
