@@ -224,13 +224,11 @@ _TIE_ORDER = {"visit": ", appointment_id"}
 
 def _prepare(con: duckdb.DuckDBPyConnection, as_of: str) -> dict[str, int]:
     """Sorted narrow event tables ``s_<source>`` keyed by an integer patient code ``pk`` (patient_id order), the
-    views ``events_pk`` (every event's pk and time) and ``days`` (the same with patient_id) and ``pids`` (pk ->
+    view ``events_pk`` (every event's pk and time), ``s_booking`` (bookings as intervals) and ``pids`` (pk ->
     patient_id, ``registered``: known to the practice by the as-of time)."""
     sources = _sources_sql(as_of)
     for name, sql in sources.items():
         con.execute(f"CREATE OR REPLACE TEMP VIEW src_{name} AS {sql}")
-    con.execute("CREATE OR REPLACE TEMP VIEW days AS "
-                + " UNION ALL ".join(f"SELECT patient_id, ts FROM src_{n}" for n in sources))
     con.execute(f"""CREATE OR REPLACE TEMP TABLE pids AS SELECT patient_id,
             (row_number() OVER (ORDER BY patient_id) - 1)::INT AS pk,
             patient_id IN (SELECT patient_id FROM p WHERE registered_at <= {as_of}) AS registered
