@@ -30,7 +30,7 @@ from features.synth_truth import channel_probs, churn_by_snapshot
 from features.synth_visits import simulate
 from features.synth_write import clear, codes, ids_arrow, ts_arrow, write_chunked, write_table_chunked
 
-GENERATOR_VERSION = "synth-1.1"
+GENERATOR_VERSION = "synth-1.2"
 SHIFTS = (None, "billing_policy", "sms_outage")
 SHIFT_DEFAULT_DAYS = 182
 # The practice is simulated this long before ``start`` (the first day of its records) so that at
@@ -252,11 +252,12 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
         n_snap = 0
         churn_w = channel_w = None
         try:
-            for j, pats, p_churn in churn_by_snapshot(H.segments, V, days, P.n):
+            for j, pats, p_churn, p_seen in churn_by_snapshot(H.segments, V, days, P.n):
                 snap_at = pa.array(np.full(len(pats), to_ns(days[j:j + 1])[0]), type=pa.int64()).cast(
                     pa.timestamp("ns", tz="UTC"))
                 ids_ = pid_arrow.take(pats)
-                churn_t = pa.table({"patient_id": ids_, "snapshot_at": snap_at, "p_churn": p_churn.astype(np.float64)})
+                churn_t = pa.table({"patient_id": ids_, "snapshot_at": snap_at, "p_churn": p_churn.astype(np.float64),
+                                    "p_churn_observable": p_seen.astype(np.float64)})
                 p = channel_probs(pi[pats], np.full(len(pats), days[j]), sms_down)
                 channel_t = pa.table({"patient_id": ids_, "snapshot_at": snap_at,
                                       **{f"p_{c}": p[:, k].astype(np.float64) for k, c in enumerate(MODEL_CHANNELS)}})
@@ -274,7 +275,8 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
             empty = pa.array([], type=pa.string())
             ts0 = pa.array([], type=pa.timestamp("ns", tz="UTC"))
             f0 = pa.array([], type=pa.float64())
-            pq.write_table(pa.table({"patient_id": empty, "snapshot_at": ts0, "p_churn": f0}), out / "truth" / "churn.parquet")
+            pq.write_table(pa.table({"patient_id": empty, "snapshot_at": ts0, "p_churn": f0, "p_churn_observable": f0}),
+                           out / "truth" / "churn.parquet")
             pq.write_table(pa.table({"patient_id": empty, "snapshot_at": ts0, **{f"p_{c}": f0 for c in MODEL_CHANNELS}}),
                            out / "truth" / "channel.parquet")
         info["snapshot_rows"] = n_snap
@@ -297,7 +299,8 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
         "snapshots": [dt.date(1970, 1, 1) .__add__(dt.timedelta(days=int(d))).isoformat() for d in days],
         "truth": {
             "noshow": "appointment_id, p_no_show: probability used to draw the outcome (all appointments)",
-            "churn": "patient_id, snapshot_at, p_churn: P(no completed visit in 365 days after snapshot)",
+            "churn": "patient_id, snapshot_at, p_churn: P(no completed visit in 365 days after snapshot); "
+                     "p_churn_observable: the same with the departure hidden (its posterior given no booking)",
             "channel": "patient_id, snapshot_at, p_sms..p_portal: channel of the first positive response in 90 days, "
                        "given there is one (all zero: not reachable on any model channel)",
         },

@@ -121,11 +121,11 @@ def simulate(rng: np.random.Generator, P: Patients, ev: Events, *, start: float,
         dep_t = t_prev[i] + leave
         # Waiting segment: from the last resolution to the booking (or the departure).
         seg.add(pat=i, a=t_prev[i], b=np.where(departs, dep_t, booked), kind=np.zeros(m, np.int8),
-                eta=eta[i], nu=1.0 / gap_mean, p=last_p[i], sched=np.full(m, np.nan), pc=np.zeros(m))
+                eta=eta[i], nu=1.0 / gap_mean, p=last_p[i], sched=np.full(m, np.nan), pc=np.zeros(m), w0=t_prev[i])
         depart[i[departs & (dep_t <= end)]] = dep_t[departs & (dep_t <= end)]
         seg.add(pat=i[departs], a=dep_t[departs], b=np.full(int(departs.sum()), np.inf), kind=np.full(int(departs.sum()), 2, np.int8),
-                eta=eta[i][departs], nu=np.zeros(int(departs.sum())), p=last_p[i][departs],
-                sched=np.full(int(departs.sum()), np.nan), pc=np.zeros(int(departs.sum())))
+                eta=eta[i][departs], nu=1.0 / gap_mean[departs], p=last_p[i][departs],
+                sched=np.full(int(departs.sum()), np.nan), pc=np.zeros(int(departs.sum())), w0=t_prev[i][departs])
         go = ~departs & (booked <= today)
         stop = i[~go]
         active[stop] = False
@@ -133,7 +133,7 @@ def simulate(rng: np.random.Generator, P: Patients, ev: Events, *, start: float,
         late = ~departs & ~go
         seg.add(pat=i[late], a=booked[late], b=np.full(int(late.sum()), np.inf), kind=np.zeros(int(late.sum()), np.int8),
                 eta=eta[i][late], nu=1.0 / gap_mean[late], p=last_p[i][late], sched=np.full(int(late.sum()), np.nan),
-                pc=np.zeros(int(late.sum())))
+                pc=np.zeros(int(late.sum())), w0=t_prev[i][late])
         i, booked = i[go], booked[go]
         m = len(i)
         if m == 0:
@@ -176,7 +176,7 @@ def simulate(rng: np.random.Generator, P: Patients, ev: Events, *, start: float,
         active[stop] = False
         seg.add(pat=stop, a=booked[~fits], b=np.full(len(stop), np.inf), kind=np.zeros(len(stop), np.int8),
                 eta=eta[stop], nu=1.0 / gap_mean[go][~fits], p=last_p[stop], sched=np.full(len(stop), np.nan),
-                pc=np.zeros(len(stop)))
+                pc=np.zeros(len(stop)), w0=booked[~fits])
         if not fits.all():
             i, booked, age, vtype, dept, tele, lead, slot, sched, dow = (
                 x[fits] for x in (i, booked, age, vtype, dept, tele, lead, slot, sched, dow))
@@ -226,7 +226,7 @@ def simulate(rng: np.random.Generator, P: Patients, ev: Events, *, start: float,
                 vtype=vtype.astype(np.int8), prov=prov.astype(np.int32), tele=tele,
                 status=np.where(cancelled, 3, np.where(ns, 2, 1)).astype(np.int8), status_t=status_t, p=p)
         seg.add(pat=i, a=booked, b=status_t, kind=np.ones(m, np.int8), eta=eta[i] * np.exp(0.35), nu=np.full(m, 1 / REBOOK_GAP_DAYS),
-                p=p, sched=sched, pc=p_cancel)
+                p=p, sched=sched, pc=p_cancel, w0=booked)
 
         # After the appointment: history, statement, survey, engagement drift, departure hazard.
         n_ns[i] += ns

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 import pytest
 
 from features.contracts import CONTRACTS, FEEDS, MODEL_CHANNELS, POSITIVE_RESPONSES
@@ -192,6 +193,14 @@ def test_churn_truth_matches_label_definition(big) -> None:
     assert lab[hi].y.mean() > 4 * lab[lo].y.mean()
     # After leaving, nobody books again: departed rows (p = 1) never see a completed visit.
     assert lab[lab.p_churn == 1.0].y.all()
+    # With the departure hidden, the truth is still calibrated but weaker: departed and waiting
+    # patients look alike, so departed rows are no longer certain and it ranks worse than the full state.
+    obs = lab.p_churn_observable
+    assert abs(obs.mean() - lab.y.mean()) < 0.04
+    assert obs[lab.p_churn == 1.0].mean() < 0.95
+    assert roc_auc_score(lab.y, obs) < roc_auc_score(lab.y, lab.p_churn) - 0.01
+    top = obs >= obs.quantile(0.9)
+    assert abs(lab[top].y.mean() - obs[top].mean()) < 0.08
 
 
 def _half(ts: pd.Series) -> pd.Series:

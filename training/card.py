@@ -49,6 +49,11 @@ def render(target: TargetSpec, r: dict) -> str:
         o = r["oracle"]
         lines += ["", f"Synthetic oracle (the true probabilities): {o['metric']} {o['oracle']:.4f}; this model "
                       f"{o['model']:.4f} on the same {o['n']:,} rows: **ratio {o['ratio']:.3f}**."]
+    if r.get("oracle_observable"):
+        o = r["oracle_observable"]
+        lines += ["", f"Oracle with the departure hidden (what the feeds can show): {o['metric']} {o['oracle']:.4f}; "
+                      f"this model {o['model']:.4f}: **ratio {o['ratio']:.3f}**. A reference, not a bound: it knows "
+                      "each patient's latent booking rate and hazard, but not the portal silence the model sees."]
     gap = r["subgroup_gap"]
     lines += ["", "## Subgroups (test window)"]
     if gap["group"]:

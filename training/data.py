@@ -103,11 +103,10 @@ def _naive_utc(s: pd.Series) -> pd.Series:
     return (s.dt.tz_convert("UTC").dt.tz_localize(None) if s.dt.tz is not None else s).astype("datetime64[ns]")
 
 
-def oracle(settings: Settings, target: TargetSpec, rows: pd.DataFrame) -> np.ndarray | None:
-    """The true probabilities for ``rows`` from the synthetic truth files, or None if absent.
+def _truth(settings: Settings, target: TargetSpec, rows: pd.DataFrame) -> pd.DataFrame | None:
+    """The truth file's rows aligned with ``rows`` (NaN where it has none), or None if absent.
 
-    Binary: (n,) with NaN where the truth has no row; multiclass: (n, 4). Joined on
-    appointment_id (no-show) or (patient_id, snapshot_at = event_timestamp) (churn, channel)."""
+    Joined on appointment_id (no-show) or (patient_id, snapshot_at = event_timestamp) (churn, channel)."""
     d = truth_dir(settings)
     if d is None:
         return None
@@ -119,15 +118,38 @@ def oracle(settings: Settings, target: TargetSpec, rows: pd.DataFrame) -> np.nda
     if target.name == "no_show":
         if "appointment_id" not in rows:
             return None
-        m = rows[["appointment_id"]].astype(str).merge(
+        return rows[["appointment_id"]].astype(str).merge(
             truth.assign(appointment_id=truth["appointment_id"].astype(str)).drop_duplicates("appointment_id"),
             on="appointment_id", how="left")
-        return m["p_no_show"].to_numpy(dtype=float)
     left = pd.DataFrame({"patient_id": rows["patient_id"].astype(str).to_numpy(),
                          "snapshot_at": _naive_utc(rows["event_timestamp"]).to_numpy()})
     right = truth.assign(patient_id=truth["patient_id"].astype(str), snapshot_at=_naive_utc(truth["snapshot_at"]))
     right = right.drop_duplicates(["patient_id", "snapshot_at"])
-    m = left.merge(right, on=["patient_id", "snapshot_at"], how="left")
+    return left.merge(right, on=["patient_id", "snapshot_at"], how="left")
+
+
+def oracle(settings: Settings, target: TargetSpec, rows: pd.DataFrame) -> np.ndarray | None:
+    """The true probabilities for ``rows`` from the synthetic truth files, or None if absent.
+
+    Binary: (n,) with NaN where the truth has no row; multiclass: (n, 4)."""
+    m = _truth(settings, target, rows)
+    if m is None:
+        return None
+    if target.name == "no_show":
+        return m["p_no_show"].to_numpy(dtype=float)
     if target.name == "churn":
         return m["p_churn"].to_numpy(dtype=float)
     return m[[f"p_{c}" for c in target.classes]].to_numpy(dtype=float)
+
+
+def observable_oracle(settings: Settings, target: TargetSpec, rows: pd.DataFrame) -> np.ndarray | None:
+    """Churn's truth with the departure hidden (``p_churn_observable``), or None.
+
+    The full-state truth knows whether a patient has already left, which no feed shows; this one
+    knows only the silence since the last booking, like the practice (docs/synthetic-data.md)."""
+    if target.name != "churn":
+        return None
+    m = _truth(settings, target, rows)
+    if m is None or "p_churn_observable" not in m:
+        return None
+    return m["p_churn_observable"].to_numpy(dtype=float)
