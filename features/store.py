@@ -118,7 +118,7 @@ def get_store(settings: Settings) -> "FeatureStore":
     return _STORES[key]
 
 
-def _service(settings: Settings, target: Target) -> Any:
+def feature_service(settings: Settings, target: Target) -> Any:
     """The target's FeatureService object, cached: Feast rebuilds it from protobuf (~240 typed fields) per lookup."""
     store = get_store(settings)
     key = (id(store), target)
@@ -353,7 +353,8 @@ def population_defaults(settings: Settings) -> dict[str, float]:
 _DEFAULTS_CACHE: dict[str, tuple[float, dict[str, float]]] = {}
 
 
-def _defaults_cached(settings: Settings) -> dict[str, float]:
+def population_defaults_cached(settings: Settings) -> dict[str, float]:
+    """``population_defaults``, re-read only when the file changes (serving reads it per request)."""
     path = settings.feature_dir / DEFAULTS_FILE
     mtime = path.stat().st_mtime if path.exists() else -1.0
     hit = _DEFAULTS_CACHE.get(str(path))
@@ -362,8 +363,9 @@ def _defaults_cached(settings: Settings) -> dict[str, float]:
     return _DEFAULTS_CACHE[str(path)][1]
 
 
-def _request_row(target: Target, request: dict | None, now: float) -> dict[str, Any]:
-    """Request fields Feast expects, from a serving request (natural or epoch values)."""
+def request_row(target: Target, request: dict | None, now: float) -> dict[str, Any]:
+    """Request fields the on-demand views expect, from a serving request (natural or epoch values); ``now``
+    (epoch seconds) when the request gives no ``as_of``. Serving's fast reader builds its rows with this too."""
     request = request or {}
     ts = request.get("request_ts", request.get("as_of"))
     row: dict[str, Any] = {"request_ts": to_epoch(ts) if ts is not None else now}
@@ -394,14 +396,14 @@ def online_features(settings: Settings, target: Target, patient_ids: list[str],
     now = time.time()
     rows = []
     for i, pid in enumerate(patient_ids):
-        row = _request_row(target, requests[i] if requests else None, now)
+        row = request_row(target, requests[i] if requests else None, now)
         row["patient_id"] = pid
         rows.append(row)
-    resp = store.get_online_features(features=_service(settings, target), entity_rows=rows).to_dict()
+    resp = store.get_online_features(features=feature_service(settings, target), entity_rows=rows).to_dict()
     fcols = feature_columns(target)
     n = len(patient_ids)
     known = [resp["sex_code"][i] is not None or resp["visits_all"][i] is not None for i in range(n)]
-    defaults = _defaults_cached(settings)
+    defaults = population_defaults_cached(settings)
     nan = float("nan")
     matrix = np.empty((n, len(fcols)), dtype=np.float64)
     for j, c in enumerate(fcols):

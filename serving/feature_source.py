@@ -195,7 +195,7 @@ class _Plan:
         plan.settings, plan.store, plan.target, plan.names = settings, store, target, names
         fs = store.get_store(settings)
         plan.fs = fs
-        service = store._service(settings, target)
+        service = store.feature_service(settings, target)
         odfv_names = {o.name for o in fs.list_on_demand_feature_views()}
         views: dict[str, _View] = {}
 
@@ -428,7 +428,7 @@ class _Plan:
         store = self.store
         n = len(patient_ids)
         now = time.time()
-        req_rows = [store._request_row(self.target, dict(requests[i]) if requests else None, now) for i in range(n)]
+        req_rows = [store.request_row(self.target, dict(requests[i]) if requests else None, now) for i in range(n)]
         unique: dict[str, int] = {}
         inverse = np.fromiter((unique.setdefault(p, len(unique)) for p in patient_ids), dtype=np.intp, count=n)
         uvalues, upresent = self.read(list(unique))
@@ -450,7 +450,7 @@ class _Plan:
         for j, k, name in self.odfv_targets:
             X[:, j] = [nan if v is None else v for v in outputs[k][name]]
         if not known.all():
-            defaults = store._defaults_cached(self.settings)
+            defaults = store.population_defaults_cached(self.settings)
             patient_cols = self.patient_columns
             d = np.array([defaults.get(self.names[j], nan) for j in patient_cols], dtype=np.float64)
             X[np.ix_(np.flatnonzero(~known), patient_cols)] = d
