@@ -173,9 +173,27 @@ def materialize(settings: Settings, start: dt.datetime | None = None, end: dt.da
 
 
 def teardown(settings: Settings) -> None:
-    """Remove this project's online data and infrastructure (tests use it to clean Redis keys)."""
+    """Remove this project's online data and its registry entries (tests and benchmarks use it to clean Redis
+    keys). Only this project's: Feast's ``FeatureStore.teardown`` deletes every project in the registry file and,
+    on SQLite, the whole online.db (every project's tables)."""
+    import sqlite3
+
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id, _table_id
+
     store = get_store(settings)
-    store.teardown()
+    store.refresh_registry()
+    tables = [*store.list_feature_views(), *store.list_label_views()]
+    if settings.online_store.type == "sqlite":
+        path = SqliteOnlineStore._get_db_path(store.config)
+        if Path(path).exists():
+            con = sqlite3.connect(path, timeout=60)
+            with con:
+                for t in tables:
+                    con.execute(f"DROP TABLE IF EXISTS {_quote_id(_table_id(store.project, t))}")
+            con.close()
+    else:
+        store._get_provider().teardown_infra(store.project, tables, store.list_entities())
+    store.registry.delete_project(store.project, commit=True)
     _STORES.clear()
     _SERVICES.clear()
 
