@@ -45,6 +45,8 @@ class OnlineStoreSettings(_Section):
     type: Literal["sqlite", "redis"] = "sqlite"
     redis_connection_string: str = "127.0.0.1:6379"
     project: str = "carecast"
+    #: "bulk": features/online_write.py (same rows as Feast's materialize, tests check); "feast": Feast's own
+    materialize_method: Literal["bulk", "feast"] = "bulk"
 
 
 class FeaturesSettings(_Section):

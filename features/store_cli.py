@@ -59,13 +59,16 @@ def apply() -> None:
 def materialize(
     start: Annotated[Optional[dt.datetime], typer.Option(formats=_DATE_FORMATS, help="Earliest snapshot time to consider, UTC (default: 1970-01-01).")] = None,
     end: Annotated[Optional[dt.datetime], typer.Option(formats=_DATE_FORMATS, help="Latest snapshot time, UTC (default: the build's as-of time).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="bulk (the same rows as Feast's materialize, written in bulk) or feast (Feast's own materialize); default: online_store.materialize_method.")] = None,
 ) -> None:
     """Load each patient's latest snapshot between --start and --end into the online store (SQLite or Redis)."""
     from features import store
 
     s = settings_or_exit()
+    if method not in (None, "bulk", "feast"):
+        fail(f"--method must be bulk or feast, not {method}")
     try:
-        n = store.materialize(s, _utc(start), _utc(end))
+        n = store.materialize(s, _utc(start), _utc(end), method=method)  # type: ignore[arg-type]
     except FileNotFoundError as exc:
         fail(str(exc))
     typer.echo(f"materialized {n:,} patients into the {s.online_store.type} online store")

@@ -298,34 +298,11 @@ class _Plan:
         return con
 
     def _key_encoder(self, join_key: str) -> Any:
-        """``id -> serialised entity key`` as Feast stores it; Feast's own function unless a string-key
-        shortcut (fixed prefix + type + length + UTF-8) gives byte-identical keys for sample ids."""
-        import struct
+        """``id -> serialised entity key`` as Feast stores it (the bulk online writer's encoder: Feast's own
+        function unless a string-key shortcut gives byte-identical keys for sample ids)."""
+        from features.online_write import string_key_encoder
 
-        from feast.infra.key_encoding_utils import serialize_entity_key
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-        from feast.protos.feast.types.Value_pb2 import ValueType
-
-        version = self.key_version
-
-        def feast_key(i: str) -> bytes:
-            return serialize_entity_key(EntityKey(join_keys=[join_key], entity_values=[Value(string_val=i)]),
-                                        entity_key_serialization_version=version)
-
-        if version < 3:
-            return feast_key
-        name = join_key.encode("utf8")
-        prefix = struct.pack("<I", 1) + struct.pack("<I", ValueType.STRING) + struct.pack("<I", len(name)) + name
-        tag = struct.pack("<I", ValueType.STRING)
-        pack = struct.Struct("<I").pack
-
-        def fast_key(i: str) -> bytes:
-            b = i.encode("utf8")
-            return prefix + tag + pack(len(b)) + b
-
-        samples = ("P0000001", "x", "", "ünïcode-ид", "a" * 300)
-        return fast_key if all(fast_key(i) == feast_key(i) for i in samples) else feast_key
+        return string_key_encoder(join_key, self.key_version)
 
     def _entity_keys(self, ids: list[str], join_key: str) -> list[bytes]:
         enc = self._encoders.get(join_key)
