@@ -13,7 +13,8 @@ vectorised encoder, by the feature view's declared dtype exactly as Feast conver
 * timestamps: once per distinct value through Feast's own conversions (SQLite: its registered datetime
   adapter; Redis: ``Timestamp.FromDatetime``).
 
-SQLite gets the same upsert as Feast, through ``executemany`` in one transaction per view; Redis the same
+SQLite gets the same upsert as Feast, through ``executemany`` in one transaction per batch of entities (Feast's
+``online_write_batch_size``, as Feast commits); Redis the same
 keys and hash fields (mmh3 of ``view:feature``, ``_ts:view``), with Feast's rule that a stored row with a
 newer or equal event time is kept, through pipelines. The registry records the interval with Feast's own
 ``apply_materialization`` (and the view state moves as in Feast). What this module does not reproduce (other
@@ -38,7 +39,8 @@ from carecast import logs
 
 log = logs.get("features.online_write")
 
-#: entities encoded and written per step: bounds memory (about 70 values each) and sets the progress lines
+#: entities encoded and written per step when the repo sets no online_write_batch_size (CareCast sets 10,000,
+#: as here): bounds memory (about 70 values each); on SQLite one transaction each, as Feast commits
 CHUNK = 10_000
 _DOUBLE = np.dtype([("tag", "u1"), ("value", "<f8")])
 _DOUBLE_TAG = 0x29  # field 5 (double_val), wire type 1 (64-bit)
@@ -295,11 +297,11 @@ def entity_order(table: Any, vp: ViewPlan, key_of: Callable[[str], bytes]) -> tu
     return table.take(pa.array(order, type=pa.int64())), [keys[i] for i in order]
 
 
-def chunks(table: Any, keys: list[bytes], vp: ViewPlan, kind: str) -> Iterator[Chunk]:
-    """The pulled table (with its serialised keys), CHUNK entities at a time, encoded for "sqlite" or "redis"."""
+def chunks(table: Any, keys: list[bytes], vp: ViewPlan, kind: str, size: int = CHUNK) -> Iterator[Chunk]:
+    """The pulled table (with its serialised keys), ``size`` entities at a time, encoded for "sqlite" or "redis"."""
     time_fn = _sqlite_time() if kind == "sqlite" else _redis_time()
-    for off in range(0, table.num_rows, CHUNK):
-        part = table.slice(off, CHUNK)
+    for off in range(0, table.num_rows, size):
+        part = table.slice(off, size)
         blobs, texts = [], []
         for name, vt in vp.features:
             b, t = encode_column(part.column(name).to_numpy(zero_copy_only=False), vt)
@@ -309,7 +311,7 @@ def chunks(table: Any, keys: list[bytes], vp: ViewPlan, kind: str) -> Iterator[C
         created: list[Any] = [None] * part.num_rows
         if vp.created_column and kind == "sqlite":
             created = _per_distinct(part.column(vp.created_column).to_numpy(zero_copy_only=False), time_fn)
-        yield Chunk(keys=keys[off:off + CHUNK], blobs=blobs, texts=texts, event=event, created=created)
+        yield Chunk(keys=keys[off:off + size], blobs=blobs, texts=texts, event=event, created=created)
 
 
 # --------------------------------------------------------------------------- writers
@@ -324,7 +326,8 @@ def _sqlite_rows(c: Chunk, names: list[str]) -> Iterator[tuple]:
 
 
 def write_sqlite(fs: Any, vp: ViewPlan, parts: Iterator[Chunk], progress: Callable[[int], None]) -> int:
-    """Feast's upsert, through executemany in one transaction for the view."""
+    """Feast's upsert, through executemany; one transaction per chunk (Feast's online_write_batch_size), as
+    Feast commits, so a serving process reading the file waits at most one chunk for the write lock."""
     import sqlite3
 
     from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id
@@ -338,12 +341,12 @@ def write_sqlite(fs: Any, vp: ViewPlan, parts: Iterator[Chunk], progress: Callab
     n = 0
     try:
         con.execute("PRAGMA cache_size = -262144")  # this connection only: 256 MB of pages for the index inserts
-        con.execute("BEGIN IMMEDIATE")
         for c in parts:
+            con.execute("BEGIN IMMEDIATE")
             con.executemany(sql, _sqlite_rows(c, names))
+            con.execute("COMMIT")
             n += len(c.keys)
             progress(n)
-        con.execute("COMMIT")
     except BaseException:
         if con.in_transaction:
             con.execute("ROLLBACK")
@@ -430,7 +433,8 @@ def materialize(fs: Any, start: dt.datetime, end: dt.datetime) -> dict[str, int]
 
             table, keys = entity_order(table, vp, key_of)
             writer = write_sqlite if kind == "sqlite" else write_redis
-            out[fv.name] = writer(fs, vp, chunks(table, keys, vp, kind), progress) if total else 0
+            size = getattr(fs.config.materialization_config, "online_write_batch_size", None) or CHUNK
+            out[fv.name] = writer(fs, vp, chunks(table, keys, vp, kind, size), progress) if total else 0
         except BaseException:
             if previous is not None and previous != FeatureViewState.STATE_UNSPECIFIED:
                 fv.state = previous
