@@ -162,12 +162,14 @@ def _utc(when: dt.datetime | None) -> dt.datetime | None:
 
 
 class Context:
-    """What stages share within one run (frames are kept so gate does not rebuild them)."""
+    """What stages share within one run: the frames and the baselines train fitted on them, so gate neither
+    rebuilds the one nor refits the other (a resumed gate, in a new process, does both itself)."""
 
     def __init__(self, settings: Settings, opts: PipelineOptions) -> None:
         self.settings = settings
         self.opts = opts
         self.frames: dict[str, Any] = {}
+        self.baselines: dict[str, Any] = {}
         self.champions_before: dict[str, str | None] = {}
         self.outputs: dict[str, dict[str, Any]] = {}
 
@@ -238,6 +240,7 @@ def _train(ctx: Context) -> StageResult:
             tf = training_frame(s, t)
             ctx.frames[t] = tf
             r = train_target(s, t, tf=tf, plots_on=ctx.opts.plots)
+            ctx.baselines[t] = r.pop("fitted_baselines", None)
         except (FrameError, SplitError, FileNotFoundError) as exc:
             raise StageFailed("train", f"{t}: {exc}", "the history may be too short or too small for this target") from None
         try:
@@ -266,7 +269,7 @@ def _gate(ctx: Context) -> StageResult:
     decisions, texts = {}, []
     for t in ctx.opts.targets:
         try:
-            d = promote(s, t, tf=ctx.frames.get(t))
+            d = promote(s, t, tf=ctx.frames.pop(t, None), baselines=ctx.baselines.pop(t, None))
         except GateError as exc:
             raise StageFailed("gate", f"{t}: {exc}") from None
         decisions[t] = {"promoted": d.promoted, "challenger": d.challenger, "champion_before": d.champion_before,

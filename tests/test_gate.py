@@ -83,3 +83,32 @@ def test_calibration_and_fairness_bounds_refuse(home: Path) -> None:
     shifted.loc[flip, "label"] = 1          # the world changed after training: more no-shows
     d2 = promote(s, "no_show", Frame(shifted, tf.feature_columns, tf.categorical_columns, tf.feature_service, "shift"))
     assert not d2.promoted and any(r.startswith("FAIL ECE") for r in d2.reasons), d2.describe()
+
+
+def test_first_model_gate_reuses_trains_baselines_with_the_same_reasons(home: Path, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    """The pipeline hands train's baselines to the gate: no second fit, and the very reasons a refit gives."""
+    from training import baselines as B
+
+    fits: list[int] = []
+    real = B.fit_baselines
+    monkeypatch.setattr(B, "fit_baselines", lambda *a, **k: fits.append(1) or real(*a, **k))
+    tf = make_frame("no_show", rows=6000)
+    r = train_target(load_settings(), "no_show", tf, plots_on=False)
+    fitted = r["fitted_baselines"]
+    other = Frame(tf.frame.copy(), tf.feature_columns, tf.categorical_columns, tf.feature_service, "copy")
+    assert fitted.matches("no_show", tf, fitted.train_rows, fitted.val_rows, fitted.features, fitted.categoricals)
+    assert not fitted.matches("no_show", other, fitted.train_rows, fitted.val_rows, fitted.features,
+                              fitted.categoricals)
+    fits.clear()
+    reused = promote(load_settings(), "no_show", tf, baselines=fitted)
+    assert fits == [] and any("baseline logistic" in x for x in reused.reasons), reused.describe()
+
+    monkeypatch.setenv("CARECAST_HOME", str(tmp_path / "second"))   # the same model, gated with a refit
+    train_target(load_settings(), "no_show", tf, plots_on=False)
+    fits.clear()
+    refit = promote(load_settings(), "no_show", tf)
+    assert fits == [1]
+    assert refit.reasons == reused.reasons and refit.promoted == reused.promoted
+    assert {k: v for k, v in refit.figures.items() if k.startswith("baseline_")} == \
+        {k: v for k, v in reused.figures.items() if k.startswith("baseline_")}

@@ -45,7 +45,7 @@ from training import metrics as M
 from training.model import predict
 from training.split import time_split
 from training.targets import TargetSpec, spec
-from training.train import evaluate
+from training.train import FittedBaselines, evaluate
 
 log = logs.get("gate")
 MIN_WINDOW_ROWS = 50
@@ -90,9 +90,24 @@ def _tag(version, key: str) -> pd.Timestamp | None:
     return pd.Timestamp(value) if value else None
 
 
-def promote(settings: Settings, target_name: str, tf=None) -> Decision:
-    import mlflow
+def _first_model_baselines(target: TargetSpec, tf, df: pd.DataFrame, sp, meta: dict,
+                           fitted: FittedBaselines | None) -> dict:
+    """The baselines a first model must beat, fitted on this frame's training window (validation picks the
+    rule). The ones the train stage just fitted on the very same rows are reused (``FittedBaselines.matches``):
+    refitting them gave the same models at the cost of a second logistic fit per target."""
+    feats, cats = meta["feature_columns"], list(meta.get("categorical_columns", {}))
+    if fitted is not None and fitted.matches(target.name, tf, sp.train, sp.val, feats, cats):
+        log.info("%s: gate reuses the baselines fitted by train (same rows)", target.name)
+        return fitted.models
+    X = data.features(df, feats)
+    y = df["label"].to_numpy(dtype=int)
+    return B.fit_baselines(target.kind, len(target.classes), feats, cats, X[sp.train], y[sp.train],
+                           X[sp.val], y[sp.val])
 
+
+def promote(settings: Settings, target_name: str, tf=None, baselines: FittedBaselines | None = None) -> Decision:
+    """Gate the challenger of ``target_name``. ``tf``: the training frame (else loaded); ``baselines``: what
+    ``train_target`` returned for that frame under ``fitted_baselines`` (reused when it covers the same rows)."""
     target = spec(target_name)
     g = settings.gate
     client = tracking.setup(settings)
@@ -141,12 +156,7 @@ def promote(settings: Settings, target_name: str, tf=None) -> Decision:
                            f"(may rise at most {g.max_logloss_rise})")
         ok &= passed
     else:
-        base = B.fit_baselines(target.kind, len(target.classes), challenger.meta["feature_columns"],
-                               list(challenger.meta.get("categorical_columns", {})),
-                               data.features(df, challenger.meta["feature_columns"])[sp.train],
-                               df["label"].to_numpy(dtype=int)[sp.train],
-                               data.features(df, challenger.meta["feature_columns"])[sp.val],
-                               df["label"].to_numpy(dtype=int)[sp.val])
+        base = _first_model_baselines(target, tf, df, sp, challenger.meta, baselines)
         yw = window["label"].to_numpy(dtype=int)
         Xw = data.features(window, challenger.meta["feature_columns"])
         c = ch["metrics"][pm]

@@ -9,7 +9,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,27 @@ def oracle_summary(target: TargetSpec, y: np.ndarray, p: np.ndarray, truth: np.n
             "model_log_loss": m["log_loss"], "n": int(ok.sum())}
 
 
+@dataclass
+class FittedBaselines:
+    """The baselines ``train_target`` fitted and exactly which rows of which frame they saw, so the gate of the
+    same run can reuse them for a first model instead of refitting them (the logistic one costs seconds to
+    tens of seconds per target). ``matches`` is the guard: the same frame object, features and row masks."""
+
+    target: str
+    frame: object
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    features: list[str]
+    categoricals: list[str]
+    models: dict
+
+    def matches(self, target: str, tf: object, train_rows: np.ndarray, val_rows: np.ndarray,
+                features: list[str], categoricals: list[str]) -> bool:
+        return (target == self.target and tf is self.frame and list(features) == self.features
+                and list(categoricals) == self.categoricals and np.array_equal(train_rows, self.train_rows)
+                and np.array_equal(val_rows, self.val_rows))
+
+
 def _requirements() -> list[str]:
     """Pinned model requirements: the CPU-only xgboost wheel when that is what is installed."""
     reqs = []
@@ -76,7 +97,8 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
                  register: bool = True, plots_on: bool = True) -> dict:
     """Train, evaluate and (by default) register one target. ``tf``: a TrainingFrame, else loaded
     from the feature store; ``shape``: else the target's own (``training.targets``). Returns the
-    figures (also logged to MLflow and in the model card)."""
+    figures (also logged to MLflow and in the model card), and under ``fitted_baselines`` the baselines with the
+    rows they were fitted on (``FittedBaselines``; not logged)."""
     target = spec(target_name)
     shape = shape if shape is not None else target.shape
     t0 = time.perf_counter()
@@ -139,6 +161,7 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
             _log(settings, target, result, booster, X, y, sp, p_test, base_preds, plots_on)
             info["version"] = result["version"]
     result["total_seconds"] = time.perf_counter() - t0
+    result["fitted_baselines"] = FittedBaselines(target.name, tf, tr, va, feats, list(cats), base)
     return result
 
 
