@@ -58,15 +58,17 @@ def main() -> None:
 
     record = json.loads(sorted((home / "pipeline" / "runs").glob("*.json"))[-2].read_text())
     stages = {s["stage"]: round(s["seconds"], 1) for s in record["stages"]}
+    stage_cpu = {s["stage"]: round(s.get("cpu_seconds", 0.0), 1) for s in record["stages"]}
     status = {s["stage"]: s["status"] for s in record["stages"]}
     figures = {"patients": a.patients, "pipeline_seconds": round(wall, 1), "pipeline_cpu_seconds": round(cpu, 1),
                "rerun_seconds": round(again_wall, 1), "rerun_cpu_seconds": round(again_cpu, 1),
                "synth_seconds": round(synth_s, 1), "load_before": round(load0, 2), "load_after": round(load1, 2),
-               **{f"{k}_seconds": v for k, v in stages.items()}, "stages": status}
+               **{f"{k}_seconds": v for k, v in stages.items()},
+               **{f"{k}_cpu_seconds": v for k, v in stage_cpu.items()}, "stages": status}
     target = 180 if a.patients <= 20_000 else 600
     words = (f"pipeline on {a.patients:,} patients: {wall:.0f} s wall, {cpu:.0f} s CPU "
              f"(target {target} s wall on 2 cores; 1-min load {load0:.1f} -> {load1:.1f}); stages "
-             + ", ".join(f"{k} {v:.0f} s ({status[k]})" for k, v in stages.items())
+             + ", ".join(f"{k} {v:.0f} s / {stage_cpu[k]:.0f} CPU-s ({status[k]})" for k, v in stages.items())
              + f"; a re-run with nothing changed {again_wall:.1f} s")
     report("pipeline", figures, words)
     print(out.strip().splitlines()[-1])

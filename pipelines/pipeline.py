@@ -78,6 +78,7 @@ class StageResult:
     stage: str
     status: str            # ran | skipped | failed
     seconds: float = 0.0
+    cpu_seconds: float = 0.0   # user + system of this process and its finished children (the machine may be shared)
     summary: str = ""
     outputs: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
@@ -150,6 +151,15 @@ def _write_marker(settings: Settings, res: StageResult) -> None:
                                "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
                               indent=1, default=str))
     tmp.replace(d / f"{res.stage}.json")
+
+
+def _cpu() -> float:
+    """CPU seconds (user + system) of this process and its waited-for children: on a shared machine the wall
+    time says little, the CPU time is what a stage costs."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _utc(when: dt.datetime | None) -> dt.datetime | None:
@@ -381,7 +391,7 @@ def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
             say(f"{label}: skipped (before --from)")
         else:
             say(f"{label}: running")
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), _cpu()
             try:
                 res = RUNNERS[stage](ctx)
             except StageFailed as exc:
@@ -391,7 +401,7 @@ def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
                 log.debug("stage %s: %s", stage, traceback.format_exc())
                 res = StageResult(stage, "failed", time.perf_counter() - t,
                                   summary=f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
-            res.seconds = time.perf_counter() - t
+            res.seconds, res.cpu_seconds = time.perf_counter() - t, _cpu() - cpu
             res.fingerprint = fp
             if res.status == "failed":
                 result.failed = res
@@ -401,7 +411,7 @@ def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
                     f"or `carecast pipeline run --from {stage}`")
                 break
             _write_marker(settings, res)
-            say(f"{label}: {res.status} in {res.seconds:.1f}s: {res.summary}")
+            say(f"{label}: {res.status} in {res.seconds:.1f}s ({res.cpu_seconds:.0f} CPU-s): {res.summary}")
         ctx.outputs[stage] = res.outputs
         result.stages.append(res)
         previous = fp
@@ -422,7 +432,8 @@ def _record_dict(result: PipelineRun, opts: PipelineOptions) -> dict:
     return {"started_at": result.started_at, "ok": result.ok, "seconds": round(result.seconds, 2),
             "failed_stage": result.failed.stage if result.failed else None,
             "options": {k: (str(v) if isinstance(v, (Path, dt.datetime)) else v) for k, v in vars(opts).items()},
-            "stages": [{"stage": s.stage, "status": s.status, "seconds": round(s.seconds, 2), "summary": s.summary,
+            "stages": [{"stage": s.stage, "status": s.status, "seconds": round(s.seconds, 2),
+                        "cpu_seconds": round(s.cpu_seconds, 2), "summary": s.summary,
                         "outputs": s.outputs} for s in result.stages]}
 
 
@@ -463,7 +474,8 @@ def _record_mlflow(settings: Settings, result: PipelineRun, opts: PipelineOption
         mlflow.log_params({"targets": ",".join(opts.targets), "as_of": str(opts.as_of), "from": str(opts.from_stage),
                            "force": opts.force})
         mlflow.log_metrics({f"{s.stage}_seconds": s.seconds for s in result.stages} | {"total_seconds": result.seconds}
-                           | {f"{s.stage}_ran": float(s.status == "ran") for s in result.stages})
+                           | {f"{s.stage}_ran": float(s.status == "ran") for s in result.stages}
+                           | {f"{s.stage}_cpu_seconds": s.cpu_seconds for s in result.stages if s.status == "ran"})
         mlflow.log_dict(_record_dict(result, opts), "pipeline_run.json")
         if gate.get("text"):
             mlflow.log_text(gate["text"] + "\n", "gate_decisions.txt")
