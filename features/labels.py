@@ -13,8 +13,8 @@
   (replied/confirmed/clicked) on sms/email/phone/portal in the next 90 days; null when there is none,
   or when the point is less than 90 days before the data's end.
 
-Tables are built in DuckDB over the views and tables ``features/build.py`` creates (``p``, ``v_all``, and for
-channel the integer-keyed ``events_pk``, ``s_engagement``, ``pids``), and written as ``labels_<target>.parquet`` with ``event_timestamp`` (the prediction point),
+Tables are built in DuckDB over the views and tables ``features/build.py`` creates (``v_all``, ``pids``: patient id
+-> integer ``pk``, and for channel the integer-keyed ``events_pk``, ``s_engagement``), and written as ``labels_<target>.parquet`` with ``event_timestamp`` (the prediction point),
 ``request_ts`` (the same, as epoch seconds) and ``label``.
 """
 
@@ -63,22 +63,24 @@ def no_show_sql(as_of: str) -> str:
 
 
 def churn_sql(as_of: str) -> str:
+    """Over ``v_all`` and the build's ``pids``: the completed visits are keyed by the integer ``pk`` once, so the two
+    ASOF joins sort integers, not patient-id strings."""
     return f"""
-    WITH c AS (SELECT patient_id, scheduled_at, status_at FROM v_all
+    WITH c AS (SELECT pk, scheduled_at, status_at FROM v_all JOIN pids USING (patient_id)
                WHERE status = 'completed' AND status_at IS NOT NULL AND status_at <= {as_of}),
-    span AS (SELECT patient_id, MIN(status_at) AS first_ts, MAX(status_at) AS last_ts FROM c GROUP BY patient_id),
-    m AS (SELECT patient_id, UNNEST(generate_series(date_trunc('month', first_ts) + INTERVAL 1 MONTH,
+    span AS (SELECT pk, MIN(status_at) AS first_ts, MAX(status_at) AS last_ts FROM c GROUP BY pk),
+    m AS (SELECT pk, UNNEST(generate_series(date_trunc('month', first_ts) + INTERVAL 1 MONTH,
               LEAST(last_ts + INTERVAL {CHURN_LOOKBACK_DAYS} DAYS, {as_of}), INTERVAL 1 MONTH)) AS point FROM span),
-    prev AS (SELECT m.patient_id, m.point, c.scheduled_at AS prev_visit
+    prev AS (SELECT m.pk, m.point, c.scheduled_at AS prev_visit
              FROM m ASOF JOIN (SELECT * FROM c ORDER BY status_at) c
-             ON m.patient_id = c.patient_id AND c.status_at <= m.point),
+             ON m.pk = c.pk AND c.status_at <= m.point),
     nxt AS (SELECT prev.*, n.scheduled_at AS next_visit
-            FROM prev ASOF LEFT JOIN (SELECT patient_id, scheduled_at FROM c) n
-            ON prev.patient_id = n.patient_id AND n.scheduled_at > prev.point)
-    SELECT patient_id, point,
+            FROM prev ASOF LEFT JOIN (SELECT pk, scheduled_at FROM c) n
+            ON prev.pk = n.pk AND n.scheduled_at > prev.point)
+    SELECT pids.patient_id, point,
       CASE WHEN point + INTERVAL {CHURN_HORIZON_DAYS} DAYS <= {as_of}
            THEN (next_visit IS NULL OR next_visit > point + INTERVAL {CHURN_HORIZON_DAYS} DAYS)::INT END AS label
-    FROM nxt WHERE prev_visit >= point - INTERVAL {CHURN_LOOKBACK_DAYS} DAYS
+    FROM nxt JOIN pids USING (pk) WHERE prev_visit >= point - INTERVAL {CHURN_LOOKBACK_DAYS} DAYS
     """
 
 
