@@ -297,8 +297,8 @@ class _Index:
     Keys are ``(patient << bits) | time`` in one int64, so ``searchsorted`` finds, for every snapshot at time t,
     the events of its patient up to t (``hi``: everything known at t, ties included) and from t - W days (``lo``)."""
 
-    def __init__(self, src: dict, snap_key: np.ndarray, clock: "_Clock"):
-        self.src, self.clock = src, clock
+    def __init__(self, src: dict, snap_key: np.ndarray, clock: "_Clock", windows: tuple[int, ...] = ()):
+        self.src, self.clock, self.windows = src, clock, windows
         self.n = len(src["pk"])
         self.key = clock.key(src["pk"], src["ts_us"])
         # first event of the snapshot's patient (events per patient, then offsets), and events with time <= t
@@ -312,10 +312,17 @@ class _Index:
         self._pstart: np.ndarray | None = None
 
     def lo(self, days: int) -> np.ndarray:
+        if days not in self.windows:   # _moved must see every window edge a feature reads
+            raise ValueError(f"window of {days} days not declared in _WINDOWED")
         if days not in self._lo:
             self._lo[days] = np.maximum(np.searchsorted(self.key, self.clock.window_start(days), side="left"),
                                         self.start)
         return self._lo[days]
+
+    def subset(self, rows: np.ndarray) -> None:
+        """Keep only these snapshot rows (positions, ascending): the lookups are per snapshot, so a subset is exact."""
+        self.hi, self.start, self.has, self.last = (a.take(rows) for a in (self.hi, self.start, self.has, self.last))
+        self._lo = {d: v.take(rows) for d, v in self._lo.items()}
 
     @staticmethod
     def _prefix(x: np.ndarray) -> np.ndarray:
@@ -397,6 +404,11 @@ class _Clock:
         self._starts = {}
         return self.key(pk, ts_us)
 
+    def subset(self, rows: np.ndarray) -> None:
+        """Keep only these snapshot rows (positions, ascending)."""
+        self.snap_pk, self.snap_ts, self.snap_local = (a.take(rows) for a in (self.snap_pk, self.snap_ts, self.snap_local))
+        self._starts = {d: v.take(rows) for d, v in self._starts.items()}
+
     def max_patients(self) -> int:
         return 1 << max(0, 62 - self.bits)
 
@@ -471,12 +483,59 @@ def _bookings_at(snap_key: np.ndarray, clock: _Clock, t_max_us: int, bk: dict) -
     return count, np.where(np.isfinite(nxt), nxt, np.nan)
 
 
+#: the windows (days) each source's features read; ``_Index.lo`` refuses any other, so ``_moved`` sees every edge
+_WINDOWED: dict[str, tuple[int, ...]] = {"visit": WINDOWS, "engagement": (90,)}
+
+
+def _booking_edges(bk: dict | None, clock: _Clock, t_max_us: int) -> np.ndarray:
+    """Sorted keys at which a booking starts or stops counting (as ``_bookings_at`` clips them)."""
+    if bk is None or not len(bk.get("pk", ())):
+        return np.zeros(0, dtype=np.int64)
+    lo_t, hi_t = clock.t0, t_max_us + clock.unit
+    return np.sort(np.concatenate([clock.key(bk["pk"], np.clip(bk["booked_us"], lo_t, hi_t)),
+                                   clock.key(bk["pk"], np.clip(bk["end_us"], lo_t, hi_t))]))
+
+
+def _moved(ix: dict[str, _Index], snap_key: np.ndarray, clock: _Clock, edges: np.ndarray, keep_us: int) -> np.ndarray:
+    """Per snapshot: False when it provably holds its patient's previous snapshot's values, so it is neither computed
+    nor stored. Every stored value is a function of, per source, the events known at t (``hi``) and the first event
+    of each window it reads (``lo``), and of which bookings are open at t; when none of these moved since the
+    previous snapshot, nothing did. The as-of snapshot (``keep_us``) is always kept. Dropping such a snapshot changes
+    no point-in-time read: a read from its time on gets the previous snapshot, which holds the same values (mostly
+    month starts more than a year after the patient's last event, when every window is already empty)."""
+    n = len(snap_key)
+    moved = np.ones(n, dtype=bool)
+    if n < 2:
+        return moved
+    still = (clock.snap_pk[1:] == clock.snap_pk[:-1]) & (clock.snap_ts[1:] != keep_us)
+    for name, I in ix.items():
+        still &= I.hi[1:] == I.hi[:-1]
+        for days in _WINDOWED.get(name, ()):
+            lo = I.lo(days)
+            still &= lo[1:] == lo[:-1]
+    if len(edges):
+        seen = np.searchsorted(edges, snap_key, side="right")   # booking edges at or before each snapshot
+        still &= seen[1:] == seen[:-1]
+    moved[1:] = ~still
+    return moved
+
+
 def _chunk_features(snap: dict, src: dict[str, dict], clock: _Clock, patients: int,
-                    bookings: dict | None = None, t_max_us: int = 0) -> dict[str, np.ndarray]:
-    """Every activity feature at every snapshot (patient, t) of a chunk of ``patients`` patient codes, from the
-    sorted event sources (and the chunk's bookings, for ``open_bookings`` and ``next_booked_ts``)."""
+                    bookings: dict | None = None, t_max_us: int = 0,
+                    keep_us: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every activity feature at the snapshots (patient, t) of a chunk of ``patients`` patient codes, from the
+    sorted event sources (and the chunk's bookings, for ``open_bookings`` and ``next_booked_ts``); with ``keep_us``
+    (the as-of time), only at the snapshots ``_moved`` keeps. Returns the features and those snapshots' positions."""
     snap_key = clock.at_snapshots(snap["pk"], snap["ts_us"], patients)
-    ix = {name: _Index(s, snap_key, clock) for name, s in src.items()}
+    ix = {name: _Index(s, snap_key, clock, _WINDOWED.get(name, ())) for name, s in src.items()}
+    rows = np.arange(len(snap_key))
+    if keep_us is not None:
+        rows = np.flatnonzero(_moved(ix, snap_key, clock, _booking_edges(bookings, clock, t_max_us), keep_us))
+        if len(rows) < len(snap_key):
+            clock.subset(rows)
+            for I in ix.values():
+                I.subset(rows)
+            snap_key = snap_key.take(rows)
     out: dict[str, np.ndarray] = {}
 
     V = ix["visit"]
@@ -533,7 +592,7 @@ def _chunk_features(snap: dict, src: dict[str, dict], clock: _Clock, patients: i
         out[f"last_response_{c}_ts"] = E.last_ts(positive & (ch == i))
     out["past_due_since_ts"] = np.where(pd_now > 0, D.at(_past_due_since(D)), np.nan)
     out["open_bookings"], out["next_booked_ts"] = _bookings_at(snap_key, clock, t_max_us, bookings)
-    return out
+    return out, rows
 
 
 def _past_due_since(D: _Index) -> np.ndarray:
@@ -552,24 +611,6 @@ def _past_due_since(D: _Index) -> np.ndarray:
     before = after[before_idx] - D.src["step"][before_idx]
     became = last_of_time & (before <= 0) & (after > 0)
     return D.running_last(D.src["ts_us"] / 1e6, became)
-
-
-def _unchanged(pk: np.ndarray, ts_us: np.ndarray, feats: dict[str, np.ndarray], keep_us: int) -> np.ndarray:
-    """Snapshots equal, bit for bit in every stored column, to their patient's previous snapshot (never one at
-    ``keep_us``, the as-of time). Dropping them changes no point-in-time read: a read between that snapshot and the
-    next gets the previous one, which holds the same values (mostly month starts long after the last event, where
-    every window is already empty). Candidates shrink column by column, so most columns compare few rows."""
-    n = len(pk)
-    idx = np.flatnonzero(pk[1:] == pk[:-1]) + 1 if n > 1 else np.zeros(0, dtype=np.int64)
-    idx = idx[ts_us[idx] != keep_us]
-    for c in (*ACTIVITY_FEATURES, *ACTIVITY_TIMESTAMPS):
-        if not len(idx):
-            break
-        bits = np.ascontiguousarray(feats[c], dtype=np.float64).view(np.int64)
-        idx = idx[bits.take(idx) == bits.take(idx - 1)]
-    out = np.zeros(n, dtype=bool)
-    out[idx] = True
-    return out
 
 
 #: snapshot parquet settings: LZ4 without dictionaries (but for patient_id) encodes 66M rows x 80 columns in about
@@ -607,13 +648,13 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, as_of: str, row
             bk = {c: np.asarray(v, dtype=np.int64) for c, v in bk.items()}
         clock = _Clock(lo, t[0], t[1], t[2])
         snap = _snapshot_times(src, registered[lo:hi], clock, as_of_us)
-        feats = _chunk_features(snap, src, clock, hi - lo, bk, t[1])
-        keep = ~_unchanged(snap["pk"], snap["ts_us"], feats, latest_us)
-        ts = pa.array(snap["ts_us"][keep], type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-        arrays = {"patient_id": ids.take(pa.array(snap["pk"][keep])), "event_timestamp": ts, "created": ts}
-        arrays.update({c: pa.array(feats[c][keep], type=pa.float64()) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS})
+        feats, rows = _chunk_features(snap, src, clock, hi - lo, bk, t[1], keep_us=latest_us)
+        snap_ts = snap["ts_us"].take(rows)
+        ts = pa.array(snap_ts, type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        arrays = {"patient_id": ids.take(pa.array(snap["pk"].take(rows))), "event_timestamp": ts, "created": ts}
+        arrays.update({c: pa.array(feats[c], type=pa.float64()) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS})
         table = pa.table(arrays)
-        latest = table.filter(pa.array(snap["ts_us"][keep] == latest_us)) if latest_path is not None else None
+        latest = table.filter(pa.array(snap_ts == latest_us)) if latest_path is not None else None
         return table, latest
 
     writer: pq.ParquetWriter | None = None
