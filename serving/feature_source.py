@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,9 +48,11 @@ class FeastFeatureSource:
     request's patients in one query per view, runs the registered python-mode on-demand UDFs on
     plain lists and fills a float32 matrix in the model's order. On the SQLite online store the rows
     are read with SQL on Feast's own table layout (Feast's ``online_read`` parses every value into a
-    protobuf and converts every row's timestamp: about 1 s for 1,000 patients); other online stores
-    go through Feast's ``online_read``. A feature service the plan does not cover (an on-demand view
-    that is not plain ``mode="python"``) is read through ``features.store.online_features``.
+    protobuf and converts every row's timestamp: about 1 s for 1,000 patients); on a plain Redis
+    server with one pipelined ``HMGET`` per patient of the plan's hashed fields (Feast's key and field
+    layout), through one client per reader; other online stores (Redis cluster or sentinel, versioned
+    views) go through Feast's ``online_read``. A feature service the plan does not cover (an on-demand
+    view that is not plain ``mode="python"``) is read through ``features.store.online_features``.
     Plans are rebuilt after the registry's cache TTL, as Feast refreshes its registry (in a thread,
     answering with the current plan meanwhile).
     """
@@ -63,6 +65,8 @@ class FeastFeatureSource:
         self._plans: dict[tuple[str, tuple[str, ...]], tuple[float, _Plan | None]] = {}
         self._refresh_lock = threading.Lock()
         self._refreshing: set[tuple[str, tuple[str, ...]]] = set()
+        self._redis_clients: dict[str, Any] = {}
+        self._redis_lock = threading.Lock()
 
     def fetch(self, target, patient_ids, requests, feature_names):
         names = tuple(feature_names)
@@ -104,12 +108,29 @@ class FeastFeatureSource:
         if missing:
             raise FeatureMismatch(f"{target}: feature store lacks {', '.join(missing[:5])}")
         try:
-            plan = _Plan.build(self.settings, self._store, STORE_TARGETS[target], names)
+            plan = _Plan.build(self.settings, self._store, STORE_TARGETS[target], names, self._redis_client)
         except _Unsupported as exc:
             log.info("%s features read through Feast's get_online_features: %s", target, exc)
             plan = None
         self._plans[key] = (now, plan)
         return plan
+
+    def _redis_client(self, online_store: Any) -> Any:
+        """This reader's redis-py client for a plain Redis server, made on first use and kept: plans are
+        rebuilt every registry TTL and a client per plan would reconnect each time. Connection parameters
+        are parsed by Feast's own ``_parse_connection_string``, as its ``_get_client`` does."""
+        conn = str(online_store.connection_string)
+        with self._redis_lock:
+            client = self._redis_clients.get(conn)
+            if client is None:
+                from feast.infra.online_stores.redis import RedisOnlineStore
+                from redis import Redis
+
+                nodes, kwargs = RedisOnlineStore._parse_connection_string(conn)
+                if not nodes or "host" not in nodes[0] or "port" not in nodes[0]:
+                    raise _Unsupported("no host:port in the Redis connection string")
+                client = self._redis_clients[conn] = Redis(host=nodes[0]["host"], port=nodes[0]["port"], **kwargs)
+            return client
 
     def _refresh_later(self, key: tuple[str, tuple[str, ...]]) -> None:
         """Rebuild a stale plan (registry TTL) in a thread: building one reads the registry (~30 ms)."""
@@ -171,6 +192,19 @@ class _Odfv:
         self.odfv, self.sources, self.request_fields, self.outputs = odfv, sources, request_fields, outputs
 
 
+class _RedisRead:
+    """Feast's Redis layout for the plan's views: per join key, the hash fields to ``HMGET`` and their columns.
+
+    Feast keeps one hash per entity key (serialised entity key + project) holding every view of that
+    entity: field ``mmh3("view:feature")`` for a value, ``_ts:view`` for the row's event time. Its
+    ``online_read`` fetches the requested fields plus ``_ts:view``; the time only becomes the response's
+    event timestamp (no view TTL is applied on this path), so the fast read leaves it out.
+    """
+
+    def __init__(self, client: Any, project: bytes, groups: list[tuple[str, list[bytes], np.ndarray]]) -> None:
+        self.client, self.project, self.groups = client, project, groups
+
+
 class _Plan:
     """How to answer ``features.store.online_features`` for one target and one model feature list."""
 
@@ -180,13 +214,18 @@ class _Plan:
         self.raw_names: list[tuple[str, str]] = []
         self.int_columns: set[int] = set()
         self.ttl = _NO_PLAN_RETRY_S
+        self.sqlite: tuple[str, list[str]] | None = None
+        self.redis: _RedisRead | None = None
         self._local = threading.local()
         self._encoders: dict[str, Any] = {}
         self._sql: dict[tuple[str, int], str] = {}
 
     # --- building ------------------------------------------------------------------------------
     @classmethod
-    def build(cls, settings: Any, store: Any, target: str, names: tuple[str, ...]) -> "_Plan":
+    def build(cls, settings: Any, store: Any, target: str, names: tuple[str, ...],
+              redis_client: Callable[[Any], Any] | None = None) -> "_Plan":
+        """The plan for ``names`` of ``target``; ``redis_client(online_store_config)`` gives the reader's
+        Redis client (without it a Redis store is read through Feast's ``online_read``)."""
         from feast.types import Int32, Int64
 
         from features.request_features import APPOINTMENT_FEATURES, CATEGORIES
@@ -239,6 +278,8 @@ class _Plan:
             else:
                 for f in proj.features:
                     produced[f.name] = ("raw", raw(proj.name, f.name))
+        if getattr(service, "precompute_online", False) and not plan.odfvs:
+            raise _Unsupported("feature service reads precomputed vectors")  # Feast's precomputed path
         for key in ("sex_code", "visits_all"):  # what features.store.online_features reads "known" from
             if key not in produced or produced[key][0] != "raw":
                 raise _Unsupported(f"no stored {key} to tell known patients")
@@ -256,6 +297,9 @@ class _Plan:
             plan.sqlite = plan._sqlite_tables(cfg)
             for view, table in zip(plan.views, plan.sqlite[1]):
                 view.table = table
+        plan.redis = None
+        if cfg.online_store.type == "redis" or str(cfg.online_store.type).endswith("RedisOnlineStore"):
+            plan.redis = plan._redis_layout(cfg, redis_client)
         raw_pos = [(j, k) for j, (kind, k) in enumerate(plan.columns) if kind == "raw"]
         plan.raw_targets = np.array([j for j, _ in raw_pos], dtype=np.intp)
         plan.raw_sources = np.array([k for _, k in raw_pos], dtype=np.intp)
@@ -284,6 +328,39 @@ class _Plan:
         finally:
             con.close()
         return str(path), [_quote_id(t) for t in tables]
+
+    def _redis_layout(self, cfg: Any, redis_client: Callable[[Any], Any] | None) -> _RedisRead | None:
+        """Feast's Redis keys and fields for the plan, or None (with the reason logged) where the read goes
+        through Feast's ``online_read``: a cluster or sentinel (other clients and key routing), versioned
+        views (other field names), or no client given."""
+        from feast.infra.online_stores.helpers import _mmh3
+
+        o = cfg.online_store
+        reason = None
+        if redis_client is None:
+            reason = "no client for this plan"
+        elif str(getattr(o.redis_type, "value", o.redis_type)) != "redis":
+            reason = f"redis_type {getattr(o.redis_type, 'value', o.redis_type)}"
+        elif getattr(cfg.registry, "enable_online_feature_view_versioning", False) or any(
+                getattr(v.fv.projection, "version_tag", None) is not None for v in self.views):
+            reason = "versioned feature views"
+        client = None
+        if reason is None:
+            try:
+                client = redis_client(o)
+            except _Unsupported as exc:
+                reason = str(exc)
+        if reason is not None:
+            log.info("%s features read through Feast's Redis online_read: %s", self.target, reason)
+            return None
+        groups: dict[str, tuple[list[bytes], list[int]]] = {}
+        for view in self.views:  # views with one join key share the entity's hash: one HMGET for all
+            fields, cols = groups.setdefault(view.join_key, ([], []))
+            for feature, c in view.columns.items():
+                fields.append(_mmh3(f"{view.fv.name}:{feature}"))
+                cols.append(c)
+        return _RedisRead(client, cfg.project.encode("utf-8"),
+                          [(k, f, np.array(c, dtype=np.intp)) for k, (f, c) in groups.items()])
 
     # --- reading ------------------------------------------------------------------------------
     def _conn(self) -> Any:
@@ -315,6 +392,9 @@ class _Plan:
         u, m = len(ids), len(self.raw_names)
         values = np.full((u, m), np.nan, dtype=np.float64)
         present = np.zeros((u, m), dtype=bool)
+        if self.redis is not None:
+            self._read_redis(ids, values, present)
+            return values, present
         keys_by_join: dict[str, list[bytes]] = {}
         for view in self.views:
             keys = keys_by_join.get(view.join_key)
@@ -370,6 +450,57 @@ class _Plan:
         if blobs_d:
             values[rows_d, cols_d] = np.frombuffer(b"".join(blobs_d), dtype=_DOUBLE_DTYPE)["value"]
             present[rows_d, cols_d] = True
+
+    def _read_redis(self, ids: list[str], values: np.ndarray, present: np.ndarray) -> None:
+        """One ``HMGET`` per patient and join key of the plan's fields, pipelined (one round trip), as
+        Feast's ``online_read`` issues them; a missing key or field comes back as None (Feast: an empty
+        ValueProto, i.e. None), an empty value likewise."""
+        rd = self.redis
+        assert rd is not None
+        for join_key, fields, cols in rd.groups:
+            keys = [k + rd.project for k in self._entity_keys(ids, join_key)]
+            if len(keys) == 1:
+                replies = [rd.client.hmget(keys[0], fields)]
+            else:
+                with rd.client.pipeline(transaction=False) as pipe:
+                    for k in keys:
+                        pipe.hmget(k, fields)
+                    replies = pipe.execute()
+            self._decode_redis(replies, cols, values, present)
+
+    @staticmethod
+    def _decode_redis(replies: list[list[bytes | None]], cols: np.ndarray, values: np.ndarray,
+                      present: np.ndarray) -> None:
+        """HMGET replies (rows of ``len(cols)`` blobs) into ``values``: doubles (tag 0x29 + 8 bytes) unpacked
+        together with numpy from one joined buffer; other non-empty blobs parsed as ValueProtos."""
+        m = len(cols)
+        flat = [v or b"" for row in replies for v in row]
+        if not flat:
+            return
+        lens = np.fromiter(map(len, flat), dtype=np.intp, count=len(flat))
+        u8 = np.frombuffer(b"".join(flat), dtype=np.uint8)
+        starts = np.cumsum(lens) - lens
+        nine = np.flatnonzero(lens == _DOUBLE_BLOB)
+        dbl = nine[u8[starts[nine]] == _DOUBLE_TAG] if len(nine) else nine
+        if len(dbl):
+            raw = u8[starts[dbl][:, None] + np.arange(1, _DOUBLE_BLOB)]
+            rows, cs = np.divmod(dbl, m)
+            values[rows, cols[cs]] = raw.view("<f8").ravel()
+            present[rows, cols[cs]] = True
+        other = np.flatnonzero(lens > 0)
+        if len(other) != len(dbl):
+            from feast.protos.feast.types.Value_pb2 import Value
+
+            is_dbl = np.zeros(len(flat), dtype=bool)
+            is_dbl[dbl] = True
+            for i in other[~is_dbl[other]].tolist():
+                v = Value()
+                v.ParseFromString(flat[i])
+                x = _proto_value(v)
+                if x is not None:
+                    r, c = divmod(i, m)
+                    values[r, cols[c]] = x
+                    present[r, cols[c]] = True
 
     def _read_feast(self, view: _View, ids: list[str], values: np.ndarray, present: np.ndarray) -> None:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
