@@ -1,10 +1,15 @@
 """The serving read of the Feast online store (serving/feature_source.py) gives exactly what
 ``features.store.online_features`` gives: same matrix (stored features, on-demand request and recency
-features, population defaults for unknown patients, -1 for a missing category) and the same known flags."""
+features, population defaults for unknown patients, -1 for a missing category) and the same known flags;
+from Feast's SQLite online store and from the real Redis on 127.0.0.1:6379 (each Redis test in its own Feast
+project, its keys removed after)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +19,7 @@ import test_serving_support as sup
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving-features")]
 
 AS_OF = dt.datetime(2026, 5, 1, 12, 0)
+REDIS = "127.0.0.1:6379"
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +127,141 @@ def test_a_stale_plan_is_rebuilt_in_the_background(store_home):
             break
         time.sleep(0.05)
     assert src._plans[key][1] is not plan and src._plans[key][0] > built_at - 3600
+
+
+# --- Redis ---------------------------------------------------------------------------------------
+
+
+def _redis():
+    import redis
+
+    return redis.Redis.from_url(f"redis://{REDIS}", socket_connect_timeout=1)
+
+
+def _redis_up() -> bool:
+    try:
+        return bool(_redis().ping())
+    except Exception:
+        return False
+
+
+def _project_keys(project: str) -> list[bytes]:
+    """Every Redis key of one Feast project (Feast suffixes each entity key with the project name)."""
+    return list(_redis().scan_iter(match=b"*" + project.encode(), count=1000))
+
+
+@pytest.fixture()
+def redis_home(store_home, tmp_path: Path):
+    """The SQLite home's built features in a fresh Feast project on the real Redis (materialized, the bulk
+    writer as in production); the project's keys and registry entries are removed after."""
+    from carecast.settings import load_settings
+    from features import store
+
+    if not _redis_up():
+        pytest.skip("no Redis server on 127.0.0.1:6379")
+    project = f"cc_{uuid.uuid4().hex[:12]}"
+    s = load_settings(environ={"CARECAST_HOME": str(tmp_path / project), "CARECAST_ONLINE_STORE__TYPE": "redis",
+                               "CARECAST_ONLINE_STORE__PROJECT": project,
+                               "CARECAST_ONLINE_STORE__REDIS_CONNECTION_STRING": REDIS})
+    shutil.copytree(store_home.feature_dir, s.feature_dir)
+    try:
+        store.apply(s)
+        store.materialize(s)
+        yield s
+    finally:
+        store.teardown(s)
+        left = _project_keys(project)
+        if left:  # never leave test keys behind, even when teardown missed some
+            _redis().delete(*left)
+        assert not left, "test keys left in Redis after teardown"
+
+
+def _redis_key(settings, patient_id: str) -> bytes:
+    from features.online_write import string_key_encoder
+
+    return string_key_encoder("patient_id", 3)(patient_id) + settings.online_store.project.encode()
+
+
+def _view_fields(settings, view: str) -> list[bytes]:
+    """A view's hash fields in Feast's Redis layout: mmh3 of ``view:feature`` for values, ``_ts:view``."""
+    from feast.infra.online_stores.helpers import _mmh3
+
+    from features import store
+
+    fv = store.get_store(settings).get_feature_view(view)
+    return [_mmh3(f"{view}:{f.name}") for f in fv.features] + [f"_ts:{view}".encode()]
+
+
+@pytest.mark.parametrize("target", ["no_show", "churn", "channel"])
+def test_fast_redis_read_equals_feast_online_features(store_home, redis_home, target):
+    from features import store
+    from serving.feature_source import FeastFeatureSource
+
+    known_ids = sup.known_patient_ids(store_home, 150)
+    r = _redis()
+    no_activity, no_profile, one_null = known_ids[3], known_ids[4], known_ids[5]
+    assert r.hdel(_redis_key(redis_home, no_activity), *_view_fields(redis_home, "patient_activity"))
+    assert r.hdel(_redis_key(redis_home, no_profile), *_view_fields(redis_home, "patient_profile"))
+    r.hset(_redis_key(redis_home, one_null), _view_fields(redis_home, "patient_activity")[0], b"")  # a null value
+
+    src = FeastFeatureSource(redis_home)
+    ids = known_ids + ["NOBODY", "also-unknown"] + known_ids[:7] + [no_activity]  # unknown patients, repeats
+    reqs = _requests(target, len(ids))
+    names = store.feature_columns(target)
+    shuffled = list(np.random.default_rng(0).permutation(names)[: len(names) - 3])  # another order, a subset
+    for cols in (names, shuffled):
+        fast, fast_known = src.fetch(target, ids, reqs, cols)
+        assert src._plans[(target, tuple(cols))][1].redis is not None  # the fast Redis path, not Feast's
+        ref, ref_known = src.fetch_reference(target, ids, reqs, cols)
+        assert fast.dtype == np.float32 and fast.shape == (len(ids), len(cols))
+        np.testing.assert_array_equal(fast, ref)  # NaN where NaN, bit for bit elsewhere
+        assert fast_known == ref_known
+        assert fast_known.count(False) == 2
+        for i in (0, 3, 4, 5, len(known_ids)):  # one patient: known, missing a view, a null, unknown
+            one, k1 = src.fetch(target, [ids[i]], [reqs[i]], cols)
+            np.testing.assert_array_equal(one, ref[i:i + 1])
+            assert k1 == [ref_known[i]]
+        dup, dup_known = src.fetch(target, [ids[1]] * 3, reqs[:3], cols)  # only duplicates in one call
+        ref_dup, ref_dup_known = src.fetch_reference(target, [ids[1]] * 3, reqs[:3], cols)
+        np.testing.assert_array_equal(dup, ref_dup)
+        assert dup_known == ref_dup_known == [True] * 3
+
+
+def test_redis_falls_back_to_feasts_online_read(store_home, redis_home, monkeypatch):
+    """A plan without the reader's client reads through Feast's own online_read (same answer); a Redis cluster
+    or sentinel config is decided for Feast's path when the plan is built."""
+    from features import store
+    from serving.feature_source import FeastFeatureSource, _Plan
+
+    names = tuple(store.feature_columns("no_show"))
+    plan = _Plan.build(redis_home, store, "no_show", names)  # no client given
+    assert plan.redis is None and plan.sqlite is None
+    ids = sup.known_patient_ids(store_home, 20) + ["NOBODY", sup.known_patient_ids(store_home, 1)[0]]
+    reqs = _requests("no_show", len(ids))
+    X, known = plan.fetch(ids, reqs)
+    ref, ref_known = FeastFeatureSource(redis_home).fetch_reference("no_show", ids, reqs, names)
+    np.testing.assert_array_equal(X, ref)
+    assert known == ref_known
+
+    online = store.get_store(redis_home).config.online_store
+    for kind in ("redis_cluster", "redis_sentinel"):
+        monkeypatch.setattr(online, "redis_type", kind)
+        src = FeastFeatureSource(redis_home)
+        assert src._build(("no_show", names)).redis is None
+        assert src._redis_clients == {}  # not even a client made
+
+
+def test_one_redis_client_per_reader(store_home, redis_home):
+    from features import store
+    from serving.feature_source import FeastFeatureSource
+
+    src = FeastFeatureSource(redis_home)
+    ids = sup.known_patient_ids(store_home, 2)
+    churn, no_show = tuple(store.feature_columns("churn")), tuple(store.feature_columns("no_show"))
+    src.fetch("churn", ids, _requests("churn", 2), churn)
+    src.fetch("no_show", ids, _requests("no_show", 2), no_show)
+    first = src._plans[("churn", churn)][1]
+    rebuilt = src._build(("churn", churn))  # as after the registry TTL
+    assert rebuilt is not first and rebuilt.redis.client is first.redis.client
+    assert src._plans[("no_show", no_show)][1].redis.client is first.redis.client
+    assert len(src._redis_clients) == 1
