@@ -136,6 +136,7 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
             base_metrics[name] = M.metrics(target.kind, y[sp.test], base_preds[name]) | {"label": b.name}
         truth = data.oracle(settings, target, df[sp.test])
         orc = oracle_summary(target, y[sp.test], p_test, truth)
+        orc_seen = oracle_summary(target, y[sp.test], p_test, data.observable_oracle(settings, target, df[sp.test]))
         shap_rate = shap_rows_per_second(booster, X[sp.test] if sp.test.sum() >= 200 else X)
         start = time.perf_counter()
         predict(booster, X)
@@ -152,7 +153,7 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
         "cores": os.cpu_count(), "val": M.metrics(target.kind, y[sp.val], p_val),
         "test": test["metrics"], "subgroups": test["subgroups"], "subgroup_gap": test["gap"],
         "gap_metric": "AUC" if target.kind == "binary" else "one-vs-rest AUC",
-        "baselines": base_metrics, "oracle": orc,
+        "baselines": base_metrics, "oracle": orc, "oracle_observable": orc_seen,
         "n": {"train": int(sp.train.sum()), "val": int(sp.val.sum()), "test": int(sp.test.sum())},
         "n_fit": {"train": int(tr.sum()), "val": int(va.sum())},
     }
@@ -190,6 +191,9 @@ def _flat_metrics(result: dict) -> dict[str, float]:
     if result["oracle"]:
         o = result["oracle"]
         out |= {f"oracle_{o['metric']}": o["oracle"], "oracle_ratio": o["ratio"], "oracle_rows": o["n"]}
+    if result.get("oracle_observable"):
+        o = result["oracle_observable"]
+        out |= {f"oracle_observable_{o['metric']}": o["oracle"], "oracle_observable_ratio": o["ratio"]}
     out |= {"subgroup_max_auc_gap": result["subgroup_gap"]["gap"], "shap_rows_per_s": result["shap_rows_per_s"],
             "predict_rows_per_s": result["predict_rows_per_s"], "fit_seconds": result["fit_seconds"],
             "n_trees": result["n_trees"], "val_log_loss_uncalibrated": result["calibration"]["val_log_loss_before"]}
