@@ -420,77 +420,13 @@ def _record_mlflow(settings: Settings, target: str, mv: Any, td: TargetDrift, fi
     return run_id
 
 
-def report_files(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], categorical: list[str],
-                 cfg: MonitorSettings, html: Path, js: Path) -> dict[str, Any]:
-    """``run_report`` and its HTML and JSON files: one target's Evidently work, self-contained so that it can run
-    in a worker process (``_Reports``). Returns the per-feature table, the drifted features, the share and timings."""
-    t = time.perf_counter()
-    snapshot, rows, drifted, share = run_report(ref, cur, columns, categorical, cfg)
-    t_rep = time.perf_counter()
-    snapshot.save_html(str(html))
-    snapshot.save_json(str(js))
-    return {"rows": rows, "drifted": drifted, "share": share, "report": t_rep - t, "save": time.perf_counter() - t_rep}
-
-
-#: Evidently's report (metrics, plotly figures) is single-threaded Python, 70-80% of a drift check; with several
-#: targets on a machine with several cores the reports run in this many worker processes at most
-REPORT_WORKERS = 2
-
-
-class _Reports:
-    """Runs ``report_files`` inline, or in spawned worker processes while the caller prepares the next target's
-    frames. Workers are spawned, not forked: the caller holds DuckDB, XGBoost (OpenMP) and MLflow threads, which a
-    fork does not carry safely. Each worker imports Evidently itself (~8 CPU-s), so it only pays with several
-    targets and cores. A pool that cannot start falls back to inline."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self.pool: Any = None
-
-    def __enter__(self) -> "_Reports":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def submit(self, *args: Any) -> Any:
-        from concurrent.futures import Future
-
-        if self.workers > 1:
-            try:
-                if self.pool is None:
-                    import multiprocessing as mp
-                    from concurrent.futures import ProcessPoolExecutor
-
-                    self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
-                return self.pool.submit(report_files, *args)
-            except (OSError, RuntimeError) as exc:  # no processes here (sandbox, shutdown): do it inline
-                log.warning("drift reports run inline: worker processes unavailable (%s)", type(exc).__name__)
-                self.workers = 1
-        done: Future = Future()
-        done.set_result(report_files(*args))
-        return done
-
-
-def _model_version(settings: Settings, target: str, versions: dict[str, str] | None) -> Any:
-    from training import registry, tracking
-
-    if versions and versions.get(target):
-        return tracking.setup(settings).get_model_version(registry.spec(target).registered_model, str(versions[target]))
-    return registry.version_by_alias(settings, target, registry.CHAMPION)
-
-
 def drift(settings: Settings, targets: list[str] | None = None, since: dt.datetime | None = None,
           record: bool = True, versions: dict[str, str] | None = None) -> DriftResult:
     """Drift reports for each target that has a champion (see the module doc). ``versions`` names the
     model version to compare against per target (default: the champion; the pipeline passes the champion
-    that served before the run, which made the captured predictions). With several targets the Evidently
-    reports run in worker processes (``_Reports``) while the next target's frames are read; results, MLflow
-    records and the summary are the same, in target order."""
-    import os
-
+    that served before the run, which made the captured predictions)."""
     from features import store
+    from training import registry, tracking
 
     t0 = time.perf_counter()
     cfg = monitor_settings(settings)
@@ -502,49 +438,48 @@ def drift(settings: Settings, targets: list[str] | None = None, since: dt.dateti
     folder = root / f"{created:%Y%m%dT%H%M%S%fZ}"
     folder.mkdir(parents=True, exist_ok=True)
     result = DriftResult(folder=folder, flagged=False)
-    workers = min(REPORT_WORKERS, len(targets), os.cpu_count() or 1)
-    pending = []
-    with _Reports(workers) as reports:
-        for target in targets:
-            mv = _model_version(settings, target, versions)
-            if mv is None:
-                result.skipped[target] = "no champion"
-                continue
-            t = time.perf_counter()
-            with logs.stage(log, f"drift {target}: reference and current features") as info:
-                ref, ref_src = reference(settings, target, mv)
-                t_ref = time.perf_counter()
-                cur, cur_src = current(settings, target, mv.name, since_ts)
-                t_cur = time.perf_counter()
-                info.update({"reference": len(ref), "current": len(cur)})
+    for target in targets:
+        if versions and versions.get(target):
+            mv = tracking.setup(settings).get_model_version(registry.spec(target).registered_model,
+                                                            str(versions[target]))
+        else:
+            mv = registry.version_by_alias(settings, target, registry.CHAMPION)
+        if mv is None:
+            result.skipped[target] = "no champion"
+            continue
+        t = time.perf_counter()
+        with logs.stage(log, f"drift {target}") as info:
+            ref, ref_src = reference(settings, target, mv)
+            t_ref = time.perf_counter()
+            cur, cur_src = current(settings, target, mv.name, since_ts)
+            t_cur = time.perf_counter()
             columns = [c for c in store.feature_columns(target) if c in ref.columns and c in cur.columns]
             cats = [c for c in store.categorical_columns(target) if c in columns]
             if len(cur) < 2 or len(ref) < 2:
                 result.skipped[target] = f"too few rows (reference {len(ref)}, current {len(cur)})"
                 continue
+            snapshot, rows, drifted, share = run_report(ref, cur, columns, cats, cfg)
+            t_rep = time.perf_counter()
             html, js = folder / f"{target}.html", folder / f"{target}.json"
-            job = reports.submit(ref, cur, columns, cats, cfg, html, js)
-            pending.append((target, mv, t, {"reference": t_ref - t, "current": t_cur - t_ref},
-                            {"rows": len(ref), "source": ref_src},
-                            {"rows": len(cur), "source": cur_src, "since": since_ts.isoformat()}, html, js, job))
-        for target, mv, t, timings, ref_info, cur_info, html, js, job in pending:
-            out = job.result()
-            share = out["share"]
+            snapshot.save_html(str(html))
+            snapshot.save_json(str(js))
+            timings = {"reference": t_ref - t, "current": t_cur - t_ref, "report": t_rep - t_cur,
+                       "save": time.perf_counter() - t_rep}
             td = TargetDrift(target=target, model={"name": mv.name, "version": str(mv.version)},
                              flagged=share >= cfg.drift_share, dataset_drift=share >= cfg.drift_share,
-                             share=share, drifted=out["drifted"], features=out["rows"], reference=ref_info,
-                             current=cur_info, html=str(html), json=str(js), seconds=time.perf_counter() - t,
-                             timings={k: round(v, 2) for k, v in
-                                      (timings | {"report": out["report"], "save": out["save"]}).items()})
-            log.info("drift %s: done in %.2fs (report %.2fs) share=%.3f drifted=%d flagged=%s", target, td.seconds,
-                     out["report"], share, len(td.drifted), td.flagged)
-            if record:
-                try:
-                    td.mlflow_run_id = _record_mlflow(settings, target, mv, td, [html, js])
-                except Exception as exc:  # noqa: BLE001 - the report stands without the MLflow record
-                    log.warning("drift %s: not recorded in MLflow: %s", target, type(exc).__name__)
-            result.targets[target] = td
-            result.flagged |= td.flagged
+                             share=share, drifted=drifted, features=rows,
+                             reference={"rows": len(ref), "source": ref_src},
+                             current={"rows": len(cur), "source": cur_src, "since": since_ts.isoformat()},
+                             html=str(html), json=str(js), seconds=time.perf_counter() - t,
+                             timings={k: round(v, 2) for k, v in timings.items()})
+            info.update({"share": round(share, 3), "drifted": len(drifted), "flagged": td.flagged})
+        if record:
+            try:
+                td.mlflow_run_id = _record_mlflow(settings, target, mv, td, [html, js])
+            except Exception as exc:  # noqa: BLE001 - the report stands without the MLflow record
+                log.warning("drift %s: not recorded in MLflow: %s", target, type(exc).__name__)
+        result.targets[target] = td
+        result.flagged |= td.flagged
     result.seconds = time.perf_counter() - t0
     summary = {
         "created_at": created.isoformat(timespec="seconds"), "as_of": as_of.isoformat(), "since": since_ts.isoformat(),

@@ -158,20 +158,3 @@ def test_time_since_features_are_reported_not_counted() -> None:
     by = {r["feature"]: r for r in rows}
     assert by["days_since_last_no_show"]["drifted"] and not by["days_since_last_no_show"]["counted"]
     assert "days_since_last_no_show" not in drifted
-
-
-def test_reports_in_worker_processes_match_inline(tmp_path: Path) -> None:
-    """Several targets' Evidently reports run in spawned workers: the same table, share and files as inline."""
-    cfg = monitor.MonitorSettings(drift_share=0.3)
-    ref, cur = _frame(1500, 0), _frame(600, 2, shift=1.0, trend=8)
-    outs = {}
-    for workers in (1, 2):
-        d = tmp_path / f"w{workers}"
-        d.mkdir()
-        with monitor._Reports(workers) as reports:
-            jobs = [reports.submit(ref, cur, COLS, CATS, cfg, d / f"{i}.html", d / f"{i}.json") for i in range(2)]
-            outs[workers] = [j.result() for j in jobs]
-        assert all((d / f"{i}.html").stat().st_size > 10_000 and (d / f"{i}.json").exists() for i in range(2))
-    for inline, worker in zip(outs[1], outs[2]):
-        assert worker["rows"] == inline["rows"] and worker["share"] == inline["share"]
-        assert set(worker["drifted"]) == {"open_balance", "in_collections"}
