@@ -58,7 +58,14 @@ def main() -> None:
         primary = r["test"]["auc"]
         figures |= {f"{target}_seconds": round(took, 1), f"{target}_rows": sum(r["n"].values()),
                     f"{target}_load_seconds": round(r["load_seconds"], 1), f"{target}_fit_seconds": round(r["fit_seconds"], 1),
-                    f"{target}_test_auc": round(primary, 4), f"{target}_shap_rows_per_s": round(r["shap_rows_per_s"])}
+                    f"{target}_test_auc": round(primary, 4), f"{target}_shap_rows_per_s": round(r["shap_rows_per_s"]),
+                    f"{target}_test_ece": round(r["test"]["ece"], 4)}
+        if "accuracy" in r["test"]:
+            figures[f"{target}_test_accuracy"] = round(r["test"]["accuracy"], 4)
+        for key in ("oracle", "oracle_observable"):
+            if r.get(key):
+                figures |= {f"{target}_{key}_{r[key]['metric']}": round(r[key]["oracle"], 4),
+                            f"{target}_{key}_ratio": round(r[key]["ratio"], 4)}
     figures |= {"total_seconds": round(total, 1), "peak_rss_mb": round(peak_rss_mb())}
     words = (f"training all three models at {a.patients:,} patients took {total:.0f} s on {os.cpu_count()} cores "
              f"(target <= 300 s): " + ", ".join(f"{t} {figures[f'{t}_seconds']:.0f} s for {figures[f'{t}_rows']:,} rows "
