@@ -66,6 +66,9 @@ def main() -> None:
             if r.get(key):
                 figures |= {f"{target}_{key}_{r[key]['metric']}": round(r[key]["oracle"], 4),
                             f"{target}_{key}_ratio": round(r[key]["ratio"], 4)}
+                if "auc_ratio" in r[key]:
+                    figures |= {f"{target}_{key}_auc": round(r[key]["oracle_auc"], 4),
+                                f"{target}_{key}_auc_ratio": round(r[key]["auc_ratio"], 4)}
     figures |= {"total_seconds": round(total, 1), "peak_rss_mb": round(peak_rss_mb())}
     words = (f"training all three models at {a.patients:,} patients took {total:.0f} s on {os.cpu_count()} cores "
              f"(target <= 300 s): " + ", ".join(f"{t} {figures[f'{t}_seconds']:.0f} s for {figures[f'{t}_rows']:,} rows "

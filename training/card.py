@@ -49,6 +49,9 @@ def render(target: TargetSpec, r: dict) -> str:
         o = r["oracle"]
         lines += ["", f"Synthetic oracle (the true probabilities): {o['metric']} {o['oracle']:.4f}; this model "
                       f"{o['model']:.4f} on the same {o['n']:,} rows: **ratio {o['ratio']:.3f}**."]
+        if "auc_ratio" in o:
+            lines[-1] += (f" Macro one-vs-rest AUC: oracle {o['oracle_auc']:.4f}, this model {o['model_auc']:.4f}, "
+                          f"ratio {o['auc_ratio']:.3f}.")
     if r.get("oracle_observable"):
         o = r["oracle_observable"]
         lines += ["", f"Oracle with the departure hidden (what the feeds can show): {o['metric']} {o['oracle']:.4f}; "

@@ -55,7 +55,8 @@ def oracle_summary(target: TargetSpec, y: np.ndarray, p: np.ndarray, truth: np.n
     m = M.multiclass_metrics(y[ok], p[ok])
     return {"metric": "accuracy", "oracle": o["accuracy"], "model": m["accuracy"],
             "ratio": m["accuracy"] / o["accuracy"], "oracle_log_loss": o["log_loss"],
-            "model_log_loss": m["log_loss"], "n": int(ok.sum())}
+            "model_log_loss": m["log_loss"], "n": int(ok.sum()),
+            "oracle_auc": o["auc"], "model_auc": m["auc"], "auc_ratio": m["auc"] / o["auc"]}
 
 
 @dataclass
@@ -191,6 +192,8 @@ def _flat_metrics(result: dict) -> dict[str, float]:
     if result["oracle"]:
         o = result["oracle"]
         out |= {f"oracle_{o['metric']}": o["oracle"], "oracle_ratio": o["ratio"], "oracle_rows": o["n"]}
+        if "auc_ratio" in o:   # multiclass: macro one-vs-rest AUC beside accuracy
+            out |= {"oracle_auc": o["oracle_auc"], "oracle_auc_ratio": o["auc_ratio"]}
     if result.get("oracle_observable"):
         o = result["oracle_observable"]
         out |= {f"oracle_observable_{o['metric']}": o["oracle"], "oracle_observable_ratio": o["ratio"]}
