@@ -27,8 +27,7 @@ def test_observable_oracle_aligns_with_rows(tmp_path: Path) -> None:
     s = _home(tmp_path, observable=True)
     rows = pd.DataFrame({"patient_id": ["P2", "P1", "P1", "P3"],
                          "event_timestamp": pd.to_datetime(["2025-01-01", "2025-02-01", "2025-01-01", "2025-01-01"])})
-    full = data.oracle(s, spec("churn"), rows)
-    seen = data.observable_oracle(s, spec("churn"), rows)
+    full, seen = data.oracles(s, spec("churn"), rows)
     np.testing.assert_array_equal(full[:3], [0.4, 0.2, 1.0])
     np.testing.assert_array_equal(seen[:3], [0.4, 0.25, 0.7])
     assert np.isnan(full[3]) and np.isnan(seen[3])
@@ -37,6 +36,6 @@ def test_observable_oracle_aligns_with_rows(tmp_path: Path) -> None:
 def test_observable_oracle_only_for_churn_and_when_present(tmp_path: Path) -> None:
     s = _home(tmp_path, observable=False)
     rows = pd.DataFrame({"patient_id": ["P1"], "event_timestamp": pd.to_datetime(["2025-01-01"])})
-    assert data.observable_oracle(s, spec("churn"), rows) is None
-    assert data.observable_oracle(s, spec("channel"), rows) is None
-    assert data.oracle(s, spec("churn"), rows)[0] == 1.0
+    full, seen = data.oracles(s, spec("churn"), rows)
+    assert seen is None and full[0] == 1.0
+    assert data.oracles(s, spec("channel"), rows)[1] is None

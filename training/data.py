@@ -128,28 +128,20 @@ def _truth(settings: Settings, target: TargetSpec, rows: pd.DataFrame) -> pd.Dat
     return left.merge(right, on=["patient_id", "snapshot_at"], how="left")
 
 
-def oracle(settings: Settings, target: TargetSpec, rows: pd.DataFrame) -> np.ndarray | None:
-    """The true probabilities for ``rows`` from the synthetic truth files, or None if absent.
+def oracles(settings: Settings, target: TargetSpec,
+            rows: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(the true probabilities, churn's truth with the departure hidden) for ``rows``, one truth read.
 
-    Binary: (n,) with NaN where the truth has no row; multiclass: (n, 4)."""
+    The first is None without truth files: binary (n,) with NaN where the truth has no row, multiclass
+    (n, 4). The second is None but for churn: the full-state truth knows whether a patient has already
+    left, which no feed shows; ``p_churn_observable`` knows only the silence since the last booking,
+    like the practice (docs/synthetic-data.md)."""
     m = _truth(settings, target, rows)
     if m is None:
-        return None
+        return None, None
     if target.name == "no_show":
-        return m["p_no_show"].to_numpy(dtype=float)
+        return m["p_no_show"].to_numpy(dtype=float), None
     if target.name == "churn":
-        return m["p_churn"].to_numpy(dtype=float)
-    return m[[f"p_{c}" for c in target.classes]].to_numpy(dtype=float)
-
-
-def observable_oracle(settings: Settings, target: TargetSpec, rows: pd.DataFrame) -> np.ndarray | None:
-    """Churn's truth with the departure hidden (``p_churn_observable``), or None.
-
-    The full-state truth knows whether a patient has already left, which no feed shows; this one
-    knows only the silence since the last booking, like the practice (docs/synthetic-data.md)."""
-    if target.name != "churn":
-        return None
-    m = _truth(settings, target, rows)
-    if m is None or "p_churn_observable" not in m:
-        return None
-    return m["p_churn_observable"].to_numpy(dtype=float)
+        seen = m["p_churn_observable"].to_numpy(dtype=float) if "p_churn_observable" in m else None
+        return m["p_churn"].to_numpy(dtype=float), seen
+    return m[[f"p_{c}" for c in target.classes]].to_numpy(dtype=float), None

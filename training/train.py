@@ -135,9 +135,9 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
         for name, b in base.items():
             base_preds[name] = b.predict(X[sp.test])
             base_metrics[name] = M.metrics(target.kind, y[sp.test], base_preds[name]) | {"label": b.name}
-        truth = data.oracle(settings, target, df[sp.test])
+        truth, truth_seen = data.oracles(settings, target, df[sp.test])
         orc = oracle_summary(target, y[sp.test], p_test, truth)
-        orc_seen = oracle_summary(target, y[sp.test], p_test, data.observable_oracle(settings, target, df[sp.test]))
+        orc_seen = oracle_summary(target, y[sp.test], p_test, truth_seen)
         shap_rate = shap_rows_per_second(booster, X[sp.test] if sp.test.sum() >= 200 else X)
         start = time.perf_counter()
         predict(booster, X)
