@@ -21,6 +21,7 @@ from fastapi.security import HTTPBearer
 from starlette.responses import Response
 
 from serving.auth import BearerKeyMiddleware
+from serving.feature_source import FeatureStoreUnavailable
 from serving.model_source import ModelNotAvailable
 from serving.outreach import OutreachPlanRequest, OutreachPlanResponse, plan_request
 from serving.schemas import (ChannelResponse, ChurnResponse, ErrorResponse, NoShowRequest, NoShowResponse,
@@ -109,6 +110,11 @@ def build_app() -> FastAPI:
         except ModelNotAvailable as exc:
             return _json({"error": "model not available", "detail": [
                 {"field": "model", "rule": str(exc), "type": "model_not_available"}]}, 503)
+        except FeatureStoreUnavailable as exc:
+            log.error("prediction failed: %s", exc)   # the failure kind only
+            return _json({"error": "feature store unavailable", "detail": [
+                {"field": "features", "rule": "the online feature store did not answer; retry later",
+                 "type": "feature_store_unavailable"}]}, 503)
         except Exception as exc:  # log the kind of failure only: messages can carry ids or values
             log.error("prediction failed: %s", type(exc).__name__)
             return _json({"error": "internal error"}, 500)

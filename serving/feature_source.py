@@ -38,6 +38,17 @@ class FeatureMismatch(RuntimeError):
     """The store does not provide a feature the model needs (names the feature, never a value)."""
 
 
+class FeatureStoreUnavailable(RuntimeError):
+    """The online store did not answer (down, or slower than its timeout): the API says 503, not 500, so
+    callers retry instead of treating it as a bug. The message names the failure kind, never an id."""
+
+
+#: seconds a Redis read or connect may take before the request fails with ``FeatureStoreUnavailable``;
+#: redis-py waits forever by default, so a hung server would hold every API worker. Override per site in
+#: the connection string, Feast's syntax: ``host:port,socket_timeout=0.5,socket_connect_timeout=0.5``
+REDIS_TIMEOUT_S = 2.0
+
+
 class FeastFeatureSource:
     """Online reads of the Feast store under ``CARECAST_HOME`` (imports Feast at construction: start-up only).
 
@@ -127,6 +138,8 @@ class FeastFeatureSource:
                 from redis import Redis
 
                 nodes, kwargs = RedisOnlineStore._parse_connection_string(conn)
+                kwargs.setdefault("socket_timeout", REDIS_TIMEOUT_S)
+                kwargs.setdefault("socket_connect_timeout", REDIS_TIMEOUT_S)
                 if not nodes or "host" not in nodes[0] or "port" not in nodes[0]:
                     raise _Unsupported("no host:port in the Redis connection string")
                 client = self._redis_clients[conn] = Redis(host=nodes[0]["host"], port=nodes[0]["port"], **kwargs)
@@ -455,17 +468,23 @@ class _Plan:
         """One ``HMGET`` per patient and join key of the plan's fields, pipelined (one round trip), as
         Feast's ``online_read`` issues them; a missing key or field comes back as None (Feast: an empty
         ValueProto, i.e. None), an empty value likewise."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
         rd = self.redis
         assert rd is not None
         for join_key, fields, cols in rd.groups:
             keys = [k + rd.project for k in self._entity_keys(ids, join_key)]
-            if len(keys) == 1:
-                replies = [rd.client.hmget(keys[0], fields)]
-            else:
-                with rd.client.pipeline(transaction=False) as pipe:
-                    for k in keys:
-                        pipe.hmget(k, fields)
-                    replies = pipe.execute()
+            try:
+                if len(keys) == 1:
+                    replies = [rd.client.hmget(keys[0], fields)]
+                else:
+                    with rd.client.pipeline(transaction=False) as pipe:
+                        for k in keys:
+                            pipe.hmget(k, fields)
+                        replies = pipe.execute()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                raise FeatureStoreUnavailable(f"Redis online store: {type(exc).__name__}") from None
             self._decode_redis(replies, cols, values, present)
 
     @staticmethod

@@ -238,6 +238,21 @@ def test_malformed_json(client):
     assert r.json()["detail"][0] == {"field": "body", "rule": "must be valid JSON", "type": "json_invalid"}
 
 
+def test_an_unreachable_feature_store_is_503_not_500(registry, monkeypatch, caplog):
+    """Outreach systems retry a 503; a 500 reads as a bug. The log names the failure kind, not the patient."""
+    with _client(registry, monkeypatch, SERVING_FEATURE_SOURCE="test_serving_support:unreachable_features") as c:
+        assert c.post("/v1/churn", json={"patient_ids": [PLANTED]}, headers=AUTH).status_code == 200
+        sup.STORE_DOWN.set()
+        try:
+            with caplog.at_level(logging.INFO):
+                r = c.post("/v1/churn", json={"patient_ids": [PLANTED]}, headers=AUTH)
+        finally:
+            sup.STORE_DOWN.clear()
+    assert r.status_code == 503, r.text
+    assert r.json()["detail"][0]["type"] == "feature_store_unavailable"
+    assert PLANTED not in caplog.text and "TimeoutError" in caplog.text
+
+
 def test_nothing_identifying_is_logged(client, caplog):
     caplog.set_level(logging.DEBUG)
     bad = [{"appointments": [sup.appointment(PLANTED, department="astrology")]},

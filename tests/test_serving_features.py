@@ -265,3 +265,52 @@ def test_one_redis_client_per_reader(store_home, redis_home):
     assert rebuilt is not first and rebuilt.redis.client is first.redis.client
     assert src._plans[("no_show", no_show)][1].redis.client is first.redis.client
     assert len(src._redis_clients) == 1
+
+
+@pytest.fixture()
+def silent_server():
+    """A TCP server on loopback that accepts connections and never answers: a hung Redis."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held: list = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join()
+    for c in held:
+        c.close()
+    srv.close()
+
+
+def test_a_hung_redis_fails_the_read_instead_of_holding_it(redis_home, silent_server):
+    """redis-py waits forever by default; the reader's client gives up after its socket timeout and the
+    read raises FeatureStoreUnavailable, which names the failure kind and no patient."""
+    from serving.feature_source import REDIS_TIMEOUT_S, FeastFeatureSource, FeatureStoreUnavailable
+    from features import store
+
+    names = store.feature_columns("churn")
+    hung = redis_home.model_copy(update={"online_store": redis_home.online_store.model_copy(
+        update={"redis_connection_string": f"127.0.0.1:{silent_server},socket_timeout=0.3"})})
+    src = FeastFeatureSource(hung)
+    with pytest.raises(FeatureStoreUnavailable) as err:
+        src.fetch("churn", ["P-SECRET-1"], None, names)
+    assert "Timeout" in str(err.value) and "P-SECRET-1" not in str(err.value)
+    (client,) = src._redis_clients.values()
+    kw = client.connection_pool.connection_kwargs
+    assert kw["socket_timeout"] == 0.3                       # the connection string's own value wins
+    assert kw["socket_connect_timeout"] == REDIS_TIMEOUT_S   # the default where it says nothing

@@ -9,6 +9,7 @@ models and registry are real.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,26 @@ def in_memory_features(settings=None):
         rows[target] = {pid: {f: float(cols[f][i]) for f in stored} for i, pid in enumerate(KNOWN)}
         defaults[target] = {f: float(np.mean(cols[f])) for f in stored}
     return InMemoryFeatureSource(rows, defaults)
+
+
+#: set by a test once the service has started: ``unreachable_features`` then fails every read
+STORE_DOWN = threading.Event()
+
+
+def unreachable_features(settings=None):
+    """The in-memory features until ``STORE_DOWN`` is set, then a store that never answers, as the Redis
+    reader fails on a hung server (``test_serving_features`` checks that real path raises it)."""
+    from serving.feature_source import FeatureStoreUnavailable
+
+    inner = in_memory_features(settings)
+
+    class GoesDown:
+        def fetch(self, *args, **kwargs):
+            if STORE_DOWN.is_set():
+                raise FeatureStoreUnavailable("Redis online store: TimeoutError")
+            return inner.fetch(*args, **kwargs)
+
+    return GoesDown()
 
 
 def appointment(patient_id: str = "P0001", i: int = 0, **over) -> dict:
