@@ -164,6 +164,7 @@ def online(home: Path, kind: str, calls: int = 1000, batch_calls: int = 100) -> 
            f"{results['serving_reader_100_p99_ms']} ms (load avg {load:.1f} at start, {figures['load_avg_1m']} at end)")
     if kind == "redis":
         store.teardown(s)   # Redis holds it in memory: never leave a benchmark's keys behind
+        (home / f"bench_project_{kind}.txt").unlink()   # nor a marker naming the project just removed
 
 
 def main() -> None:
