@@ -53,6 +53,7 @@ from carecast import logs
 from carecast.settings import Settings
 from features.contracts import FEEDS, DEPARTMENTS, INSURANCE, LANGUAGES, MODEL_CHANNELS, POSITIVE_RESPONSES, SEXES
 from features.feeds_io import duckdb_scan as _scan
+from features import labels
 
 log = logs.get("features.build")
 
@@ -175,6 +176,9 @@ def load_feeds(con: duckdb.DuckDBPyConnection, data: Path, as_of: dt.datetime | 
     return as_of
 
 
+#: an absent time in an integer (epoch us) column: before any real time
+_NO_TIME = -(1 << 62)
+
 #: When each kind of event becomes known: the as-of rule in one place (the leakage test breaks it on purpose).
 KNOWN_AT = {"visit": "status_at", "billed": "billed_at", "paid": "paid_at", "status": "status_at",
             "due": "due_at", "settled": "settled_at", "engagement": "occurred_at"}
@@ -201,7 +205,7 @@ def _sources_sql(as_of: str) -> dict[str, str]:
         # visit outcomes; appointment_id orders outcomes known at the same time (the no-show streak)
         "visit": f"""SELECT pk, {k['visit']} AS ts, appointment_id,
             (CASE status WHEN 'completed' THEN 0 WHEN 'no_show' THEN 1 ELSE 2 END)::TINYINT AS outcome,
-            {_code('department', DEPARTMENTS)}::TINYINT AS dept
+            {_code('department', DEPARTMENTS)}::TINYINT AS dept, COALESCE(epoch_us(scheduled_at), {_NO_TIME}) AS sched_us
             FROM v_all JOIN pids USING (patient_id) WHERE status IN ('completed', 'no_show', 'cancelled')
             AND status_at IS NOT NULL AND status_at <= {as_of}""",
         "billed": f"""SELECT pk, {k['billed']} AS ts, COALESCE(resp, 0)::DOUBLE AS amount,
@@ -224,7 +228,7 @@ def _sources_sql(as_of: str) -> dict[str, str]:
 
 
 #: columns fetched per source (besides pk and ts_us), and the extra sort key within equal times
-_SOURCE_COLUMNS = {"visit": ["outcome", "dept"], "billed": ["amount", "plan"], "paid": ["amount"],
+_SOURCE_COLUMNS = {"visit": ["outcome", "dept", "sched_us"], "billed": ["amount", "plan"], "paid": ["amount"],
                    "status": ["kind", "wo_amt"], "past_due": ["step"],
                    "engagement": ["ch", "outbound", "positive", "login"]}
 _TIE_ORDER = {"visit": ", appointment_id"}
@@ -443,18 +447,13 @@ def _snapshot_times(src: dict[str, dict], registered: np.ndarray, clock: _Clock,
     first_i = np.flatnonzero(new)
     last_i = np.concatenate([first_i[1:] - 1, [len(pk) - 1]]) if len(pk) else first_i
     ev_pk, first_ts, last_ts = pk[first_i], ts[first_i], ts[last_i]
-    start_m = first_ts.astype("datetime64[us]").astype("datetime64[M]") + 1
-    stop = np.minimum(last_ts + 730 * 86_400_000_000, as_of_us)
-    n_months = np.maximum((stop.astype("datetime64[us]").astype("datetime64[M]") - start_m).astype(np.int64) + 1, 0)
-    m_pk = np.repeat(ev_pk, n_months)
-    step = np.arange(len(m_pk)) - np.repeat(np.cumsum(n_months) - n_months, n_months)
-    m_ts = (np.repeat(start_m, n_months) + step).astype("datetime64[us]").astype(np.int64)
+    m_pk, m_ts = labels.month_starts(ev_pk, first_ts, np.minimum(last_ts + 730 * labels.DAY_US, as_of_us))
     reg = np.flatnonzero(registered) + clock.lo_pk
     asof_pk = np.union1d(reg, ev_pk)
     all_pk = np.concatenate([pk[last_of_day], m_pk, asof_pk])
     all_ts = np.concatenate([ts[last_of_day], m_ts, np.full(len(asof_pk), as_of_us, dtype=np.int64)])
     _, keep = np.unique(clock.key(all_pk, all_ts), return_index=True)   # sorted, one per (patient, time)
-    return {"pk": all_pk[keep], "ts_us": all_ts[keep]}
+    return {"pk": all_pk[keep], "ts_us": all_ts[keep], "ev_pk": pk, "ev_ts": ts}
 
 
 def _rate(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -618,11 +617,25 @@ def _past_due_since(D: _Index) -> np.ndarray:
 SNAPSHOT_PARQUET = {"compression": "lz4", "use_dictionary": ["patient_id"]}
 
 
+def _monthly_labels(src: dict[str, dict], snap: dict, ids: pa.Array, lo: int, as_of_us: int) -> dict[str, pa.Table]:
+    """The chunk's churn and channel label tables (``features/labels.py``), from the events the snapshot pass fetched."""
+    V, E = src["visit"], src["engagement"]
+    done = V["outcome"] == 0
+    c_sched = V["sched_us"][done]
+    c_pk, c_t, c_label = labels.churn_points(V["pk"][done], V["ts_us"][done], c_sched, c_sched != _NO_TIME, as_of_us)
+    r = E["positive"] & (E["ch"] >= 0)
+    h_pk, h_t, h_label = labels.channel_points(snap["ev_pk"], snap["ev_ts"], E["pk"][r], E["ts_us"][r],
+                                               E["ch"][r], as_of_us)
+    return {"churn": labels.monthly_table(ids.take(pa.array(c_pk - lo)), c_t, c_label),
+            "channel": labels.monthly_table(ids.take(pa.array(h_pk - lo)), h_t, h_label)}
+
+
 def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, as_of: str, rows_per_chunk: int = 1_000_000,
-                     latest_path: Path | None = None) -> int:
+                     latest_path: Path | None = None, label_paths: dict[str, Path] | None = None) -> tuple[int, dict]:
     """Snapshot features chunk by chunk (whole patients), appended to one parquet file; the write of one chunk
     overlaps the computation of the next. The rows at the latest snapshot time (every patient's as-of snapshot)
-    also go to ``latest_path``, for the population defaults."""
+    also go to ``latest_path``, for the population defaults; the churn and channel labels of the same chunk go to
+    ``label_paths`` (target -> file). Returns the snapshot count and the labelled rows per target."""
     from concurrent.futures import ThreadPoolExecutor
 
     as_of_us = con.execute(f"SELECT epoch_us({as_of})").fetchall()[0][0]
@@ -633,15 +646,16 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, as_of: str, row
         if t[0] is not None else (as_of_us, as_of_us, as_of_us % 1_000_000 == 0)
     clock0 = _Clock(0, t[0], t[1], t[2])
     chunks = _chunks(con, rows_per_chunk, clock0.max_patients())
-    if not chunks:
-        return 0
+    label_paths = label_paths or {}
+    label_writers = {k: pq.ParquetWriter(p, labels.MONTHLY_SCHEMA) for k, p in label_paths.items()}
+    label_counts = dict.fromkeys(label_paths, 0)
     pids = con.sql("SELECT patient_id::VARCHAR AS patient_id, registered FROM pids ORDER BY pk").to_arrow_table()
     ids = pids.column(0).combine_chunks().cast(pa.string())
     registered = pids.column(1).to_numpy(zero_copy_only=False).astype(bool)
     latest_us = t[1]   # every patient has an as-of snapshot; events are never later than the as-of time
     fetch_lock = threading.Lock()   # one DuckDB connection (its temp tables are connection-local): fetch in turn
 
-    def compute(lo: int, hi: int) -> tuple[pa.Table, pa.Table | None]:
+    def compute(lo: int, hi: int) -> tuple[pa.Table, pa.Table | None, dict[str, pa.Table]]:
         with fetch_lock:
             src = {n: _fetch(con, f"s_{n}", cols, lo, hi, _TIE_ORDER.get(n, "")) for n, cols in _SOURCE_COLUMNS.items()}
             bk = con.execute(f"SELECT pk, booked_us, end_us, sched_us FROM s_booking WHERE pk >= {lo} AND pk < {hi}").fetchnumpy()
@@ -655,7 +669,8 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, as_of: str, row
         arrays.update({c: pa.array(feats[c], type=pa.float64()) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS})
         table = pa.table(arrays)
         latest = table.filter(pa.array(snap_ts == latest_us)) if latest_path is not None else None
-        return table, latest
+        monthly = _monthly_labels(src, snap, ids.slice(lo, hi - lo), lo, as_of_us) if label_paths else {}
+        return table, latest, monthly
 
     writer: pq.ParquetWriter | None = None
     latest_writer: pq.ParquetWriter | None = None
@@ -669,7 +684,7 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, as_of: str, row
         running = [pool.submit(compute, lo, hi) for lo, hi in itertools.islice(todo, workers)]
         pending = None
         while running:
-            table, latest = running.pop(0).result()
+            table, latest, monthly = running.pop(0).result()
             nxt = next(todo, None)
             if nxt is not None:
                 running.append(pool.submit(compute, *nxt))
@@ -680,10 +695,15 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, as_of: str, row
             if pending is not None:
                 pending.result()
 
-            def write(table: pa.Table = table, latest: pa.Table | None = latest) -> None:
+            def write(table: pa.Table = table, latest: pa.Table | None = latest,
+                      monthly: dict[str, pa.Table] = monthly) -> None:
                 writer.write_table(table, row_group_size=500_000)
                 if latest_writer is not None and latest is not None:
                     latest_writer.write_table(latest)
+                for k, lt in monthly.items():
+                    if k in label_writers:
+                        label_writers[k].write_table(lt)
+                        label_counts[k] += lt.num_rows - lt.column("label").null_count
             pending = write_pool.submit(write)
             rows += table.num_rows
             done += 1
@@ -692,10 +712,10 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, as_of: str, row
                          len(chunks), f"{rows:,}", time.perf_counter() - t_start, time.process_time() - c_start)
         if pending is not None:
             pending.result()
-    for w in (writer, latest_writer):
+    for w in (writer, latest_writer, *label_writers.values()):
         if w is not None:
             w.close()
-    return rows
+    return rows, label_counts
 
 
 def _file_hash(*paths: Path) -> str:
@@ -715,8 +735,6 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
     then computes every feature at every snapshot with running sums and ``searchsorted`` over the whole chunk,
     about ``rows_per_chunk`` snapshots (whole patients) at a time, so memory stays bounded.
     """
-    from features import labels
-
     t0 = time.perf_counter()
     out = settings.feature_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -752,12 +770,17 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
         info.update(counts)
         info["events"] = events = sum(counts.values())
     activity_tmp = out / (ACTIVITY_FILE + ".tmp")
+    monthly = {t: work / f"labels_{t}.parquet" for t in ("churn", "channel")}
     with _stage("features build: snapshots") as info:
-        info["snapshots"] = snapshots = _write_snapshots(con, activity_tmp, lit, rows_per_chunk,
-                                                         work / "latest.parquet")
+        snapshots, monthly_rows = _write_snapshots(con, activity_tmp, lit, rows_per_chunk, work / "latest.parquet",
+                                                   monthly)
+        info["snapshots"] = snapshots
+        info.update(monthly_rows)
     activity_tmp.replace(out / ACTIVITY_FILE)
+    for t, path in monthly.items():
+        path.replace(labels.label_file(out, t))
     with _stage("features build: labels") as info:
-        label_rows = labels.write_labels(con, out, as_of_ts)
+        label_rows = {**labels.write_labels(con, out, as_of_ts, ("no_show",)), **monthly_rows}
         info.update(label_rows)
     with _stage("features build: population defaults") as info:
         defaults = compute_defaults(con, out, as_of_ts, work / "latest.parquet")

@@ -13,9 +13,12 @@
   (replied/confirmed/clicked) on sms/email/phone/portal in the next 90 days; null when there is none,
   or when the point is less than 90 days before the data's end.
 
-Tables are built in DuckDB over the views and tables ``features/build.py`` creates (``v_all``, ``pids``: patient id
--> integer ``pk``, and for channel the integer-keyed ``events_pk``, ``s_engagement``), and written as ``labels_<target>.parquet`` with ``event_timestamp`` (the prediction point),
-``request_ts`` (the same, as epoch seconds) and ``label``.
+No-show points are built in DuckDB over the build's view ``v_all``. Churn and channel points are computed in numpy
+(``churn_points``, ``channel_points``) inside the build's snapshot pass, a chunk of whole patients at a time, from the
+event arrays that pass has already fetched (a separate DuckDB pass ASOF-joined the month points to all 44M events
+and cost as much CPU as the snapshot arithmetic at 1M patients); ``churn_sql`` and ``channel_sql`` are the same rules
+in SQL, kept as the reference the tests compare with. Each table is written as ``labels_<target>.parquet`` with
+``event_timestamp`` (the prediction point), ``request_ts`` (the same, as epoch seconds) and ``label``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import datetime as dt
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 
 
 NO_SHOW_LEAD = dt.timedelta(hours=72)
@@ -32,6 +37,11 @@ CHURN_LOOKBACK_DAYS = 730
 CHANNEL_HORIZON_DAYS = 90
 ACTIVE_LOOKBACK_DAYS = 730
 TARGETS = ("no_show", "churn", "channel")
+DAY_US = 86_400_000_000
+#: churn and channel label files (the schema DuckDB's COPY wrote before they moved into the numpy pass)
+MONTHLY_SCHEMA = pa.schema([pa.field("patient_id", pa.string(), nullable=False), pa.field("label", pa.int32()),
+                            pa.field("event_timestamp", pa.timestamp("us", tz="UTC")),
+                            pa.field("request_ts", pa.float64())])
 
 
 def label_file(out: Path, target: str) -> Path:
@@ -106,11 +116,95 @@ def channel_sql(as_of: str) -> str:
     """
 
 
-def write_labels(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.datetime) -> dict[str, int]:
-    """Write the three label tables; return labelled-row counts (points with a known label)."""
+def month_starts(pk: np.ndarray, first_us: np.ndarray, stop_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per patient, every month start (00:00 UTC) from the month after ``first_us`` up to ``stop_us`` (inclusive), as
+    ``generate_series(date_trunc('month', first) + INTERVAL 1 MONTH, stop, INTERVAL 1 MONTH)``: (pk, epoch us)."""
+    start_m = first_us.astype("datetime64[us]").astype("datetime64[M]") + 1
+    n = np.maximum((stop_us.astype("datetime64[us]").astype("datetime64[M]") - start_m).astype(np.int64) + 1, 0)
+    m_pk = np.repeat(pk, n)
+    step = np.arange(len(m_pk)) - np.repeat(np.cumsum(n) - n, n)
+    return m_pk, (np.repeat(start_m, n) + step).astype("datetime64[us]").astype(np.int64)
+
+
+def _search(pk: np.ndarray, t: np.ndarray, q_pk: np.ndarray, q_t: np.ndarray, side: str) -> np.ndarray:
+    """``searchsorted`` of the queries (q_pk, q_t) in the events (pk, t), sorted by (pk, t): exact for any times
+    (they are ranked, so no packing of a time range into bits) and per patient by construction."""
+    u = np.unique(np.concatenate([t, q_t]))
+    n = np.int64(len(u) + 1)
+    key = pk.astype(np.int64) * n + np.searchsorted(u, t)
+    return np.searchsorted(key, q_pk.astype(np.int64) * n + np.searchsorted(u, q_t), side=side)
+
+
+def _first_last(pk: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per patient of events sorted by (pk, t): pk, first time and last time."""
+    new = np.ones(len(pk), dtype=bool)
+    new[1:] = pk[1:] != pk[:-1]
+    first = np.flatnonzero(new)
+    last = np.concatenate([first[1:] - 1, [len(pk) - 1]]) if len(pk) else first
+    return pk[first], t[first], t[last]
+
+
+def churn_points(pk: np.ndarray, status_us: np.ndarray, sched_us: np.ndarray, known: np.ndarray,
+                 as_of_us: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``churn_sql`` over one chunk's completed visits (sorted by pk, then ``status_at``; ``sched_us`` of a visit
+    without ``scheduled_at`` is ``known`` False): (pk, point in epoch us, label with -1 for unknown)."""
+    first_pk, first, last = _first_last(pk, status_us)
+    m_pk, point = month_starts(first_pk, first, np.minimum(last + CHURN_LOOKBACK_DAYS * DAY_US, as_of_us))
+    # the latest completed visit recorded by the point (ASOF status_at <= point): it must be scheduled in the
+    # prior two years (a visit without scheduled_at never is)
+    prev = _search(pk, status_us, m_pk, point, "right") - 1
+    keep = known[prev] & (sched_us[prev] >= point - CHURN_LOOKBACK_DAYS * DAY_US)
+    m_pk, point = m_pk[keep], point[keep]
+    # the earliest completed visit scheduled after the point (ASOF scheduled_at > point)
+    s_pk, s_t = pk[known], sched_us[known]
+    order = np.lexsort((s_t, s_pk))
+    s_pk, s_t = s_pk[order], s_t[order]
+    nxt = _search(s_pk, s_t, m_pk, point, "right")
+    has = nxt < len(s_pk)
+    has[has] = s_pk[nxt[has]] == m_pk[has]
+    end = point + CHURN_HORIZON_DAYS * DAY_US
+    churned = ~has
+    churned[has] = s_t[nxt[has]] > end[has]
+    label = np.where(end <= as_of_us, churned.astype(np.int32), -1).astype(np.int32)
+    return m_pk, point, label
+
+
+def channel_points(ev_pk: np.ndarray, ev_us: np.ndarray, r_pk: np.ndarray, r_us: np.ndarray, r_ch: np.ndarray,
+                   as_of_us: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``channel_sql`` over one chunk: every event (pk, time, sorted) and the positive responses on a model channel
+    (sorted by pk, time; ``r_ch`` the ``MODEL_CHANNELS`` index): (pk, point in epoch us, label with -1 for none)."""
+    first_pk, first, last = _first_last(ev_pk, ev_us)
+    m_pk, point = month_starts(first_pk, first, np.minimum(last + ACTIVE_LOOKBACK_DAYS * DAY_US, as_of_us))
+    # active: the patient's latest event by the point is within the prior two years
+    prev = _search(ev_pk, ev_us, m_pk, point, "right") - 1
+    keep = ev_us[prev] >= point - ACTIVE_LOOKBACK_DAYS * DAY_US
+    m_pk, point = m_pk[keep], point[keep]
+    nxt = _search(r_pk, r_us, m_pk, point, "right")   # the first positive response after the point
+    has = nxt < len(r_pk)
+    has[has] = r_pk[nxt[has]] == m_pk[has]
+    end = point + CHANNEL_HORIZON_DAYS * DAY_US
+    ok = has & (end <= as_of_us)
+    ok[ok] = r_us[nxt[ok]] <= end[ok]
+    label = np.full(len(m_pk), -1, dtype=np.int32)
+    label[ok] = r_ch[nxt[ok]]
+    return m_pk, point, label
+
+
+def monthly_table(patient_ids: pa.Array, point_us: np.ndarray, label: np.ndarray) -> pa.Table:
+    """A churn or channel label table (-1: no label) in ``MONTHLY_SCHEMA``."""
+    ts = pa.array(point_us, type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    return pa.Table.from_arrays([patient_ids, pa.array(label, type=pa.int32(), mask=label < 0), ts,
+                                 pa.array(point_us / 1e6, type=pa.float64())], schema=MONTHLY_SCHEMA)
+
+
+def write_labels(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.datetime,
+                 targets: tuple[str, ...] = TARGETS) -> dict[str, int]:
+    """Write the label tables of ``targets`` with DuckDB (the build writes churn and channel from its numpy pass);
+    return labelled-row counts (points with a known label)."""
     lit = f"TIMESTAMP '{as_of.isoformat(sep=' ')}'"
     counts: dict[str, int] = {}
-    for target, sql in (("no_show", no_show_sql(lit)), ("churn", churn_sql(lit)), ("channel", channel_sql(lit))):
+    sqls = {"no_show": no_show_sql(lit), "churn": churn_sql(lit), "channel": channel_sql(lit)}
+    for target, sql in ((t, sqls[t]) for t in targets):
         path = label_file(out, target)
         tmp = path.with_suffix(".tmp")
         con.execute(f"""COPY (SELECT * EXCLUDE (point), point::TIMESTAMPTZ AS event_timestamp,

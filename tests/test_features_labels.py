@@ -89,3 +89,30 @@ def test_channel_is_first_positive_response_within_90_days(built: dict[str, pd.D
     assert h2[utc("2025-03-01")] == 3  # portal, within 90 days
     last = chn[chn.event_timestamp > utc("2026-03-03")]
     assert last.label.isna().all()  # less than 90 days before the end: no label
+
+
+def test_numpy_churn_and_channel_points_equal_the_sql_rules(tmp_path: Path) -> None:
+    """The build computes churn and channel in its numpy pass; ``churn_sql`` / ``channel_sql`` state the same rules
+    over the build's event tables: same rows and labels, for any chunking (sub-second times: the microsecond path)."""
+    from features import build as build_mod
+    from features.labels import channel_sql, churn_sql
+    from test_features_support import random_world
+
+    data = random_world(tmp_path / "feeds", patients=150, seed=11)
+    for chunk in (1_000_000, 41):
+        s = load_settings(environ={"CARECAST_HOME": str(tmp_path / f"home{chunk}")})
+        build_features(s, data, rows_per_chunk=chunk)
+        con = build_mod.connect(s)
+        as_of = build_mod.load_feeds(con, data, None)
+        lit = f"TIMESTAMP '{as_of.isoformat(sep=' ')}'"
+        build_mod._prepare(con, lit)
+        for target, sql in (("churn", churn_sql(lit)), ("channel", channel_sql(lit))):
+            want = con.execute(f"""SELECT patient_id, label, point::TIMESTAMPTZ AS event_timestamp,
+                epoch(point) AS request_ts FROM ({sql})""").df()
+            got = pd.read_parquet(label_file(s.feature_dir, target))
+            assert want["label"].notna().sum() > 10 and want["label"].isna().sum() > 10
+            keys = ["patient_id", "event_timestamp"]
+            want = want.sort_values(keys).reset_index(drop=True)
+            got = got.sort_values(keys).reset_index(drop=True)
+            pd.testing.assert_frame_equal(got, want, check_dtype=False, check_exact=True)
+        con.close()
