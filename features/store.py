@@ -253,7 +253,6 @@ def _add_groups(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-ASOF_THRESHOLD = 200_000
 
 
 def _asof_join(settings: Settings, store: Any, refs: list[str], entity: pd.DataFrame) -> pd.DataFrame:
@@ -311,6 +310,15 @@ def _asof_join(settings: Settings, store: Any, refs: list[str], entity: pd.DataF
     return df
 
 
+def join_engine(settings: Settings, rows: int, engine: str = "auto") -> str:
+    """Which point-in-time join ``historical`` runs for ``rows`` entity rows: "asof" or "feast"."""
+    if engine not in ("auto", "asof", "feast"):
+        raise ValueError(f"engine must be 'auto', 'asof' or 'feast', not {engine!r}")
+    if engine == "auto":
+        return "asof" if rows > settings.features.asof_above_rows else "feast"
+    return engine
+
+
 def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odfv: bool = False,
                engine: str = "auto") -> pd.DataFrame:
     """Point-in-time features for ``entity`` rows (ids, event_timestamp, request fields) via Feast.
@@ -320,8 +328,9 @@ def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odf
     pure functions the on-demand views call (``features.request_features``): Feast's python-mode on-demand
     views convert the whole retrieval to Python lists offline, which is slow for millions of rows, so by
     default they are applied here vectorised; ``via_odfv=True`` runs them through Feast (tests check both agree).
-    Above ``ASOF_THRESHOLD`` entity rows (or with ``engine="asof"``) the point-in-time join runs as DuckDB ASOF
-    joins generated from the registered views (``_asof_join``), which keeps memory linear.
+    ``engine``: "feast" (``get_historical_features``), "asof" (DuckDB ASOF joins generated from the registered views,
+    ``_asof_join``: linear in time and memory; tests check both give the same frames) or "auto": ASOF above
+    ``features.asof_above_rows`` entity rows, Feast's join up to it.
     """
     from features.build import ACTIVITY_TIMESTAMPS
     from features.request_features import appointment_features, recency_features
@@ -337,7 +346,7 @@ def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odf
             refs += [f"{proj.name}:{f.name}" for f in proj.features]
     refs += ["patient_profile:birth_year"] + [f"patient_activity:{c}" for c in ACTIVITY_TIMESTAMPS]
     refs = sorted(set(refs), key=refs.index)
-    if engine == "asof" or (engine == "auto" and len(entity) > ASOF_THRESHOLD):
+    if join_engine(settings, len(entity), engine) == "asof":
         df = _asof_join(settings, store, refs, entity)
     else:
         df = store.get_historical_features(entity_df=entity, features=refs, filter_by_created_timestamp=True).to_df()
@@ -355,8 +364,9 @@ def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odf
     return df
 
 
-def training_frame(settings: Settings, target: Target) -> TrainingFrame:
-    """Labelled prediction points with point-in-time-correct features via Feast's get_historical_features."""
+def training_frame(settings: Settings, target: Target, engine: str = "auto") -> TrainingFrame:
+    """Labelled prediction points with point-in-time-correct features from the registered feature service: Feast's
+    get_historical_features, or above ``features.asof_above_rows`` rows the equivalent ASOF join (``historical``)."""
     _check_target(target)
     manifest = _require_build(settings)
     service_name = SERVICES[target]
@@ -369,7 +379,8 @@ def training_frame(settings: Settings, target: Target) -> TrainingFrame:
         entity["label"] = entity["label"].astype("int64")
         entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
         info["rows"] = len(entity)
-        df = historical(settings, target, entity)
+        info["join"] = join_engine(settings, len(entity), engine)
+        df = historical(settings, target, entity, engine=info["join"])
         fcols = feature_columns(target)
         for c in CATEGORIES:
             if c in df:

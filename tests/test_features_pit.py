@@ -4,7 +4,8 @@ Two twin patients share one scored appointment (prediction point T = scheduled -
 just after T: a no-show *recorded* the day after (its appointment was scheduled before T, so a build that
 used scheduled_at instead of status_at would leak it), a payment an hour after, a collections status two
 hours after, and an SMS reply the next morning. P_BEFORE gets the same events shortly before T. Training
-rows come from Feast's get_historical_features against the real repo (DuckDB offline store).
+rows come from Feast's get_historical_features against the real repo (DuckDB offline store) and from the ASOF
+join (``features.asof_above_rows`` picks one; the last test checks both give identical frames).
 The second test breaks the as-of logic on purpose and checks that the first test's checks would fail.
 """
 
@@ -124,3 +125,30 @@ def test_the_leakage_check_bites_when_the_as_of_logic_is_broken(tmp_path: Path, 
     assert "no-show recorded after T is hidden" in failed
     assert "payment after T is hidden" in failed
     assert "collections after T is hidden" in failed
+
+
+@pytest.mark.parametrize("target", ["no_show", "churn", "channel"])
+def test_training_frames_from_feast_and_the_asof_join_are_identical(tmp_path: Path, target: str) -> None:
+    """``features.asof_above_rows`` only picks the join: the training frame (rows, order, ids, labels, every feature,
+    subgroup columns and dtypes) is the same bit for bit from Feast's get_historical_features and from the ASOF
+    join, so the models, metrics and gate decisions do not depend on the setting. The world has rows before a
+    patient's first snapshot (no features yet), patients with several rows at one time, and NaN features."""
+    from test_features_support import random_world
+
+    s = settings_for(tmp_path / "home")
+    build_features(s, random_world(tmp_path / "feeds", patients=120, seed=4))
+    store.apply(s)
+    feast = store.training_frame(s, target, engine="feast")
+    asof = store.training_frame(s, target, engine="asof")
+    assert len(feast.frame) > 100 and feast.frame[feast.feature_columns].isna().any().any()
+    pd.testing.assert_frame_equal(asof.frame, feast.frame, check_exact=True)
+    assert (asof.feature_columns, asof.categorical_columns) == (feast.feature_columns, feast.categorical_columns)
+    # "auto" follows the setting: up to it Feast's join, above it the ASOF join
+    rows = len(feast.frame)
+    assert store.join_engine(s, rows) == ("feast" if rows <= s.features.asof_above_rows else "asof")
+    low = load_settings(environ={"CARECAST_HOME": str(s.home), "CARECAST_ONLINE_STORE__PROJECT": s.online_store.project,
+                                 "CARECAST_FEATURES__ASOF_ABOVE_ROWS": "0"})
+    assert store.join_engine(low, rows) == "asof" and store.join_engine(low, rows, "feast") == "feast"
+    pd.testing.assert_frame_equal(store.training_frame(low, target).frame, feast.frame, check_exact=True)
+    with pytest.raises(ValueError):
+        store.join_engine(s, rows, "duckdb")
