@@ -41,6 +41,8 @@ import datetime as dt
 import json
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -358,6 +360,29 @@ def noise_floors(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], categ
     return out
 
 
+@contextmanager
+def _figures_not_drawn(columns: list[str]) -> Iterator[None]:
+    """While one report runs: no figure for the ``ValueDrift`` metrics of ``columns`` (the DataDriftPreset's).
+
+    Evidently draws a plotly figure for every ValueDrift it computes, but the preset's own ``render`` shows the
+    DataDriftTable instead and drops its children's widgets, and the JSON snapshot holds values, not widgets: those
+    figures reach no output and were ~45% of the report's time. Scores, tests, the HTML (compared in
+    tests/test_monitor_drift.py) and the JSON are unchanged; the trend features' own ValueDrift figures (shown in
+    the HTML) are still drawn. Undone on exit, so nothing else sees it."""
+    from evidently.metrics.column_statistics import ValueDriftCalculation
+
+    skip, draw = set(columns), ValueDriftCalculation._render
+
+    def render(self: Any, result: Any, options: Any, color_options: Any) -> list:
+        return [] if result.column_name in skip else draw(self, result, options, color_options)
+
+    ValueDriftCalculation._render = render
+    try:
+        yield
+    finally:
+        ValueDriftCalculation._render = draw
+
+
 def run_report(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], categorical: list[str],
                cfg: MonitorSettings):
     """The Evidently snapshot plus our per-feature table and verdict."""
@@ -378,7 +403,8 @@ def run_report(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], categor
     dd = _definition(columns, categorical)
     ref_ds = Dataset.from_pandas(ref[columns].reset_index(drop=True), data_definition=dd)
     cur_ds = Dataset.from_pandas(cur[columns].reset_index(drop=True), data_definition=dd)
-    snapshot = Report(metrics).run(cur_ds, ref_ds)
+    with _figures_not_drawn(counted):
+        snapshot = Report(metrics).run(cur_ds, ref_ds)
     rows = []
     for m in snapshot.dict()["metrics"]:
         conf = m.get("config", {})

@@ -158,3 +158,27 @@ def test_time_since_features_are_reported_not_counted() -> None:
     by = {r["feature"]: r for r in rows}
     assert by["days_since_last_no_show"]["drifted"] and not by["days_since_last_no_show"]["counted"]
     assert "days_since_last_no_show" not in drifted
+
+
+def test_report_without_the_hidden_figures_is_the_same_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_figures_not_drawn`` skips only figures no output shows: the HTML (ids aside), the JSON snapshot and our
+    table are the same as with every figure drawn, and Evidently is left as it was."""
+    import contextlib
+    import re
+
+    from evidently.metrics.column_statistics import ValueDriftCalculation
+
+    def ids_out(html: str) -> str:
+        return re.sub(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "ID", html)
+
+    cfg = monitor.MonitorSettings(drift_share=0.3, noise_reps=10)
+    ref, cur = _frame(1500, 0), _frame(600, 2, shift=1.0, trend=8)
+    draw = ValueDriftCalculation._render
+    fast = monitor.run_report(ref, cur, COLS, CATS, cfg)
+    assert ValueDriftCalculation._render is draw
+    monkeypatch.setattr(monitor, "_figures_not_drawn", lambda columns: contextlib.nullcontext())
+    full = monitor.run_report(ref, cur, COLS, CATS, cfg)
+    assert fast[1:] == full[1:]
+    assert fast[0].json() == full[0].json()
+    html = ids_out(fast[0].get_html_str(as_iframe=False))
+    assert html == ids_out(full[0].get_html_str(as_iframe=False)) and "visits_all" in html
