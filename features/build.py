@@ -146,7 +146,8 @@ def connect(settings: Settings, memory_limit: str | None = None) -> duckdb.DuckD
 
 def load_feeds(con: duckdb.DuckDBPyConnection, data: Path, as_of: dt.datetime | None,
                scans: dict[str, str] | None = None) -> dt.datetime:
-    """Create views p, v_all, b_all, e_all over the feeds (timestamps as naive UTC); return the as-of time."""
+    """Create views p, v_all, b_all, e_all over the feeds (timestamps as naive UTC) and the table ``pev`` (per patient
+    id in the event feeds: its first and last event time, ``_patient_events_sql``); return the as-of time."""
     ts = "::TIMESTAMPTZ::TIMESTAMP"
 
     def duckdb_scan(folder: Path, feed: str) -> str:
@@ -163,17 +164,28 @@ def load_feeds(con: duckdb.DuckDBPyConnection, data: Path, as_of: dt.datetime | 
         status_at{ts} AS status_at, payment_plan FROM {duckdb_scan(data, 'billing')}""")
     con.execute(f"""CREATE OR REPLACE TEMP VIEW e_all AS SELECT patient_id, occurred_at{ts} AS occurred_at, channel,
         direction, kind, outcome FROM {duckdb_scan(data, 'engagement')}""")
-    if as_of is None:
-        row = con.execute("""SELECT GREATEST(
-            (SELECT MAX(GREATEST(booked_at, COALESCE(status_at, booked_at))) FROM v_all),
-            (SELECT MAX(GREATEST(billed_at, COALESCE(paid_at, billed_at), COALESCE(status_at, billed_at))) FROM b_all),
-            (SELECT MAX(occurred_at) FROM e_all),
+    con.execute(f"CREATE OR REPLACE TEMP TABLE pev AS {_patient_events_sql()}")
+    if as_of is None:   # the latest known-event time: GREATEST and MAX skip NULLs
+        row = con.execute("""SELECT GREATEST((SELECT MAX(last_ts) FROM pev),
             (SELECT MAX(registered_at) FROM p))""").fetchall()[0]
         as_of = row[0]
     else:
         as_of = as_of.astimezone(dt.timezone.utc).replace(tzinfo=None) if as_of.tzinfo else as_of
     assert as_of is not None, "feeds are empty"
     return as_of
+
+
+def _patient_events_sql() -> str:
+    """Per patient id of the three event feeds (NULL ids form a group too): ``first_ts`` (the earliest event: visit
+    booked or resolved, statement billed, engagement; the profile's ``known_at``) and ``last_ts`` (the latest
+    known-event time; their maximum is the default as-of time). One string aggregation over the feeds serves the
+    as-of time, the profile and the patient codes ``pids``, which each scanned and grouped the feeds on their own."""
+    return """SELECT patient_id, MIN(f) AS first_ts, MAX(l) AS last_ts FROM (
+        SELECT patient_id, LEAST(booked_at, COALESCE(status_at, booked_at)) AS f,
+            GREATEST(booked_at, COALESCE(status_at, booked_at)) AS l FROM v_all
+        UNION ALL SELECT patient_id, billed_at,
+            GREATEST(billed_at, COALESCE(paid_at, billed_at), COALESCE(status_at, billed_at)) FROM b_all
+        UNION ALL SELECT patient_id, occurred_at, occurred_at FROM e_all) GROUP BY patient_id"""
 
 
 #: an absent time in an integer (epoch us) column: before any real time
@@ -241,8 +253,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, as_of: str) -> dict[str, int]:
     con.execute(f"""CREATE OR REPLACE TEMP TABLE pids AS SELECT patient_id,
             (row_number() OVER (ORDER BY patient_id) - 1)::INT AS pk,
             patient_id IN (SELECT patient_id FROM p WHERE registered_at <= {as_of}) AS registered
-        FROM (SELECT patient_id FROM p UNION SELECT patient_id FROM v_all UNION SELECT patient_id FROM b_all
-              UNION SELECT patient_id FROM e_all) WHERE patient_id IS NOT NULL""")
+        FROM (SELECT patient_id FROM p UNION SELECT patient_id FROM pev) WHERE patient_id IS NOT NULL""")
     con.execute(f"CREATE OR REPLACE TEMP TABLE b_pk AS {_billing_sql(as_of)}")
     sources = _sources_sql(as_of)
     for name, sql in sources.items():
@@ -404,7 +415,7 @@ class _Clock:
     """Packs (patient, time) into one sortable int64 for a chunk of patients."""
 
     def __init__(self, lo_pk: int, t_min_us: int, t_max_us: int, whole_seconds: bool):
-        self.lo_pk, self.t0 = lo_pk, t_min_us
+        self.lo_pk, self.t0, self.t1 = lo_pk, t_min_us, t_max_us
         self.unit = 1_000_000 if whole_seconds else 1
         self.bits = max(1, int((t_max_us - t_min_us) // self.unit + 1).bit_length())
         self.snap_pk = self.snap_ts = self.snap_local = None
@@ -428,6 +439,12 @@ class _Clock:
 
     def key(self, pk: np.ndarray, ts_us: np.ndarray) -> np.ndarray:
         return ((pk.astype(np.int64) - self.lo_pk) << self.bits) | ((ts_us.astype(np.int64) - self.t0) // self.unit)
+
+    def key_after(self, pk: np.ndarray, ts_us: np.ndarray) -> np.ndarray:
+        """A key for any time x (outside the chunk's range, or between whole seconds), with key_after(x) > key(t)
+        exactly when x > t for every t the clock packs exactly (event times, month starts): clipped, rounded up."""
+        x = np.clip(ts_us.astype(np.int64), self.t0, self.t1 + self.unit)
+        return ((pk.astype(np.int64) - self.lo_pk) << self.bits) | ((x - self.t0 + self.unit - 1) // self.unit)
 
     def window_start(self, days: int) -> np.ndarray:
         """Key of (patient, first whole second of the window [t - days, t]); before the chunk's first event, the
@@ -627,15 +644,17 @@ def _past_due_since(D: _Index) -> np.ndarray:
 SNAPSHOT_PARQUET = {"compression": "lz4", "use_dictionary": ["patient_id"]}
 
 
-def _monthly_labels(src: dict[str, dict], snap: dict, ids: pa.Array, lo: int, as_of_us: int) -> dict[str, pa.Table]:
+def _monthly_labels(src: dict[str, dict], snap: dict, ids: pa.Array, lo: int, as_of_us: int,
+                    clock: "_Clock") -> dict[str, pa.Table]:
     """The chunk's churn and channel label tables (``features/labels.py``), from the events the snapshot pass fetched."""
     V, E = src["visit"], src["engagement"]
     done = V["outcome"] == 0
     c_sched = V["sched_us"][done]
-    c_pk, c_t, c_label = labels.churn_points(V["pk"][done], V["ts_us"][done], c_sched, c_sched != _NO_TIME, as_of_us)
+    c_pk, c_t, c_label = labels.churn_points(V["pk"][done], V["ts_us"][done], c_sched, c_sched != _NO_TIME, as_of_us,
+                                             clock)
     r = E["positive"] & (E["ch"] >= 0)
     h_pk, h_t, h_label = labels.channel_points(snap["ev_pk"], snap["ev_ts"], E["pk"][r], E["ts_us"][r],
-                                               E["ch"][r], as_of_us)
+                                               E["ch"][r], as_of_us, clock)
     return {"churn": labels.monthly_table(ids.take(pa.array(c_pk - lo)), c_t, c_label),
             "channel": labels.monthly_table(ids.take(pa.array(h_pk - lo)), h_t, h_label)}
 
@@ -679,7 +698,7 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, path: Path, as_of: str, row
         arrays.update({c: pa.array(feats[c], type=pa.float64()) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS})
         table = pa.table(arrays)
         latest = table.filter(pa.array(snap_ts == latest_us)) if latest_path is not None else None
-        monthly = _monthly_labels(src, snap, ids.slice(lo, hi - lo), lo, as_of_us) if label_paths else {}
+        monthly = _monthly_labels(src, snap, ids.slice(lo, hi - lo), lo, as_of_us, clock) if label_paths else {}
         return table, latest, monthly
 
     writer: pq.ParquetWriter | None = None
@@ -760,11 +779,7 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
     with _stage("features build: patient profile") as info:
         tmp = out / (PROFILE_FILE + ".tmp")
         con.execute(f"""COPY (
-            WITH first AS (
-                SELECT patient_id, MIN(t) AS first_ts FROM (
-                    SELECT patient_id, LEAST(booked_at, COALESCE(status_at, booked_at)) AS t FROM v_all
-                    UNION ALL SELECT patient_id, billed_at FROM b_all
-                    UNION ALL SELECT patient_id, occurred_at FROM e_all) GROUP BY patient_id),
+            WITH first AS (SELECT patient_id, first_ts FROM pev),
                  reg AS (SELECT p.*, LEAST(p.registered_at, COALESCE(first.first_ts, p.registered_at)) AS known_at
                          FROM p LEFT JOIN first USING (patient_id))
             SELECT patient_id, known_at::TIMESTAMPTZ AS event_timestamp, known_at::TIMESTAMPTZ AS created,
@@ -819,14 +834,19 @@ def compute_defaults(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.dateti
     src = latest if latest is not None and latest.exists() else act
     df = con.execute(f"""SELECT * FROM read_parquet('{src}') a JOIN read_parquet('{prof}') USING (patient_id)
                      WHERE a.event_timestamp = (SELECT MAX(event_timestamp) FROM read_parquet('{src}'))""").df()
+    import pandas as pd
+
     req = as_of.replace(tzinfo=dt.timezone.utc).timestamp()
-    rec = recency_features({"request_ts": [req] * len(df), "birth_year": df["birth_year"].tolist(),
-                            **{c: df[c].tolist() for c in ACTIVITY_TIMESTAMPS}})
-    for k, v in rec.items():
-        df[k] = v
+
+    def floats(c: str) -> np.ndarray:   # what the function makes of a list of the values (None -> NaN), no list
+        return df[c].to_numpy(dtype=np.float64, na_value=np.nan)
+
+    rec = recency_features({"request_ts": np.full(len(df), req), "birth_year": floats("birth_year"),
+                            **{c: floats(c) for c in ACTIVITY_TIMESTAMPS}})
+    cols = {**{c: df[c] for c in df.columns}, **{k: pd.Series(np.asarray(v, dtype=np.float64)) for k, v in rec.items()}}
     defaults: dict[str, float] = {}
     for c in ACTIVITY_FEATURES + PROFILE_FEATURES + list(rec):
-        s = df[c].dropna() if c in df else []
+        s = cols[c].dropna() if c in cols else []
         if len(s) == 0:
             defaults[c] = float("nan")
         elif c in INT_COLUMNS or c in {"in_collections", "disputed", "written_off", "payment_plan"}:

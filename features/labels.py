@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 import numpy as np
@@ -126,13 +127,13 @@ def month_starts(pk: np.ndarray, first_us: np.ndarray, stop_us: np.ndarray) -> t
     return m_pk, (np.repeat(start_m, n) + step).astype("datetime64[us]").astype(np.int64)
 
 
-def _search(pk: np.ndarray, t: np.ndarray, q_pk: np.ndarray, q_t: np.ndarray, side: str) -> np.ndarray:
-    """``searchsorted`` of the queries (q_pk, q_t) in the events (pk, t), sorted by (pk, t): exact for any times
-    (they are ranked, so no packing of a time range into bits) and per patient by construction."""
-    u = np.unique(np.concatenate([t, q_t]))
-    n = np.int64(len(u) + 1)
-    key = pk.astype(np.int64) * n + np.searchsorted(u, t)
-    return np.searchsorted(key, q_pk.astype(np.int64) * n + np.searchsorted(u, q_t), side=side)
+class Keys(Protocol):
+    """Packs (patient code, epoch us) into sortable int64 keys, exact for event times and month starts (the build's
+    ``_Clock``); ``key_after`` packs any time so that key_after(x) > key(t) exactly when x > t."""
+
+    def key(self, pk: np.ndarray, ts_us: np.ndarray) -> np.ndarray: ...
+
+    def key_after(self, pk: np.ndarray, ts_us: np.ndarray) -> np.ndarray: ...
 
 
 def _first_last(pk: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,47 +145,53 @@ def _first_last(pk: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return pk[first], t[first], t[last]
 
 
-def churn_points(pk: np.ndarray, status_us: np.ndarray, sched_us: np.ndarray, known: np.ndarray,
-                 as_of_us: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``churn_sql`` over one chunk's completed visits (sorted by pk, then ``status_at``; ``sched_us`` of a visit
-    without ``scheduled_at`` is ``known`` False): (pk, point in epoch us, label with -1 for unknown)."""
+def _next_of_patient(pk: np.ndarray, at: np.ndarray, q_pk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``at`` (from a searchsorted) that still hold the query's patient: (has one, position or 0)."""
+    has = at < len(pk)
+    has[has] = pk[at[has]] == q_pk[has]
+    return has, np.where(has, at, 0)
+
+
+def churn_points(pk: np.ndarray, status_us: np.ndarray, sched_us: np.ndarray, known: np.ndarray, as_of_us: int,
+                 keys: Keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``churn_sql`` over one chunk's completed visits (sorted by pk, then ``status_at``; ``known`` False for a visit
+    without ``scheduled_at``): (pk, point in epoch us, label with -1 for unknown)."""
     first_pk, first, last = _first_last(pk, status_us)
     m_pk, point = month_starts(first_pk, first, np.minimum(last + CHURN_LOOKBACK_DAYS * DAY_US, as_of_us))
-    # the latest completed visit recorded by the point (ASOF status_at <= point): it must be scheduled in the
-    # prior two years (a visit without scheduled_at never is)
-    prev = _search(pk, status_us, m_pk, point, "right") - 1
+    m_key = keys.key(m_pk, point)
+    # the latest completed visit recorded by the point (ASOF status_at <= point; every point is after the patient's
+    # first): it must be scheduled in the prior two years (a visit without scheduled_at never is)
+    prev = np.searchsorted(keys.key(pk, status_us), m_key, side="right") - 1
     keep = known[prev] & (sched_us[prev] >= point - CHURN_LOOKBACK_DAYS * DAY_US)
-    m_pk, point = m_pk[keep], point[keep]
+    m_pk, point, m_key = m_pk[keep], point[keep], m_key[keep]
     # the earliest completed visit scheduled after the point (ASOF scheduled_at > point)
     s_pk, s_t = pk[known], sched_us[known]
     order = np.lexsort((s_t, s_pk))
     s_pk, s_t = s_pk[order], s_t[order]
-    nxt = _search(s_pk, s_t, m_pk, point, "right")
-    has = nxt < len(s_pk)
-    has[has] = s_pk[nxt[has]] == m_pk[has]
+    has, nxt = _next_of_patient(s_pk, np.searchsorted(keys.key_after(s_pk, s_t), m_key, side="right"), m_pk)
     end = point + CHURN_HORIZON_DAYS * DAY_US
-    churned = ~has
-    churned[has] = s_t[nxt[has]] > end[has]
+    churned = ~has | (s_t[nxt] > end) if len(s_t) else ~has
     label = np.where(end <= as_of_us, churned.astype(np.int32), -1).astype(np.int32)
     return m_pk, point, label
 
 
 def channel_points(ev_pk: np.ndarray, ev_us: np.ndarray, r_pk: np.ndarray, r_us: np.ndarray, r_ch: np.ndarray,
-                   as_of_us: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   as_of_us: int, keys: Keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``channel_sql`` over one chunk: every event (pk, time, sorted) and the positive responses on a model channel
     (sorted by pk, time; ``r_ch`` the ``MODEL_CHANNELS`` index): (pk, point in epoch us, label with -1 for none)."""
     first_pk, first, last = _first_last(ev_pk, ev_us)
     m_pk, point = month_starts(first_pk, first, np.minimum(last + ACTIVE_LOOKBACK_DAYS * DAY_US, as_of_us))
+    m_key = keys.key(m_pk, point)
     # active: the patient's latest event by the point is within the prior two years
-    prev = _search(ev_pk, ev_us, m_pk, point, "right") - 1
+    prev = np.searchsorted(keys.key(ev_pk, ev_us), m_key, side="right") - 1
     keep = ev_us[prev] >= point - ACTIVE_LOOKBACK_DAYS * DAY_US
-    m_pk, point = m_pk[keep], point[keep]
-    nxt = _search(r_pk, r_us, m_pk, point, "right")   # the first positive response after the point
-    has = nxt < len(r_pk)
-    has[has] = r_pk[nxt[has]] == m_pk[has]
+    m_pk, point, m_key = m_pk[keep], point[keep], m_key[keep]
+    # the first positive response after the point
+    has, nxt = _next_of_patient(r_pk, np.searchsorted(keys.key(r_pk, r_us), m_key, side="right"), m_pk)
     end = point + CHANNEL_HORIZON_DAYS * DAY_US
     ok = has & (end <= as_of_us)
-    ok[ok] = r_us[nxt[ok]] <= end[ok]
+    if len(r_us):
+        ok &= r_us[nxt] <= end
     label = np.full(len(m_pk), -1, dtype=np.int32)
     label[ok] = r_ch[nxt[ok]]
     return m_pk, point, label
