@@ -87,12 +87,16 @@ def test_calibration_and_fairness_bounds_refuse(home: Path) -> None:
 
 def test_first_model_gate_reuses_trains_baselines_with_the_same_reasons(home: Path, tmp_path: Path,
                                                                         monkeypatch) -> None:
-    """The pipeline hands train's baselines to the gate: no second fit, and the very reasons a refit gives."""
+    """The pipeline hands train's baselines and its test-row evaluation to the gate: no second fit, no second
+    evaluation of the same predictions, and the very reasons and figures a refit and re-evaluation give."""
     from training import baselines as B
+    from training import gate
 
     fits: list[int] = []
-    real = B.fit_baselines
+    evals: list[int] = []
+    real, real_eval = B.fit_baselines, gate.evaluate
     monkeypatch.setattr(B, "fit_baselines", lambda *a, **k: fits.append(1) or real(*a, **k))
+    monkeypatch.setattr(gate, "evaluate", lambda *a, **k: evals.append(1) or real_eval(*a, **k))
     tf = make_frame("no_show", rows=6000)
     r = train_target(load_settings(), "no_show", tf, plots_on=False)
     fitted = r["fitted_baselines"]
@@ -102,13 +106,18 @@ def test_first_model_gate_reuses_trains_baselines_with_the_same_reasons(home: Pa
                               fitted.categoricals)
     fits.clear()
     reused = promote(load_settings(), "no_show", tf, baselines=fitted)
-    assert fits == [] and any("baseline logistic" in x for x in reused.reasons), reused.describe()
+    assert fits == [] and evals == [] and any("baseline logistic" in x for x in reused.reasons), reused.describe()
 
     monkeypatch.setenv("CARECAST_HOME", str(tmp_path / "second"))   # the same model, gated with a refit
     train_target(load_settings(), "no_show", tf, plots_on=False)
     fits.clear()
     refit = promote(load_settings(), "no_show", tf)
-    assert fits == [1]
+    assert fits == [1] and evals == [1]
     assert refit.reasons == reused.reasons and refit.promoted == reused.promoted
-    assert {k: v for k, v in refit.figures.items() if k.startswith("baseline_")} == \
-        {k: v for k, v in reused.figures.items() if k.startswith("baseline_")}
+    assert refit.figures == reused.figures    # the challenger's metrics, gap and noise floor, every baseline's metrics
+    # a frame with other rows (a copy is not the frame train saw) is evaluated afresh
+    evals.clear()
+    monkeypatch.setenv("CARECAST_HOME", str(tmp_path / "third"))
+    train_target(load_settings(), "no_show", tf, plots_on=False)
+    promote(load_settings(), "no_show", other, baselines=fitted)
+    assert evals == [1]

@@ -32,6 +32,7 @@ version gets ``champion``, the old champion ``previous_champion`` (one-command r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,14 +74,21 @@ class Decision:
         return "\n".join([head] + [f"  - {r}" for r in self.reasons])
 
 
-def _score(target: TargetSpec, loaded: registry.LoadedModel, df: pd.DataFrame, frame_cats: dict) -> dict:
+def _score(target: TargetSpec, loaded: registry.LoadedModel, df: pd.DataFrame, frame_cats: dict,
+           known: Callable[[np.ndarray], dict | None] | None = None) -> dict:
+    """Predict ``df`` with the loaded model and evaluate it. ``known(p)``: an evaluation already computed for these
+    very rows and predictions (train's, ``FittedBaselines.test_evaluation``), else None and it is computed here."""
     meta = loaded.meta
     missing = [c for c in meta["feature_columns"] if c not in df.columns]
     if missing:
         raise GateError(f"{target.registered_model} v{loaded.version} needs features the frame lacks: {missing}")
     X = data.features(data.recode(df, frame_cats, meta.get("categorical_columns", {})), meta["feature_columns"])
     p = predict(loaded.booster, X)
-    out = evaluate(target, df["label"].to_numpy(dtype=int), p, df[data.group_columns(df)], data.patients(df))
+    reused = known(p) if known is not None else None
+    if reused is not None:
+        log.info("%s: gate reuses train's evaluation of the same predictions on the same rows", target.name)
+    out = dict(reused) if reused is not None else evaluate(target, df["label"].to_numpy(dtype=int), p,
+                                                           df[data.group_columns(df)], data.patients(df))
     out["ece_floor"] = M.ece_noise_floor(p)
     return out
 
@@ -122,11 +130,13 @@ def promote(settings: Settings, target_name: str, tf=None, baselines: FittedBase
         return Decision(target.name, False, chall_v.version, champ_v.version, ["challenger is already champion"])
 
     tf = tf if tf is not None else data.load_frame(settings, target)
-    df = data.check(tf, target)
+    df = baselines.checked_frame(target.name, tf) if baselines is not None else None
+    df = df if df is not None else data.check(tf, target)
     sp = time_split(df["event_timestamp"], target.horizon_days)
     starts = [sp.test_start] + [t for t in (_tag(chall_v, "data.test_start"), _tag(champ_v, "data.test_start")) if t is not None]
     start = max(starts)
-    window = df[df["event_timestamp"] >= start]
+    in_window = (df["event_timestamp"] >= start).to_numpy()
+    window = df[in_window]
     if len(window) < MIN_WINDOW_ROWS:
         raise GateError(f"only {len(window)} labelled rows from {start:%Y-%m-%d}: too few to compare models; "
                         "wait for more labelled data or retrain both on older data")
@@ -134,7 +144,8 @@ def promote(settings: Settings, target_name: str, tf=None, baselines: FittedBase
     frame_cats = tf.categorical_columns or {}
 
     challenger = registry.load(settings, target.name, version=chall_v.version)
-    ch = _score(target, challenger, window, frame_cats)
+    known = (lambda p: baselines.test_evaluation(target.name, tf, in_window, p)) if baselines is not None else None
+    ch = _score(target, challenger, window, frame_cats, known)
     figures = {"challenger": ch["metrics"], "challenger_gap": ch["gap"]}
     reasons: list[str] = []
     ok = True
@@ -157,11 +168,14 @@ def promote(settings: Settings, target_name: str, tf=None, baselines: FittedBase
         ok &= passed
     else:
         base = _first_model_baselines(target, tf, df, sp, challenger.meta, baselines)
+        # the very models train scored on the very same rows: its metrics are what predicting again would give
+        seen = (baselines.baseline_test_metrics if baselines is not None and base is baselines.models
+                and baselines.same_test_rows(target.name, tf, in_window) else None) or {}
         yw = window["label"].to_numpy(dtype=int)
-        Xw = data.features(window, challenger.meta["feature_columns"])
+        Xw = data.features(window, challenger.meta["feature_columns"]) if set(base) - set(seen) else None
         c = ch["metrics"][pm]
         for name, b in base.items():
-            bm = M.metrics(target.kind, yw, b.predict(Xw))
+            bm = dict(seen[name]) if name in seen else M.metrics(target.kind, yw, b.predict(Xw))
             figures[f"baseline_{name}"] = bm
             margin = (g.max_auc_drop if higher_better else g.max_logloss_rise) if name == "logistic" else 0.0
             if higher_better:

@@ -63,7 +63,12 @@ def oracle_summary(target: TargetSpec, y: np.ndarray, p: np.ndarray, truth: np.n
 class FittedBaselines:
     """The baselines ``train_target`` fitted and exactly which rows of which frame they saw, so the gate of the
     same run can reuse them for a first model instead of refitting them (the logistic one costs seconds to
-    tens of seconds per target). ``matches`` is the guard: the same frame object, features and row masks."""
+    tens of seconds per target). ``matches`` is the guard: the same frame object, features and row masks.
+
+    It also carries what train computed on that frame's test rows (the checked frame, the model's predictions,
+    their evaluation and the baselines' metrics): the gate scores a first model on exactly those rows, and
+    ``test_evaluation`` hands the evaluation back only when the registered model's predictions on them are
+    bit for bit the ones evaluated, so a reused figure is the figure a recomputation would give."""
 
     target: str
     frame: object
@@ -72,12 +77,31 @@ class FittedBaselines:
     features: list[str]
     categoricals: list[str]
     models: dict
+    checked: pd.DataFrame | None = None
+    test_rows: np.ndarray | None = None
+    test_p: np.ndarray | None = None
+    test_eval: dict | None = None
+    baseline_test_metrics: dict | None = None
 
     def matches(self, target: str, tf: object, train_rows: np.ndarray, val_rows: np.ndarray,
                 features: list[str], categoricals: list[str]) -> bool:
         return (target == self.target and tf is self.frame and list(features) == self.features
                 and list(categoricals) == self.categoricals and np.array_equal(train_rows, self.train_rows)
                 and np.array_equal(val_rows, self.val_rows))
+
+    def checked_frame(self, target: str, tf: object) -> pd.DataFrame | None:
+        """``data.check(tf)`` as train computed it, for the same target and frame object (else None)."""
+        return self.checked if target == self.target and tf is self.frame else None
+
+    def same_test_rows(self, target: str, tf: object, rows: np.ndarray) -> bool:
+        return (target == self.target and tf is self.frame and self.test_rows is not None
+                and np.array_equal(rows, self.test_rows))
+
+    def test_evaluation(self, target: str, tf: object, rows: np.ndarray, p: np.ndarray) -> dict | None:
+        """Train's ``evaluate`` of the test rows, if ``rows`` are those rows and ``p`` the very predictions."""
+        if self.test_eval is None or not self.same_test_rows(target, tf, rows) or not np.array_equal(p, self.test_p):
+            return None
+        return self.test_eval
 
 
 def _requirements() -> list[str]:
@@ -127,21 +151,21 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
     booster = fitted.booster
 
     with logs.stage(log, f"{target.name}: evaluate"):
-        p_test = predict(booster, X[sp.test])
-        p_val = predict(booster, X[sp.val])
-        test = evaluate(target, y[sp.test], p_test, groups[sp.test], data.patients(df[sp.test]))
+        X_test, X_val, y_test = X[sp.test], X[sp.val], y[sp.test]
+        start = time.perf_counter()   # prediction throughput: the test and validation predictions themselves
+        p_test = predict(booster, X_test)
+        p_val = predict(booster, X_val)
+        predict_rate = (len(X_test) + len(X_val)) / max(1e-9, time.perf_counter() - start)
+        test = evaluate(target, y_test, p_test, groups[sp.test], data.patients(df[sp.test]))
         base = B.fit_baselines(target.kind, k, feats, list(cats), X[tr], y[tr], X[va], y[va])
         base_metrics, base_preds = {}, {}
         for name, b in base.items():
-            base_preds[name] = b.predict(X[sp.test])
-            base_metrics[name] = M.metrics(target.kind, y[sp.test], base_preds[name]) | {"label": b.name}
+            base_preds[name] = b.predict(X_test)
+            base_metrics[name] = M.metrics(target.kind, y_test, base_preds[name]) | {"label": b.name}
         truth, truth_seen = data.oracles(settings, target, df[sp.test])
-        orc = oracle_summary(target, y[sp.test], p_test, truth)
-        orc_seen = oracle_summary(target, y[sp.test], p_test, truth_seen)
-        shap_rate = shap_rows_per_second(booster, X[sp.test] if sp.test.sum() >= 200 else X)
-        start = time.perf_counter()
-        predict(booster, X)
-        predict_rate = len(X) / max(1e-9, time.perf_counter() - start)
+        orc = oracle_summary(target, y_test, p_test, truth)
+        orc_seen = oracle_summary(target, y_test, p_test, truth_seen)
+        shap_rate = shap_rows_per_second(booster, X_test if sp.test.sum() >= 200 else X)
 
     result = {
         "target": target.name, "registered_model": target.registered_model,
@@ -163,7 +187,9 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
             _log(settings, target, result, booster, X, y, sp, p_test, base_preds, plots_on)
             info["version"] = result["version"]
     result["total_seconds"] = time.perf_counter() - t0
-    result["fitted_baselines"] = FittedBaselines(target.name, tf, tr, va, feats, list(cats), base)
+    result["fitted_baselines"] = FittedBaselines(
+        target.name, tf, tr, va, feats, list(cats), base, checked=df, test_rows=sp.test, test_p=p_test, test_eval=test,
+        baseline_test_metrics={n: {k: v for k, v in m.items() if k != "label"} for n, m in base_metrics.items()})
     return result
 
 
