@@ -162,6 +162,9 @@ class MonitorSettings(_Section):
     recent_days: int = Field(90, gt=0)
     noise_reps: int = Field(40, ge=0)       # permutations for each feature's noise floor (0: fixed threshold only)
     noise_quantile: float = Field(0.95, gt=0.5, lt=1)
+    #: processes for the Evidently reports when several targets are checked (forked from the drift process, see
+    #: ``pipelines.monitor._report_pool``); 1: every report in the drift process itself. Same reports either way.
+    report_workers: int = Field(2, ge=1)
     trend_features: list[str] = Field(default_factory=lambda: list(DEFAULT_TREND_FEATURES))
 
 

@@ -421,6 +421,37 @@ def run_report(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], categor
     return snapshot, rows, drifted, share
 
 
+def report_files(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], categorical: list[str],
+                 cfg: MonitorSettings, html: Path, js: Path) -> tuple[list[dict], list[str], float, float, float]:
+    """One target's report, saved as HTML and JSON: (rows, drifted, share, report seconds, save seconds). Module
+    level, so a worker process can run it (``_report_pool``)."""
+    t = time.perf_counter()
+    snapshot, rows, drifted, share = run_report(ref, cur, columns, categorical, cfg)
+    t_report = time.perf_counter()
+    snapshot.save_html(str(html))
+    snapshot.save_json(str(js))
+    return rows, drifted, share, t_report - t, time.perf_counter() - t_report
+
+
+def _report_pool(workers: int) -> Any:
+    """Worker processes for the reports (``monitor.report_workers``), *forked* once Evidently is loaded here.
+
+    An Evidently report is single-threaded Python (most of the drift stage), so on two cores two reports, or a report
+    and the next target's frames, can run at once. Spawned workers each imported Evidently again (~8 CPU-s apiece:
+    measured in issue 7, a net loss); forked ones share what this process already loaded, so a small report is run
+    here first to load the lazily imported parts (renderers, plotly figure classes) before the fork. Where fork is
+    not available the reports run in this process."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if "fork" not in mp.get_all_start_methods():
+        return None
+    warm = pd.DataFrame({"a": np.arange(40.0), "b": np.arange(40) % 3, GROUP: np.arange(40)})
+    run_report(warm.iloc[:20], warm.iloc[20:], ["a", "b"], ["b"],
+               MonitorSettings(noise_reps=2, trend_features=["a"]))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
+
+
 def _record_mlflow(settings: Settings, target: str, mv: Any, td: TargetDrift, files: list[Path]) -> str | None:
     import mlflow
 
@@ -464,48 +495,58 @@ def drift(settings: Settings, targets: list[str] | None = None, since: dt.dateti
     folder = root / f"{created:%Y%m%dT%H%M%S%fZ}"
     folder.mkdir(parents=True, exist_ok=True)
     result = DriftResult(folder=folder, flagged=False)
-    for target in targets:
-        if versions and versions.get(target):
-            mv = tracking.setup(settings).get_model_version(registry.spec(target).registered_model,
-                                                            str(versions[target]))
-        else:
-            mv = registry.version_by_alias(settings, target, registry.CHAMPION)
-        if mv is None:
-            result.skipped[target] = "no champion"
-            continue
-        t = time.perf_counter()
-        with logs.stage(log, f"drift {target}") as info:
-            ref, ref_src = reference(settings, target, mv)
-            t_ref = time.perf_counter()
-            cur, cur_src = current(settings, target, mv.name, since_ts)
-            t_cur = time.perf_counter()
-            columns = [c for c in store.feature_columns(target) if c in ref.columns and c in cur.columns]
-            cats = [c for c in store.categorical_columns(target) if c in columns]
+    pending: list[tuple[str, Any, pd.DataFrame, pd.DataFrame, str, str, dict[str, float], Any]] = []
+    pool = None
+    try:
+        for target in targets:
+            if versions and versions.get(target):
+                mv = tracking.setup(settings).get_model_version(registry.spec(target).registered_model,
+                                                                str(versions[target]))
+            else:
+                mv = registry.version_by_alias(settings, target, registry.CHAMPION)
+            if mv is None:
+                result.skipped[target] = "no champion"
+                continue
+            t = time.perf_counter()
+            with logs.stage(log, f"drift {target}: reference and current features") as info:
+                ref, ref_src = reference(settings, target, mv)
+                t_ref = time.perf_counter()
+                cur, cur_src = current(settings, target, mv.name, since_ts)
+                info.update({"reference_rows": len(ref), "current_rows": len(cur)})
+            timings = {"reference": t_ref - t, "current": time.perf_counter() - t_ref}
             if len(cur) < 2 or len(ref) < 2:
                 result.skipped[target] = f"too few rows (reference {len(ref)}, current {len(cur)})"
                 continue
-            snapshot, rows, drifted, share = run_report(ref, cur, columns, cats, cfg)
-            t_rep = time.perf_counter()
-            html, js = folder / f"{target}.html", folder / f"{target}.json"
-            snapshot.save_html(str(html))
-            snapshot.save_json(str(js))
-            timings = {"reference": t_ref - t, "current": t_cur - t_ref, "report": t_rep - t_cur,
-                       "save": time.perf_counter() - t_rep}
+            columns = [c for c in store.feature_columns(target) if c in ref.columns and c in cur.columns]
+            cats = [c for c in store.categorical_columns(target) if c in columns]
+            job = (ref, cur, columns, cats, cfg, folder / f"{target}.html", folder / f"{target}.json")
+            if pool is None and cfg.report_workers > 1 and len(targets) > 1:
+                pool = _report_pool(cfg.report_workers)
+            # in a worker, this report runs while the next target's frames are read here
+            outcome = pool.submit(report_files, *job) if pool is not None else report_files(*job)
+            pending.append((target, mv, ref, cur, ref_src, cur_src, timings, outcome))
+        for target, mv, ref, cur, ref_src, cur_src, timings, outcome in pending:
+            rows, drifted, share, t_report, t_save = outcome.result() if pool is not None else outcome
+            timings |= {"report": t_report, "save": t_save}
             td = TargetDrift(target=target, model={"name": mv.name, "version": str(mv.version)},
                              flagged=share >= cfg.drift_share, dataset_drift=share >= cfg.drift_share,
                              share=share, drifted=drifted, features=rows,
                              reference={"rows": len(ref), "source": ref_src},
                              current={"rows": len(cur), "source": cur_src, "since": since_ts.isoformat()},
-                             html=str(html), json=str(js), seconds=time.perf_counter() - t,
-                             timings={k: round(v, 2) for k, v in timings.items()})
-            info.update({"share": round(share, 3), "drifted": len(drifted), "flagged": td.flagged})
-        if record:
-            try:
-                td.mlflow_run_id = _record_mlflow(settings, target, mv, td, [html, js])
-            except Exception as exc:  # noqa: BLE001 - the report stands without the MLflow record
-                log.warning("drift %s: not recorded in MLflow: %s", target, type(exc).__name__)
-        result.targets[target] = td
-        result.flagged |= td.flagged
+                             html=str(folder / f"{target}.html"), json=str(folder / f"{target}.json"),
+                             seconds=sum(timings.values()), timings={k: round(v, 2) for k, v in timings.items()})
+            log.info("drift %s: share=%.3f drifted=%d flagged=%s (report %.1fs)", target, share, len(drifted),
+                     td.flagged, t_report)
+            if record:
+                try:
+                    td.mlflow_run_id = _record_mlflow(settings, target, mv, td, [Path(td.html), Path(td.json)])
+                except Exception as exc:  # noqa: BLE001 - the report stands without the MLflow record
+                    log.warning("drift %s: not recorded in MLflow: %s", target, type(exc).__name__)
+            result.targets[target] = td
+            result.flagged |= td.flagged
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     result.seconds = time.perf_counter() - t0
     summary = {
         "created_at": created.isoformat(timespec="seconds"), "as_of": as_of.isoformat(), "since": since_ts.isoformat(),

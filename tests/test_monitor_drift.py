@@ -182,3 +182,24 @@ def test_report_without_the_hidden_figures_is_the_same_report(monkeypatch: pytes
     assert fast[0].json() == full[0].json()
     html = ids_out(fast[0].get_html_str(as_iframe=False))
     assert html == ids_out(full[0].get_html_str(as_iframe=False)) and "visits_all" in html
+
+
+def test_reports_in_forked_workers_equal_reports_in_process(tmp_path: Path) -> None:
+    """``monitor.report_workers``: a report run in a forked worker gives the same table, share and files."""
+    cfg = monitor.MonitorSettings(drift_share=0.3, noise_reps=10)
+    frames = [(_frame(1500, 0), _frame(600, 2, shift=1.0, trend=8)), (_frame(900, 3), _frame(700, 4))]
+    here = [monitor.report_files(r, c, COLS, CATS, cfg, tmp_path / f"h{i}.html", tmp_path / f"h{i}.json")
+            for i, (r, c) in enumerate(frames)]
+    pool = monitor._report_pool(2)
+    assert pool is not None   # Linux: fork is available
+    try:
+        futures = [pool.submit(monitor.report_files, r, c, COLS, CATS, cfg, tmp_path / f"w{i}.html",
+                               tmp_path / f"w{i}.json") for i, (r, c) in enumerate(frames)]
+        there = [f.result() for f in futures]
+    finally:
+        pool.shutdown()
+    for i, (a, b) in enumerate(zip(here, there)):
+        assert a[:3] == b[:3]
+        assert (tmp_path / f"h{i}.json").read_text() == (tmp_path / f"w{i}.json").read_text()
+        assert (tmp_path / f"w{i}.html").stat().st_size > 10_000
+    assert set(here[0][1]) == {"open_balance", "in_collections"}   # the shifted pair drifts
