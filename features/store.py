@@ -118,6 +118,18 @@ def get_store(settings: Settings) -> "FeatureStore":
     return _STORES[key]
 
 
+def store_on_registry_copy(settings: Settings, registry: Path) -> "FeatureStore":
+    """A FeatureStore like ``get_store``'s but whose registry is the file ``registry`` (a copy of the real one): what
+    it records (materialization intervals, view states) goes there, and the caller swaps the file in when the work is
+    done (``pipelines.background``), so readers of the real registry never see a file half written."""
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    cfg = repo_config(settings)
+    cfg["registry"] = {**cfg["registry"], "path": str(registry)}
+    return FeatureStore(repo_path=str(render_repo(settings)), config=RepoConfig(**cfg))
+
+
 def feature_service(settings: Settings, target: Target) -> Any:
     """The target's FeatureService object, cached: Feast rebuilds it from protobuf (~240 typed fields) per lookup."""
     store = get_store(settings)
@@ -152,7 +164,7 @@ MaterializeMethod = Literal["bulk", "feast"]
 
 
 def materialize(settings: Settings, start: dt.datetime | None = None, end: dt.datetime | None = None,
-                method: MaterializeMethod | None = None) -> int:
+                method: MaterializeMethod | None = None, feature_store: Any = None) -> int:
     """Load each patient's latest snapshot in [start, end] into the online store; return patients loaded.
 
     ``method`` (default ``online_store.materialize_method``): "bulk" writes the same online rows as Feast's
@@ -160,7 +172,7 @@ def materialize(settings: Settings, start: dt.datetime | None = None, end: dt.da
     records the interval in the registry as Feast does; where it does not reproduce the store or a view it says
     so in the log and runs Feast's. "feast": Feast's ``materialize(start, end)``. Never ``materialize_incremental``
     (which starts at now - TTL on its first run and silently skips older rows). Defaults: from 1970 to just after
-    the build's as-of time.
+    the build's as-of time. ``feature_store``: the store to write through (default ``get_store(settings)``).
     """
     import duckdb
 
@@ -175,7 +187,7 @@ def materialize(settings: Settings, start: dt.datetime | None = None, end: dt.da
     start, end = (x if x.tzinfo else x.replace(tzinfo=dt.timezone.utc) for x in (start, end))
     with logs.stage(log, "features materialize") as info:
         c0 = _cpu_s()
-        store = get_store(settings)
+        store = feature_store if feature_store is not None else get_store(settings)
         used = method
         if method == "bulk":
             try:

@@ -14,7 +14,9 @@ Stages:
 * ``validate``: the feeds (default ``$CARECAST_HOME/feeds``) against their contracts; quarantined rows are
   counted and reported (``--strict`` makes any quarantined row a failure).
 * ``features``: build the snapshots (as of ``--as-of``, default the latest event), apply the Feast repo,
-  materialize the online store.
+  materialize the online store. No later stage reads the online store, so it loads in a background process while
+  they run (``pipelines.background``); the stage's marker is written once it has loaded (a failed load fails the
+  stage, reported at the end of the run, and the next run does the stage again).
 * ``train``: a new version per target (alias ``challenger``) from the feature store's training frame; its
   reference sample for drift monitoring is logged with its run (``pipelines.monitor.log_reference``). The
   reason (new data; drift flagged by the last check) is recorded.
@@ -182,6 +184,8 @@ class Context:
         self.baselines: dict[str, Any] = {}
         self.champions_before: dict[str, str | None] = {}
         self.outputs: dict[str, dict[str, Any]] = {}
+        #: work a stage left running in the background (``pipelines.background``), joined at the end of the run
+        self.background: dict[str, Any] = {}
 
 
 def _champions(settings: Settings, targets: tuple[str, ...]) -> dict[str, str | None]:
@@ -215,6 +219,7 @@ def _validate(ctx: Context) -> StageResult:
 def _features(ctx: Context) -> StageResult:
     from features import store
     from features.build import build_features
+    from pipelines import background
 
     s = ctx.settings
     try:
@@ -222,11 +227,15 @@ def _features(ctx: Context) -> StageResult:
     except FileNotFoundError as exc:
         raise StageFailed("features", str(exc), "run the validate stage first") from None
     store.apply(s)
-    n = store.materialize(s)
-    return StageResult("features", "ran", summary=f"as of {b.as_of:%Y-%m-%d %H:%M}; {b.patients:,} patients, "
-                       f"{b.snapshots:,} snapshots; {n:,} patients online",
-                       outputs={"as_of": b.as_of.isoformat(), "snapshot_hash": b.snapshot_hash,
-                                "labels": b.label_rows})
+    summary = f"as of {b.as_of:%Y-%m-%d %H:%M}; {b.patients:,} patients, {b.snapshots:,} snapshots"
+    outputs = {"as_of": b.as_of.isoformat(), "snapshot_hash": b.snapshot_hash, "labels": b.label_rows}
+    if ctx.opts.until == "features":   # nothing to overlap it with
+        n = store.materialize(s)
+        return StageResult("features", "ran", summary=f"{summary}; {n:,} patients online", outputs=outputs)
+    # no later stage reads the online store: it loads in the background while they run (pipelines.background)
+    ctx.background["features"] = background.materialize(s)
+    return StageResult("features", "ran", summary=f"{summary}; online store loading in the background",
+                       outputs=outputs)
 
 
 def _train(ctx: Context) -> StageResult:
@@ -410,7 +419,8 @@ def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
                 say(f"fix it and re-run `carecast pipeline run` (completed stages are skipped), "
                     f"or `carecast pipeline run --from {stage}`")
                 break
-            _write_marker(settings, res)
+            if stage not in ctx.background:   # else written once its background work succeeded
+                _write_marker(settings, res)
             say(f"{label}: {res.status} in {res.seconds:.1f}s ({res.cpu_seconds:.0f} CPU-s): {res.summary}")
         ctx.outputs[stage] = res.outputs
         result.stages.append(res)
@@ -418,6 +428,7 @@ def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
         if stage == opts.until:
             say(f"stopping after {stage} (--until)")
             break
+    _finish_background(settings, ctx, result, say)
     result.seconds = time.perf_counter() - t0
     result.record_path = _save_record(settings, result, opts)
     if opts.record:
@@ -426,6 +437,28 @@ def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
         except Exception as exc:  # noqa: BLE001 - the run record on disk stands
             log.warning("pipeline run not recorded in MLflow: %s", type(exc).__name__)
     return result
+
+
+def _finish_background(settings: Settings, ctx: Context, result: PipelineRun, say: Callable[[str], None]) -> None:
+    """Wait for the work stages left in the background; on success complete the stage (summary, CPU, marker), else
+    fail it: the run reports it (the earliest failed stage) and the next run does that stage again."""
+    for stage, work in list(ctx.background.items()):
+        res = result.stage(stage)
+        out = work.wait()
+        del ctx.background[stage]
+        label = f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}"
+        res.cpu_seconds += out.cpu_seconds
+        if out.ok:
+            res.summary = res.summary.replace("online store loading in the background", out.summary)
+            _write_marker(settings, res)
+            say(f"{label}: background work done in {out.seconds:.1f}s ({out.cpu_seconds:.0f} CPU-s): {out.summary}")
+            continue
+        res.status, res.summary = "failed", out.summary
+        if result.failed is None or STAGES.index(stage) < STAGES.index(result.failed.stage):
+            result.failed = res
+        say(f"{label}: FAILED in the background: {out.summary}")
+        say(f"fix it and re-run `carecast pipeline run` (completed stages are skipped), "
+            f"or `carecast pipeline run --from {stage}`")
 
 
 def _record_dict(result: PipelineRun, opts: PipelineOptions) -> dict:

@@ -101,3 +101,47 @@ def test_pipeline_cli_reports_the_failed_stage(fake, monkeypatch: pytest.MonkeyP
     assert res.exit_code == 0 and "[1/6] validate: skipped" in res.output and "pipeline finished" in res.output
     status = CliRunner().invoke(app, ["pipeline", "status"])
     assert status.exit_code == 0 and "drift done" in status.output
+
+
+def test_background_work_completes_its_stage_at_the_end_or_fails_it(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage that leaves work in the background (the features stage's online-store load) gets its marker only
+    when that work succeeded; if it fails, the run fails at that stage after the later stages ran, and the next run
+    does that stage again and skips the later ones (their inputs did not change)."""
+    from pipelines.background import Outcome
+
+    calls: list[str] = []
+    outcome = {"ok": False}
+
+    class Work:
+        def wait(self) -> Outcome:
+            calls.append("wait")
+            ok = outcome["ok"]
+            return Outcome(ok, "20 patients online" if ok else "online store load failed: boom", 1.0, 0.5)
+
+    def runner(stage):
+        def run(ctx):
+            calls.append(stage)
+            if stage == "features":
+                ctx.background["features"] = Work()
+                return P.StageResult(stage, "ran", summary="built; online store loading in the background")
+            return P.StageResult(stage, "ran", summary=f"{stage} done")
+        return run
+
+    monkeypatch.setattr(P, "RUNNERS", {s: runner(s) for s in P.STAGES})
+    monkeypatch.setattr(P, "_champions", lambda settings, targets: {})
+    (home / "feeds").mkdir()
+    (home / "feeds" / "visits.parquet").write_text("v1")
+    lines: list[str] = []
+    r = P.run(load_settings(), P.PipelineOptions(record=False), progress=lines.append)
+    assert calls == [*P.STAGES, "wait"] and not r.ok and r.failed.stage == "features"
+    assert "boom" in r.failed.summary and any("features: FAILED in the background" in x for x in lines)
+    assert P.read_marker(load_settings(), "features") is None and P.read_marker(load_settings(), "drift") is not None
+    calls.clear()
+    outcome["ok"] = True
+    r = _run()
+    assert r.ok and calls == ["features", "wait"]
+    features = r.stage("features")
+    assert features.summary == "built; 20 patients online" and features.cpu_seconds >= 0.5
+    assert P.read_marker(load_settings(), "features")["summary"] == "built; 20 patients online"
+    calls.clear()
+    assert _run().ok and calls == []
