@@ -205,6 +205,34 @@ def _billing_sql(as_of: str) -> str:
         FROM b_all JOIN pids USING (patient_id) WHERE billed_at <= {as_of}"""
 
 
+_VISIT_COLUMNS = f"""(CASE status WHEN 'completed' THEN 0 WHEN 'no_show' THEN 1 ELSE 2 END)::TINYINT AS outcome,
+    {_code('department', DEPARTMENTS)}::TINYINT AS dept, COALESCE(epoch_us(scheduled_at), {_NO_TIME}) AS sched_us"""
+
+
+def _visit_where(as_of: str) -> str:
+    """The visits that are outcome events."""
+    return f"status IN ('completed', 'no_show', 'cancelled') AND status_at IS NOT NULL AND status_at <= {as_of}"
+
+
+def _booking_where(as_of: str) -> str:
+    """The visits that are bookings (known from booked_at)."""
+    return f"booked_at <= {as_of} AND scheduled_at IS NOT NULL"
+
+
+def _visits_and_bookings_sql(as_of: str) -> str:
+    """The visit source (as ``_sources_sql``) and the bookings in one pass over the visits feed and one join on the
+    patient id (instead of two), sorted as the visit source needs (pk, time, appointment_id); ``is_visit`` and
+    ``is_booking`` say which rows belong to which. Bookings: known from booked_at, open (and in the future) until
+    the appointment time or an earlier outcome known by the as-of time."""
+    ts = KNOWN_AT["visit"]
+    visit, booking = f"({_visit_where(as_of)}) AND {ts} IS NOT NULL", _booking_where(as_of)
+    return f"""SELECT pk, epoch_us({ts}) AS ts_us, {_VISIT_COLUMNS}, COALESCE({visit}, false) AS is_visit,
+            COALESCE({booking}, false) AS is_booking,
+            epoch_us(booked_at) AS booked_us, epoch_us(LEAST(scheduled_at,
+                COALESCE(CASE WHEN status_at <= {as_of} THEN status_at END, scheduled_at))) AS end_us
+        FROM v_all JOIN pids USING (patient_id) WHERE ({visit}) OR ({booking}) ORDER BY pk, {ts}, appointment_id"""
+
+
 def _sources_sql(as_of: str) -> dict[str, str]:
     """One narrow query per kind of event: ``pk``, ``ts`` (when it became known, ``KNOWN_AT``) and its own columns,
     one row per event, events after ``as_of`` left out (billing sources read the table ``b_pk``, ``_billing_sql``).
@@ -214,11 +242,8 @@ def _sources_sql(as_of: str) -> dict[str, str]:
     b = "b_pk"
     return {
         # visit outcomes; appointment_id orders outcomes known at the same time (the no-show streak)
-        "visit": f"""SELECT pk, {k['visit']} AS ts, appointment_id,
-            (CASE status WHEN 'completed' THEN 0 WHEN 'no_show' THEN 1 ELSE 2 END)::TINYINT AS outcome,
-            {_code('department', DEPARTMENTS)}::TINYINT AS dept, COALESCE(epoch_us(scheduled_at), {_NO_TIME}) AS sched_us
-            FROM v_all JOIN pids USING (patient_id) WHERE status IN ('completed', 'no_show', 'cancelled')
-            AND status_at IS NOT NULL AND status_at <= {as_of}""",
+        "visit": f"""SELECT pk, {k['visit']} AS ts, appointment_id, {_VISIT_COLUMNS}
+            FROM v_all JOIN pids USING (patient_id) WHERE {_visit_where(as_of)}""",
         "billed": f"""SELECT pk, {k['billed']} AS ts, COALESCE(resp, 0)::DOUBLE AS amount,
             COALESCE(payment_plan::INT, 0)::TINYINT AS plan FROM {b}""",
         "paid": f"""SELECT pk, {k['paid']} AS ts, paid::DOUBLE AS amount FROM {b}
@@ -326,22 +351,20 @@ def _prepare(con: duckdb.DuckDBPyConnection, as_of: str) -> _Events:
         cols, tie = ", ".join(_SOURCE_COLUMNS[name]), _TIE_ORDER.get(name, "")
         con.execute(f"CREATE OR REPLACE TEMP VIEW s_{name} AS SELECT pk, ts{tie}, {cols} FROM src_{name} "
                     "WHERE ts IS NOT NULL")
-        # the tie order matters only for visits (the no-show streak): DuckDB sorts those, numpy the rest
-        order = f" ORDER BY pk, ts{tie}" if tie else ""
-        res = con.execute(f"SELECT pk, epoch_us(ts) AS ts_us, {cols} FROM s_{name}{order}").fetchnumpy()
-        res = {c: np.asarray(v) for c, v in res.items()}
-        src[name] = res if tie else _sort_by_patient_time(res)
-    # bookings: known from booked_at, open (and in the future) until the appointment time or an earlier outcome;
-    # not a snapshot-making event (the month starts and the as-of snapshot read them exactly); any order per patient
-    bk = con.execute(f"""SELECT pk, epoch_us(booked_at) AS booked_us,
-            epoch_us(LEAST(scheduled_at, COALESCE(CASE WHEN status_at <= {as_of} THEN status_at END, scheduled_at)))
-            AS end_us, epoch_us(scheduled_at) AS sched_us
-        FROM v_all JOIN pids USING (patient_id) WHERE booked_at <= {as_of} AND scheduled_at IS NOT NULL""").fetchnumpy()
-    bk = {c: np.asarray(v, dtype=np.int64) for c, v in bk.items()}
-    order = np.argsort(bk["pk"], kind="stable")
+        if name == "visit":
+            continue
+        res = con.execute(f"SELECT pk, epoch_us(ts) AS ts_us, {cols} FROM s_{name}").fetchnumpy()
+        src[name] = _sort_by_patient_time({c: np.asarray(v) for c, v in res.items()})
+    # visits and bookings: one query, sorted by DuckDB (the tie order of visits matters: the no-show streak); the
+    # bookings (not snapshot-making events: month starts and the as-of snapshot read them exactly) need only pk order
+    res = {c: np.asarray(v) for c, v in con.execute(_visits_and_bookings_sql(as_of)).fetchnumpy().items()}
+    is_visit, is_booking = res.pop("is_visit").astype(bool), res.pop("is_booking").astype(bool)
+    src = {"visit": {c: res[c][is_visit] for c in ["pk", "ts_us", *_SOURCE_COLUMNS["visit"]]}, **src}
+    bookings = {"pk": res["pk"][is_booking].astype(np.int64), "booked_us": res["booked_us"][is_booking],
+                "end_us": res["end_us"][is_booking], "sched_us": res["sched_us"][is_booking]}
     ev = " UNION ALL ".join(f"SELECT pk, ts FROM s_{n}" for n in sources)
     con.execute(f"CREATE OR REPLACE TEMP VIEW events_pk AS {ev}")
-    return _Events(src, {c: v.take(order) for c, v in bk.items()})
+    return _Events(src, {c: np.asarray(v, dtype=np.int64) for c, v in bookings.items()})
 
 
 def _chunks(n_events: np.ndarray, any_events: np.ndarray, rows_per_chunk: int,
