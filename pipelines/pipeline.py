@@ -229,11 +229,12 @@ def _features(ctx: Context) -> StageResult:
     store.apply(s)
     summary = f"as of {b.as_of:%Y-%m-%d %H:%M}; {b.patients:,} patients, {b.snapshots:,} snapshots"
     outputs = {"as_of": b.as_of.isoformat(), "snapshot_hash": b.snapshot_hash, "labels": b.label_rows}
-    if ctx.opts.until == "features":   # nothing to overlap it with
+    # no later stage reads the online store: it loads in the background while they run (pipelines.background)
+    work = background.materialize(s) if ctx.opts.until != "features" else None
+    if work is None:
         n = store.materialize(s)
         return StageResult("features", "ran", summary=f"{summary}; {n:,} patients online", outputs=outputs)
-    # no later stage reads the online store: it loads in the background while they run (pipelines.background)
-    ctx.background["features"] = background.materialize(s)
+    ctx.background["features"] = work
     return StageResult("features", "ran", summary=f"{summary}; online store loading in the background",
                        outputs=outputs)
 

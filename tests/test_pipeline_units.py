@@ -145,3 +145,31 @@ def test_background_work_completes_its_stage_at_the_end_or_fails_it(home: Path, 
     assert P.read_marker(load_settings(), "features")["summary"] == "built; 20 patients online"
     calls.clear()
     assert _run().ok and calls == []
+
+
+def test_background_materialize_swaps_the_registry_copy_in_or_reports_the_error(home: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forked load: what it records goes to a copy of the registry that replaces the real file only when it
+    succeeded; an error in the child comes back as the outcome; the copy never stays behind."""
+    from features import store
+    from pipelines import background
+
+    s = load_settings()
+    registry = Path(store.repo_config(s)["registry"]["path"])
+    registry.parent.mkdir(parents=True)
+    registry.write_bytes(b"before")
+
+    def fake(settings, feature_store=None):   # runs in the forked child
+        if feature_store == "fail":
+            raise RuntimeError("redis went away")
+        Path(feature_store).write_bytes(b"after")
+        return 7
+
+    monkeypatch.setattr(store, "materialize", fake)
+    monkeypatch.setattr(store, "store_on_registry_copy", lambda settings, copy: str(copy))
+    out = background.materialize(s).wait()
+    assert out.ok and out.summary == "7 patients online" and registry.read_bytes() == b"after"
+    monkeypatch.setattr(store, "store_on_registry_copy", lambda settings, copy: "fail")
+    out = background.materialize(s).wait()
+    assert not out.ok and "RuntimeError: redis went away" in out.summary and registry.read_bytes() == b"after"
+    assert sorted(p.name for p in registry.parent.iterdir()) == [registry.name]
