@@ -21,7 +21,7 @@ AS_OF = "2026-06-01 00:00"
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
     root = tmp_path_factory.mktemp("labels")
     feeds = empty_feeds()
-    add_rows(feeds, "patients", [patient(p) for p in ("N1", "C1", "C2", "C3", "H1", "H2")])
+    add_rows(feeds, "patients", [patient(p) for p in ("N1", "C1", "C2", "C3", "H1", "H2", "H3")])
     add_rows(feeds, "visits", [
         # no-show points
         visit("a72", "N1", "2025-01-01", "2025-02-10 10:00", "no_show", "2025-02-10 12:00"),
@@ -42,6 +42,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
         event("h5", "H1", "2025-01-12 09:00", "sms", "replied", "inbound"),
         event("h6", "H2", "2024-12-20 09:00", "sms", "delivered"),
         event("h7", "H2", "2025-05-15 09:00", "portal", "clicked"),               # > 90 days after 2025-01-01
+        event("h8", "H3", "2024-12-20 09:00", "sms", "delivered"),
+        event("h9", "H3", "2025-01-10 09:00", "phone", "confirmed"),             # two at the same instant:
+        event("h10", "H3", "2025-01-10 09:00", "email", "replied", "inbound"),   # the highest index (phone)
     ])
     data = write(feeds, root / "feeds")
     s = load_settings(environ={"CARECAST_HOME": str(root / "home")})
@@ -87,6 +90,8 @@ def test_channel_is_first_positive_response_within_90_days(built: dict[str, pd.D
     h2 = chn[chn.patient_id == "H2"].set_index("event_timestamp")["label"]
     assert pd.isna(h2[utc("2025-01-01")])  # first positive response is 134 days later
     assert h2[utc("2025-03-01")] == 3  # portal, within 90 days
+    h3 = chn[chn.patient_id == "H3"].set_index("event_timestamp")["label"]
+    assert h3[utc("2025-01-01")] == 2  # phone and email at the same instant: the highest MODEL_CHANNELS index
     last = chn[chn.event_timestamp > utc("2026-03-03")]
     assert last.label.isna().all()  # less than 90 days before the end: no label
 
