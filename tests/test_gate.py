@@ -121,3 +121,15 @@ def test_first_model_gate_reuses_trains_baselines_with_the_same_reasons(home: Pa
     train_target(load_settings(), "no_show", tf, plots_on=False)
     promote(load_settings(), "no_show", other, baselines=fitted)
     assert evals == [1]
+
+
+def test_recode_maps_frame_codes_to_the_models_and_leaves_equal_mappings_alone() -> None:
+    import pandas as pd
+
+    from training import data
+
+    df = pd.DataFrame({"c": [0, 1, 2, -1], "x": [1.0, 2.0, 3.0, 4.0]})
+    assert data.recode(df, {"c": ["a", "b", "z"]}, {"c": ["a", "b", "z"]}) is df   # nothing to do: no copy
+    out = data.recode(df, {"c": ["a", "b", "z"]}, {"c": ["b", "a"]})
+    assert out["c"].tolist()[:2] == [1.0, 0.0] and np.isnan(out["c"].iloc[2]) and np.isnan(out["c"].iloc[3])
+    assert df["c"].tolist() == [0, 1, 2, -1] and out["x"].tolist() == df["x"].tolist()

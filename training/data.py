@@ -82,12 +82,14 @@ def recode(df: pd.DataFrame, frame_categories: dict[str, list[str]],
     """Re-express integer codes from the frame's mapping in a model's own mapping.
 
     A model trained when the category list was different still sees the right codes; categories
-    it never saw become NaN (XGBoost's missing branch)."""
+    it never saw become NaN (XGBoost's missing branch). The frame itself when no column needs it (no copy)."""
+    todo = [col for col, model_cats in model_categories.items() if col in df
+            and frame_categories.get(col) is not None and list(frame_categories[col]) != list(model_cats)]
+    if not todo:
+        return df
     out = df.copy()
-    for col, model_cats in model_categories.items():
-        frame_cats = frame_categories.get(col)
-        if col not in out or frame_cats is None or list(frame_cats) == list(model_cats):
-            continue
+    for col in todo:
+        frame_cats, model_cats = frame_categories[col], model_categories[col]
         lookup = {i: (model_cats.index(c) if c in model_cats else np.nan) for i, c in enumerate(frame_cats)}
         out[col] = out[col].map(lambda v: lookup.get(int(v), np.nan) if pd.notna(v) else np.nan).astype(float)
     return out

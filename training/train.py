@@ -156,13 +156,14 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
         p_test = predict(booster, X_test)
         p_val = predict(booster, X_val)
         predict_rate = (len(X_test) + len(X_val)) / max(1e-9, time.perf_counter() - start)
-        test = evaluate(target, y_test, p_test, groups[sp.test], data.patients(df[sp.test]))
+        df_test = df[sp.test]
+        test = evaluate(target, y_test, p_test, groups[sp.test], data.patients(df_test))
         base = B.fit_baselines(target.kind, k, feats, list(cats), X[tr], y[tr], X[va], y[va])
         base_metrics, base_preds = {}, {}
         for name, b in base.items():
             base_preds[name] = b.predict(X_test)
             base_metrics[name] = M.metrics(target.kind, y_test, base_preds[name]) | {"label": b.name}
-        truth, truth_seen = data.oracles(settings, target, df[sp.test])
+        truth, truth_seen = data.oracles(settings, target, df_test)
         orc = oracle_summary(target, y_test, p_test, truth)
         orc_seen = oracle_summary(target, y_test, p_test, truth_seen)
         shap_rate = shap_rows_per_second(booster, X_test if sp.test.sum() >= 200 else X)
