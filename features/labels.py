@@ -100,7 +100,8 @@ def channel_sql(as_of: str) -> str:
     (``ch`` is the ``MODEL_CHANNELS`` index, -1 for other channels; ``positive`` a replied/confirmed/clicked outcome)
     and ``pids`` (``pk`` -> ``patient_id``): integer joins instead of joins on patient-id strings. Positive responses
     at the same instant on several channels count as the highest channel index (without a rule the ASOF join picked
-    one of them by its sort order: 3 of 33M points at 1M patients)."""
+    one of them by the order its sort left them in, in practice the later row of the feed: 7 of 33.2M points, 4 such
+    pairs, at 1M patients)."""
     return f"""
     WITH span AS (SELECT pk, MIN(ts) AS first_ts, MAX(ts) AS last_ts FROM events_pk GROUP BY pk),
     m AS (SELECT pk, UNNEST(generate_series(date_trunc('month', first_ts) + INTERVAL 1 MONTH,
