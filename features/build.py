@@ -861,7 +861,7 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
               {_code('preferred_language', LANGUAGES)}::BIGINT AS language_code,
               {_code('insurance_type', INSURANCE)}::BIGINT AS insurance_code, distance_km::DOUBLE AS distance_km,
               has_mobile::BIGINT AS has_mobile, has_email::BIGINT AS has_email, portal_enrolled::BIGINT AS portal_enrolled
-            FROM reg WHERE known_at <= {lit}) TO '{tmp}' (FORMAT PARQUET, COMPRESSION zstd)""")
+            FROM reg WHERE known_at <= {lit} ORDER BY patient_id) TO '{tmp}' (FORMAT PARQUET, COMPRESSION zstd)""")
         tmp.replace(out / PROFILE_FILE)
         info["patients"] = patients = con.execute(f"SELECT COUNT(*) FROM read_parquet('{out / PROFILE_FILE}')").fetchall()[0][0]
     with _stage("features build: events") as info:

@@ -136,3 +136,19 @@ def test_window_edges_streak_and_past_due_ties(tmp_path: Path) -> None:
     r = at("2025-05-01 00:00")
     assert r.last_response_sms_ts == pd.Timestamp("2025-04-01 10:00", tz="UTC").timestamp()
     assert np.isnan(r.last_response_email_ts) and r.responses_sms == 1 and r.sends_sms == 0
+
+
+def test_identical_builds_write_identical_files(tmp_path: Path) -> None:
+    """The manifest's ``snapshot_hash`` is lineage for every model trained on the build (an MLflow tag): the same
+    feeds must give the same bytes, whatever order DuckDB's threads finish in."""
+    import json
+
+    data = random_world(tmp_path / "feeds", patients=2000, seed=5)
+    files = {}
+    for run in ("a", "b"):
+        s = load_settings(environ={"CARECAST_HOME": str(tmp_path / run)})
+        build_features(s, data)
+        files[run] = {p.name: p.read_bytes() for p in sorted(s.feature_dir.glob("*.parquet"))}
+        files[run]["hash"] = json.loads((s.feature_dir / "manifest.json").read_text())["snapshot_hash"].encode()
+    assert files["a"].keys() == files["b"].keys() and len(files["a"]) > 3
+    assert [k for k in files["a"] if files["a"][k] != files["b"][k]] == []
