@@ -9,9 +9,9 @@ features stage and the next run does it again, as before.
 
 The load runs at a lower CPU priority (nice 10), in a process *forked* from the pipeline's (it starts with Feast
 already imported: a spawned one spent ~12 CPU-s importing it again; it opens its own DuckDB and SQLite connections,
-never touches MLflow and leaves by ``os._exit``), and writes its registry updates (materialization intervals) to a copy of the registry
-that replaces the real file when it is done, in one rename: the stages reading the registry meanwhile never see a
-file half written.
+never touches MLflow and leaves by ``os._exit``), and writes its registry updates (materialization intervals) to a
+copy of the registry that replaces the real file when it is done, in one rename: the stages reading the registry
+meanwhile never see a file half written.
 """
 
 from __future__ import annotations
