@@ -265,8 +265,6 @@ def _add_groups(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-
-
 def _asof_join(settings: Settings, store: Any, refs: list[str], entity: pd.DataFrame) -> pd.DataFrame:
     """Point-in-time join as DuckDB ASOF joins generated from the registered feature views.
 
