@@ -417,8 +417,7 @@ def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
                 result.failed = res
                 result.stages.append(res)
                 say(f"{label}: FAILED after {res.seconds:.1f}s: {res.summary}")
-                say(f"fix it and re-run `carecast pipeline run` (completed stages are skipped), "
-                    f"or `carecast pipeline run --from {stage}`")
+                say(_resume_hint(stage))
                 break
             if stage not in ctx.background:   # else written once its background work succeeded
                 _write_marker(settings, res)
@@ -440,6 +439,11 @@ def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
     return result
 
 
+def _resume_hint(stage: str) -> str:
+    return (f"fix it and re-run `carecast pipeline run` (completed stages are skipped), "
+            f"or `carecast pipeline run --from {stage}`")
+
+
 def _finish_background(settings: Settings, ctx: Context, result: PipelineRun, say: Callable[[str], None]) -> None:
     """Wait for the work stages left in the background; on success complete the stage (summary, CPU, marker), else
     fail it: the run reports it (the earliest failed stage) and the next run does that stage again."""
@@ -458,8 +462,7 @@ def _finish_background(settings: Settings, ctx: Context, result: PipelineRun, sa
         if result.failed is None or STAGES.index(stage) < STAGES.index(result.failed.stage):
             result.failed = res
         say(f"{label}: FAILED in the background: {out.summary}")
-        say(f"fix it and re-run `carecast pipeline run` (completed stages are skipped), "
-            f"or `carecast pipeline run --from {stage}`")
+        say(_resume_hint(stage))
 
 
 def _record_dict(result: PipelineRun, opts: PipelineOptions) -> dict:
