@@ -285,7 +285,8 @@ class _Events:
     def chunk(self, lo: int, hi: int) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
         """The events of patient codes [lo, hi): views, no copies."""
         def part(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            i, j = np.searchsorted(d["pk"], [lo, hi], side="left")
+            # the bounds in the codes' own dtype: a Python list would make numpy cast the whole column per call
+            i, j = np.searchsorted(d["pk"], np.array([lo, hi], dtype=d["pk"].dtype), side="left")
             return {c: v[i:j] for c, v in d.items()}
         return {n: part(s) for n, s in self.src.items()}, part(self.bookings)
 
@@ -718,8 +719,17 @@ def _past_due_since(D: _Index) -> np.ndarray:
 
 
 #: snapshot parquet settings: LZ4 without dictionaries (but for patient_id) encodes 66M rows x 80 columns in about
-#: half the CPU of zstd with dictionaries, for a file about 1.8x larger (which reads faster: LZ4 decodes cheaply)
-SNAPSHOT_PARQUET = {"compression": "lz4", "use_dictionary": ["patient_id"]}
+#: half the CPU of zstd with dictionaries, for a file about 1.8x larger (which reads faster: LZ4 decodes cheaply);
+#: min/max statistics only for the columns that reads filter on (the others cost a sixth of the encoding)
+_KEYS = ["patient_id", "event_timestamp", "created"]
+SNAPSHOT_PARQUET = {"compression": "lz4", "use_dictionary": ["patient_id"], "write_statistics": _KEYS}
+_UTC_US = pa.timestamp("us", tz="UTC")
+#: the snapshot file's schema: every column REQUIRED (no value is ever null; a missing rate or time is NaN), so the
+#: writer has no definition levels to compute: with the statistics above, 0.54 instead of 0.98 CPU-s per 1M rows.
+#: (float32 features would save another 0.16 CPU-s, but Feast's own materialize refuses float32 in Float64 fields.)
+SNAPSHOT_SCHEMA = pa.schema([pa.field("patient_id", pa.string(), nullable=False),
+                             *[pa.field(c, _UTC_US, nullable=False) for c in _KEYS[1:]],
+                             *[pa.field(c, pa.float64(), nullable=False) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS]])
 
 
 def _monthly_labels(src: dict[str, dict], snap: dict, ids: pa.Array, lo: int, as_of_us: int,
@@ -767,10 +777,10 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, events: _Events, path: Path
         snap = _snapshot_times(src, registered[lo:hi], clock, as_of_us)
         feats, rows = _chunk_features(snap, src, clock, hi - lo, bk, t[1], keep_us=latest_us)
         snap_ts = snap["ts_us"].take(rows)
-        ts = pa.array(snap_ts, type=pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-        arrays = {"patient_id": ids.take(pa.array(snap["pk"].take(rows))), "event_timestamp": ts, "created": ts}
-        arrays.update({c: pa.array(feats[c], type=pa.float64()) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS})
-        table = pa.table(arrays)
+        ts = pa.array(snap_ts, type=pa.int64()).cast(_UTC_US)
+        arrays = [ids.take(pa.array(snap["pk"].take(rows))), ts, ts]
+        arrays += [pa.array(feats[f.name], type=f.type) for f in SNAPSHOT_SCHEMA if f.name not in _KEYS]
+        table = pa.Table.from_arrays(arrays, schema=SNAPSHOT_SCHEMA)
         latest = table.filter(pa.array(snap_ts == latest_us)) if latest_path is not None else None
         monthly = _monthly_labels(src, snap, ids.slice(lo, hi - lo), lo, as_of_us, clock) if label_paths else {}
         return table, latest, monthly
