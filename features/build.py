@@ -35,6 +35,7 @@ import itertools
 import json
 import math
 import os
+import queue
 import resource
 import shutil
 import time
@@ -52,7 +53,7 @@ from carecast import logs
 from carecast.settings import Settings
 from features.contracts import FEEDS, DEPARTMENTS, INSURANCE, LANGUAGES, MODEL_CHANNELS, POSITIVE_RESPONSES, SEXES
 from features.feeds_io import duckdb_scan as _scan
-from features import labels
+from features import labels, snapshot_kernel
 
 log = logs.get("features.build")
 
@@ -385,111 +386,6 @@ def _chunks(n_events: np.ndarray, any_events: np.ndarray, rows_per_chunk: int,
     return out
 
 
-def _searchsorted(a: np.ndarray, v: np.ndarray, side: str) -> np.ndarray:
-    """``np.searchsorted(a, v, side)`` for sorted ``v`` as well as ``a``: when ``a`` is the shorter, each of its
-    elements is placed among ``v`` and the positions are counted (a running sum), which costs len(a) binary searches
-    instead of len(v) (a chunk has several times more snapshots than events of most sources). Same result."""
-    if len(a) >= len(v) // 2:
-        return np.searchsorted(a, v, side=side)
-    # a[i] is counted at v[j] (a[i] <= v[j] for "right", a[i] < v[j] for "left") from the first such j on
-    first = np.searchsorted(v, a, side="left" if side == "right" else "right")
-    return np.cumsum(np.bincount(first, minlength=len(v) + 1)[:len(v)])
-
-
-class _Index:
-    """Point-in-time lookups of one sorted event source at the snapshot points of a chunk.
-
-    Keys are ``(patient << bits) | time`` in one int64, so ``searchsorted`` finds, for every snapshot at time t,
-    the events of its patient up to t (``hi``: everything known at t, ties included) and from t - W days (``lo``)."""
-
-    def __init__(self, src: dict, snap_key: np.ndarray, clock: "_Clock", windows: tuple[int, ...] = ()):
-        self.src, self.clock, self.windows = src, clock, windows
-        self.n = len(src["pk"])
-        self.key = clock.key(src["pk"], src["ts_us"])
-        # first event of the snapshot's patient (events per patient, then offsets), and events with time <= t
-        per_patient = np.bincount(src["pk"] - clock.lo_pk, minlength=clock.patients)
-        offsets = np.concatenate([[0], np.cumsum(per_patient)])
-        self.start = offsets[clock.snap_local]
-        self.hi = _searchsorted(self.key, snap_key, "right")
-        self.has = self.hi > self.start
-        self.last = np.where(self.has, self.hi - 1, 0)
-        self._lo: dict[int, np.ndarray] = {}
-        self._pstart: np.ndarray | None = None
-
-    def lo(self, days: int) -> np.ndarray:
-        if days not in self.windows:   # _moved must see every window edge a feature reads
-            raise ValueError(f"window of {days} days not declared in _WINDOWED")
-        if days not in self._lo:
-            self._lo[days] = np.maximum(_searchsorted(self.key, self.clock.window_start(days), "left"), self.start)
-        return self._lo[days]
-
-    def subset(self, rows: np.ndarray) -> None:
-        """Keep only these snapshot rows (positions, ascending): the lookups are per snapshot, so a subset is exact."""
-        self.hi, self.start, self.has, self.last = (a.take(rows) for a in (self.hi, self.start, self.has, self.last))
-        self._lo = {d: v.take(rows) for d, v in self._lo.items()}
-
-    @staticmethod
-    def _prefix(x: np.ndarray) -> np.ndarray:
-        g = np.empty(len(x) + 1, dtype=np.float64)
-        g[0] = 0.0
-        np.cumsum(x, dtype=np.float64, out=g[1:])
-        return g
-
-    def cum(self, x: np.ndarray | None = None) -> np.ndarray:
-        """Sum of x over the patient's events known at t (count of events when x is None)."""
-        if x is None:
-            return (self.hi - self.start).astype(np.float64)
-        g = self._prefix(x)
-        return g[self.hi] - g[self.start]
-
-    def money(self, x: np.ndarray) -> np.ndarray:
-        """Like ``cum`` for amounts: summed in whole cents when they are whole cents, so a patient's total does
-        not depend on the other patients in the chunk (float running sums over the chunk would)."""
-        cents = np.round(x * 100.0)
-        if not np.all(np.abs(x * 100.0 - cents) < 1e-6):
-            return self.cum(x)
-        g = np.zeros(len(x) + 1, dtype=np.int64)
-        np.cumsum(cents.astype(np.int64), out=g[1:])
-        return (g[self.hi] - g[self.start]) / 100.0
-
-    def window(self, days: int, x: np.ndarray | None = None) -> np.ndarray:
-        """Sum over events with time in [t - days, t] (day edges in whole seconds, as the SQL RANGE frame)."""
-        lo = self.lo(days)
-        if x is None:
-            return (self.hi - lo).astype(np.float64)
-        g = self._prefix(x)
-        return g[self.hi] - g[lo]
-
-    def patient_start(self) -> np.ndarray:
-        """Per event: the row of its patient's first event (for running values within a patient)."""
-        if self._pstart is None:
-            pk = self.src["pk"]
-            new = np.ones(self.n, dtype=bool)
-            new[1:] = pk[1:] != pk[:-1]
-            self._pstart = np.flatnonzero(new)[np.cumsum(new) - 1] if self.n else np.zeros(0, dtype=np.int64)
-        return self._pstart
-
-    def running_last(self, values: np.ndarray, flag: np.ndarray | None = None) -> np.ndarray:
-        """Per event: the latest flagged value so far within the patient (NaN before the first)."""
-        rows = np.arange(self.n)
-        idx = rows if flag is None else np.where(flag, rows, -1)
-        last = np.maximum.accumulate(idx) if self.n else idx
-        ok = last >= self.patient_start()
-        return np.where(ok, values[np.where(ok, last, 0)], np.nan)
-
-    def at(self, per_event: np.ndarray) -> np.ndarray:
-        """A per-event running value read at each snapshot (its patient's last event known at t; NaN if none)."""
-        if self.n == 0:
-            return np.full(len(self.hi), np.nan)
-        v = per_event.take(self.last)
-        v[~self.has] = np.nan
-        return v
-
-    def last_ts(self, flag: np.ndarray | None = None) -> np.ndarray:
-        """Epoch seconds of the patient's latest (flagged) event known at t; NaN if none."""
-        return self.at(self.running_last(self.src["ts_us"] / 1e6, flag))
-
-
 class _Clock:
     """Packs (patient, time) into one sortable int64 for a chunk of patients."""
 
@@ -497,21 +393,6 @@ class _Clock:
         self.lo_pk, self.t0, self.t1 = lo_pk, t_min_us, t_max_us
         self.unit = 1_000_000 if whole_seconds else 1
         self.bits = max(1, int((t_max_us - t_min_us) // self.unit + 1).bit_length())
-        self.snap_pk = self.snap_ts = self.snap_local = None
-        self.patients = 0
-        self._starts: dict[int, np.ndarray] = {}
-
-    def at_snapshots(self, pk: np.ndarray, ts_us: np.ndarray, patients: int) -> np.ndarray:
-        """Set the chunk's snapshot points; return their keys."""
-        self.snap_pk, self.snap_ts, self.patients = pk, ts_us, patients
-        self.snap_local = pk.astype(np.int64) - self.lo_pk
-        self._starts = {}
-        return self.key(pk, ts_us)
-
-    def subset(self, rows: np.ndarray) -> None:
-        """Keep only these snapshot rows (positions, ascending)."""
-        self.snap_pk, self.snap_ts, self.snap_local = (a.take(rows) for a in (self.snap_pk, self.snap_ts, self.snap_local))
-        self._starts = {d: v.take(rows) for d, v in self._starts.items()}
 
     def max_patients(self) -> int:
         return 1 << max(0, 62 - self.bits)
@@ -524,17 +405,6 @@ class _Clock:
         exactly when x > t for every t the clock packs exactly (event times, month starts): clipped, rounded up."""
         x = np.clip(ts_us.astype(np.int64), self.t0, self.t1 + self.unit)
         return ((pk.astype(np.int64) - self.lo_pk) << self.bits) | ((x - self.t0 + self.unit - 1) // self.unit)
-
-    def window_start(self, days: int) -> np.ndarray:
-        """Key of (patient, first whole second of the window [t - days, t]); before the chunk's first event, the
-        patient's first key (``_Index.lo`` never goes below the patient's first event anyway)."""
-        if days not in self._starts:
-            t_s = np.floor_divide(self.snap_ts, 1_000_000)
-            start_us = np.maximum((t_s - days * 86_400) * 1_000_000, self.t0)
-            if self.unit > 1:
-                start_us += -(start_us - self.t0) % self.unit
-            self._starts[days] = self.key(self.snap_pk, start_us)
-        return self._starts[days]
 
 
 def _snapshot_times(src: dict[str, dict], registered: np.ndarray, clock: _Clock, as_of_us: int) -> dict:
@@ -560,162 +430,6 @@ def _snapshot_times(src: dict[str, dict], registered: np.ndarray, clock: _Clock,
     all_ts = np.concatenate([ts[last_of_day], m_ts, np.full(len(asof_pk), as_of_us, dtype=np.int64)])
     _, keep = np.unique(clock.key(all_pk, all_ts), return_index=True)   # sorted, one per (patient, time)
     return {"pk": all_pk[keep], "ts_us": all_ts[keep], "ev_pk": pk, "ev_ts": ts}
-
-
-def _rate(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den where den > 0, else NaN."""
-    return np.divide(num, den, out=np.full(len(den), np.nan), where=den > 0)
-
-
-def _bookings_at(snap_key: np.ndarray, clock: _Clock, t_max_us: int, bk: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Per snapshot (patient, t): the number of appointments booked by t and still ahead (``booked <= t < end``,
-    ``end`` = the appointment time or an earlier cancellation known by the as-of time), and the earliest of their
-    times (epoch seconds; NaN if none). Each booking covers a contiguous run of its patient's snapshots."""
-    n = len(snap_key)
-    count, nxt = np.zeros(n), np.full(n, np.inf)
-    if bk is None or not len(bk.get("pk", ())):
-        return count, np.full(n, np.nan)
-    lo_t, hi_t = clock.t0, t_max_us + clock.unit          # keys must stay inside the patient's time range
-    start = np.clip(bk["booked_us"], lo_t, hi_t)
-    end = np.clip(bk["end_us"], lo_t, hi_t)
-    lo = np.searchsorted(snap_key, clock.key(bk["pk"], start), side="left")
-    hi = np.searchsorted(snap_key, clock.key(bk["pk"], end), side="left")
-    runs = np.maximum(hi - lo, 0)
-    if runs.sum():
-        idx = np.repeat(lo, runs) + (np.arange(runs.sum()) - np.repeat(np.cumsum(runs) - runs, runs))
-        np.add.at(count, idx, 1.0)
-        np.minimum.at(nxt, idx, np.repeat(bk["sched_us"].astype(np.float64) / 1e6, runs))
-    return count, np.where(np.isfinite(nxt), nxt, np.nan)
-
-
-#: the windows (days) each source's features read; ``_Index.lo`` refuses any other, so ``_moved`` sees every edge
-_WINDOWED: dict[str, tuple[int, ...]] = {"visit": WINDOWS, "engagement": (90,)}
-
-
-def _booking_edges(bk: dict | None, clock: _Clock, t_max_us: int) -> np.ndarray:
-    """Sorted keys at which a booking starts or stops counting (as ``_bookings_at`` clips them)."""
-    if bk is None or not len(bk.get("pk", ())):
-        return np.zeros(0, dtype=np.int64)
-    lo_t, hi_t = clock.t0, t_max_us + clock.unit
-    return np.sort(np.concatenate([clock.key(bk["pk"], np.clip(bk["booked_us"], lo_t, hi_t)),
-                                   clock.key(bk["pk"], np.clip(bk["end_us"], lo_t, hi_t))]))
-
-
-def _moved(ix: dict[str, _Index], snap_key: np.ndarray, clock: _Clock, edges: np.ndarray, keep_us: int) -> np.ndarray:
-    """Per snapshot: False when it provably holds its patient's previous snapshot's values, so it is neither computed
-    nor stored. Every stored value is a function of, per source, the events known at t (``hi``) and the first event
-    of each window it reads (``lo``), and of which bookings are open at t; when none of these moved since the
-    previous snapshot, nothing did. The as-of snapshot (``keep_us``) is always kept. Dropping such a snapshot changes
-    no point-in-time read: a read from its time on gets the previous snapshot, which holds the same values (mostly
-    month starts more than a year after the patient's last event, when every window is already empty)."""
-    n = len(snap_key)
-    moved = np.ones(n, dtype=bool)
-    if n < 2:
-        return moved
-    still = (clock.snap_pk[1:] == clock.snap_pk[:-1]) & (clock.snap_ts[1:] != keep_us)
-    for name, I in ix.items():
-        still &= I.hi[1:] == I.hi[:-1]
-        for days in _WINDOWED.get(name, ()):
-            lo = I.lo(days)
-            still &= lo[1:] == lo[:-1]
-    if len(edges):
-        seen = _searchsorted(edges, snap_key, "right")   # booking edges at or before each snapshot
-        still &= seen[1:] == seen[:-1]
-    moved[1:] = ~still
-    return moved
-
-
-def _chunk_features(snap: dict, src: dict[str, dict], clock: _Clock, patients: int,
-                    bookings: dict | None = None, t_max_us: int = 0,
-                    keep_us: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Every activity feature at the snapshots (patient, t) of a chunk of ``patients`` patient codes, from the
-    sorted event sources (and the chunk's bookings, for ``open_bookings`` and ``next_booked_ts``); with ``keep_us``
-    (the as-of time), only at the snapshots ``_moved`` keeps. Returns the features and those snapshots' positions."""
-    snap_key = clock.at_snapshots(snap["pk"], snap["ts_us"], patients)
-    ix = {name: _Index(s, snap_key, clock, _WINDOWED.get(name, ())) for name, s in src.items()}
-    rows = np.arange(len(snap_key))
-    if keep_us is not None:
-        rows = np.flatnonzero(_moved(ix, snap_key, clock, _booking_edges(bookings, clock, t_max_us), keep_us))
-        if len(rows) < len(snap_key):
-            clock.subset(rows)
-            for I in ix.values():
-                I.subset(rows)
-            snap_key = snap_key.take(rows)
-    out: dict[str, np.ndarray] = {}
-
-    V = ix["visit"]
-    outcome = V.src["outcome"]
-    done, ns, cx = outcome == 0, outcome == 1, outcome == 2
-    for w in (*WINDOWS, "all"):
-        if w == "all":
-            n_out, n_ns, n_done, n_cx = V.cum(), V.cum(ns), V.cum(done), V.cum(cx)
-        else:
-            n_out, n_ns, n_done, n_cx = V.window(w), V.window(w, ns), V.window(w, done), V.window(w, cx)
-        out[f"visits_{w}"], out[f"no_shows_{w}"] = n_out, n_ns
-        out[f"no_show_rate_{w}"] = _rate(n_ns, n_ns + n_done)
-        out[f"cancel_rate_{w}"] = _rate(n_cx, n_out)
-    out["completed_all"] = V.cum(done)
-    # no-show streak: no-shows since the patient's last completed visit (in time, then appointment_id, order)
-    cum_ns = V._prefix(ns)[1:] - V._prefix(ns)[V.patient_start()] if V.n else np.zeros(0)
-    at_done = V.running_last(cum_ns, done)
-    streak = cum_ns - np.nan_to_num(at_done)
-    off = V.patient_start().astype(np.float64) * 1e9        # per-patient running max (streak < 1e9)
-    max_streak = np.maximum.accumulate(streak + off) - off if V.n else streak
-    out["no_show_streak"] = np.nan_to_num(V.at(streak))
-    out["max_no_show_streak"] = np.nan_to_num(V.at(max_streak))
-    dept = V.src["dept"]
-    for i, d in enumerate(DEPARTMENTS):
-        out[f"dept_share_{d}"] = _rate(V.cum(dept == i), out["visits_all"])
-
-    B, Pd, S, D = ix["billed"], ix["paid"], ix["status"], ix["past_due"]
-    billed, paid, wo = B.money(B.src["amount"]), Pd.money(Pd.src["amount"]), S.money(S.src["wo_amt"])
-    pd_now = D.cum(D.src["step"])
-    kind = S.src["kind"]
-    out.update({
-        "statements_all": B.cum(), "billed_total": billed, "paid_total": paid,
-        "open_balance": np.maximum(billed - paid - wo, 0.0), "share_paid": _rate(paid, billed),
-        "statements_past_due": pd_now,
-        "in_collections": (S.cum(kind == 0) > 0).astype(np.float64),
-        "disputed": (S.cum(kind == 1) > 0).astype(np.float64),
-        "written_off": (S.cum(kind == 2) > 0).astype(np.float64),
-        "payment_plan": (B.cum(B.src["plan"]) > 0).astype(np.float64),
-    })
-
-    E = ix["engagement"]
-    ch, outbound, positive = E.src["ch"], E.src["outbound"], E.src["positive"]
-    for i, c in enumerate(MODEL_CHANNELS):
-        s_, r_ = E.cum(outbound & (ch == i)), E.cum(positive & (ch == i))
-        out[f"sends_{c}"], out[f"responses_{c}"], out[f"response_rate_{c}"] = s_, r_, _rate(r_, s_)
-    s90, r90 = E.window(90, outbound), E.window(90, positive)
-    out.update({"sends_90": s90, "responses_90": r90, "response_rate_90": _rate(r90, s90),
-                "portal_logins_90": E.window(90, E.src["login"]), "portal_logins_all": E.cum(E.src["login"])})
-
-    out["last_completed_ts"] = V.last_ts(done)
-    out["last_no_show_ts"] = V.last_ts(ns)
-    out["last_response_ts"] = E.last_ts(positive)
-    for i, c in enumerate(MODEL_CHANNELS):
-        out[f"last_response_{c}_ts"] = E.last_ts(positive & (ch == i))
-    out["past_due_since_ts"] = np.where(pd_now > 0, D.at(_past_due_since(D)), np.nan)
-    out["open_bookings"], out["next_booked_ts"] = _bookings_at(snap_key, clock, t_max_us, bookings)
-    return out, rows
-
-
-def _past_due_since(D: _Index) -> np.ndarray:
-    """Per past-due event: when the account last became past due (count went from 0 to > 0), NaN if never.
-    Events at the same time count together (a statement settled and another falling due at once is no gap)."""
-    if D.n == 0:
-        return np.zeros(0)
-    run = D._prefix(D.src["step"])
-    after = run[1:] - run[D.patient_start()]
-    key = D.key
-    last_of_time = np.ones(D.n, dtype=bool)
-    last_of_time[:-1] = key[1:] != key[:-1]
-    first_of_time = np.ones(D.n, dtype=bool)
-    first_of_time[1:] = key[1:] != key[:-1]
-    before_idx = np.maximum.accumulate(np.where(first_of_time, np.arange(D.n), 0))   # first row of the time group
-    before = after[before_idx] - D.src["step"][before_idx]
-    became = last_of_time & (before <= 0) & (after > 0)
-    return D.running_last(D.src["ts_us"] / 1e6, became)
 
 
 #: snapshot parquet settings: LZ4 without dictionaries (but for patient_id) encodes 66M rows x 80 columns in about
@@ -771,11 +485,17 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, events: _Events, path: Path
     registered = pids.column(1).to_numpy(zero_copy_only=False).astype(bool)
     latest_us = t[1]   # every patient has an as-of snapshot; events are never later than the as-of time
 
-    def compute(lo: int, hi: int) -> tuple[pa.Table, pa.Table | None, dict[str, pa.Table]]:
+    buffers: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()   # output buffers, back once their chunk is written
+
+    def compute(lo: int, hi: int) -> tuple[pa.Table, pa.Table | None, dict[str, pa.Table], np.ndarray]:
         src, bk = events.chunk(lo, hi)
         clock = _Clock(lo, t[0], t[1], t[2])
         snap = _snapshot_times(src, registered[lo:hi], clock, as_of_us)
-        feats, rows = _chunk_features(snap, src, clock, hi - lo, bk, t[1], keep_us=latest_us)
+        try:
+            buf = snapshot_kernel.output_buffer(len(snap["pk"]), buffers.get_nowait())
+        except queue.Empty:
+            buf = snapshot_kernel.output_buffer(len(snap["pk"]))
+        feats, rows = snapshot_kernel.snapshot_features(snap["pk"], snap["ts_us"], src, bk, latest_us, buf)
         snap_ts = snap["ts_us"].take(rows)
         ts = pa.array(snap_ts, type=pa.int64()).cast(_UTC_US)
         arrays = [ids.take(pa.array(snap["pk"].take(rows))), ts, ts]
@@ -783,7 +503,7 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, events: _Events, path: Path
         table = pa.Table.from_arrays(arrays, schema=SNAPSHOT_SCHEMA)
         latest = table.filter(pa.array(snap_ts == latest_us)) if latest_path is not None else None
         monthly = _monthly_labels(src, snap, ids.slice(lo, hi - lo), lo, as_of_us, clock) if label_paths else {}
-        return table, latest, monthly
+        return table, latest, monthly, buf
 
     writer: pq.ParquetWriter | None = None
     latest_writer: pq.ParquetWriter | None = None
@@ -797,7 +517,7 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, events: _Events, path: Path
         running = [pool.submit(compute, lo, hi) for lo, hi in itertools.islice(todo, workers)]
         pending = None
         while running:
-            table, latest, monthly = running.pop(0).result()
+            table, latest, monthly, buf = running.pop(0).result()
             nxt = next(todo, None)
             if nxt is not None:
                 running.append(pool.submit(compute, *nxt))
@@ -809,8 +529,9 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, events: _Events, path: Path
                 pending.result()
 
             def write(table: pa.Table = table, latest: pa.Table | None = latest,
-                      monthly: dict[str, pa.Table] = monthly) -> None:
+                      monthly: dict[str, pa.Table] = monthly, buf: np.ndarray = buf) -> None:
                 writer.write_table(table, row_group_size=500_000)
+                buffers.put(buf)   # the table's values are encoded: the next chunk may overwrite them
                 if latest_writer is not None and latest is not None:
                     latest_writer.write_table(latest)
                 for k, lt in monthly.items():

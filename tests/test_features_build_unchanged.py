@@ -1,5 +1,5 @@
-"""Snapshots that provably repeat their patient's previous one are not stored (features/build.py ``_moved``): every
-point-in-time read is unchanged, bit for bit, and a window a feature reads must be declared for the decision."""
+"""Snapshots that provably repeat their patient's previous one are not stored (features/snapshot_kernel.py): every
+point-in-time read is unchanged, bit for bit; the kernel's output rows are the snapshot file's feature columns."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import features.build as build_mod
 from carecast.settings import load_settings
-from features.build import ACTIVITY_FEATURES, ACTIVITY_FILE, ACTIVITY_TIMESTAMPS, build_features
+from features import snapshot_kernel
+from features.build import ACTIVITY_FEATURES, ACTIVITY_FILE, ACTIVITY_TIMESTAMPS, SNAPSHOT_SCHEMA, build_features
 from test_features_support import random_world
 
 VALUES = ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS
@@ -27,7 +27,9 @@ def _snapshots(home: Path, data: Path, **kw) -> pd.DataFrame:
 def test_dropped_snapshots_change_no_point_in_time_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = random_world(tmp_path / "feeds", patients=80, seed=5)
     kept = _snapshots(tmp_path / "kept", data)
-    monkeypatch.setattr(build_mod, "_moved", lambda ix, snap_key, *a, **k: np.ones(len(snap_key), dtype=bool))
+    every = snapshot_kernel.snapshot_features
+    monkeypatch.setattr(snapshot_kernel, "snapshot_features",   # keep_us=None: no snapshot is dropped
+                        lambda pk, ts, src, bk, keep_us, out=None: every(pk, ts, src, bk, None, out))
     full = _snapshots(tmp_path / "full", data, rows_per_chunk=50)
     assert len(kept) < len(full), "the world should have snapshots that repeat the previous one"
     # every stored snapshot is one of the full build's, with the same values
@@ -47,10 +49,7 @@ def test_dropped_snapshots_change_no_point_in_time_read(tmp_path: Path, monkeypa
     assert set(kept.patient_id[kept.event_timestamp == as_of]) == set(full.patient_id[full.event_timestamp == as_of])
 
 
-def test_an_undeclared_window_is_refused() -> None:
-    clock = build_mod._Clock(0, 0, 10**12, True)
-    key = clock.at_snapshots(np.array([0]), np.array([10**9]), 1)
-    ix = build_mod._Index({"pk": np.array([0]), "ts_us": np.array([0])}, key, clock, windows=(90,))
-    assert ix.window(90)[0] == 1.0
-    with pytest.raises(ValueError, match="_WINDOWED"):
-        ix.window(30)
+def test_kernel_rows_are_the_snapshot_columns() -> None:
+    """The kernel writes its values by position: its row order must be the file schema's feature columns."""
+    stored = [f.name for f in SNAPSHOT_SCHEMA][3:]
+    assert snapshot_kernel.feature_names() == ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS == stored
