@@ -9,6 +9,7 @@ vectorised encoder, by the feature view's declared dtype exactly as Feast conver
 * Float64: a ValueProto holding a double is byte 0x29 + 8 bytes little-endian, packed with numpy; NaN and
   null are an empty ValueProto (``b""``), as in Feast. float32 storage is widened exactly (Feast's own
   converter rejects float32 with an AssertionError; see ``encode_column``).
+* Float32 (the snapshot features): a float is byte 0x35 + 4 bytes little-endian, likewise.
 * Int64: encoded once per distinct value by Feast's own converter (``python_values_to_proto_values``).
 * timestamps: once per distinct value through Feast's own conversions (SQLite: its registered datetime
   adapter; Redis: ``Timestamp.FromDatetime``).
@@ -44,6 +45,8 @@ log = logs.get("features.online_write")
 CHUNK = 10_000
 _DOUBLE = np.dtype([("tag", "u1"), ("value", "<f8")])
 _DOUBLE_TAG = 0x29  # field 5 (double_val), wire type 1 (64-bit)
+_FLOAT = np.dtype([("tag", "u1"), ("value", "<f4")])
+_FLOAT_TAG = 0x35  # field 6 (float_val), wire type 5 (32-bit)
 
 
 class Unsupported(Exception):
@@ -82,14 +85,16 @@ def string_key_encoder(join_key: str, version: int) -> Callable[[str], bytes]:
     return fast_key if all(fast_key(i) == feast_key(i) for i in samples) else feast_key
 
 
-def _double_blobs(values: np.ndarray) -> tuple[list[bytes], list[str | None]]:
-    """Serialised double ValueProtos and Feast's ``value_text`` (``str`` of the double); NaN -> (b"", None)."""
-    f = np.ascontiguousarray(values, dtype=np.float64)
-    packed = np.empty(len(f), dtype=_DOUBLE)
-    packed["tag"] = _DOUBLE_TAG
+def _real_blobs(values: np.ndarray, single: bool = False) -> tuple[list[bytes], list[str | None]]:
+    """Serialised double (``single``: float) ValueProtos and Feast's ``value_text`` (``str`` of the value as
+    Python reads it back from the proto); NaN -> (b"", None)."""
+    dtype, tag = (_FLOAT, _FLOAT_TAG) if single else (_DOUBLE, _DOUBLE_TAG)
+    f = np.ascontiguousarray(values, dtype=dtype["value"])
+    packed = np.empty(len(f), dtype=dtype)
+    packed["tag"] = tag
     packed["value"] = f
-    blobs = packed.view("V9").tolist()
-    texts: list[str | None] = list(map(repr, f.tolist()))
+    blobs = packed.view(f"V{dtype.itemsize}").tolist()
+    texts: list[str | None] = list(map(repr, f.astype(np.float64).tolist()))
     nulls = np.flatnonzero(np.isnan(f))
     for i in nulls.tolist():
         blobs[i] = b""
@@ -115,13 +120,16 @@ def encode_column(values: np.ndarray, value_type: Any) -> tuple[list[bytes], lis
     ValueProtos and SQLite ``value_text``, by the view's declared value type.
 
     Float64 from float64 or int64 storage is what Feast writes. float32 storage is widened exactly to the double
-    a ``double_val`` would hold: Feast's own converter asserts on float32 scalars and fails there.
+    a ``double_val`` would hold: Feast's own converter asserts on float32 scalars and fails there. Float32 from
+    float32 storage is what Feast writes (``float_val``).
     """
     from feast.value_type import ValueType
 
     kind = values.dtype.kind
     if value_type == ValueType.DOUBLE and (kind == "f" or values.dtype == np.int64):
-        return _double_blobs(values)
+        return _real_blobs(values)
+    if value_type == ValueType.FLOAT and values.dtype == np.float32:
+        return _real_blobs(values, single=True)
     if value_type == ValueType.INT64 and kind in "fiub":
         return _by_distinct(values, value_type)
     raise Unsupported(f"value type {value_type.name} stored as {values.dtype}")
@@ -182,7 +190,7 @@ def plan(fs: Any) -> list[ViewPlan]:
             raise Unsupported(f"view {fv.name}: entity key is not one string")
         feats = [(f.name, f.dtype.to_value_type()) for f in fv.features]
         for name, vt in feats:
-            if vt not in (ValueType.DOUBLE, ValueType.INT64):
+            if vt not in (ValueType.DOUBLE, ValueType.FLOAT, ValueType.INT64):
                 raise Unsupported(f"view {fv.name}: feature of type {vt.name}")
         out.append(ViewPlan(fv=fv, join_key=keys[0].name, features=feats, timestamp_field=src.timestamp_field,
                             created_column=src.created_timestamp_column or None, table=_table_id(cfg.project, fv),

@@ -178,6 +178,11 @@ _IN_CHUNK = 500  # entity keys per SQL statement (SQLite's variable limit is 32,
 _DOUBLE_BLOB = 9  # a serialised ValueProto holding one double: tag 0x29 + 8 bytes little-endian
 _DOUBLE_TAG = 0x29
 _DOUBLE_DTYPE = np.dtype([("tag", "u1"), ("value", "<f8")])
+_FLOAT_BLOB = 5  # one float (the snapshot features are Float32): tag 0x35 + 4 bytes little-endian
+_FLOAT_TAG = 0x35
+_FLOAT_DTYPE = np.dtype([("tag", "u1"), ("value", "<f4")])
+#: the fixed-size real values unpacked with numpy: (blob length, tag, dtype)
+_REALS = ((_DOUBLE_BLOB, _DOUBLE_TAG, _DOUBLE_DTYPE), (_FLOAT_BLOB, _FLOAT_TAG, _FLOAT_DTYPE))
 
 
 def _proto_value(v: Any) -> Any:
@@ -445,24 +450,29 @@ class _Plan:
     @staticmethod
     def _decode(rows: list[tuple], index: dict[bytes, int] | None, cols: dict[str, int], values: np.ndarray,
                 present: np.ndarray, other: list[tuple[int, int, bytes]]) -> None:
-        """Doubles (nearly every value: tag 0x29 + 8 bytes) are unpacked together with numpy; the rest
-        (integers, other types) are parsed as protobuf by the caller. About 0.25 us a row: the SQLite
-        query itself (about 1 us a row) is most of a batch's read."""
-        rows_d, cols_d, blobs_d = [], [], []
+        """Doubles and floats (nearly every value: tag 0x29 + 8 bytes, 0x35 + 4 bytes) are unpacked together
+        with numpy; the rest (integers, other types) are parsed as protobuf by the caller. About 0.25 us a row:
+        the SQLite query itself (about 1 us a row) is most of a batch's read."""
+        found: dict[int, tuple[list[int], list[int], list[bytes]]] = {size: ([], [], []) for size, _, _ in _REALS}
+        tags = {size: tag for size, tag, _ in _REALS}
         for ek, name, blob in rows:
             c = cols.get(name)
             if c is None or not blob:  # not needed here, or a null value
                 continue
             r = index[ek] if index is not None else 0
-            if len(blob) == _DOUBLE_BLOB and blob[0] == _DOUBLE_TAG:
-                rows_d.append(r)
-                cols_d.append(c)
-                blobs_d.append(blob)
+            size = len(blob)
+            if size in tags and blob[0] == tags[size]:
+                rs, cs, bs = found[size]
+                rs.append(r)
+                cs.append(c)
+                bs.append(blob)
             else:
                 other.append((r, c, blob))
-        if blobs_d:
-            values[rows_d, cols_d] = np.frombuffer(b"".join(blobs_d), dtype=_DOUBLE_DTYPE)["value"]
-            present[rows_d, cols_d] = True
+        for size, _, dtype in _REALS:
+            rs, cs, bs = found[size]
+            if bs:
+                values[rs, cs] = np.frombuffer(b"".join(bs), dtype=dtype)["value"]
+                present[rs, cs] = True
 
     def _read_redis(self, ids: list[str], values: np.ndarray, present: np.ndarray) -> None:
         """One ``HMGET`` per patient and join key of the plan's fields, pipelined (one round trip), as
@@ -490,8 +500,9 @@ class _Plan:
     @staticmethod
     def _decode_redis(replies: list[list[bytes | None]], cols: np.ndarray, values: np.ndarray,
                       present: np.ndarray) -> None:
-        """HMGET replies (rows of ``len(cols)`` blobs) into ``values``: doubles (tag 0x29 + 8 bytes) unpacked
-        together with numpy from one joined buffer; other non-empty blobs parsed as ValueProtos."""
+        """HMGET replies (rows of ``len(cols)`` blobs) into ``values``: doubles and floats (tag 0x29 + 8 bytes,
+        0x35 + 4 bytes) unpacked together with numpy from one joined buffer; other non-empty blobs parsed as
+        ValueProtos."""
         m = len(cols)
         flat = [v or b"" for row in replies for v in row]
         if not flat:
@@ -499,20 +510,21 @@ class _Plan:
         lens = np.fromiter(map(len, flat), dtype=np.intp, count=len(flat))
         u8 = np.frombuffer(b"".join(flat), dtype=np.uint8)
         starts = np.cumsum(lens) - lens
-        nine = np.flatnonzero(lens == _DOUBLE_BLOB)
-        dbl = nine[u8[starts[nine]] == _DOUBLE_TAG] if len(nine) else nine
-        if len(dbl):
-            raw = u8[starts[dbl][:, None] + np.arange(1, _DOUBLE_BLOB)]
-            rows, cs = np.divmod(dbl, m)
-            values[rows, cols[cs]] = raw.view("<f8").ravel()
-            present[rows, cols[cs]] = True
+        is_real = np.zeros(len(flat), dtype=bool)
+        for size, tag, dtype in _REALS:
+            sized = np.flatnonzero(lens == size)
+            real = sized[u8[starts[sized]] == tag] if len(sized) else sized
+            if len(real):
+                raw = u8[starts[real][:, None] + np.arange(1, size)]
+                rows, cs = np.divmod(real, m)
+                values[rows, cols[cs]] = raw.view(dtype["value"]).ravel()
+                present[rows, cols[cs]] = True
+                is_real[real] = True
         other = np.flatnonzero(lens > 0)
-        if len(other) != len(dbl):
+        if is_real.sum() != len(other):
             from feast.protos.feast.types.Value_pb2 import Value
 
-            is_dbl = np.zeros(len(flat), dtype=bool)
-            is_dbl[dbl] = True
-            for i in other[~is_dbl[other]].tolist():
+            for i in other[~is_real[other]].tolist():
                 v = Value()
                 v.ParseFromString(flat[i])
                 x = _proto_value(v)

@@ -73,7 +73,9 @@ def test_snapshots_match_a_direct_count_from_the_feeds(world: tuple[Path, pd.Dat
     np.testing.assert_array_equal(snaps["portal_logins_all"], count(eng, "occurred_at", None, "login"))
     np.testing.assert_array_equal(snaps["statements_all"], count(b, "billed_at", None))
     paid = b[(b.paid_amount > 0) & b.paid_at.notna() & (b.paid_at <= as_of)]
-    np.testing.assert_allclose(snaps["paid_total"], count(paid, "paid_at", None, "paid_amount"), rtol=1e-12)
+    # features are stored as float32 (what the models read): the float32 of the exact sum in cents
+    want_paid = np.round(count(paid, "paid_at", None, "paid_amount"), 2).astype(np.float32)
+    np.testing.assert_array_equal(snaps["paid_total"], want_paid)
     # last completed visit known at t
     m = s.merge(v[v.status == "completed"], on="patient_id")
     m = m[m.status_at <= m.event_timestamp]

@@ -244,6 +244,19 @@ def test_doubles_encode_as_feast_does() -> None:
     assert online_write.encode_column(f32, ValueType.DOUBLE) == _feast_encoding(f32.astype(np.float64), ValueType.DOUBLE)
 
 
+def test_floats_encode_as_feast_does() -> None:
+    """The snapshot features are Float32 in Feast and float32 in the file: float_val protos, as Feast writes them."""
+    from feast.value_type import ValueType
+
+    rng = np.random.default_rng(5)
+    special = [0.0, -0.0, 1.0, -1.0, np.nan, np.inf, -np.inf, 1e-45, 3.4028235e38, 0.1, 1e16, 123456.789]
+    f32 = np.concatenate([special, rng.normal(0, 1e3, 500), rng.integers(-5, 5, 100)]).astype(np.float32)
+    f32[rng.integers(0, len(f32), 50)] = np.nan
+    assert online_write.encode_column(f32, ValueType.FLOAT) == _feast_encoding(f32, ValueType.FLOAT)
+    with pytest.raises(online_write.Unsupported):   # float64 in a Float32 field: not what the build writes
+        online_write.encode_column(f32.astype(np.float64), ValueType.FLOAT)
+
+
 def test_integers_encode_as_feast_does() -> None:
     from feast.value_type import ValueType
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource, ValueType
 from feast.on_demand_feature_view import on_demand_feature_view
-from feast.types import Float64, Int64, String
+from feast.types import Float32, Float64, Int64, String
 
 from features.build import ACTIVITY_FEATURES, ACTIVITY_FILE, ACTIVITY_TIMESTAMPS, INT_COLUMNS, PROFILE_FEATURES, PROFILE_FILE
 from features.request_features import APPOINTMENT_FEATURES, RECENCY_FEATURES
@@ -47,7 +47,9 @@ def objects(feature_dir: Path) -> list[Any]:
         description="Static patient attributes, integer-coded (see features.request_features.CATEGORIES).")
     activity = FeatureView(
         name="patient_activity", entities=[PATIENT], ttl=NO_TTL, source=activity_src, online=True,
-        schema=[Field(name=c, dtype=Float64) for c in ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS],
+        # counts, rates and amounts as float32, what the models read anyway (XGBoost's DMatrix); times as float64
+        schema=[*[Field(name=c, dtype=Float32) for c in ACTIVITY_FEATURES],
+                *[Field(name=c, dtype=Float64) for c in ACTIVITY_TIMESTAMPS]],
         description="Visit, billing and engagement aggregates as of each snapshot (features/build.py).")
 
     @on_demand_feature_view(
