@@ -18,29 +18,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.contracts import DEPARTMENTS, MODEL_CHANNELS
-
-#: the visit windows (days) and the engagement window the features read
-VISIT_WINDOWS = (30, 90, 365)
+#: the engagement window (days) of ``sends_90`` ... (the visit windows are ``features/build.py``'s ``WINDOWS``)
 ENGAGEMENT_WINDOW = 90
 
 
 def feature_names() -> list[str]:
-    """The kernel's output rows, in order (``features/build.py``'s ``ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS``)."""
-    names = []
-    for w in (*VISIT_WINDOWS, "all"):
-        names += [f"visits_{w}", f"no_shows_{w}", f"no_show_rate_{w}", f"cancel_rate_{w}"]
-    names += ["completed_all", "no_show_streak", "max_no_show_streak", "open_bookings"]
-    names += [f"dept_share_{d}" for d in DEPARTMENTS]
-    names += ["statements_all", "billed_total", "paid_total", "open_balance", "share_paid", "statements_past_due",
-              "in_collections", "disputed", "written_off", "payment_plan"]
-    for c in MODEL_CHANNELS:
-        names += [f"sends_{c}", f"responses_{c}", f"response_rate_{c}"]
-    names += [f"sends_{ENGAGEMENT_WINDOW}", f"responses_{ENGAGEMENT_WINDOW}", f"response_rate_{ENGAGEMENT_WINDOW}",
-              f"portal_logins_{ENGAGEMENT_WINDOW}", "portal_logins_all"]
-    names += ["last_completed_ts", "last_no_show_ts", "last_response_ts",
-              *[f"last_response_{c}_ts" for c in MODEL_CHANNELS], "past_due_since_ts", "next_booked_ts"]
-    return names
+    """The kernel's output rows, in order: the snapshot file's feature columns (``features/build.py``; imported
+    here, not at the top, as build imports this module). ``snapshot_jit.run`` writes its rows in this order."""
+    from features.build import ACTIVITY_FEATURES, ACTIVITY_TIMESTAMPS
+
+    return ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS
 
 
 def _money(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -82,9 +69,10 @@ def snapshot_features(snap_pk: np.ndarray, snap_ts: np.ndarray, src: dict[str, d
         return np.ascontiguousarray(a, dtype=dtype)
 
     from features import snapshot_jit   # numba: imported on first use, not with this module
+    from features.build import WINDOWS
 
     k = snapshot_jit.run(c(snap_pk, np.int64), c(snap_ts, np.int64), -1 if keep_us is None else int(keep_us),
-                  keep_us is not None, np.array(VISIT_WINDOWS, dtype=np.int64),
+                  keep_us is not None, np.array(WINDOWS, dtype=np.int64),
                   c(V["pk"], np.int64), c(V["ts_us"], np.int64), c(V["outcome"], np.int8), c(V["dept"], np.int8),
                   c(B["pk"], np.int64), c(B["ts_us"], np.int64), b_amt, b_cents, b_whole, c(B["plan"], np.int8),
                   c(P["pk"], np.int64), c(P["ts_us"], np.int64), p_amt, p_cents, p_whole,

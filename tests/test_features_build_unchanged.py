@@ -1,5 +1,5 @@
 """Snapshots that provably repeat their patient's previous one are not stored (features/snapshot_kernel.py): every
-point-in-time read is unchanged, bit for bit; the kernel's output rows are the snapshot file's feature columns."""
+point-in-time read is unchanged, bit for bit; and each value of the kernel lands in its named column."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from carecast.settings import load_settings
 from features import snapshot_kernel
-from features.build import ACTIVITY_FEATURES, ACTIVITY_FILE, ACTIVITY_TIMESTAMPS, SNAPSHOT_SCHEMA, build_features
+from features.build import ACTIVITY_FEATURES, ACTIVITY_FILE, ACTIVITY_TIMESTAMPS, build_features
 from test_features_support import random_world
 
 VALUES = ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS
@@ -49,7 +49,36 @@ def test_dropped_snapshots_change_no_point_in_time_read(tmp_path: Path, monkeypa
     assert set(kept.patient_id[kept.event_timestamp == as_of]) == set(full.patient_id[full.event_timestamp == as_of])
 
 
-def test_kernel_rows_are_the_snapshot_columns() -> None:
-    """The kernel writes its values by position: its row order must be the file schema's feature columns."""
-    stored = [f.name for f in SNAPSHOT_SCHEMA][3:]
-    assert snapshot_kernel.feature_names() == ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS == stored
+def _events(pk: list[int], ts: list[int], **cols: tuple[list, type]) -> dict[str, np.ndarray]:
+    return {"pk": np.array(pk, dtype=np.int64), "ts_us": np.array(ts, dtype=np.int64),
+            **{c: np.array(v, dtype=t) for c, (v, t) in cols.items()}}
+
+
+def test_kernel_values_land_in_their_named_columns() -> None:
+    """One patient, a handful of events, one snapshot: each value read back by name (the kernel writes by position)."""
+    s = 1_000_000
+    t1, t2, t3 = 100 * 86_400 * s, 101 * 86_400 * s, 102 * 86_400 * s
+    src = {
+        "visit": _events([0, 0], [t1, t2], outcome=([0, 1], np.int8), dept=([2, 5], np.int8)),
+        "billed": _events([0], [t1], amount=([10.0], float), plan=([1], np.int8)),
+        "paid": _events([0], [t2], amount=([4.0], float)),
+        "status": _events([0], [t2], kind=([0], np.int8), wo_amt=([0.0], float)),
+        "past_due": _events([0], [t2], step=([1], np.int8)),
+        "engagement": _events([0, 0, 0], [t1, t2, t2], ch=([0, 1, 3], np.int8), outbound=([True, False, False], bool),
+                              positive=([False, True, False], bool), login=([False, False, True], bool)),
+    }
+    bookings = {"pk": np.array([0]), "booked_us": np.array([t1]), "end_us": np.array([t3 + s]),
+                "sched_us": np.array([t3 + s])}
+    feats, rows = snapshot_kernel.snapshot_features(np.array([0]), np.array([t3]), src, bookings, t3)
+    got = {k: float(v[0]) for k, v in feats.items()}
+    assert list(rows) == [0] and set(got) == set(ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS)
+    want = {"visits_all": 2, "no_shows_all": 1, "no_show_rate_all": 0.5, "completed_all": 1, "no_show_streak": 1,
+            "max_no_show_streak": 1, "visits_30": 2, "cancel_rate_30": 0.0, "dept_share_dermatology": 0.5,
+            "statements_all": 1, "billed_total": 10.0, "paid_total": 4.0, "open_balance": 6.0, "share_paid": 0.4,
+            "statements_past_due": 1, "in_collections": 1, "disputed": 0, "payment_plan": 1,
+            "sends_sms": 1, "responses_sms": 0, "response_rate_sms": 0.0, "responses_email": 1, "sends_90": 1,
+            "responses_90": 1, "portal_logins_90": 1, "portal_logins_all": 1, "open_bookings": 1,
+            "last_completed_ts": t1 / s, "last_no_show_ts": t2 / s, "last_response_ts": t2 / s,
+            "last_response_email_ts": t2 / s, "past_due_since_ts": t2 / s, "next_booked_ts": (t3 + s) / s}
+    assert {k: got[k] for k in want} == want
+    assert np.isnan(got["response_rate_email"]) and np.isnan(got["last_response_sms_ts"])
