@@ -913,30 +913,45 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
 def compute_defaults(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.datetime,
                      latest: Path | None = None) -> dict[str, float]:
     """Medians (numeric) and modes (codes and flags) over every patient's latest snapshot, for unknown patients.
-    ``latest``: a file holding just the snapshots at the latest time (the build writes one), else the activity file."""
+    ``latest``: a file holding just the snapshots at the latest time (the build writes one), else the activity file.
+    numpy on the fetched columns, two columns at a time (pandas took 12 s, mostly one core, at 1.6M patients)."""
+    from concurrent.futures import ThreadPoolExecutor
     from features.request_features import recency_features
 
     act, prof = out / ACTIVITY_FILE, out / PROFILE_FILE
     src = latest if latest is not None and latest.exists() else act
-    df = con.execute(f"""SELECT * FROM read_parquet('{src}') a JOIN read_parquet('{prof}') USING (patient_id)
-                     WHERE a.event_timestamp = (SELECT MAX(event_timestamp) FROM read_parquet('{src}'))""").df()
-    import pandas as pd
-
+    have = set(pq.read_schema(src).names) | set(pq.read_schema(prof).names)
+    wanted = [c for c in dict.fromkeys([*ACTIVITY_FEATURES, *PROFILE_FEATURES, *ACTIVITY_TIMESTAMPS]) if c in have]
+    table = con.sql(f"""SELECT {", ".join(f'"{c}"' for c in wanted)} FROM read_parquet('{src}') a
+                     JOIN read_parquet('{prof}') USING (patient_id)
+                     WHERE a.event_timestamp = (SELECT MAX(event_timestamp) FROM read_parquet('{src}'))""").to_arrow_table()
+    cols = {c: _floats(table.column(c)) for c in wanted}
+    del table
     req = as_of.replace(tzinfo=dt.timezone.utc).timestamp()
-
-    def floats(c: str) -> np.ndarray:   # what the function makes of a list of the values (None -> NaN), no list
-        return df[c].to_numpy(dtype=np.float64, na_value=np.nan)
-
-    rec = recency_features({"request_ts": np.full(len(df), req), "birth_year": floats("birth_year"),
-                            **{c: floats(c) for c in ACTIVITY_TIMESTAMPS}})
-    cols = {**{c: df[c] for c in df.columns}, **{k: pd.Series(np.asarray(v, dtype=np.float64)) for k, v in rec.items()}}
-    defaults: dict[str, float] = {}
-    for c in ACTIVITY_FEATURES + PROFILE_FEATURES + list(rec):
-        s = cols[c].dropna() if c in cols else []
-        if len(s) == 0:
-            defaults[c] = float("nan")
-        elif c in INT_COLUMNS or c in {"in_collections", "disputed", "written_off", "payment_plan"}:
-            defaults[c] = float(s.mode().iloc[0])
-        else:
-            defaults[c] = float(s.median())
+    n = len(cols[wanted[0]]) if wanted else 0
+    rec = recency_features({"request_ts": np.full(n, req),
+                            **{c: cols.get(c, np.full(n, np.nan)) for c in ["birth_year", *ACTIVITY_TIMESTAMPS]}})
+    cols.update({k: np.asarray(v, dtype=np.float64) for k, v in rec.items()})
+    names = ACTIVITY_FEATURES + PROFILE_FEATURES + list(rec)
+    modes = INT_COLUMNS | {"in_collections", "disputed", "written_off", "payment_plan"}
+    with ThreadPoolExecutor(max_workers=2) as pool:   # numpy's partition and sort release the GIL
+        values = pool.map(lambda c: _default(cols[c], c in modes) if c in cols else math.nan, names)
+        defaults = dict(zip(names, values))
     return {k: (None if v != v else v) for k, v in defaults.items()}  # NaN -> null in JSON
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray:
+    """A column as float64 with NaN for null (what the defaults were computed over in pandas)."""
+    return column.cast(pa.float64()).to_numpy()
+
+
+def _default(values: np.ndarray, mode: bool) -> float:
+    """pandas' ``Series.dropna().mode().iloc[0]`` (the smallest of the most frequent values) or ``.median()`` (the
+    mean of the two middle values), exactly; NaN when no value is known."""
+    v = values[~np.isnan(values)]
+    if len(v) == 0:
+        return math.nan
+    if mode:
+        uniq, counts = np.unique(v, return_counts=True)
+        return float(uniq[np.argmax(counts)])
+    return float(np.median(v))
