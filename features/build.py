@@ -178,13 +178,17 @@ def _patient_events_sql() -> str:
     """Per patient id of the three event feeds (NULL ids form a group too): ``first_ts`` (the earliest event: visit
     booked or resolved, statement billed, engagement; the profile's ``known_at``) and ``last_ts`` (the latest
     known-event time; their maximum is the default as-of time). One string aggregation over the feeds serves the
-    as-of time, the profile and the patient codes ``pids``, which each scanned and grouped the feeds on their own."""
+    as-of time, the profile and the patient codes ``pids``, which each scanned and grouped the feeds on their own.
+    Each feed is grouped on its own first and the three results regrouped (the same MIN and MAX): about 1.5 of
+    17-20 CPU-s less than grouping the union of all 50M rows at 1.6M patients."""
     return """SELECT patient_id, MIN(f) AS first_ts, MAX(l) AS last_ts FROM (
-        SELECT patient_id, LEAST(booked_at, COALESCE(status_at, booked_at)) AS f,
-            GREATEST(booked_at, COALESCE(status_at, booked_at)) AS l FROM v_all
-        UNION ALL SELECT patient_id, billed_at,
-            GREATEST(billed_at, COALESCE(paid_at, billed_at), COALESCE(status_at, billed_at)) FROM b_all
-        UNION ALL SELECT patient_id, occurred_at, occurred_at FROM e_all) GROUP BY patient_id"""
+        SELECT patient_id, MIN(LEAST(booked_at, COALESCE(status_at, booked_at))) AS f,
+            MAX(GREATEST(booked_at, COALESCE(status_at, booked_at))) AS l FROM v_all GROUP BY patient_id
+        UNION ALL SELECT patient_id, MIN(billed_at),
+            MAX(GREATEST(billed_at, COALESCE(paid_at, billed_at), COALESCE(status_at, billed_at))) FROM b_all
+            GROUP BY patient_id
+        UNION ALL SELECT patient_id, MIN(occurred_at), MAX(occurred_at) FROM e_all GROUP BY patient_id)
+        GROUP BY patient_id"""
 
 
 #: an absent time in an integer (epoch us) column: before any real time
@@ -198,10 +202,12 @@ STATUS_KINDS = ("collections", "disputed", "written_off")
 
 def _billing_sql(as_of: str) -> str:
     """Statements billed by ``as_of``, keyed by ``pk``, with ``settled_at`` (paid in full, or written off): one table
-    that the four billing sources read, so the billing feed is scanned and joined to ``pids`` once, not five times."""
+    that the four billing sources read, so the billing feed is scanned and joined to ``pids`` once, not five times.
+    Without ``statement_id``: no source reads it, and its strings were a third of the table's cost (3 of 9 CPU-s at
+    6.7M statements)."""
     settled = ("LEAST(CASE WHEN paid >= resp - 0.005 AND paid > 0 THEN paid_at END, "
                "CASE WHEN status = 'written_off' THEN status_at END)")
-    return f"""SELECT pids.pk, b_all.* EXCLUDE (patient_id), {settled} AS settled_at
+    return f"""SELECT pids.pk, b_all.* EXCLUDE (patient_id, statement_id), {settled} AS settled_at
         FROM b_all JOIN pids USING (patient_id) WHERE billed_at <= {as_of}"""
 
 
