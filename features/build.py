@@ -587,9 +587,9 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
                    memory_limit: str | None = None, rows_per_chunk: int = 1_000_000) -> BuildSummary:
     """Compute the snapshots, label tables and population defaults from validated feeds in ``data``.
 
-    DuckDB turns the feeds into narrow, sorted event tables (one per kind of event) and the snapshot times; numpy
-    then computes every feature at every snapshot with running sums and ``searchsorted`` over the whole chunk,
-    about ``rows_per_chunk`` snapshots (whole patients) at a time, so memory stays bounded.
+    DuckDB turns the feeds into narrow event sources (one per kind of event), fetched into numpy sorted by patient
+    and time; one compiled pass (``features/snapshot_kernel.py``) then computes every feature at every snapshot,
+    about ``rows_per_chunk`` snapshot points (whole patients) at a time, so memory stays bounded.
     """
     t0 = time.perf_counter()
     out = settings.feature_dir
