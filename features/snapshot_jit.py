@@ -32,11 +32,16 @@ def first_of(pk: np.ndarray, i: int, p: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def flush(blk: np.ndarray, rows: int, out: np.ndarray, at: int) -> None:
-    """Move a block of snapshot rows into the per-feature output rows (sequential runs in both)."""
-    for f in range(out.shape[0]):
+def flush(blk: np.ndarray, rows: int, out32: np.ndarray, out64: np.ndarray, at: int) -> None:
+    """Move a block of snapshot rows into the per-column output rows (sequential runs in both): the features as
+    float32, the timestamps (the block's last columns) as float64."""
+    n32 = out32.shape[0]
+    for f in range(n32):
         for i in range(rows):
-            out[f, at + i] = blk[i, f]
+            out32[f, at + i] = blk[i, f]
+    for f in range(out64.shape[0]):
+        for i in range(rows):
+            out64[f, at + i] = blk[i, n32 + f]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -47,10 +52,13 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,  # noqa: C901 (one pass on pur
         s_pk, s_ts, s_kind, s_amt, s_cents, s_whole,
         d_pk, d_ts, d_step,
         e_pk, e_ts, e_ch, e_out, e_pos, e_login,
-        k_pk, k_booked, k_end, k_sched, out, kept):
+        k_pk, k_booked, k_end, k_sched, x_pk, x_end, out32, out64, kept):
     n = len(snap_pk)
     nw = len(windows)
-    iv = ib = ip = i_s = i_d = ie = ik = 0
+    iv = ib = ip = i_s = i_d = ie = ik = ix = 0
+    # the bookings open at t (booked <= t < end) of the current patient: end and appointment time, unordered
+    open_end = np.empty(len(k_pk), np.int64)
+    open_sched = np.empty(len(k_pk), np.int64)
     # window counts per visit window: outcomes, no-shows, completed, cancelled
     w_out = np.zeros(nw, np.int64)
     w_ns = np.zeros(nw, np.int64)
@@ -64,7 +72,7 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,  # noqa: C901 (one pass on pur
     kinds = np.zeros(3, np.int64)
     # values are written a snapshot at a time into a small block that stays in cache, then moved into the
     # per-feature rows: writing 75 rows far apart for every snapshot missed the TLB on each value
-    blk = np.empty((BLOCK, out.shape[0]), np.float64)
+    blk = np.empty((BLOCK, out32.shape[0] + out64.shape[0]), np.float64)
     bi = 0
     k = 0
     s = 0
@@ -75,10 +83,8 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,  # noqa: C901 (one pass on pur
             end += 1
         iv, ib, ip = first_of(v_pk, iv, p), first_of(b_pk, ib, p), first_of(p_pk, ip, p)
         i_s, i_d, ie = first_of(s_pk, i_s, p), first_of(d_pk, i_d, p), first_of(e_pk, ie, p)
-        ik = first_of(k_pk, ik, p)
-        k1 = ik
-        while k1 < len(k_pk) and k_pk[k1] == p:
-            k1 += 1
+        ik, ix = first_of(k_pk, ik, p), first_of(x_pk, ix, p)
+        n_open = 0
         # the patient's running state
         v_all = ns_all = done_all = cx_all = 0
         for w in range(nw):
@@ -99,7 +105,7 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,  # noqa: C901 (one pass on pur
         last_resp = nan
         logins = e_sends = e_resp = e_logins = 0
         le = ie
-        prev_sig = (-1, -1, -1, -1, -1, -1, -1, -1)
+        prev_sig = (-1, -1, -1, -1, -1, -1, -1, -1, -1)
         prev_lv = np.full(nw, -1, np.int64)
         for j in range(s, end):
             t = snap_ts[j]
@@ -194,19 +200,26 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,  # noqa: C901 (one pass on pur
                 if e_login[le]:
                     e_logins -= 1
                 le += 1
-            # bookings: open at t (booked <= t < end) and the edges passed by t
-            n_open = 0
+            # bookings (in booked order) open when booked, (in end order) closed at their end: the open ones
+            # are a handful, so each snapshot looks at those, not at every booking of the patient
+            while ik < len(k_pk) and k_pk[ik] == p and k_booked[ik] <= t:
+                if k_end[ik] > k_booked[ik]:   # else never open
+                    open_end[n_open] = k_end[ik]
+                    open_sched[n_open] = k_sched[ik]
+                    n_open += 1
+                ik += 1
+            while ix < len(x_pk) and x_pk[ix] == p and x_end[ix] <= t:
+                ix += 1
+            still_open = 0
             nxt = np.inf
-            edges = 0
-            for q in range(ik, k1):
-                if k_booked[q] <= t:
-                    edges += 1
-                    if t < k_end[q]:
-                        n_open += 1
-                        nxt = min(nxt, k_sched[q] / 1e6)
-                if k_end[q] <= t:
-                    edges += 1
-            sig = (iv, ib, ip, i_s, i_d, ie, le, edges)
+            for q in range(n_open):
+                if open_end[q] > t:
+                    open_end[still_open] = open_end[q]
+                    open_sched[still_open] = open_sched[q]
+                    still_open += 1
+                    nxt = min(nxt, open_sched[q] / 1e6)
+            n_open = still_open
+            sig = (iv, ib, ip, i_s, i_d, ie, le, ik, ix)   # ik, ix: the booking edges passed by t
             same = sig == prev_sig
             for w in range(nw):
                 same = same and lv[w] == prev_lv[w]
@@ -270,8 +283,8 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,  # noqa: C901 (one pass on pur
             k += 1
             bi += 1
             if bi == BLOCK:
-                flush(blk, bi, out, k - bi)
+                flush(blk, bi, out32, out64, k - bi)
                 bi = 0
         s = end
-    flush(blk, bi, out, k - bi)
+    flush(blk, bi, out32, out64, k - bi)
     return k

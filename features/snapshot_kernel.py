@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+#: a chunk's output: float32 feature rows and float64 timestamp rows (``output_buffer``)
+Buffers = tuple[np.ndarray, np.ndarray]
 #: the engagement window (days) of ``sends_90`` ... (the visit windows are ``features/build.py``'s ``WINDOWS``)
 ENGAGEMENT_WINDOW = 90
 
@@ -39,23 +41,35 @@ def _money(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     return x, cents.astype(np.int64), whole
 
 
-def output_buffer(snapshots: int, reuse: np.ndarray | None = None) -> np.ndarray:
-    """A buffer for ``snapshot_features`` (one row per feature), ``reuse`` when it is large enough. Reusing buffers
-    across chunks matters: the first touch of a fresh 300 MB buffer cost more than the arithmetic that fills it."""
-    rows = len(feature_names())
-    if reuse is not None and reuse.shape[0] == rows and reuse.shape[1] >= snapshots:
+def output_buffer(snapshots: int, reuse: Buffers | None = None) -> Buffers:
+    """Buffers for ``snapshot_features``: one float32 row per feature and one float64 row per timestamp (the file's
+    types, so Arrow takes the rows without a cast), ``reuse`` when large enough. Reusing buffers across chunks
+    matters: the first touch of a fresh 300 MB buffer cost more than the arithmetic that fills it."""
+    from features.build import ACTIVITY_FEATURES, ACTIVITY_TIMESTAMPS
+
+    if reuse is not None and reuse[0].shape[1] >= snapshots:
         return reuse
-    return np.empty((rows, max(snapshots, 1)), dtype=np.float64)
+    n = max(snapshots, 1)
+    return np.empty((len(ACTIVITY_FEATURES), n), np.float32), np.empty((len(ACTIVITY_TIMESTAMPS), n), np.float64)
+
+
+def _bookings_in_order(bk: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """The bookings by patient, then booked time (pk, booked, end, appointment time), and their ends by patient,
+    then end time (pk, end): the pass opens and closes them as its pointers meet those times."""
+    pk, booked, end = (np.asarray(bk[c], dtype=np.int64) for c in ("pk", "booked_us", "end_us"))
+    by_booked, by_end = np.lexsort((booked, pk)), np.lexsort((end, pk))
+    sched = np.asarray(bk["sched_us"], dtype=np.int64)
+    return pk[by_booked], booked[by_booked], end[by_booked], sched[by_booked], pk[by_end], end[by_end]
 
 
 def snapshot_features(snap_pk: np.ndarray, snap_ts: np.ndarray, src: dict[str, dict[str, np.ndarray]],
                       bookings: dict[str, np.ndarray], keep_us: int | None,
-                      out: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                      out: Buffers | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Features at the snapshots (``snap_pk``, ``snap_ts``: sorted by patient, then time, unique) of whole patients,
     from the chunk's event sources (each sorted by patient, then time; visits in their tie order) and bookings
     (grouped by patient). With ``keep_us`` (the as-of time), snapshots that repeat the previous one are dropped;
-    without it every snapshot is computed. Returns name -> float64 values (views into ``out``, an
-    ``output_buffer``) and the kept snapshots' positions."""
+    without it every snapshot is computed. Returns name -> values (float32 features, float64 timestamps: views into
+    ``out``, an ``output_buffer``) and the kept snapshots' positions."""
     V, B, P, S, D, E = (src[k] for k in ("visit", "billed", "paid", "status", "past_due", "engagement"))
     b_amt, b_cents, b_whole = _money(B["amount"])
     p_amt, p_cents, p_whole = _money(P["amount"])
@@ -65,7 +79,7 @@ def snapshot_features(snap_pk: np.ndarray, snap_ts: np.ndarray, src: dict[str, d
     out = output_buffer(n, out)
     kept = np.empty(n, dtype=np.int64)
 
-    def c(a: np.ndarray, dtype: type) -> np.ndarray:
+    def c(a: np.ndarray, dtype: type) -> np.ndarray:   # the dtypes the build fetches: no copy, one compiled signature
         return np.ascontiguousarray(a, dtype=dtype)
 
     from features import snapshot_jit   # numba: imported on first use, not with this module
@@ -73,13 +87,13 @@ def snapshot_features(snap_pk: np.ndarray, snap_ts: np.ndarray, src: dict[str, d
 
     k = snapshot_jit.run(c(snap_pk, np.int64), c(snap_ts, np.int64), -1 if keep_us is None else int(keep_us),
                   keep_us is not None, np.array(WINDOWS, dtype=np.int64),
-                  c(V["pk"], np.int64), c(V["ts_us"], np.int64), c(V["outcome"], np.int8), c(V["dept"], np.int8),
-                  c(B["pk"], np.int64), c(B["ts_us"], np.int64), b_amt, b_cents, b_whole, c(B["plan"], np.int8),
-                  c(P["pk"], np.int64), c(P["ts_us"], np.int64), p_amt, p_cents, p_whole,
-                  c(S["pk"], np.int64), c(S["ts_us"], np.int64), c(S["kind"], np.int8), s_amt, s_cents, s_whole,
-                  c(D["pk"], np.int64), c(D["ts_us"], np.int64), c(D["step"], np.int8),
-                  c(E["pk"], np.int64), c(E["ts_us"], np.int64), c(E["ch"], np.int8), c(E["outbound"], np.bool_),
+                  c(V["pk"], np.int32), c(V["ts_us"], np.int64), c(V["outcome"], np.int8), c(V["dept"], np.int8),
+                  c(B["pk"], np.int32), c(B["ts_us"], np.int64), b_amt, b_cents, b_whole, c(B["plan"], np.int8),
+                  c(P["pk"], np.int32), c(P["ts_us"], np.int64), p_amt, p_cents, p_whole,
+                  c(S["pk"], np.int32), c(S["ts_us"], np.int64), c(S["kind"], np.int8), s_amt, s_cents, s_whole,
+                  c(D["pk"], np.int32), c(D["ts_us"], np.int64), c(D["step"], np.int8),
+                  c(E["pk"], np.int32), c(E["ts_us"], np.int64), c(E["ch"], np.int8), c(E["outbound"], np.bool_),
                   c(E["positive"], np.bool_), c(E["login"], np.bool_),
-                  c(bookings["pk"], np.int64), c(bookings["booked_us"], np.int64), c(bookings["end_us"], np.int64),
-                  c(bookings["sched_us"], np.int64), out, kept)
-    return {name: out[i, :k] for i, name in enumerate(names)}, kept[:k]
+                  *_bookings_in_order(bookings), out[0], out[1], kept)
+    rows = [*out[0], *out[1]]
+    return {name: rows[i][:k] for i, name in enumerate(names)}, kept[:k]

@@ -80,5 +80,7 @@ def test_kernel_values_land_in_their_named_columns() -> None:
             "responses_90": 1, "portal_logins_90": 1, "portal_logins_all": 1, "open_bookings": 1,
             "last_completed_ts": t1 / s, "last_no_show_ts": t2 / s, "last_response_ts": t2 / s,
             "last_response_email_ts": t2 / s, "past_due_since_ts": t2 / s, "next_booked_ts": (t3 + s) / s}
+    # features are stored as float32, timestamps as float64
+    want = {k: float(np.float32(v)) if k in ACTIVITY_FEATURES else v for k, v in want.items()}
     assert {k: got[k] for k in want} == want
     assert np.isnan(got["response_rate_email"]) and np.isnan(got["last_response_sms_ts"])
