@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 
 from carecast import logs
 from carecast.settings import Settings
-from features.contracts import FEEDS, DEPARTMENTS, INSURANCE, LANGUAGES, MODEL_CHANNELS, POSITIVE_RESPONSES, SEXES
+from features.contracts import DEPARTMENTS, INSURANCE, LANGUAGES, MODEL_CHANNELS, POSITIVE_RESPONSES, SEXES
 from features.feeds_io import duckdb_scan as _scan
 from features import labels, snapshot_kernel
 
