@@ -604,42 +604,46 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
         lit = f"TIMESTAMP '{as_of_ts.isoformat(sep=' ')}'"
         info["patients"] = con.execute("SELECT COUNT(*) FROM p").fetchall()[0][0]
         info["visits"] = con.execute("SELECT COUNT(*) FROM v_all").fetchall()[0][0]
-    with _stage("features build: patient profile") as info:
-        tmp = out / (PROFILE_FILE + ".tmp")
-        con.execute(f"""COPY (
-            WITH first AS (SELECT patient_id, first_ts FROM pev),
-                 reg AS (SELECT p.*, LEAST(p.registered_at, COALESCE(first.first_ts, p.registered_at)) AS known_at
-                         FROM p LEFT JOIN first USING (patient_id))
-            SELECT patient_id, known_at::TIMESTAMPTZ AS event_timestamp, known_at::TIMESTAMPTZ AS created,
-              birth_year::BIGINT AS birth_year, {_code('sex', SEXES)}::BIGINT AS sex_code,
-              {_code('preferred_language', LANGUAGES)}::BIGINT AS language_code,
-              {_code('insurance_type', INSURANCE)}::BIGINT AS insurance_code, distance_km::DOUBLE AS distance_km,
-              has_mobile::BIGINT AS has_mobile, has_email::BIGINT AS has_email, portal_enrolled::BIGINT AS portal_enrolled
-            FROM reg WHERE known_at <= {lit} ORDER BY patient_id) TO '{tmp}' (FORMAT PARQUET, COMPRESSION zstd)""")
-        tmp.replace(out / PROFILE_FILE)
-        info["patients"] = patients = con.execute(f"SELECT COUNT(*) FROM read_parquet('{out / PROFILE_FILE}')").fetchall()[0][0]
-    with _stage("features build: events") as info:
-        sources = _prepare(con, lit)
-        counts = sources.counts()
-        info.update(counts)
-        info["events"] = events = sum(counts.values())
-    activity_tmp = out / (ACTIVITY_FILE + ".tmp")
-    monthly = {t: work / f"labels_{t}.parquet" for t in ("churn", "channel")}
+    # the no-show labels (a DuckDB scan and write, 17 CPU-s at 10M visits) run on a cursor of their own from here
+    # on: the events stage leaves half a core idle; they land in the feature folder only with the snapshots
     with ThreadPoolExecutor(max_workers=1) as background:
-        no_show = background.submit(_no_show_labels, con, Path(data), out, as_of_ts)
+        no_show = background.submit(_no_show_labels, con, Path(data), work, as_of_ts)
+        with _stage("features build: patient profile") as info:
+            tmp = out / (PROFILE_FILE + ".tmp")
+            con.execute(f"""COPY (
+                WITH first AS (SELECT patient_id, first_ts FROM pev),
+                     reg AS (SELECT p.*, LEAST(p.registered_at, COALESCE(first.first_ts, p.registered_at)) AS known_at
+                             FROM p LEFT JOIN first USING (patient_id))
+                SELECT patient_id, known_at::TIMESTAMPTZ AS event_timestamp, known_at::TIMESTAMPTZ AS created,
+                  birth_year::BIGINT AS birth_year, {_code('sex', SEXES)}::BIGINT AS sex_code,
+                  {_code('preferred_language', LANGUAGES)}::BIGINT AS language_code,
+                  {_code('insurance_type', INSURANCE)}::BIGINT AS insurance_code, distance_km::DOUBLE AS distance_km,
+                  has_mobile::BIGINT AS has_mobile, has_email::BIGINT AS has_email,
+                  portal_enrolled::BIGINT AS portal_enrolled
+                FROM reg WHERE known_at <= {lit} ORDER BY patient_id) TO '{tmp}' (FORMAT PARQUET, COMPRESSION zstd)""")
+            tmp.replace(out / PROFILE_FILE)
+            profile_rows = f"SELECT COUNT(*) FROM read_parquet('{out / PROFILE_FILE}')"
+            info["patients"] = patients = con.execute(profile_rows).fetchall()[0][0]
+        with _stage("features build: events") as info:
+            sources = _prepare(con, lit)
+            counts = sources.counts()
+            info.update(counts)
+            info["events"] = events = sum(counts.values())
+        activity_tmp = out / (ACTIVITY_FILE + ".tmp")
+        monthly = {t: work / f"labels_{t}.parquet" for t in ("churn", "channel")}
         with _stage("features build: snapshots") as info:
             snapshots, monthly_rows = _write_snapshots(con, sources, activity_tmp, lit, rows_per_chunk,
                                                        work / "latest.parquet", monthly)
             info["snapshots"] = snapshots
             info.update(monthly_rows)
         del sources   # the event arrays (about 0.7 GB at 1M patients)
-        activity_tmp.replace(out / ACTIVITY_FILE)
-        for t, path in monthly.items():
-            path.replace(labels.label_file(out, t))
         with _stage("features build: labels") as info:   # the wait for the no-show labels, if any
             no_show_rows, info["no_show_s"] = no_show.result()
             label_rows = {**no_show_rows, **monthly_rows}
             info.update(label_rows)
+        activity_tmp.replace(out / ACTIVITY_FILE)
+        for t in ("churn", "channel", "no_show"):
+            (monthly.get(t) or labels.label_file(work, t)).replace(labels.label_file(out, t))
     with _stage("features build: population defaults") as info:
         defaults = compute_defaults(con, out, as_of_ts, work / "latest.parquet")
         (out / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1, sort_keys=True))
