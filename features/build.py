@@ -41,7 +41,7 @@ import resource
 import shutil
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,19 +366,23 @@ def _prepare(con: duckdb.DuckDBPyConnection, as_of: str) -> _Events:
         FROM (SELECT patient_id FROM p UNION SELECT patient_id FROM pev) WHERE patient_id IS NOT NULL""")
     con.execute(f"CREATE OR REPLACE TEMP TABLE b_pk AS {_billing_sql(as_of)}")
     sources = _sources_sql(as_of)
-    src: dict[str, dict[str, np.ndarray]] = {}
-    for name, sql in sources.items():
-        con.execute(f"CREATE OR REPLACE TEMP VIEW src_{name} AS {sql}")
-        cols, tie = ", ".join(_SOURCE_COLUMNS[name]), _TIE_ORDER.get(name, "")
-        con.execute(f"CREATE OR REPLACE TEMP VIEW s_{name} AS SELECT pk, ts{tie}, {cols} FROM src_{name} "
-                    "WHERE ts IS NOT NULL")
-        if name == "visit":
-            continue
-        res = con.execute(f"SELECT pk, epoch_us(ts) AS ts_us, {cols} FROM s_{name}").fetchnumpy()
-        src[name] = _sort_by_patient_time({c: np.asarray(v) for c, v in res.items()})
-    # visits and bookings: one query, sorted by DuckDB (the tie order of visits matters: the no-show streak); the
-    # bookings (not snapshot-making events: month starts and the as-of snapshot read them exactly) need only pk order
-    res = {c: np.asarray(v) for c, v in con.execute(_visits_and_bookings_sql(as_of)).fetchnumpy().items()}
+    sorting: dict[str, Future] = {}
+    # numpy sorts a fetched source (one core, GIL released) while DuckDB runs the next query
+    with ThreadPoolExecutor(max_workers=1) as sorter:
+        for name, sql in sources.items():
+            con.execute(f"CREATE OR REPLACE TEMP VIEW src_{name} AS {sql}")
+            cols, tie = ", ".join(_SOURCE_COLUMNS[name]), _TIE_ORDER.get(name, "")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW s_{name} AS SELECT pk, ts{tie}, {cols} FROM src_{name} "
+                        "WHERE ts IS NOT NULL")
+            if name == "visit":
+                continue
+            res = con.execute(f"SELECT pk, epoch_us(ts) AS ts_us, {cols} FROM s_{name}").fetchnumpy()
+            sorting[name] = sorter.submit(_sort_by_patient_time, {c: np.asarray(v) for c, v in res.items()})
+        # visits and bookings: one query, sorted by DuckDB (the tie order of visits matters: the no-show streak); the
+        # bookings (not snapshot-making events: month starts and the as-of snapshot read them exactly) need only pk
+        # order
+        res = {c: np.asarray(v) for c, v in con.execute(_visits_and_bookings_sql(as_of)).fetchnumpy().items()}
+        src = {name: f.result() for name, f in sorting.items()}
     is_visit, is_booking = res.pop("is_visit").astype(bool), res.pop("is_booking").astype(bool)
     src = {"visit": {c: res[c][is_visit] for c in ["pk", "ts_us", *_SOURCE_COLUMNS["visit"]]}, **src}
     bookings = {"pk": res["pk"][is_booking].astype(np.int64), "booked_us": res["booked_us"][is_booking],
