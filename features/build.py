@@ -667,8 +667,8 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
 
 def _no_show_labels(con: duckdb.DuckDBPyConnection, data: Path, out: Path,
                     as_of: dt.datetime) -> tuple[dict[str, int], float]:
-    """The no-show labels on a cursor of their own, run while the snapshot pass computes: a DuckDB scan and parquet
-    write (18 CPU-s at 10M visits) in the core time that numpy leaves idle. Returns the counts and the wall seconds."""
+    """The no-show labels on a cursor of their own, run while the profile and events stages go on: a DuckDB scan and
+    parquet write (17 CPU-s at 10M visits) in the core time those leave idle. Returns the counts and wall seconds."""
     t0 = time.perf_counter()
     cur = con.cursor()
     try:
