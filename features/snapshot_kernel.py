@@ -86,14 +86,14 @@ def snapshot_features(snap_pk: np.ndarray, snap_ts: np.ndarray, src: dict[str, d
     from features.build import WINDOWS
 
     k = snapshot_jit.run(c(snap_pk, np.int64), c(snap_ts, np.int64), -1 if keep_us is None else int(keep_us),
-                  keep_us is not None, np.array(WINDOWS, dtype=np.int64),
-                  c(V["pk"], np.int32), c(V["ts_us"], np.int64), c(V["outcome"], np.int8), c(V["dept"], np.int8),
-                  c(B["pk"], np.int32), c(B["ts_us"], np.int64), b_amt, b_cents, b_whole, c(B["plan"], np.int8),
-                  c(P["pk"], np.int32), c(P["ts_us"], np.int64), p_amt, p_cents, p_whole,
-                  c(S["pk"], np.int32), c(S["ts_us"], np.int64), c(S["kind"], np.int8), s_amt, s_cents, s_whole,
-                  c(D["pk"], np.int32), c(D["ts_us"], np.int64), c(D["step"], np.int8),
-                  c(E["pk"], np.int32), c(E["ts_us"], np.int64), c(E["ch"], np.int8), c(E["outbound"], np.bool_),
-                  c(E["positive"], np.bool_), c(E["login"], np.bool_),
-                  *_bookings_in_order(bookings), out[0], out[1], kept)
+                         keep_us is not None, np.array(WINDOWS, dtype=np.int64),
+                         c(V["pk"], np.int32), c(V["ts_us"], np.int64), c(V["outcome"], np.int8), c(V["dept"], np.int8),
+                         c(B["pk"], np.int32), c(B["ts_us"], np.int64), b_amt, b_cents, b_whole, c(B["plan"], np.int8),
+                         c(P["pk"], np.int32), c(P["ts_us"], np.int64), p_amt, p_cents, p_whole,
+                         c(S["pk"], np.int32), c(S["ts_us"], np.int64), c(S["kind"], np.int8), s_amt, s_cents, s_whole,
+                         c(D["pk"], np.int32), c(D["ts_us"], np.int64), c(D["step"], np.int8),
+                         c(E["pk"], np.int32), c(E["ts_us"], np.int64), c(E["ch"], np.int8), c(E["outbound"], np.bool_),
+                         c(E["positive"], np.bool_), c(E["login"], np.bool_),
+                         *_bookings_in_order(bookings), out[0], out[1], kept)
     rows = [*out[0], *out[1]]
     return {name: rows[i][:k] for i, name in enumerate(names)}, kept[:k]
