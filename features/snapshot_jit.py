@@ -45,7 +45,7 @@ def flush(blk: np.ndarray, rows: int, out32: np.ndarray, out64: np.ndarray, at: 
 
 
 @numba.njit(cache=True, nogil=True)
-def run(snap_pk, snap_ts, keep_us, drop, windows,  # noqa: C901 (one pass on purpose: see the module docstring)
+def run(snap_pk, snap_ts, keep_us, drop, windows,
         v_pk, v_ts, v_out, v_dept,
         b_pk, b_ts, b_amt, b_cents, b_whole, b_plan,
         p_pk, p_ts, p_amt, p_cents, p_whole,
@@ -53,6 +53,8 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,  # noqa: C901 (one pass on pur
         d_pk, d_ts, d_step,
         e_pk, e_ts, e_ch, e_out, e_pos, e_login,
         k_pk, k_booked, k_end, k_sched, x_pk, x_end, out32, out64, kept):
+    """``snapshot_kernel.snapshot_features``'s pass, one function on purpose (each source's pointer and running
+    state live together): fills ``out32``/``out64`` and ``kept``; returns the number of snapshots kept."""
     n = len(snap_pk)
     nw = len(windows)
     iv = ib = ip = i_s = i_d = ie = ik = ix = 0
