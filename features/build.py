@@ -495,8 +495,6 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, events: _Events, path: Path
     overlaps the computation of the next. The rows at the latest snapshot time (every patient's as-of snapshot)
     also go to ``latest_path``, for the population defaults; the churn and channel labels of the same chunk go to
     ``label_paths`` (target -> file). Returns the snapshot count and the labelled rows per target."""
-    from concurrent.futures import ThreadPoolExecutor
-
     as_of_us = con.execute(f"SELECT epoch_us({as_of})").fetchall()[0][0]
     t = events.time_range()
     t = (min(t[0], as_of_us), max(t[1], as_of_us), t[2] and as_of_us % 1_000_000 == 0) \
