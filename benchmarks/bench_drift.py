@@ -1,6 +1,6 @@
 """Drift report time, and the cost of prediction capture on the request path.
 
-1. Drift: ``pipelines.monitor.drift`` for the three targets on a world built by bench_pipeline.py
+1. Drift: ``monitoring.monitor.drift`` for the three targets on a world built by bench_pipeline.py
    (``--home``; default: the 20,000-patient one), timed end to end (reference, current features,
    noise floors, Evidently report, HTML/JSON, MLflow record) with CPU seconds, and per target where it went
    (reference, current features, report incl. noise floors, HTML/JSON) and the share drifted.
@@ -33,7 +33,7 @@ def cpu() -> float:
 
 
 def capture_figures() -> dict:
-    from serving.capture import CaptureSettings, Pseudonymiser, PredictionCapture
+    from serving.capture import CaptureSettings, PredictionCapture, Pseudonymiser
 
     with tempfile.TemporaryDirectory() as tmp:
         store = PredictionCapture(Path(tmp) / "p.sqlite", Pseudonymiser(b"k" * 32), CaptureSettings(flush_seconds=0.2))
@@ -76,7 +76,7 @@ def main() -> None:
     figures: dict = {}
     words = []
     if (a.home / "features" / "manifest.json").exists():
-        from pipelines import monitor
+        from monitoring import monitor
 
         s = load_settings()
         t, c, l0 = time.perf_counter(), cpu(), os.getloadavg()[0]

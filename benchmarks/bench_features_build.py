@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import resource
 import sys
 import tempfile
-import resource
 import time
 from pathlib import Path
 
@@ -34,7 +34,7 @@ def cpu_s() -> float:
 def world(patients: int, out: Path) -> Path:
     if (out / "visits.parquet").exists():
         return out
-    from features.synth import SynthConfig, generate
+    from features.synth.generate import SynthConfig, generate
     generate(SynthConfig(patients=patients, seed=7, start=dt.date(2023, 1, 1), end=dt.date(2026, 6, 30),
                          today=dt.date(2026, 6, 1)), out)
     return out
@@ -51,7 +51,7 @@ def main() -> None:
     logs.configure("INFO")  # per-stage lines: counts, wall and CPU seconds, peak RSS
     import duckdb
 
-    from features.build import build_features
+    from features.build.run import build_features
     data = world(args.patients, args.keep or Path(tempfile.mkdtemp(prefix="cc-bench-world-")))
     con = duckdb.connect()
     counts = {f: con.execute(f"SELECT COUNT(*) FROM read_parquet('{data}/{f}.parquet/**/*.parquet', union_by_name=true)"

@@ -4,7 +4,7 @@ Usage: python benchmarks/bench_features_store.py --home HOME [--appointments 200
        [--stages retrieval,materialize,online] [--kinds sqlite,redis] [--methods bulk,feast]
 HOME is a CARECAST_HOME where `carecast features build` has run (e.g. after bench_features_build.py, or
 `carecast features build`). Each stage runs in its own process so peak memory is per stage. Materialization
-runs once per store and method ("bulk": features/online_write.py; "feast": Feast's own materialize), each
+runs once per store and method ("bulk": features/store/online_write.py; "feast": Feast's own materialize), each
 into a fresh Feast project; the online reads use the first method's project (the tests check both write the
 same rows). Every figure carries CPU seconds and the 1-minute load average next to the wall time.
 Targets (issue 3): retrieval of 2M appointments <= 15 s and 4 GB; online p50 <= 2 ms for one patient's vector.
@@ -18,9 +18,9 @@ import datetime as dt
 import gc
 import json
 import os
+import resource
 import subprocess
 import sys
-import resource
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from carecast.bench import peak_rss_mb, report  # noqa: E402
 from carecast.settings import load_settings  # noqa: E402
+from features import catalog
 
 
 def cpu_s() -> float:
@@ -46,8 +47,8 @@ def retrieval(home: Path, n: int) -> None:
     import numpy as np
     import pandas as pd
 
-    from features import store
-    from features.labels import label_file
+    from features.build.labels import label_file
+    from features.store import repo as store
     s = settings_for(home, "sqlite", "bench_retrieval")
     store.apply(s)
     labels = pd.read_parquet(label_file(s.feature_dir, "no_show"))
@@ -62,7 +63,7 @@ def retrieval(home: Path, n: int) -> None:
     secs, cpu = time.perf_counter() - t0, cpu_s() - c0
     figures = {"entity_rows": len(entity), "snapshot_rows": snapshots, "seconds": round(secs, 1), "cpu_seconds": round(cpu, 1),
                "rows_per_s": round(len(entity) / secs), "peak_rss_mb": round(peak_rss_mb()),
-               "rss_before_mb": round(rss0), "features": len(store.feature_columns("no_show")),
+               "rss_before_mb": round(rss0), "features": len(catalog.feature_columns("no_show")),
                "load_avg_1m_at_start": round(load, 1), "result_rows": len(df)}
     report("features_training_retrieval", figures,
            f"training retrieval (no_show service, point-in-time, DuckDB offline store): {len(entity):,} appointments "
@@ -72,7 +73,7 @@ def retrieval(home: Path, n: int) -> None:
 
 def materialize(home: Path, kind: str, method: str) -> None:
     from carecast import logs
-    from features import store
+    from features.store import repo as store
     logs.configure("INFO")  # the writer's progress lines: counts and timings
     project = f"bench_{kind}_{method}_{uuid.uuid4().hex[:8]}"
     s = settings_for(home, kind, project)
@@ -104,7 +105,7 @@ def online(home: Path, kind: str, calls: int = 1000, batch_calls: int = 100) -> 
     import numpy as np
     import pandas as pd
 
-    from features import store
+    from features.store import repo as store
     project = (home / f"bench_project_{kind}.txt").read_text()
     s = settings_for(home, kind, project)
     pids = pd.read_parquet(s.feature_dir / "patient_profile.parquet", columns=["patient_id"]).patient_id.to_numpy()
@@ -126,7 +127,7 @@ def online(home: Path, kind: str, calls: int = 1000, batch_calls: int = 100) -> 
 
     from serving.feature_source import FeastFeatureSource
     source = FeastFeatureSource(s)
-    names = store.feature_columns("no_show")
+    names = catalog.feature_columns("no_show")
 
     def serving_call(ids):
         return source.fetch("no_show", list(ids), [req] * len(ids), names)
@@ -150,7 +151,7 @@ def online(home: Path, kind: str, calls: int = 1000, batch_calls: int = 100) -> 
             results[f"{name}_{size}_cpu_p50_ms"] = round(float(np.percentile(cpu, 50)), 2)
             results[f"{name}_{size}_p50_ms"] = round(float(np.percentile(lat, 50)), 2)
             results[f"{name}_{size}_p99_ms"] = round(float(np.percentile(lat, 99)), 2)
-    figures = {"store": kind, "features": len(store.feature_columns("no_show")), **results,
+    figures = {"store": kind, "features": len(catalog.feature_columns("no_show")), **results,
                "load_avg_1m_at_start": round(load, 1), "load_avg_1m": round(os.getloadavg()[0], 1),
                "cpu_seconds": round(cpu_s() - c_start, 1), "project": project}
     report(f"features_online_read_{kind}", figures,

@@ -3,9 +3,9 @@
 
 A synthetic world of a million upcoming appointments would take far longer to generate and build
 than to score, so this builds a synthetic *feature matrix* directly, with the feature store's real
-columns (``features.store.feature_columns``) and plausible values, and trains models of the
+columns (``features.store.repo.feature_columns``) and plausible values, and trains models of the
 production shape on it (depth 4, eta 0.08, 200 trees for no-show and churn, 100 rounds x 4 classes
-for channel; training/model.py). Timed: ``pipelines.score.score_lists`` (predict, select, TreeSHAP
+for channel; training/model.py). Timed: ``scoring.score.score_lists`` (predict, select, TreeSHAP
 explanations, reason sentences, outreach plan, list frames) and ``write`` (the parquet files);
 not timed: building the matrix and training. The machine is shared with other engineers' work, so
 the load average is reported with the figures.
@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from carecast.bench import peak_rss_mb, report  # noqa: E402
 from carecast.settings import load_settings  # noqa: E402
-from features.contracts import DEPARTMENTS, MODEL_CHANNELS, VISIT_TYPES  # noqa: E402
-from features.store import categorical_columns, feature_columns  # noqa: E402
+from carecast.targets import MODEL_CHANNELS
+from features.catalog import categorical_columns, feature_columns  # noqa: E402
+from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES  # noqa: E402
 
 
 def synth_features(cols: list[str], n: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -89,7 +90,7 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=100_000)
     ap.add_argument("--train-rows", type=int, default=60_000)
     a = ap.parse_args()
-    from pipelines.score import Inputs, ScoreOptions, score_lists, write
+    from scoring.score import Inputs, ScoreOptions, score_lists, write
     from serving.model_source import build
 
     rng = np.random.default_rng(7)

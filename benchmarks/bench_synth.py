@@ -16,7 +16,7 @@ from pathlib import Path
 from carecast import logs
 from carecast.bench import peak_rss_mb, report
 from carecast.settings import load_settings
-from features.synth import SynthConfig, generate
+from features.synth.generate import SynthConfig, generate
 
 
 def main() -> None:

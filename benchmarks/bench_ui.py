@@ -43,9 +43,9 @@ def _times(client: httpx.Client, url: str, n: int) -> list[float]:
 
 def screenshot(home: Path, out: Path) -> None:
     from playwright.sync_api import sync_playwright
+    from test_ui_support import CHROMIUM, CHROMIUM_ARGS, Server, mounted
 
     from serving.ui import create_ui_app
-    from test_ui_support import CHROMIUM, CHROMIUM_ARGS, Server, mounted
 
     os.environ["CARECAST_HOME"] = str(home)
     s = load_settings()
@@ -75,9 +75,15 @@ def main() -> None:
         screenshot(a.home, a.screenshot)
         return
     from playwright.sync_api import sync_playwright
+    from test_ui_support import (
+        CHROMIUM,
+        CHROMIUM_ARGS,
+        Server,
+        mounted,
+        write_fake_lists,
+    )
 
     from serving.ui import create_ui_app
-    from test_ui_support import CHROMIUM, CHROMIUM_ARGS, Server, mounted, write_fake_lists
 
     bench_home = os.environ.get("CARECAST_HOME")
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from carecast.bench import peak_rss_mb, report
-from features.validate import validate_feeds
+from features.feeds.validate import validate_feeds
 
 
 def _ids(prefix: str, n: int) -> np.ndarray:

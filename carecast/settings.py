@@ -45,7 +45,7 @@ class OnlineStoreSettings(_Section):
     type: Literal["sqlite", "redis"] = "sqlite"
     redis_connection_string: str = "127.0.0.1:6379"
     project: str = "carecast"
-    #: "bulk": features/online_write.py (same rows as Feast's materialize, tests check); "feast": Feast's own
+    #: "bulk": features/store/online_write.py (same rows as Feast's materialize, tests check); "feast": Feast's own
     materialize_method: Literal["bulk", "feast"] = "bulk"
 
 
@@ -54,8 +54,8 @@ class FeaturesSettings(_Section):
 
     #: DuckDB memory limit, e.g. "3GB" (DuckDB spills to $CARECAST_HOME/tmp beyond it); None: DuckDB's default (80% of RAM)
     duckdb_memory_limit: str | None = Field(None, pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
-    #: training frames (``features.store.training_frame``) with more entity rows than this are joined by DuckDB ASOF
-    #: joins generated from the registered views (``features.store._asof_join``; tests check the frames equal Feast's
+    #: training frames (``features.store.repo.training_frame``) with more entity rows than this are joined by DuckDB ASOF
+    #: joins generated from the registered views (``features.store.repo._asof_join``; tests check the frames equal Feast's
     #: bit for bit); up to it, by Feast's ``get_historical_features``. Feast's join expands every row against every
     #: earlier snapshot of its patient: at 20,000 patients it took 28 s for no-show's 163k rows, the ASOF join 2.5 s.
     #: Small worlds (tests, notebooks) stay on Feast's join; a very large value keeps every frame there.
@@ -163,7 +163,7 @@ class MonitorSettings(_Section):
     noise_reps: int = Field(40, ge=0)       # permutations for each feature's noise floor (0: fixed threshold only)
     noise_quantile: float = Field(0.95, gt=0.5, lt=1)
     #: processes for the Evidently reports when several targets are checked (forked from the drift process, see
-    #: ``pipelines.monitor._report_pool``); 1: every report in the drift process itself. Same reports either way.
+    #: ``monitoring.monitor._report_pool``); 1: every report in the drift process itself. Same reports either way.
     report_workers: int = Field(2, ge=1)
     trend_features: list[str] = Field(default_factory=lambda: list(DEFAULT_TREND_FEATURES))
 

@@ -1,6 +1,6 @@
 """Stage work that no later stage reads, run in a background process while the later stages run.
 
-The one such work is the features stage's online-store load (``features.store.materialize``): train, gate and
+The one such work is the features stage's online-store load (``features.store.repo.materialize``): train, gate and
 drift read the offline snapshots and score reads the snapshot files, never the online store, and the load is one
 core of SQLite or Redis writes (19 s of the 31 s features stage at 20,000 patients). The pipeline starts it when
 the stage has built and applied the features, goes on with train, and waits for it at the end of the run: the
@@ -73,7 +73,7 @@ def _materialize(settings: Settings, copy: Path, fd: int) -> None:
     """The background process: the online-store load through a store on the registry copy; the outcome to ``fd``."""
     os.nice(10)   # the stages in the foreground come first; this takes a core they leave idle
     try:
-        from features import store
+        from features.store import repo as store
 
         n = store.materialize(settings, feature_store=store.store_on_registry_copy(settings, copy))
         msg: dict[str, Any] = {"ok": True, "patients": int(n)}
@@ -84,9 +84,9 @@ def _materialize(settings: Settings, copy: Path, fd: int) -> None:
 
 
 def materialize(settings: Settings) -> Background | None:
-    """Start the online-store load (``features.store.materialize`` with its defaults) in a background process;
+    """Start the online-store load (``features.store.repo.materialize`` with its defaults) in a background process;
     None where processes cannot be forked (the caller loads in the foreground)."""
-    from features.store import repo_config
+    from features.store.repo import repo_config
 
     if not hasattr(os, "fork"):
         return None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from features.data_cli import app as data_app
-from features.store_cli import app as store_app
+from features.feeds.cli import app as data_app
+from features.store.cli import app as store_app
 
 app = typer.Typer(
     help="CareCast: no-show, churn and preferred-channel predictions with reasons, for patient outreach.",
@@ -14,7 +14,9 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 
-from training.cli import benchmark_app, promote as promote_cmd, train as train_cmd  # noqa: E402
+from training.cli import benchmark_app  # noqa: E402
+from training.cli import promote as promote_cmd
+from training.cli import train as train_cmd
 
 app.command("train")(train_cmd)
 app.command("promote")(promote_cmd)
@@ -25,7 +27,7 @@ from serving.cli import serve as serve_cmd  # noqa: E402
 
 app.command("serve")(serve_cmd)
 
-from pipelines.score_cli import score as score_cmd  # noqa: E402
+from scoring.cli import score as score_cmd  # noqa: E402
 
 app.command("score")(score_cmd)
 
@@ -41,7 +43,7 @@ def home() -> None:
                         ("mlflow", s.tracking_uri), ("risk lists", s.risk_list_dir)]:
         typer.echo(f"{label:>12}: {path}")
 
-from pipelines.monitor_cli import app as monitor_app  # noqa: E402
+from monitoring.cli import app as monitor_app  # noqa: E402
 from pipelines.pipeline_cli import app as pipeline_app  # noqa: E402
 
 app.add_typer(monitor_app, name="monitor")

@@ -18,11 +18,11 @@ Stages:
   they run (``pipelines.background``); the stage's marker is written once it has loaded (a failed load fails the
   stage, reported at the end of the run, and the next run does the stage again).
 * ``train``: a new version per target (alias ``challenger``) from the feature store's training frame; its
-  reference sample for drift monitoring is logged with its run (``pipelines.monitor.log_reference``). The
+  reference sample for drift monitoring is logged with its run (``monitoring.monitor.log_reference``). The
   reason (new data; drift flagged by the last check) is recorded.
 * ``gate``: challenger vs champion on the same recent window (``training.gate``); the decision and
   reasons go to MLflow (a ``promote-v<N>`` run and tags on the version).
-* ``score``: the risk lists as of the build's as-of time (``pipelines.score``), when every target has a
+* ``score``: the risk lists as of the build's as-of time (``scoring.score``), when every target has a
   champion (skipped, with the reason, otherwise).
 * ``drift``: Evidently drift report of the recent features against the champion that was serving when
   the run started (the model whose predictions cover the recent period; the newly promoted one when
@@ -46,7 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from carecast import logs
+from carecast.clock import utc_or_none
 from carecast.settings import Settings
+from carecast.targets import TARGET_NAMES
 
 log = logs.get("pipeline")
 
@@ -62,7 +64,7 @@ class StageFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    targets: tuple[str, ...] = ("no_show", "churn", "channel")
+    targets: tuple[str, ...] = TARGET_NAMES
     feeds: Path | None = None
     as_of: dt.datetime | None = None
     from_stage: str | None = None
@@ -164,12 +166,6 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _utc(when: dt.datetime | None) -> dt.datetime | None:
-    if when is None:
-        return None
-    return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
-
-
 # --------------------------------------------------------------------------- stages
 
 
@@ -199,7 +195,7 @@ def _champions(settings: Settings, targets: tuple[str, ...]) -> dict[str, str | 
 
 
 def _validate(ctx: Context) -> StageResult:
-    from features.validate import FeedError, validate_feeds
+    from features.feeds.validate import FeedError, validate_feeds
 
     s = ctx.settings
     src = ctx.opts.feeds or s.feeds_dir
@@ -217,13 +213,13 @@ def _validate(ctx: Context) -> StageResult:
 
 
 def _features(ctx: Context) -> StageResult:
-    from features import store
-    from features.build import build_features
+    from features.build.run import build_features
+    from features.store import repo as store
     from pipelines import background
 
     s = ctx.settings
     try:
-        b = build_features(s, s.validated_dir, _utc(ctx.opts.as_of))
+        b = build_features(s, s.validated_dir, utc_or_none(ctx.opts.as_of))
     except FileNotFoundError as exc:
         raise StageFailed("features", str(exc), "run the validate stage first") from None
     store.apply(s)
@@ -240,8 +236,8 @@ def _features(ctx: Context) -> StageResult:
 
 
 def _train(ctx: Context) -> StageResult:
-    from features.store import training_frame
-    from pipelines import monitor
+    from features.store.repo import training_frame
+    from monitoring import monitor
     from training.data import FrameError
     from training.split import SplitError
     from training.train import train_target
@@ -301,10 +297,10 @@ def _gate(ctx: Context) -> StageResult:
 
 
 def _score(ctx: Context) -> StageResult:
-    from pipelines.score import ScoreError, ScoreOptions, run
+    from scoring.score import ScoreError, ScoreOptions, run
 
     s = ctx.settings
-    champs = _champions(s, ("no_show", "churn", "channel"))
+    champs = _champions(s, TARGET_NAMES)
     if all(v is None for v in champs.values()):
         return StageResult("score", "skipped", summary="no champion yet: nothing to score")
     as_of = dt.datetime.fromisoformat(json.loads((s.feature_dir / "manifest.json").read_text())["as_of"])
@@ -317,10 +313,10 @@ def _score(ctx: Context) -> StageResult:
 
 
 def _drift(ctx: Context) -> StageResult:
-    from pipelines import monitor
+    from monitoring import monitor
 
     versions = _drift_versions(ctx)
-    r = monitor.drift(ctx.settings, list(ctx.opts.targets), _utc(ctx.opts.since), record=ctx.opts.record,
+    r = monitor.drift(ctx.settings, list(ctx.opts.targets), utc_or_none(ctx.opts.since), record=ctx.opts.record,
                       versions=versions)
     flags = {t: d.flagged for t, d in r.targets.items()}
     summary = ", ".join(f"{t} v{d.model['version']} {'DRIFT' if d.flagged else 'ok'} ({d.share:.2f})"

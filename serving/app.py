@@ -24,8 +24,15 @@ from serving.auth import BearerKeyMiddleware
 from serving.feature_source import FeatureStoreUnavailable
 from serving.model_source import ModelNotAvailable
 from serving.outreach import OutreachPlanRequest, OutreachPlanResponse, plan_request
-from serving.schemas import (ChannelResponse, ChurnResponse, ErrorResponse, NoShowRequest, NoShowResponse,
-                             PatientsRequest, ReloadResponse)
+from serving.schemas import (
+    ChannelResponse,
+    ChurnResponse,
+    ErrorResponse,
+    NoShowRequest,
+    NoShowResponse,
+    PatientsRequest,
+    ReloadResponse,
+)
 
 log = logging.getLogger("carecast.serving")
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from carecast.settings import REPO_ROOT, Settings, load_settings
-from serving.model_source import TARGETS, MlflowModelSource, export_snapshot
+from carecast.targets import TARGETS
+from serving.model_source import MlflowModelSource, export_snapshot
 
 
 def export(settings: Settings) -> dict[str, str]:
@@ -26,7 +26,8 @@ def export(settings: Settings) -> dict[str, str]:
 
     source = MlflowModelSource(settings.tracking_uri, settings.mlflow.registry_uri)
     tags = {}
-    for target, name in TARGETS.items():
+    for target, info in TARGETS.items():
+        name = info.registered_model
         model = source.load(target)
         with bentoml.models.create(name, labels={"mlflow_version": model.version, "registered_model": name},
                                    metadata={"target": target, "mlflow_version": model.version}) as bm:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from carecast.settings import CaptureSettings  # noqa: F401  (re-exported)
 
 log = logging.getLogger("carecast.capture")

@@ -5,10 +5,10 @@ the model's feature order (NaN = missing) and, per row, whether the patient was 
 patient gets the population defaults, never an error.
 
 - ``FeastFeatureSource``: the Feast online store under ``CARECAST_HOME``, the same answer as
-  ``features.store.online_features`` (request-time features by the registered on-demand views'
+  ``features.store.repo.online_features`` (request-time features by the registered on-demand views'
   own functions) read without its pandas and per-value protobuf conversions.
 - ``InMemoryFeatureSource``: dictionaries, for pure-function unit tests and benchmarks of the
-  serving layer alone; request-time features come from ``features.request_features`` (the same
+  serving layer alone; request-time features come from ``features.request`` (the same
   pure function training and the Feast on-demand views use).
 """
 
@@ -23,11 +23,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from features import catalog
+
 log = logging.getLogger("carecast.serving")
-
-# The feature store's name for each target.
-STORE_TARGETS = {"no_show": "no_show", "churn": "churn", "channel": "channel"}
-
 
 class FeatureSource(Protocol):
     def fetch(self, target: str, patient_ids: Sequence[str], requests: Sequence[Mapping[str, Any]] | None,
@@ -52,7 +50,7 @@ REDIS_TIMEOUT_S = 2.0
 class FeastFeatureSource:
     """Online reads of the Feast store under ``CARECAST_HOME`` (imports Feast at construction: start-up only).
 
-    Same answer as ``features.store.online_features`` (the feature service's views, its on-demand
+    Same answer as ``features.store.repo.online_features`` (the feature service's views, its on-demand
     views, population defaults for unknown patients, ``-1`` for a missing category code; a test checks
     they agree), without its per-request pandas and protobuf round trips: the target's feature service
     is resolved once into a read plan (``_Plan``) that reads the raw feature-view rows of all the
@@ -63,13 +61,13 @@ class FeastFeatureSource:
     server with one pipelined ``HMGET`` per patient of the plan's hashed fields (Feast's key and field
     layout), through one client per reader; other online stores (Redis cluster or sentinel, versioned
     views) go through Feast's ``online_read``. A feature service the plan does not cover (an on-demand
-    view that is not plain ``mode="python"``) is read through ``features.store.online_features``.
+    view that is not plain ``mode="python"``) is read through ``features.store.repo.online_features``.
     Plans are rebuilt after the registry's cache TTL, as Feast refreshes its registry (in a thread,
     answering with the current plan meanwhile).
     """
 
     def __init__(self, settings: Any) -> None:
-        from features import store  # noqa: F401  (Feast import: ~3 s)
+        from features.store import repo as store  # noqa: F401  (Feast import: ~3 s)
 
         self.settings = settings
         self._store = store
@@ -89,8 +87,8 @@ class FeastFeatureSource:
         return plan.fetch(list(patient_ids), requests)
 
     def fetch_reference(self, target, patient_ids, requests, feature_names):
-        """Through ``features.store.online_features`` (Feast's own online read and on-demand views)."""
-        frame, known = self._store.online_features(self.settings, STORE_TARGETS[target], list(patient_ids),
+        """Through ``features.store.repo.online_features`` (Feast's own online read and on-demand views)."""
+        frame, known = self._store.online_features(self.settings, target, list(patient_ids),
                                                    [dict(r) for r in requests] if requests is not None else None)
         names = list(feature_names)
         cols = list(frame.columns)
@@ -114,12 +112,12 @@ class FeastFeatureSource:
     def _build(self, key: tuple[str, tuple[str, ...]]) -> "_Plan | None":
         target, names = key
         now = time.monotonic()
-        available = self._store.feature_columns(STORE_TARGETS[target])
+        available = catalog.feature_columns(target)
         missing = [n for n in names if n not in available]
         if missing:
             raise FeatureMismatch(f"{target}: feature store lacks {', '.join(missing[:5])}")
         try:
-            plan = _Plan.build(self.settings, self._store, STORE_TARGETS[target], names, self._redis_client)
+            plan = _Plan.build(self.settings, self._store, target, names, self._redis_client)
         except _Unsupported as exc:
             log.info("%s features read through Feast's get_online_features: %s", target, exc)
             plan = None
@@ -224,7 +222,7 @@ class _RedisRead:
 
 
 class _Plan:
-    """How to answer ``features.store.online_features`` for one target and one model feature list."""
+    """How to answer ``features.store.repo.online_features`` for one target and one model feature list."""
 
     def __init__(self) -> None:
         self.views: list[_View] = []
@@ -246,7 +244,7 @@ class _Plan:
         Redis client (without it a Redis store is read through Feast's ``online_read``)."""
         from feast.types import Int32, Int64
 
-        from features.request_features import APPOINTMENT_FEATURES, CATEGORIES
+        from features.catalog import APPOINTMENT_FEATURES, CATEGORIES
 
         plan = cls()
         plan.settings, plan.store, plan.target, plan.names = settings, store, target, names
@@ -298,7 +296,7 @@ class _Plan:
                     produced[f.name] = ("raw", raw(proj.name, f.name))
         if getattr(service, "precompute_online", False) and not plan.odfvs:
             raise _Unsupported("feature service reads precomputed vectors")  # Feast's precomputed path
-        for key in ("sex_code", "visits_all"):  # what features.store.online_features reads "known" from
+        for key in ("sex_code", "visits_all"):  # what features.store.repo.online_features reads "known" from
             if key not in produced or produced[key][0] != "raw":
                 raise _Unsupported(f"no stored {key} to tell known patients")
         plan.known_columns = [produced["sex_code"][1], produced["visits_all"][1]]
@@ -329,7 +327,11 @@ class _Plan:
         """The online.db path and each view's table, checked against Feast's layout."""
         import sqlite3
 
-        from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id, _table_id
+        from feast.infra.online_stores.sqlite import (
+            SqliteOnlineStore,
+            _quote_id,
+            _table_id,
+        )
 
         path = SqliteOnlineStore._get_db_path(cfg)
         versioning = bool(getattr(cfg.registry, "enable_online_feature_view_versioning", False))
@@ -395,7 +397,7 @@ class _Plan:
     def _key_encoder(self, join_key: str) -> Any:
         """``id -> serialised entity key`` as Feast stores it (the bulk online writer's encoder: Feast's own
         function unless a string-key shortcut gives byte-identical keys for sample ids)."""
-        from features.online_write import string_key_encoder
+        from features.store.online_write import string_key_encoder
 
         return string_key_encoder(join_key, self.key_version)
 
@@ -600,7 +602,7 @@ class _Plan:
 
 def request_features(req: Mapping[str, Any]) -> dict[str, float]:
     """Request-time features of one appointment, from the one pure function training also uses."""
-    from features.request_features import appointment_features, appointment_request
+    from features.request import appointment_features, appointment_request
 
     fields = appointment_request(req["scheduled_at"], req["booked_at"], req["department"], req["visit_type"],
                                  req["telehealth"])

@@ -34,15 +34,13 @@ from typing import Any, Protocol
 
 import xgboost as xgb
 
-from features.contracts import MODEL_CHANNELS
+from carecast.targets import MODEL_CHANNELS, MODEL_META_FILE, TARGETS
 
-TARGETS: dict[str, str] = {"no_show": "carecast-no-show", "churn": "carecast-churn", "channel": "carecast-channel"}
 ALIAS = "champion"
 CATEGORY_FILES = ("categories.json", "categorical_mapping.json", "category_mapping.json")
 FEATURE_FILES = ("features.json", "feature_names.json", "feature_list.json")
 CALIBRATION_FILES = ("calibration.json",)
 CLASS_FILES = ("classes.json",)
-TRAINING_META = "carecast_model.json"
 
 
 class ModelNotAvailable(RuntimeError):
@@ -136,7 +134,7 @@ def build(target: str, name: str, version: str, booster: xgb.Booster, meta: dict
 
 
 def _read_json_files(folder: Path, meta: dict[str, Any]) -> None:
-    training_meta = folder / "extra_files" / TRAINING_META
+    training_meta = folder / "extra_files" / MODEL_META_FILE
     if training_meta.is_file():
         for k, v in json.loads(training_meta.read_text()).items():
             meta.setdefault(k, v)
@@ -166,7 +164,7 @@ class MlflowModelSource:
         from mlflow.exceptions import MlflowException
 
         try:
-            return str(self.client.get_model_version_by_alias(TARGETS[target], ALIAS).version)
+            return str(self.client.get_model_version_by_alias(TARGETS[target].registered_model, ALIAS).version)
         except MlflowException:
             return None
 
@@ -177,7 +175,7 @@ class MlflowModelSource:
         import mlflow.xgboost
 
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        name = TARGETS[target]
+        name = TARGETS[target].registered_model
         version = version or self.champion_version(target)
         if version is None:
             raise ModelNotAvailable(f"{name}: no '{ALIAS}' alias in the registry")
@@ -247,5 +245,5 @@ class SnapshotModelSource:
 
     def load(self, target: str, version: str | None = None) -> ServedModel:
         if target not in self.folders:
-            raise ModelNotAvailable(f"{TARGETS[target]}: not packed in this Bento")
+            raise ModelNotAvailable(f"{TARGETS[target].registered_model}: not packed in this Bento")
         return load_snapshot(self.folders[target])

@@ -1,7 +1,7 @@
 """The outreach plan: per appointment or patient, what to do, on which channel, and why.
 
 Pure functions over already-explained predictions, used by the nightly risk lists
-(``pipelines/score.py``) and by ``POST /v1/outreach-plan`` (``plan_request`` below builds the
+(``scoring/score.py``) and by ``POST /v1/outreach-plan`` (``plan_request`` below builds the
 response from a ``serving.predictor.Predictor``; the route only has to call it).
 
 Actions
@@ -46,8 +46,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from carecast.settings import Effects, OutreachSettings  # noqa: F401  (re-exported for callers)
-from features.contracts import MODEL_CHANNELS
-from serving.predictor import risk_tier as tier_of  # one tier rule for the API, the lists and the plan
+from carecast.targets import MODEL_CHANNELS, risk_tier
 
 Action = Literal["none", "reminder", "two_reminders", "call", "telehealth_or_reschedule", "billing_counselling",
                  "re_engagement"]
@@ -227,7 +226,7 @@ def plan(items: Sequence[Item], settings: OutreachSettings | None = None,
         p = float(it.probability)
         if not math.isfinite(p):
             p = 0.0
-        tier = tier_of(p, tiers)
+        tier = risk_tier(p, tiers)
         weight = s.churn_weight if it.target == "churn" else 1.0
         channel = choose_channel(it.reachable, it.channel_probabilities)
         up = [r for r in it.reasons if r.contribution > 0]

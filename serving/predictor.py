@@ -15,27 +15,19 @@ from typing import Any
 
 import numpy as np
 
+from carecast.targets import TARGET_NAMES, TARGETS, tier_by_rule, tier_rule
 from serving import reasons
 from serving.explain import explain
 from serving.feature_source import FeatureSource
-from serving.model_source import TARGETS, ModelNotAvailable, ModelSource, ServedModel
+from serving.model_source import ModelNotAvailable, ModelSource, ServedModel
 
 try:  # the request-time features come from the request, so they are real even for an unknown patient
-    from features.request_features import APPOINTMENT_FEATURES as REQUEST_FEATURES
+    from features.catalog import APPOINTMENT_FEATURES as REQUEST_FEATURES
 except ImportError:  # pragma: no cover
     REQUEST_FEATURES = ("lead_time_days", "weekday", "hour", "department_code", "visit_type_code", "telehealth_flag")
 REQUEST_FEATURES = frozenset(REQUEST_FEATURES) | {"department", "visit_type", "telehealth"}
 
 log = logging.getLogger("carecast.serving")
-
-
-def risk_tier(p: float, tiers: Mapping[str, float]) -> str:
-    """``low`` below every cut-off, else the tier of the highest cut-off reached."""
-    tier = "low"
-    for name, cut in sorted(tiers.items(), key=lambda kv: kv[1]):
-        if p >= cut:
-            tier = name
-    return tier
 
 
 class _RowView(Mapping[str, Any]):
@@ -103,26 +95,13 @@ def top_reasons(model: ServedModel, X: np.ndarray, known: Sequence[bool], ex: An
     return out
 
 
-def _tier_rule(tiers: Mapping[str, float]) -> list[tuple[float, str]]:
-    """``risk_tier``'s cut-offs sorted once: (cut, name), ascending."""
-    return [(cut, name) for name, cut in sorted(tiers.items(), key=lambda kv: kv[1])]
-
-
-def _tier(p: float, rule: list[tuple[float, str]]) -> str:
-    tier = "low"
-    for cut, name in rule:
-        if p >= cut:
-            tier = name
-    return tier
-
-
 class Predictor:
     def __init__(self, models: ModelSource, features: FeatureSource, risk_tiers: Mapping[str, float],
-                 targets: Sequence[str] = tuple(TARGETS)) -> None:
+                 targets: Sequence[str] = TARGET_NAMES) -> None:
         self.models = models
         self.features = features
         self.risk_tiers = dict(risk_tiers)
-        self._tiers = (dict(self.risk_tiers), _tier_rule(self.risk_tiers))
+        self._tiers = (dict(self.risk_tiers), tier_rule(self.risk_tiers))
         self.targets = tuple(targets)
         self._served: dict[str, ServedModel] = {}
         self._index: dict[str, dict[str, int]] = {}
@@ -136,7 +115,7 @@ class Predictor:
     def served(self, target: str) -> ServedModel:
         m = self._served.get(target)
         if m is None:
-            raise ModelNotAvailable(f"{TARGETS[target]}: no champion loaded")
+            raise ModelNotAvailable(f"{TARGETS[target].registered_model}: no champion loaded")
         return m
 
     @property
@@ -171,7 +150,7 @@ class Predictor:
                     model = self.models.load(target, version)
                     self._install(model)
                 except Exception as exc:  # keep serving the old model; name the model, never data
-                    log.error("reload of %s failed: %s", TARGETS[target], type(exc).__name__)
+                    log.error("reload of %s failed: %s", TARGETS[target].registered_model, type(exc).__name__)
                     continue
                 log.info("serving %s version %s", model.name, model.version)
                 changed.append(target)
@@ -203,7 +182,7 @@ class Predictor:
         out = []
         base, other = ex.base.tolist(), ex.other.tolist()
         if self._tiers[0] != self.risk_tiers:  # the attribute is public: follow a change to it
-            self._tiers = (dict(self.risk_tiers), _tier_rule(self.risk_tiers))
+            self._tiers = (dict(self.risk_tiers), tier_rule(self.risk_tiers))
         rule = self._tiers[1]
         if model.multiclass:
             assert model.classes is not None and ex.probabilities is not None and ex.chosen is not None
@@ -220,7 +199,7 @@ class Predictor:
             else:
                 p = probability[i]
                 item["probability"] = p
-                item["risk_tier"] = _tier(p, rule)
+                item["risk_tier"] = tier_by_rule(p, rule)
             out.append(item)
         return out
 
@@ -258,7 +237,7 @@ class Predictor:
 def _warmup_appointment() -> dict[str, Any]:
     import datetime as dt
 
-    from features.contracts import DEPARTMENTS, VISIT_TYPES
+    from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
 
     now = dt.datetime(2026, 1, 5, 9, 0)
     return {"appointment_id": "__warmup__", "patient_id": "__warmup__", "scheduled_at": now + dt.timedelta(days=7),

@@ -52,7 +52,7 @@ def _first(row: Row, *names: str) -> Any:
 
 
 # --- templates ------------------------------------------------------------------------------
-# Feature names are the feature store's (features/build.py, features/request_features.py).
+# Feature names are the feature store's (features/build/run.py, features/request.py).
 
 WINDOW_WORDS = {"30": "in the past 30 days", "90": "in the past 90 days", "365": "in the past year", "all": "so far"}
 CHANNEL_WORDS = {"sms": "SMS", "email": "e-mail", "phone": "phone", "portal": "the portal"}

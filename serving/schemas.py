@@ -11,9 +11,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
-from features.contracts import DEPARTMENTS, MODEL_CHANNELS, VISIT_TYPES
+from carecast.targets import MODEL_CHANNELS
+from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
 
 TOP_K_MAX = 20
 TOP_K_DEFAULT = 3

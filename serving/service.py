@@ -8,7 +8,7 @@ polls the registry alias every ``serving.reload_poll_seconds`` for a new champio
 Model source: the MLflow registry, unless ``SERVING_MODEL_SOURCE=bento`` (set by the Bento built
 from ``bentofile.yaml``): then the models packed into the Bento, declared below as
 ``bentoml.models.BentoModel`` class attributes so ``bentoml build`` includes them.
-Feature source: the Feast online store (``features.store``); tests and benchmarks of the serving
+Feature source: the Feast online store (``features.store.repo``); tests and benchmarks of the serving
 layer alone may set ``SERVING_FEATURE_SOURCE=module:factory`` to a callable returning a source.
 """
 
@@ -25,8 +25,9 @@ import bentoml
 
 from carecast import logs
 from carecast.settings import load_settings
+from carecast.targets import TARGET_NAMES, TARGETS
 from serving.app import build_app
-from serving.model_source import TARGETS, MlflowModelSource, SnapshotModelSource
+from serving.model_source import MlflowModelSource, SnapshotModelSource
 from serving.outreach import OutreachSettings
 from serving.predictor import Predictor
 from serving.ui import create_ui_app
@@ -36,7 +37,7 @@ log = logging.getLogger("carecast.serving")
 app = build_app()
 
 BENTO_MODE = os.environ.get("SERVING_MODEL_SOURCE") == "bento"
-BENTO_TAGS = {t: f"{name}:latest" for t, name in TARGETS.items()}
+BENTO_TAGS = {t: f"{info.registered_model}:latest" for t, info in TARGETS.items()}
 
 
 def _models_in_bento_store() -> bool:
@@ -113,7 +114,7 @@ class CareCast:
         logging.getLogger(logs.LOGGER_NAME).setLevel(settings.log_level)
         quiet_bentoml_errors()
         if BENTO_MODE:
-            models = SnapshotModelSource({t: Path(getattr(self, f"{t}_model").path) for t in TARGETS})
+            models = SnapshotModelSource({t: Path(getattr(self, f"{t}_model").path) for t in TARGET_NAMES})
         else:
             models = MlflowModelSource(settings.tracking_uri, settings.mlflow.registry_uri)
         log.info("models from %s", "the Bento" if BENTO_MODE else "the MLflow registry")
@@ -121,7 +122,7 @@ class CareCast:
         self.predictor.reload()
         if not self.predictor.ready:
             log.warning("not ready: missing champion for %s",
-                        ", ".join(TARGETS[t] for t in TARGETS if t not in self.predictor.versions()))
+                        ", ".join(TARGETS[t].registered_model for t in TARGET_NAMES if t not in self.predictor.versions()))
         keys = [k.encode() for k in settings.serving.api_keys]
         if not keys:
             log.warning("no API keys configured (CARECAST_API_KEYS): every /v1 request will get 401")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from features.contracts import CONTRACTS
-from features.contracts_doc import render
+from features.feeds.contracts import CONTRACTS
+from features.feeds.contracts_doc import render
 from pipelines.cli import app
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "data-contracts.md"

@@ -9,11 +9,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_features_support import (
+    add_rows,
+    empty_feeds,
+    event,
+    patient,
+    random_world,
+    statement,
+    visit,
+    write,
+)
 
 from carecast.settings import load_settings
-from features.build import ACTIVITY_FILE, build_features
-from features.contracts import POSITIVE_RESPONSES
-from test_features_support import add_rows, empty_feeds, event, patient, random_world, statement, visit, write
+from features.build.run import build_features
+from features.catalog import ACTIVITY_FILE
+from features.feeds.contracts import POSITIVE_RESPONSES
 
 DAY = pd.Timedelta(days=1)
 

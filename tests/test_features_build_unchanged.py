@@ -1,4 +1,4 @@
-"""Snapshots that provably repeat their patient's previous one are not stored (features/snapshot_kernel.py): every
+"""Snapshots that provably repeat their patient's previous one are not stored (features/build/kernel.py): every
 point-in-time read is unchanged, bit for bit; and each value of the kernel lands in its named column."""
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_features_support import random_world
 
 from carecast.settings import load_settings
-from features import snapshot_kernel
-from features.build import ACTIVITY_FEATURES, ACTIVITY_FILE, ACTIVITY_TIMESTAMPS, build_features
-from test_features_support import random_world
+from features.build import kernel as snapshot_kernel
+from features.build.run import build_features
+from features.catalog import ACTIVITY_FEATURES, ACTIVITY_FILE, ACTIVITY_TIMESTAMPS
 
 VALUES = ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS
 

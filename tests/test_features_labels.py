@@ -1,4 +1,4 @@
-"""Labels and prediction points (features/labels.py) on a hand-made world: 72 h rule, booked-later rule,
+"""Labels and prediction points (features/build/labels.py) on a hand-made world: 72 h rule, booked-later rule,
 cancelled/scheduled handling, churn window and population, channel first positive response."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_features_support import add_rows, empty_feeds, event, patient, visit, write
 
 from carecast.settings import load_settings
-from features.build import build_features
-from features.labels import label_file, month_start, no_show_point
-from test_features_support import add_rows, empty_feeds, event, patient, visit, write
+from features.build.labels import label_file, month_start, no_show_point
+from features.build.run import build_features
 
 AS_OF = "2026-06-01 00:00"
 
@@ -99,9 +99,10 @@ def test_channel_is_first_positive_response_within_90_days(built: dict[str, pd.D
 def test_numpy_churn_and_channel_points_equal_the_sql_rules(tmp_path: Path) -> None:
     """The build computes churn and channel in its numpy pass; ``churn_sql`` / ``channel_sql`` state the same rules
     over the build's event tables: same rows and labels, for any chunking (sub-second times: the microsecond path)."""
-    from features import build as build_mod
-    from features.labels import channel_sql, churn_sql
     from test_features_support import random_world
+
+    from features.build.labels import channel_sql, churn_sql
+    from features.build import run as build_mod
 
     data = random_world(tmp_path / "feeds", patients=150, seed=11)
     for chunk in (1_000_000, 41):

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_features_support import random_world
 
 from carecast.settings import REPO_ROOT, Settings, load_settings
-from features import store
-from features.build import ACTIVITY_FEATURES, ACTIVITY_FILE, PROFILE_FILE, build_features
-from features.request_features import recency_features
-from test_features_support import random_world
+from features import catalog
+from features.build.run import build_features
+from features.catalog import ACTIVITY_FEATURES, ACTIVITY_FILE, PROFILE_FILE
+from features.request import recency_features
+from features.store import repo as store
 
 REDIS = "127.0.0.1:6379"
 
@@ -85,7 +87,7 @@ def test_python_api_build_apply_materialize_read(world: tuple[Settings, Path]) -
     req = {"as_of": as_of, "scheduled_at": as_of + dt.timedelta(days=3, hours=2), "booked_at": as_of,
            "department": "cardiology", "visit_type": "urgent", "telehealth": True}
     df, known = store.online_features(s, "no_show", pids + ["no-such-patient"], [req] * (len(pids) + 1))
-    assert list(df.columns) == store.feature_columns("no_show")
+    assert list(df.columns) == catalog.feature_columns("no_show")
     assert known == [True] * len(pids) + [False]
     rec = recency_features({"request_ts": [as_of.timestamp()] * len(pids),
                             "birth_year": [profile.loc[p, "birth_year"] for p in pids],
@@ -94,7 +96,7 @@ def test_python_api_build_apply_materialize_read(world: tuple[Settings, Path]) -
                                 "last_response_email_ts", "last_response_phone_ts", "last_response_portal_ts",
                                 "past_due_since_ts"]}})
     for c, vals in rec.items():
-        if c in store.AHEAD_FEATURES:   # churn and channel only (features/store.py)
+        if c in catalog.AHEAD_FEATURES:   # churn and channel only (features/store/repo.py)
             assert c not in df.columns
             continue
         np.testing.assert_allclose(df[c].iloc[:len(pids)].to_numpy(float), np.asarray(vals, float), equal_nan=True)
@@ -105,7 +107,7 @@ def test_python_api_build_apply_materialize_read(world: tuple[Settings, Path]) -
         d = defaults[c]
         assert (math.isnan(d) and math.isnan(df[c].iloc[-1])) or df[c].iloc[-1] == pytest.approx(d), c
     churn, known = store.online_features(s, "churn", pids[:1], [{"as_of": as_of}])
-    assert list(churn.columns) == store.feature_columns("churn") and known == [True]
+    assert list(churn.columns) == catalog.feature_columns("churn") and known == [True]
 
     # training and serving agree: the training row at the as-of time carries the same features as the online read
     tf = store.training_frame(s, "churn")
@@ -117,14 +119,14 @@ def test_python_api_build_apply_materialize_read(world: tuple[Settings, Path]) -
     hist = feast.get_historical_features(entity_df=entity, features=feast.get_feature_service("carecast_churn"),
                                          filter_by_created_timestamp=True).to_df().set_index("patient_id").loc[pids]
     online, _ = store.online_features(s, "churn", pids, [{"as_of": as_of}] * len(pids))
-    for c in store.feature_columns("churn"):
+    for c in catalog.feature_columns("churn"):
         np.testing.assert_allclose(hist[c].to_numpy(float), online[c].to_numpy(float), equal_nan=True,
                                    err_msg=c)
 
 
 def test_training_path_matches_feast_on_demand_views(tmp_path: Path) -> None:
     """training_frame applies the request functions vectorised; Feast's python-mode views give the same values."""
-    from features.labels import label_file
+    from features.build.labels import label_file
     s = load_settings(environ=_env(tmp_path / "home", "sqlite", f"cc_{uuid.uuid4().hex[:12]}"))
     build_features(s, random_world(tmp_path / "feeds", patients=60, seed=5))
     store.apply(s)
@@ -134,7 +136,7 @@ def test_training_path_matches_feast_on_demand_views(tmp_path: Path) -> None:
     fast = store.historical(s, "no_show", entity).sort_values(["appointment_id"]).reset_index(drop=True)
     slow = store.historical(s, "no_show", entity, via_odfv=True).sort_values(["appointment_id"]).reset_index(drop=True)
     asof = store.historical(s, "no_show", entity, engine="asof").sort_values(["appointment_id"]).reset_index(drop=True)
-    for c in store.feature_columns("no_show"):
+    for c in catalog.feature_columns("no_show"):
         np.testing.assert_allclose(fast[c].to_numpy(float), slow[c].to_numpy(float), equal_nan=True, err_msg=c)
         np.testing.assert_allclose(asof[c].to_numpy(float), slow[c].to_numpy(float), equal_nan=True, err_msg=c)
 
@@ -147,7 +149,7 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_cli_on_synthetic_world(tmp_path: Path) -> None:
     """The demo's commands on a 2,000-patient synthetic world: synth, validate, build, apply, materialize, show."""
-    pytest.importorskip("features.synth")
+    pytest.importorskip("features.synth.generate")
     home = tmp_path / "home"
     env = _env(home, "sqlite", f"cc_{uuid.uuid4().hex[:12]}")
     steps = [["data", "synth", "--patients", "2000", "--seed", "7", "--out", str(home / "feeds")],

@@ -1,4 +1,4 @@
-"""The bulk online writer (features/online_write.py) leaves exactly what Feast's own materialize leaves: the same
+"""The bulk online writer (features/store/online_write.py) leaves exactly what Feast's own materialize leaves: the same
 SQLite rows, the same Redis keys and hash fields, the same registry intervals and view states, the same online
 reads; over partial windows, out-of-order windows and repeats. Real Feast repo, real SQLite, the real Redis on
 127.0.0.1:6379; every project its own (Redis keys are suffixed with the project and removed after each test)."""
@@ -14,11 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_features_support import random_world
 
 from carecast.settings import Settings, load_settings
-from features import online_write, store
-from features.build import ACTIVITY_FILE, build_features
-from test_features_support import random_world
+from carecast.targets import TARGET_NAMES
+from features.build.run import build_features
+from features.catalog import ACTIVITY_FILE
+from features.store import online_write
+from features.store import repo as store
 
 REDIS = "127.0.0.1:6379"
 VIEWS = ("patient_profile", "patient_activity")
@@ -101,8 +104,8 @@ def _as_of(s: Settings) -> dt.datetime:
 
 
 def _reads_equal(a: Settings, b: Settings) -> None:
-    """features.store.online_features and Feast's raw get_online_features answer the same from both stores."""
-    from features.contracts import DEPARTMENTS, VISIT_TYPES
+    """features.store.repo.online_features and Feast's raw get_online_features answer the same from both stores."""
+    from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
 
     ids = list(pd.read_parquet(a.feature_dir / ACTIVITY_FILE, columns=["patient_id"]).patient_id.unique()[:40])
     ids += ["NOBODY"]
@@ -110,7 +113,7 @@ def _reads_equal(a: Settings, b: Settings) -> None:
     reqs = [{"as_of": as_of, "scheduled_at": as_of + dt.timedelta(days=3, hours=i % 9),
              "booked_at": as_of - dt.timedelta(days=i % 30), "department": DEPARTMENTS[i % len(DEPARTMENTS)],
              "visit_type": VISIT_TYPES[i % len(VISIT_TYPES)], "telehealth": i % 2 == 0} for i in range(len(ids))]
-    for target in store.TARGETS:
+    for target in TARGET_NAMES:
         fa, ka = store.online_features(a, target, ids, reqs)
         fb, kb = store.online_features(b, target, ids, reqs)
         pd.testing.assert_frame_equal(fa, fb, check_exact=True)
@@ -274,7 +277,7 @@ def test_integers_encode_as_feast_does() -> None:
 def test_cli_method_option(homes) -> None:
     from typer.testing import CliRunner
 
-    from features.store_cli import app
+    from features.store.cli import app
 
     s = homes("sqlite")
     env = {"CARECAST_HOME": str(s.home), "CARECAST_ONLINE_STORE__PROJECT": s.online_store.project}

@@ -17,12 +17,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_features_support import (
+    add_rows,
+    empty_feeds,
+    event,
+    patient,
+    statement,
+    visit,
+    write,
+)
 
-import features.build as build_mod
+import features.build.run as build_mod
 from carecast.settings import Settings, load_settings
-from features import store
-from features.build import build_features
-from test_features_support import add_rows, empty_feeds, event, patient, statement, visit, write
+from features.build.run import build_features
+from features.store import repo as store
 
 T = pd.Timestamp("2025-06-07 10:00", tz="UTC")  # prediction point of the scored appointments
 H = pd.Timedelta(hours=1)
@@ -104,7 +112,7 @@ def test_events_after_the_prediction_point_never_reach_the_row(tmp_path: Path) -
     assert after["event_timestamp"] == T and before["event_timestamp"] == T
     assert leaks(after, before) == []
     # the linear ASOF path used for large training sets gives the same rows
-    from features.labels import label_file
+    from features.build.labels import label_file
     entity = pd.read_parquet(label_file(s.feature_dir, "no_show"))
     entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
     asof = store.historical(s, "no_show", entity, engine="asof").set_index("appointment_id")

@@ -5,9 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 
-from features.contracts import DEPARTMENTS, VISIT_TYPES
-from features.request_features import (CATEGORIES, appointment_features, appointment_request, recency_features,
-                                       to_epoch)
+from features.catalog import CATEGORIES
+from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
+from features.request import (
+    appointment_features,
+    appointment_request,
+    recency_features,
+    to_epoch,
+)
 
 UTC = dt.timezone.utc
 

@@ -7,8 +7,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.contracts import (BILLING_STATUSES, CHANNELS, DEPARTMENTS, ENGAGEMENT_KINDS, INSURANCE, LANGUAGES,
-                                SEXES, VISIT_TYPES)
+from features.feeds.contracts import (
+    BILLING_STATUSES,
+    CHANNELS,
+    DEPARTMENTS,
+    ENGAGEMENT_KINDS,
+    INSURANCE,
+    LANGUAGES,
+    SEXES,
+    VISIT_TYPES,
+)
 
 UTC = "UTC"
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features import feeds_io
+from features.feeds import files as feeds_io
 from pipelines.cli import app
 
 runner = CliRunner()

@@ -3,7 +3,6 @@ counted and never raised, and the API recording every prediction (FastAPI app wi
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 import stat
@@ -12,9 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
-
 import test_serving_support as sup
+
 from carecast.settings import load_settings
 from serving import capture
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pipelines import monitor
+from monitoring import monitor
 
 
 def _frame(n: int, seed: int, shift: float = 0.0, trend: float = 0.0) -> pd.DataFrame:
@@ -98,7 +98,9 @@ def test_captured_no_show_predictions_join_their_outcomes(home: Path) -> None:
 def test_noise_floor_distances_match_evidently() -> None:
     """The vectorised distances behind the noise floors are Evidently's (normed Wasserstein, Jensen-Shannon)."""
     from evidently.legacy.calculations.stattests.jensenshannon import _jensenshannon
-    from evidently.legacy.calculations.stattests.wasserstein_distance_norm import _wasserstein_distance_norm
+    from evidently.legacy.calculations.stattests.wasserstein_distance_norm import (
+        _wasserstein_distance_norm,
+    )
     from evidently.legacy.core import ColumnType
 
     rng = np.random.default_rng(0)

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features import feeds_io, noshow_import
-from features.noshow_import import import_noshow
-from features.validate import FeedError, validate_feeds
+from features.feeds import files as feeds_io
+from features.feeds import noshow_import
+from features.feeds.noshow_import import import_noshow
+from features.feeds.validate import FeedError, validate_feeds
 from pipelines.cli import app
 
 SAMPLE = Path(__file__).parent / "fixtures" / "noshow_sample.csv"

@@ -6,8 +6,19 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from serving.outreach import (COORDINATOR_ACTIONS, Effects, Item, OutreachPlanRequest, OutreachSettings, ReasonIn,
-                              choose_channel, expected_benefit, plan, plan_request, reachable_channels)
+from serving.outreach import (
+    COORDINATOR_ACTIONS,
+    Effects,
+    Item,
+    OutreachPlanRequest,
+    OutreachSettings,
+    ReasonIn,
+    choose_channel,
+    expected_benefit,
+    plan,
+    plan_request,
+    reachable_channels,
+)
 
 ALL = {"has_mobile": True, "has_email": True, "portal_enrolled": True}
 HISTORY = [ReasonIn("no_shows_365", 0.8, "Missed 2 of 3 appointments in the past year"),

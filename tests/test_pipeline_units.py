@@ -151,7 +151,7 @@ def test_background_materialize_swaps_the_registry_copy_in_or_reports_the_error(
                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The forked load: what it records goes to a copy of the registry that replaces the real file only when it
     succeeded; an error in the child comes back as the outcome; the copy never stays behind."""
-    from features import store
+    from features.store import repo as store
     from pipelines import background
 
     s = load_settings()

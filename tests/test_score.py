@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
@@ -11,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from carecast.folders import LATEST
 from carecast.settings import load_settings
-from pipelines.score import LATEST, ScoreOptions, latest_folder, select
+from scoring.score import ScoreOptions, latest_folder, select
 from training import registry
 from training.model import Shape
 from training.targets import TARGETS

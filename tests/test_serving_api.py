@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import test_serving_support as sup
 
 pytestmark = pytest.mark.xdist_group("serving-asgi")

@@ -1,5 +1,5 @@
 """The serving read of the Feast online store (serving/feature_source.py) gives exactly what
-``features.store.online_features`` gives: same matrix (stored features, on-demand request and recency
+``features.store.repo.online_features`` gives: same matrix (stored features, on-demand request and recency
 features, population defaults for unknown patients, -1 for a missing category) and the same known flags;
 from Feast's SQLite online store and from the real Redis on 127.0.0.1:6379 (each Redis test in its own Feast
 project, its keys removed after)."""
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import test_serving_support as sup
+
+from features import catalog
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving-features")]
 
@@ -28,7 +29,7 @@ def store_home(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _requests(target: str, n: int) -> list[dict]:
-    from features.contracts import DEPARTMENTS, VISIT_TYPES
+    from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
 
     out = []
     for i in range(n):
@@ -44,14 +45,13 @@ def _requests(target: str, n: int) -> list[dict]:
 
 @pytest.mark.parametrize("target", ["no_show", "churn", "channel"])
 def test_fast_read_equals_feast_online_features(store_home, target):
-    from features import store
     from serving.feature_source import FeastFeatureSource
 
     src = FeastFeatureSource(store_home)
     known_ids = sup.known_patient_ids(store_home, 150)
     ids = known_ids + ["NOBODY", "also-unknown"] + known_ids[:7]  # unknown patients and repeats
     reqs = _requests(target, len(ids))
-    names = store.feature_columns(target)
+    names = catalog.feature_columns(target)
     shuffled = list(np.random.default_rng(0).permutation(names)[: len(names) - 3])  # another order, a subset
     for cols in (names, shuffled):
         fast, fast_known = src.fetch(target, ids, reqs, cols)
@@ -83,9 +83,8 @@ def test_a_service_the_plan_does_not_cover_reads_through_feast(store_home, monke
     src = fsrc.FeastFeatureSource(store_home)
     ids = sup.known_patient_ids(store_home, 3) + ["NOBODY"]
     reqs = _requests("churn", len(ids))
-    from features import store
 
-    names = store.feature_columns("churn")
+    names = catalog.feature_columns("churn")
     X, known = src.fetch("churn", ids, reqs, names)
     ref, ref_known = src.fetch_reference("churn", ids, reqs, names)
     np.testing.assert_array_equal(X, ref)
@@ -97,10 +96,10 @@ def test_entity_keys_are_feasts_own_encoding(store_home):
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from features import store
+    from features.store import repo as store
     from serving.feature_source import _Plan
 
-    plan = _Plan.build(store_home, store, "churn", tuple(store.feature_columns("churn")))
+    plan = _Plan.build(store_home, store, "churn", tuple(catalog.feature_columns("churn")))
     ids = ["P0000001", "", "ü-ид", "x" * 500]
     assert plan._entity_keys(ids, "patient_id") == [
         serialize_entity_key(EntityKey(join_keys=["patient_id"], entity_values=[Value(string_val=i)]),
@@ -110,11 +109,10 @@ def test_entity_keys_are_feasts_own_encoding(store_home):
 def test_a_stale_plan_is_rebuilt_in_the_background(store_home):
     import time
 
-    from features import store
     from serving.feature_source import FeastFeatureSource
 
     src = FeastFeatureSource(store_home)
-    names = tuple(store.feature_columns("churn"))
+    names = tuple(catalog.feature_columns("churn"))
     ids = sup.known_patient_ids(store_home, 2)
     first, _ = src.fetch("churn", ids, _requests("churn", 2), names)
     key = ("churn", names)
@@ -155,7 +153,7 @@ def redis_home(store_home, tmp_path: Path):
     """The SQLite home's built features in a fresh Feast project on the real Redis (materialized, the bulk
     writer as in production); the project's keys and registry entries are removed after."""
     from carecast.settings import load_settings
-    from features import store
+    from features.store import repo as store
 
     if not _redis_up():
         pytest.skip("no Redis server on 127.0.0.1:6379")
@@ -177,7 +175,7 @@ def redis_home(store_home, tmp_path: Path):
 
 
 def _redis_key(settings, patient_id: str) -> bytes:
-    from features.online_write import string_key_encoder
+    from features.store.online_write import string_key_encoder
 
     return string_key_encoder("patient_id", 3)(patient_id) + settings.online_store.project.encode()
 
@@ -186,7 +184,7 @@ def _view_fields(settings, view: str) -> list[bytes]:
     """A view's hash fields in Feast's Redis layout: mmh3 of ``view:feature`` for values, ``_ts:view``."""
     from feast.infra.online_stores.helpers import _mmh3
 
-    from features import store
+    from features.store import repo as store
 
     fv = store.get_store(settings).get_feature_view(view)
     return [_mmh3(f"{view}:{f.name}") for f in fv.features] + [f"_ts:{view}".encode()]
@@ -194,7 +192,6 @@ def _view_fields(settings, view: str) -> list[bytes]:
 
 @pytest.mark.parametrize("target", ["no_show", "churn", "channel"])
 def test_fast_redis_read_equals_feast_online_features(store_home, redis_home, target):
-    from features import store
     from serving.feature_source import FeastFeatureSource
 
     known_ids = sup.known_patient_ids(store_home, 150)
@@ -207,7 +204,7 @@ def test_fast_redis_read_equals_feast_online_features(store_home, redis_home, ta
     src = FeastFeatureSource(redis_home)
     ids = known_ids + ["NOBODY", "also-unknown"] + known_ids[:7] + [no_activity]  # unknown patients, repeats
     reqs = _requests(target, len(ids))
-    names = store.feature_columns(target)
+    names = catalog.feature_columns(target)
     shuffled = list(np.random.default_rng(0).permutation(names)[: len(names) - 3])  # another order, a subset
     for cols in (names, shuffled):
         fast, fast_known = src.fetch(target, ids, reqs, cols)
@@ -230,10 +227,10 @@ def test_fast_redis_read_equals_feast_online_features(store_home, redis_home, ta
 def test_redis_falls_back_to_feasts_online_read(store_home, redis_home, monkeypatch):
     """A plan without the reader's client reads through Feast's own online_read (same answer); a Redis cluster
     or sentinel config is decided for Feast's path when the plan is built."""
-    from features import store
+    from features.store import repo as store
     from serving.feature_source import FeastFeatureSource, _Plan
 
-    names = tuple(store.feature_columns("no_show"))
+    names = tuple(catalog.feature_columns("no_show"))
     plan = _Plan.build(redis_home, store, "no_show", names)  # no client given
     assert plan.redis is None and plan.sqlite is None
     ids = sup.known_patient_ids(store_home, 20) + ["NOBODY", sup.known_patient_ids(store_home, 1)[0]]
@@ -252,12 +249,11 @@ def test_redis_falls_back_to_feasts_online_read(store_home, redis_home, monkeypa
 
 
 def test_one_redis_client_per_reader(store_home, redis_home):
-    from features import store
     from serving.feature_source import FeastFeatureSource
 
     src = FeastFeatureSource(redis_home)
     ids = sup.known_patient_ids(store_home, 2)
-    churn, no_show = tuple(store.feature_columns("churn")), tuple(store.feature_columns("no_show"))
+    churn, no_show = tuple(catalog.feature_columns("churn")), tuple(catalog.feature_columns("no_show"))
     src.fetch("churn", ids, _requests("churn", 2), churn)
     src.fetch("no_show", ids, _requests("no_show", 2), no_show)
     first = src._plans[("churn", churn)][1]
@@ -300,10 +296,13 @@ def silent_server():
 def test_a_hung_redis_fails_the_read_instead_of_holding_it(redis_home, silent_server):
     """redis-py waits forever by default; the reader's client gives up after its socket timeout and the
     read raises FeatureStoreUnavailable, which names the failure kind and no patient."""
-    from serving.feature_source import REDIS_TIMEOUT_S, FeastFeatureSource, FeatureStoreUnavailable
-    from features import store
+    from serving.feature_source import (
+        REDIS_TIMEOUT_S,
+        FeastFeatureSource,
+        FeatureStoreUnavailable,
+    )
 
-    names = store.feature_columns("churn")
+    names = catalog.feature_columns("churn")
     hung = redis_home.model_copy(update={"online_store": redis_home.online_store.model_copy(
         update={"redis_connection_string": f"127.0.0.1:{silent_server},socket_timeout=0.3"})})
     src = FeastFeatureSource(hung)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import test_serving_support as sup
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving-e2e")]

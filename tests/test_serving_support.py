@@ -2,7 +2,7 @@
 generated data and registered in a real MLflow SQLite registry under a CARECAST_HOME, and an
 in-memory feature source with known patients and population defaults.
 
-The in-memory source stands in for the Feast store only until ``features/store.py`` lands; the
+The in-memory source stands in for the Feast store only until ``features/store/repo.py`` lands; the
 models and registry are real.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from features.contracts import DEPARTMENTS, MODEL_CHANNELS, VISIT_TYPES
+from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
 
 FEATURES = {
     "no_show": ["no_shows_365", "visits_365", "lead_time_days", "weekday", "hour", "department_code", "visit_type_code",
@@ -99,7 +99,7 @@ def register(home: Path, target: str, seed: int = 0, trees: int = 40, depth: int
     import mlflow.xgboost
     from mlflow import MlflowClient
 
-    from serving.model_source import TARGETS
+    from carecast.targets import TARGETS
 
     uri = f"sqlite:///{home / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
@@ -110,14 +110,14 @@ def register(home: Path, target: str, seed: int = 0, trees: int = 40, depth: int
         "carecast-serving-tests", artifact_location=(home / "mlartifacts").as_uri())
     clf = train(target, seed, trees, depth)
     with mlflow.start_run(experiment_id=exp_id):
-        info = mlflow.xgboost.log_model(clf, name="model", registered_model_name=TARGETS[target],
+        info = mlflow.xgboost.log_model(clf, name="model", registered_model_name=TARGETS[target].registered_model,
                                         pip_requirements=["xgboost-cpu==3.2.0"])
         mlflow.log_dict(CATEGORIES if target == "no_show" else {}, "categories.json")
         mlflow.log_dict(FEATURES[target], "features.json")
         if calibration:
             mlflow.log_dict(calibration, "calibration.json")
     version = str(info.registered_model_version)
-    client.set_registered_model_alias(TARGETS[target], "champion", version)
+    client.set_registered_model_alias(TARGETS[target].registered_model, "champion", version)
     return version
 
 
@@ -183,10 +183,10 @@ def build_feature_store(home: Path, patients: int = 150):
     import datetime as dt
 
     from carecast.settings import load_settings
-    from features import store
-    from features.build import build_features
-    from features.synth import SynthConfig, generate
-    from features.validate import validate_feeds
+    from features.build.run import build_features
+    from features.feeds.validate import validate_feeds
+    from features.store import repo as store
+    from features.synth.generate import SynthConfig, generate
 
     settings = load_settings(environ={"CARECAST_HOME": str(home)})
     d = settings.synth
@@ -211,8 +211,8 @@ def register_on_store(settings, target: str, rounds: int = 30, seed: int = 0) ->
     import xgboost as xgb
     from mlflow import MlflowClient
 
-    from features import store
-    from serving.model_source import TARGETS
+    from carecast.targets import TARGETS
+    from features.store import repo as store
 
     tf = store.training_frame(settings, target)
     X = tf.frame[tf.feature_columns].astype("float32")
@@ -235,17 +235,16 @@ def register_on_store(settings, target: str, rounds: int = 30, seed: int = 0) ->
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=exp_id):
         path = Path(tmp) / "carecast_model.json"
         path.write_text(json.dumps(meta))
-        info = mlflow.xgboost.log_model(booster, name="model", registered_model_name=TARGETS[target],
+        info = mlflow.xgboost.log_model(booster, name="model", registered_model_name=TARGETS[target].registered_model,
                                         extra_files=[str(path)], pip_requirements=["xgboost-cpu==3.2.0"])
     version = str(info.registered_model_version)
-    client.set_registered_model_alias(TARGETS[target], "champion", version)
+    client.set_registered_model_alias(TARGETS[target].registered_model, "champion", version)
     return version
 
 
 def known_patient_ids(settings, n: int = 5) -> list[str]:
-    import pandas as pd
 
-    from features.feeds_io import read_feed
+    from features.feeds.files import read_feed
 
     return read_feed(settings.validated_dir, "patients")["patient_id"].head(n).tolist()
 

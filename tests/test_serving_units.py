@@ -9,7 +9,7 @@ import xgboost as xgb
 from serving import reasons
 from serving.auth import key_ok
 from serving.explain import explain, top_k_indices
-from serving.predictor import risk_tier
+from carecast.targets import risk_tier
 
 
 def _booster(multiclass: bool = False, seed: int = 0) -> tuple[xgb.Booster, np.ndarray]:
@@ -98,7 +98,7 @@ def test_every_feature_gets_a_sentence_even_without_a_template():
 
 
 def test_every_store_feature_has_a_template():
-    from features.store import feature_columns
+    from features.catalog import feature_columns
 
     for target in ("no_show", "churn", "channel"):
         for f in feature_columns(target):

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from features.contracts import CONTRACTS, FEEDS, MODEL_CHANNELS, POSITIVE_RESPONSES
-from features.feeds_io import read_feed
-from features.synth import SynthConfig, generate
+from carecast.targets import MODEL_CHANNELS
+from features.feeds.contracts import CONTRACTS, FEEDS, POSITIVE_RESPONSES
+from features.feeds.files import read_feed
+from features.synth.generate import SynthConfig, generate
 
 TODAY = dt.date(2026, 6, 1)
 KIND_DTYPES = {"string": "object", "int": "int64", "float": "float64", "bool": "bool",

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
+from test_ui_support import mounted, write_fake_lists
 
 from carecast.settings import load_settings
 from serving.ui import create_ui_app
-from test_ui_support import mounted, write_fake_lists
 
 KEY = "coordinator-test-key"
 

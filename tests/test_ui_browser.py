@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
+from test_ui_support import CHROMIUM, CHROMIUM_ARGS, Server, mounted, write_fake_lists
 
 from carecast.settings import load_settings
 from serving.ui import create_ui_app
-from test_ui_support import CHROMIUM, CHROMIUM_ARGS, Server, mounted, write_fake_lists
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (make browser)")]

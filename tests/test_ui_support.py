@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.contracts import DEPARTMENTS, VISIT_TYPES
-from pipelines.score import Result, ScoreOptions, write
+from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
+from scoring.score import Result, ScoreOptions, write
 from serving.outreach import ACTION_WORDS
 
 REASONS = ["Missed 2 of 5 appointments in the past year", "Booked 45 days ahead", "Has $320 overdue for 95 days",

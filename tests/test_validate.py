@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from features import feeds_io
-from features.contracts import CONTRACTS, FEEDS
-from features.validate import FeedError, validate_feeds
+from features.feeds import files as feeds_io
+from features.feeds.contracts import CONTRACTS, FEEDS
+from features.feeds.validate import FeedError, validate_feeds
 from pipelines.cli import app
 
 T = pd.Timestamp

@@ -24,7 +24,6 @@ from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-
 LOGISTIC_MAX_ROWS = 50_000
 RULE_MAX_ROWS = 200_000
 

@@ -11,8 +11,14 @@ import math
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss, f1_score,
-                             log_loss, roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    log_loss,
+    roc_auc_score,
+)
 
 EPS = 1e-7
 #: subgroups smaller than this (or with fewer positives/negatives than MIN_CLASS) are not scored

@@ -1,7 +1,7 @@
 """Public no-show benchmark on the Vitória 2016 dataset (Kaggle "Medical Appointment No Shows").
 
 ``carecast benchmark noshow-public CSV --test-from 2016-05-31 --predictions-out FILE``: import the CSV
-into validated feeds (``features.noshow_import``), build features per appointment with the honest
+into validated feeds (``features.feeds.noshow_import``), build features per appointment with the honest
 protocol, train on appointments before the test day, write ``AppointmentID,probability`` for every
 appointment on or after it and print the metrics.
 
@@ -168,9 +168,9 @@ def _ids(series: pd.Series) -> pd.Series:
 
 
 def run(csv: Path, test_from: str, predictions_out: Path | None = None, work: Path | None = None) -> BenchmarkResult:
-    from features import feeds_io
-    from features.noshow_import import EXTRAS_FILE, import_noshow
-    from features.validate import FeedError
+    from features.feeds import files as feeds_io
+    from features.feeds.noshow_import import EXTRAS_FILE, import_noshow
+    from features.feeds.validate import FeedError
 
     try:
         cut = pd.Timestamp(test_from)

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carecast.settings import Settings
+from carecast.targets import MODEL_META_FILE
 from training import tracking
 from training.targets import spec
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
-META_FILE = "carecast_model.json"
 
 
 @dataclass
@@ -61,5 +61,5 @@ def load(settings: Settings, target: str, alias: str = CHAMPION, version: str | 
     mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}"))
     booster = mlflow.xgboost.load_model(str(local))
-    meta = json.loads((local / "extra_files" / META_FILE).read_text())
+    meta = json.loads((local / "extra_files" / MODEL_META_FILE).read_text())
     return LoadedModel(booster, meta, str(mv.version), mv.run_id, alias if not version else f"v{version}")

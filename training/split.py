@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from carecast.clock import utc_series
+
 
 class SplitError(ValueError):
     """The data is too short in time for the requested split."""
@@ -65,15 +67,10 @@ class Split:
                 f"({int(self.test.sum()):,})")
 
 
-def _utc(ts: pd.Series) -> pd.Series:
-    ts = pd.to_datetime(ts)
-    return ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
-
-
 def time_split(event_timestamp: pd.Series, purge_days: int, test_frac: float = 0.20,
                val_frac: float = 0.15, val_gap_days: int = 0, entities: pd.Series | None = None,
                val_entity_frac: float = 0.0) -> Split:
-    ts = _utc(event_timestamp).reset_index(drop=True)
+    ts = utc_series(event_timestamp).reset_index(drop=True)
     if ts.isna().any():
         raise SplitError("event_timestamp has empty values")
     if len(ts) < 20:

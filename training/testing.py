@@ -1,5 +1,5 @@
 """Hand-made training frames with a known signal, for tests and quick checks without the feature
-store: the same fields as ``features.store.TrainingFrame`` and, optionally, truth files in the
+store: the same fields as ``features.store.repo.TrainingFrame`` and, optionally, truth files in the
 synthetic feeds' layout so the oracle path runs too."""
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import pandas as pd
 
 from carecast import logs
 from carecast.settings import Settings
+from carecast.targets import MODEL_META_FILE
 from training import baselines as B
 from training import card, data, plots, registry, tracking
 from training import metrics as M
@@ -254,7 +255,7 @@ def _log(settings: Settings, target: TargetSpec, result: dict, booster, X: pd.Da
             "rule_baseline": result["baselines"].get("rule", {}).get("label", "none")}
         mlflow.log_params(params)
         mlflow.log_metrics(_flat_metrics(result))
-        meta_path = tmpd / registry.META_FILE
+        meta_path = tmpd / MODEL_META_FILE
         meta_path.write_text(json.dumps(model_meta(target, result), indent=2))
         ytest = y[sp.test]
         if plots_on:

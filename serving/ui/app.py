@@ -11,11 +11,11 @@ Nothing here logs a patient identifier; the URLs carry filters only, so access l
 
 from __future__ import annotations
 
-import anyio
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import anyio
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,7 +24,16 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from serving.ui import auth
-from serving.ui.data import LISTS, PAGE_SIZES, TIERS, Store, apply, page, parse_query, to_csv
+from serving.ui.data import (
+    LISTS,
+    PAGE_SIZES,
+    TIERS,
+    Store,
+    apply,
+    page,
+    parse_query,
+    to_csv,
+)
 
 HERE = Path(__file__).parent
 SESSION_HOURS = 10.0

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-LATEST = "LATEST"
+from carecast.folders import latest
+
 TIERS = ("high", "medium", "low")
 PAGE_SIZES = (25, 50, 100, 200)
 CHANNEL_WORDS = {"sms": "SMS", "email": "E-mail", "phone": "Phone", "portal": "Portal", "": "None reachable"}
@@ -112,12 +113,12 @@ class Store:
         self._lock = threading.Lock()
 
     def latest(self) -> Snapshot | None:
-        pointer = self.root / LATEST
         try:
-            name = pointer.read_text().strip()
-        except FileNotFoundError:
+            folder = latest(self.root)
+        except FileNotFoundError:  # the pointer went between the check and the read
             return None
-        folder = self.root / name
+        if folder is None:
+            return None
         snap = self._snap
         if snap is not None and snap.folder == folder:
             return snap

@@ -1,0 +1,1 @@
+"""Feeds: the data contracts, validation and the importers that turn a site's exports into the four feeds."""

@@ -1,0 +1,1 @@
+"""The Feast feature store: repo, materialization, the online writer and the feature reader."""

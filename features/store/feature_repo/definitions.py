@@ -1,0 +1,100 @@
+"""Feast objects for CareCast. Built by a function because the sources live under the CARECAST_HOME."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from feast import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    FileSource,
+    RequestSource,
+    ValueType,
+)
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float32, Float64, Int64, String
+
+from features.catalog import (
+    ACTIVITY_FEATURES,
+    ACTIVITY_FILE,
+    ACTIVITY_TIMESTAMPS,
+    APPOINTMENT_FEATURES,
+    INT_COLUMNS,
+    PROFILE_FEATURES,
+    PROFILE_FILE,
+    RECENCY_FEATURES,
+)
+
+PATIENT = Entity(name="patient", join_keys=["patient_id"], value_type=ValueType.STRING,
+                 description="A patient of the practice (pseudonymous id from the feeds).")
+APPOINTMENT = Entity(name="appointment", join_keys=["appointment_id"], value_type=ValueType.STRING,
+                     description="One appointment; the no-show model's unit of prediction.")
+
+APPOINTMENT_REQUEST = RequestSource(
+    name="appointment_request",
+    schema=[Field(name="scheduled_ts", dtype=Float64), Field(name="booked_ts", dtype=Float64),
+            Field(name="department", dtype=String), Field(name="visit_type", dtype=String),
+            Field(name="telehealth", dtype=Int64)],
+    description="The appointment being scored, as sent with the request (timestamps as UTC epoch seconds).")
+PREDICTION_TIME = RequestSource(
+    name="prediction_time", schema=[Field(name="request_ts", dtype=Float64)],
+    description="When the prediction is made (UTC epoch seconds): the prediction point in training.")
+
+NO_TTL = dt.timedelta(0)  # snapshots never expire: the as-of snapshot keeps every patient current
+
+
+def _dtype(col: str) -> Any:
+    return Int64 if col in INT_COLUMNS else Float64
+
+
+def objects(feature_dir: Path) -> list[Any]:
+    """Every Feast object of the repo, with file sources under ``feature_dir``."""
+    profile_src = FileSource(name="patient_profile_source", path=str(Path(feature_dir) / PROFILE_FILE),
+                             timestamp_field="event_timestamp", created_timestamp_column="created")
+    activity_src = FileSource(name="patient_activity_source", path=str(Path(feature_dir) / ACTIVITY_FILE),
+                              timestamp_field="event_timestamp", created_timestamp_column="created")
+    profile = FeatureView(
+        name="patient_profile", entities=[PATIENT], ttl=NO_TTL, source=profile_src, online=True,
+        schema=[Field(name=c, dtype=_dtype(c)) for c in PROFILE_FEATURES],
+        description="Static patient attributes, integer-coded (see features.request.CATEGORIES).")
+    activity = FeatureView(
+        name="patient_activity", entities=[PATIENT], ttl=NO_TTL, source=activity_src, online=True,
+        # counts, rates and amounts as float32, what the models read anyway (XGBoost's DMatrix); times as float64
+        schema=[*[Field(name=c, dtype=Float32) for c in ACTIVITY_FEATURES],
+                *[Field(name=c, dtype=Float64) for c in ACTIVITY_TIMESTAMPS]],
+        description="Visit, billing and engagement aggregates as of each snapshot (features/build/run.py).")
+
+    @on_demand_feature_view(
+        sources=[activity[ACTIVITY_TIMESTAMPS], profile[["birth_year"]], PREDICTION_TIME],
+        schema=[Field(name=c, dtype=Float64) for c in RECENCY_FEATURES], mode="python",
+        description="Days since last completed visit / no-show / response, days past due and age, "
+                    "computed exactly at request time from stored timestamps.")
+    def patient_recency(inputs: dict[str, Any]) -> dict[str, Any]:
+        from features.request import recency_features
+        return recency_features(inputs)
+
+    @on_demand_feature_view(
+        sources=[APPOINTMENT_REQUEST],
+        schema=[Field(name=c, dtype=Float64 if c == "lead_time_days" else Int64) for c in APPOINTMENT_FEATURES],
+        mode="python",
+        description="Lead time, weekday, hour (UTC), department, visit type and telehealth of the appointment.")
+    def appointment_request(inputs: dict[str, Any]) -> dict[str, Any]:
+        from features.request import appointment_features
+        return appointment_features(inputs)
+
+    patient_cols = [c for c in PROFILE_FEATURES if c != "birth_year"]
+    base = [profile[patient_cols], activity[ACTIVITY_FEATURES], patient_recency]
+    services = [
+        FeatureService(name="carecast_no_show", features=[*base, appointment_request],
+                       description="No-show per appointment: patient history + the appointment request."),
+        FeatureService(name="carecast_churn", features=list(base),
+                       description="Churn per patient at month starts."),
+        FeatureService(name="carecast_channel", features=list(base),
+                       description="Preferred channel per patient at month starts."),
+    ]
+    return [PATIENT, APPOINTMENT, APPOINTMENT_REQUEST, PREDICTION_TIME, profile_src, activity_src, profile, activity,
+            patient_recency, appointment_request, *services]

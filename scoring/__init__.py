@@ -1,0 +1,1 @@
+"""Batch scoring: tonight's risk lists from the champions (a stage of its own; the pipeline composes it)."""
