@@ -362,8 +362,8 @@ REACH_FEATURES = ("has_mobile", "has_email", "portal_enrolled")
 
 
 def reachability(predictor: Any, patient_ids: Sequence[str]) -> list[dict[str, bool] | None]:
-    """Contact details per patient from the predictor's feature source (None for unknown patients)."""
-    X, known = predictor.features.fetch("channel", list(patient_ids), None, list(REACH_FEATURES))
+    """Contact details per patient, read through the predictor (None for unknown patients)."""
+    X, known = predictor.read_features("channel", patient_ids, REACH_FEATURES)
     out: list[dict[str, bool] | None] = []
     for i in range(len(patient_ids)):
         if not known[i]:

@@ -16,16 +16,14 @@ from typing import Any
 import numpy as np
 
 from carecast.targets import TARGET_NAMES, TARGETS, tier_by_rule, tier_rule
+from features.catalog import APPOINTMENT_FEATURES, APPOINTMENT_REQUEST_FIELDS
 from serving import reasons
 from serving.explain import explain
 from serving.feature_source import FeatureSource
 from serving.model_source import ModelNotAvailable, ModelSource, ServedModel
 
-try:  # the request-time features come from the request, so they are real even for an unknown patient
-    from features.catalog import APPOINTMENT_FEATURES as REQUEST_FEATURES
-except ImportError:  # pragma: no cover
-    REQUEST_FEATURES = ("lead_time_days", "weekday", "hour", "department_code", "visit_type_code", "telehealth_flag")
-REQUEST_FEATURES = frozenset(REQUEST_FEATURES) | {"department", "visit_type", "telehealth"}
+#: features and fields that come with the request (the catalog's), so they are real even for an unknown patient
+REQUEST_FEATURES = frozenset(APPOINTMENT_FEATURES) | frozenset(APPOINTMENT_REQUEST_FIELDS)
 
 log = logging.getLogger("carecast.serving")
 
@@ -174,6 +172,16 @@ class Predictor:
             self._thread = None
         if self.capture is not None:
             self.capture.close()
+
+    # --- features ----------------------------------------------------------------------------
+    def read_features(self, target: str, patient_ids: Sequence[str],
+                      feature_names: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
+        """Stored features of ``patient_ids`` as the ``target``'s feature source serves them, and who is known.
+
+        The one way a route reads features besides a prediction (the outreach plan's contact details), so
+        the feature source stays behind the predictor.
+        """
+        return self.features.fetch(target, list(patient_ids), None, list(feature_names))
 
     # --- predictions -------------------------------------------------------------------------
     def _explained(self, model: ServedModel, X: np.ndarray, known: list[bool], top_k: int) -> list[dict[str, Any]]:

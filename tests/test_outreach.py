@@ -133,15 +133,15 @@ def test_settings_forbid_unknown_keys_and_request_needs_items() -> None:
     OutreachPlanRequest(patient_ids=["P1"])
 
 
-class _FakeFeatures:
-    def fetch(self, target, patient_ids, requests, feature_names):
+class _FakePredictor:
+    """The plan reads contact details through the predictor, never a feature source directly."""
+
+    risk_tiers = {"medium": 0.15, "high": 0.30}
+
+    def read_features(self, target, patient_ids, feature_names):
+        assert target == "channel" and list(feature_names) == ["has_mobile", "has_email", "portal_enrolled"]
         X = np.array([[1.0, 0.0, 0.0] if p != "nomobile" else [0.0, 1.0, 0.0] for p in patient_ids], dtype=np.float32)
         return X, [p != "ghost" for p in patient_ids]
-
-
-class _FakePredictor:
-    features = _FakeFeatures()
-    risk_tiers = {"medium": 0.15, "high": 0.30}
 
     def patients(self, target, ids, top_k):
         if target == "channel":
