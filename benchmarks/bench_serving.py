@@ -257,7 +257,7 @@ def in_process(env: dict[str, str], pids: list[str]) -> tuple[list[float], float
     os.environ.update(env)
     from serving.model_source import MlflowModelSource
     from serving.predictor import Predictor
-    from serving.service import _feature_source
+    from serving.runtime import feature_source as _feature_source
 
     settings = load_settings()
     pred = Predictor(MlflowModelSource(settings.tracking_uri), _feature_source(settings), settings.serving.risk_tiers,

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from serving.auth import BearerKeyMiddleware
 from serving.feature_source import FeatureStoreUnavailable
@@ -33,6 +34,9 @@ from serving.schemas import (
     PatientsRequest,
     ReloadResponse,
 )
+
+if TYPE_CHECKING:
+    from serving.runtime import Runtime
 
 log = logging.getLogger("carecast.serving")
 
@@ -83,12 +87,19 @@ def _too_many(field: str, n: int, limit: int) -> Response:
                          "type": "too_long"}])
 
 
-def build_app() -> FastAPI:
+def build_app(runtime: Runtime | None = None) -> FastAPI:
+    """The routes and the coordinators' page (at ``/ui``) over ``app.state.runtime``.
+
+    The app holds no state of its own: everything comes from the runtime (``serving/runtime.py``), given
+    here or bound later by the service (``app.state.runtime = ...``: BentoML needs the route table when
+    the service class is declared, the runtime only exists once the service starts). Unbound, every
+    route answers 503.
+    """
     app = FastAPI(title="CareCast prediction API", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   description="No-show, churn and preferred-channel predictions, each with its reasons.")
-    app.state.runtime = None
+    app.state.runtime = runtime
 
-    def runtime():
+    def runtime_now() -> Runtime | None:
         return app.state.runtime
 
     def keys() -> list[bytes]:
@@ -109,7 +120,6 @@ def build_app() -> FastAPI:
         try:
             if app.state.runtime is None:
                 raise ModelNotAvailable("service not initialised")
-            _with_capture(app.state.runtime)
             if rows <= INLINE_ROWS:
                 result = fn()
             else:
@@ -135,7 +145,7 @@ def build_app() -> FastAPI:
 
     async def _batch(field: str, n: int, fn, rows: int | None = None) -> Response:
         """The shared route body: 503 before start-up, the batch limit, then ``fn(runtime)``."""
-        rt = runtime()
+        rt = runtime_now()
         if rt is None:
             return await _run(None, 0)
         if n > rt.max_batch:
@@ -167,7 +177,7 @@ def build_app() -> FastAPI:
     @app.post("/v1/admin/reload", response_model=ReloadResponse, responses=_ERRORS, tags=["admin"],
               summary="Load any new champion now (the service also polls every serving.reload_poll_seconds)")
     async def reload(_: Any = Depends(_bearer)) -> Response:
-        rt = runtime()
+        rt = runtime_now()
         if rt is None:
             return await _run(None, 0)
         changed = await anyio.to_thread.run_sync(rt.predictor.reload)
@@ -176,26 +186,21 @@ def build_app() -> FastAPI:
     @app.get("/v1/models", response_model=ReloadResponse, responses=_ERRORS, tags=["admin"],
              summary="The model name and version serving each route")
     async def models(_: Any = Depends(_bearer)) -> Response:
-        rt = runtime()
+        rt = runtime_now()
         if rt is None:
             return await _run(None, 0)
-        _with_capture(rt)
-        cap = getattr(rt.predictor, "capture", None)
+        cap = rt.predictor.capture
         extra = {"capture": cap.stats()} if cap is not None else {}
         return _json({"models": rt.predictor.versions(), "changed": [], **extra})
 
+    async def page(scope: Scope, receive: Receive, send: Send) -> None:
+        """The coordinators' page of the bound runtime (its own login, its own risk lists)."""
+        rt = runtime_now()
+        if rt is None:
+            await PlainTextResponse("service not initialised\n", status_code=503)(scope, receive, send)
+            return
+        await rt.ui(scope, receive, send)
+
+    app.mount("/ui", page, name="ui")
     return app
 
-
-def _with_capture(rt: Any) -> None:
-    """Attach the prediction capture store (serving/capture.py) to the runtime's predictor, once."""
-    try:
-        if getattr(rt, "_capture_attached", False):
-            return
-        rt._capture_attached = True
-        if getattr(rt.predictor, "capture", None) is None:
-            from serving.capture import attach
-
-            attach(rt.predictor)
-    except Exception as exc:  # capture never fails a request
-        log.error("prediction capture not attached: %s", type(exc).__name__)

@@ -68,7 +68,7 @@ def load_key(settings: Any, create: bool = True) -> bytes:
     path = key_path(settings)
     if not path.exists():
         if not create:
-            raise FileNotFoundError(f"{path}: no capture key (it is created when the service first captures)")
+            raise FileNotFoundError(f"{path}: no capture key (the service creates it when it starts)")
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)
         try:
@@ -309,7 +309,10 @@ class DisabledCapture:
 
 
 def from_settings(settings: Any, background: bool = True) -> PredictionCapture | DisabledCapture:
-    """The capture store for this home; a ``DisabledCapture`` (counting failures) if it cannot start."""
+    """The capture store for this home; a ``DisabledCapture`` (counting failures) if it cannot start.
+
+    Never raises: the serving runtime builds it once at start (``serving/runtime.py``), and a service that
+    cannot record its predictions still serves them."""
     cfg = capture_settings(settings)
     if not cfg.enabled:
         return DisabledCapture("disabled")
@@ -321,16 +324,6 @@ def from_settings(settings: Any, background: bool = True) -> PredictionCapture |
     except Exception as exc:  # noqa: BLE001
         log.error("prediction capture off: %s", type(exc).__name__)
         return DisabledCapture(f"could not start: {type(exc).__name__}")
-
-
-def attach(predictor: Any) -> None:
-    """Give a serving ``Predictor`` its capture store from the current settings (never raises)."""
-    try:
-        from carecast.settings import load_settings
-
-        predictor.capture = from_settings(load_settings())
-    except Exception as exc:  # noqa: BLE001
-        predictor.capture = DisabledCapture(f"could not start: {type(exc).__name__}")
 
 
 # --------------------------------------------------------------------------- reading and purging

@@ -94,8 +94,13 @@ def top_reasons(model: ServedModel, X: np.ndarray, known: Sequence[bool], ex: An
 
 
 class Predictor:
+    """The served models, the feature reads they need and where their predictions are recorded.
+
+    ``capture`` (serving/capture.py) is given at construction by the serving runtime; None records nothing.
+    """
+
     def __init__(self, models: ModelSource, features: FeatureSource, risk_tiers: Mapping[str, float],
-                 targets: Sequence[str] = TARGET_NAMES) -> None:
+                 targets: Sequence[str] = TARGET_NAMES, capture: Any = None) -> None:
         self.models = models
         self.features = features
         self.risk_tiers = dict(risk_tiers)
@@ -106,8 +111,8 @@ class Predictor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        #: where each prediction is recorded (serving/capture.py); set by the app, None in tests
-        self.capture: Any = None
+        #: where each prediction is recorded (serving/capture.py); None records nothing
+        self.capture: Any = capture
 
     # --- models ------------------------------------------------------------------------------
     def served(self, target: str) -> ServedModel:

@@ -8,17 +8,18 @@ polls the registry alias every ``serving.reload_poll_seconds`` for a new champio
 Model source: the MLflow registry, unless ``SERVING_MODEL_SOURCE=bento`` (set by the Bento built
 from ``bentofile.yaml``): then the models packed into the Bento, declared below as
 ``bentoml.models.BentoModel`` class attributes so ``bentoml build`` includes them.
-Feature source: the Feast online store (``features.store.repo``); tests and benchmarks of the serving
-layer alone may set ``SERVING_FEATURE_SOURCE=module:factory`` to a callable returning a source.
+Everything it serves from is built once, in the constructor, from one settings object
+(``serving/runtime.py``: feature source, model source, predictor, capture, the page and its risk
+lists) and bound to the routes; shutdown unbinds it. At import only declarations are made: the route
+table (``serving/app.py``), which BentoML reads off the class to mount it and to write ``/docs.json``,
+and the Bento's model declarations.
 """
 
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import bentoml
@@ -27,13 +28,12 @@ from carecast import logs
 from carecast.settings import load_settings
 from carecast.targets import TARGET_NAMES, TARGETS
 from serving.app import build_app
-from serving.model_source import MlflowModelSource, SnapshotModelSource
-from serving.outreach import OutreachSettings
-from serving.predictor import Predictor
-from serving.ui import create_ui_app
+from serving.model_source import ModelSource, SnapshotModelSource
+from serving.runtime import Runtime
 
 log = logging.getLogger("carecast.serving")
 
+#: the route table, with no runtime bound: BentoML mounts it (and documents it) from the class below
 app = build_app()
 
 BENTO_MODE = os.environ.get("SERVING_MODEL_SOURCE") == "bento"
@@ -50,24 +50,6 @@ def _models_in_bento_store() -> bool:
     except Exception:
         return False
     return True
-
-
-@dataclass
-class Runtime:
-    predictor: Predictor
-    keys: list[bytes]
-    max_batch: int
-    outreach: OutreachSettings
-
-
-def _feature_source(settings):
-    spec = os.environ.get("SERVING_FEATURE_SOURCE")
-    if spec:
-        module, _, attr = spec.partition(":")
-        return getattr(importlib.import_module(module), attr)(settings)
-    from serving.feature_source import FeastFeatureSource
-
-    return FeastFeatureSource(settings)
 
 
 def quiet_bentoml_errors() -> None:
@@ -109,36 +91,25 @@ class CareCast:
         channel_model = bentoml.models.BentoModel(BENTO_TAGS["channel"])
 
     def __init__(self) -> None:
-        settings = load_settings()
+        settings = load_settings()  # the one read of the settings in a serving process
         # BentoML's server already sends log records to its handlers: set the level, add no handler.
         logging.getLogger(logs.LOGGER_NAME).setLevel(settings.log_level)
         quiet_bentoml_errors()
+        models: ModelSource | None = None  # the MLflow registry
         if BENTO_MODE:
             models = SnapshotModelSource({t: Path(getattr(self, f"{t}_model").path) for t in TARGET_NAMES})
-        else:
-            models = MlflowModelSource(settings.tracking_uri, settings.mlflow.registry_uri)
         log.info("models from %s", "the Bento" if BENTO_MODE else "the MLflow registry")
-        self.predictor = Predictor(models, _feature_source(settings), settings.serving.risk_tiers)
-        self.predictor.reload()
-        if not self.predictor.ready:
-            log.warning("not ready: missing champion for %s",
-                        ", ".join(TARGETS[t].registered_model for t in TARGET_NAMES if t not in self.predictor.versions()))
-        keys = [k.encode() for k in settings.serving.api_keys]
-        if not keys:
-            log.warning("no API keys configured (CARECAST_API_KEYS): every /v1 request will get 401")
-        app.state.runtime = Runtime(self.predictor, keys, settings.serving.max_batch, settings.outreach)
-        if not any(getattr(r, "path", None) == "/ui" for r in app.routes):
-            app.mount("/ui", create_ui_app(settings), name="ui")  # the coordinators' page, its own login
-        if not BENTO_MODE:
-            self.predictor.start_polling(settings.serving.reload_poll_seconds)
+        self.runtime = Runtime.from_settings(settings, models=models)
+        self.runtime.start(poll=not BENTO_MODE)  # a Bento's models are fixed at build time
+        app.state.runtime = self.runtime
         gc.collect()
         gc.freeze()
 
     def __is_ready__(self) -> bool:
-        return self.predictor.ready
+        return self.runtime.predictor.ready
 
     @bentoml.on_shutdown
     def _stop(self) -> None:
-        self.predictor.stop()
-        if app.state.runtime is not None and app.state.runtime.predictor is self.predictor:
+        self.runtime.stop()
+        if app.state.runtime is self.runtime:
             app.state.runtime = None

@@ -125,9 +125,8 @@ def test_background_thread_writes_and_record_is_cheap(home: Path) -> None:
     assert store.stats()["written"] == n and len(capture.read(s, "no_show")) == n
 
 
-def _predictor():
+def _models():
     from serving.model_source import build
-    from serving.predictor import Predictor
 
     models = {t: build(t, name, "1", sup.train(t, seed=i, trees=8).get_booster(),
                        {"features": sup.FEATURES[t], "categories": sup.CATEGORIES if t == "no_show" else {}})
@@ -141,19 +140,22 @@ def _predictor():
         def load(self, target, version=None):
             return models[target]
 
-    p = Predictor(Source(), sup.in_memory_features(), {"medium": 0.15, "high": 0.3})
-    p.reload()
-    return p
+    return Source()
 
 
-def test_the_api_captures_every_prediction(home: Path) -> None:
+def test_the_api_captures_every_prediction(home: Path, monkeypatch) -> None:
+    """The runtime built from the settings gives the predictor its capture store before the first request."""
     from starlette.testclient import TestClient
 
     from serving.app import build_app
+    from serving.runtime import Runtime
 
-    app = build_app()
-    predictor = _predictor()
-    app.state.runtime = SimpleNamespace(predictor=predictor, keys=[sup.API_KEY.encode()], max_batch=1000)
+    monkeypatch.setenv("CARECAST_API_KEYS", sup.API_KEY)
+    runtime = Runtime.from_settings(load_settings(), models=_models(), features=sup.in_memory_features())
+    runtime.start(poll=False)
+    predictor = runtime.predictor
+    assert isinstance(predictor.capture, capture.PredictionCapture)
+    app = build_app(runtime)
     auth = {"Authorization": f"Bearer {sup.API_KEY}"}
     with TestClient(app) as c:
         body = {"appointments": [sup.appointment("P0001", 0), sup.appointment(PLANTED, 1)]}
@@ -174,4 +176,4 @@ def test_the_api_captures_every_prediction(home: Path) -> None:
     assert len(ns) == 2 and list(ns.columns[-len(sup.FEATURES["no_show"]):]) == sup.FEATURES["no_show"]
     assert ns["appointment_key"].notna().all() and (ns["model_name"] == "carecast-no-show").all()
     assert len(capture.read(s, "channel")) == 3
-    predictor.stop()
+    runtime.stop()

@@ -53,11 +53,12 @@ def _env() -> Environment:
     return env
 
 
-def create_ui_app(settings: Any, api_keys: list[str] | None = None, risk_list_dir: Path | None = None) -> Starlette:
-    """The page for ``settings`` (login with one of ``settings.serving.api_keys``; lists from
-    ``settings.risk_list_dir``). Works mounted at any prefix (links use the ASGI ``root_path``)."""
+def create_ui_app(settings: Any, api_keys: list[str] | None = None, store: Store | None = None) -> Starlette:
+    """The page for ``settings`` (login with one of ``settings.serving.api_keys``; lists from ``store``, by
+    default the risk lists under ``settings.risk_list_dir``). The service passes the store its runtime built
+    (``serving/runtime.py``). Works mounted at any prefix (links use the ASGI ``root_path``)."""
     keys = list(api_keys if api_keys is not None else settings.serving.api_keys)
-    store = Store(Path(risk_list_dir or settings.risk_list_dir))
+    store = store if store is not None else Store(Path(settings.risk_list_dir))
     secret = auth.load_secret(Path(settings.home))
     env = _env()
 

@@ -1,0 +1,88 @@
+"""The serving runtime: everything a running service holds, built once from one settings object.
+
+Why one object: the routes (``serving/app.py``), the coordinators' page (``serving/ui``) and the BentoML
+service (``serving/service.py``) all read their state from here, so nothing loads the settings a second
+time or builds a store on first use, and a test or benchmark can build a runtime over any home.
+
+Feature source: the Feast online store (``serving.feature_source.FeastFeatureSource``); tests and
+benchmarks of the serving layer alone may set ``SERVING_FEATURE_SOURCE=module:factory`` to a callable
+taking the settings and returning a source. Model source: the MLflow registry unless one is given
+(a Bento passes the models it carries).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from carecast.settings import OutreachSettings, Settings
+from carecast.targets import TARGETS
+from serving import capture
+from serving.feature_source import FeatureSource
+from serving.model_source import MlflowModelSource, ModelSource
+from serving.predictor import Predictor
+from serving.ui import create_ui_app
+from serving.ui.data import Store
+
+log = logging.getLogger("carecast.serving")
+
+FEATURE_SOURCE_ENV = "SERVING_FEATURE_SOURCE"
+
+
+def feature_source(settings: Settings) -> FeatureSource:
+    """The Feast online store under the home, or the factory ``SERVING_FEATURE_SOURCE`` names."""
+    spec = os.environ.get(FEATURE_SOURCE_ENV)
+    if spec:
+        module, _, attr = spec.partition(":")
+        source: FeatureSource = getattr(importlib.import_module(module), attr)(settings)
+        return source
+    from serving.feature_source import FeastFeatureSource  # Feast import (~3 s): only when serving from it
+
+    return FeastFeatureSource(settings)
+
+
+@dataclass
+class Runtime:
+    """What the routes and the page read: the predictor (models, features, capture), the API keys, the
+    batch limit, the outreach settings, the risk lists and the page over them."""
+
+    settings: Settings
+    predictor: Predictor
+    keys: list[bytes]
+    max_batch: int
+    outreach: OutreachSettings
+    risk_lists: Store
+    ui: Any  # the coordinators' page, an ASGI app mounted at /ui
+
+    @classmethod
+    def from_settings(cls, settings: Settings, models: ModelSource | None = None,
+                      features: FeatureSource | None = None) -> Runtime:
+        """Build every part once; loads no model yet (``start`` does)."""
+        if models is None:
+            models = MlflowModelSource(settings.tracking_uri, settings.mlflow.registry_uri)
+        if features is None:
+            features = feature_source(settings)
+        predictor = Predictor(models, features, settings.serving.risk_tiers, capture=capture.from_settings(settings))
+        risk_lists = Store(settings.risk_list_dir)
+        return cls(settings=settings, predictor=predictor, keys=[k.encode() for k in settings.serving.api_keys],
+                   max_batch=settings.serving.max_batch, outreach=settings.outreach, risk_lists=risk_lists,
+                   ui=create_ui_app(settings, store=risk_lists))
+
+    def start(self, poll: bool = True) -> None:
+        """Load the champions, say what is missing, and (``poll``) watch the registry for new ones."""
+        self.predictor.reload()
+        if not self.predictor.ready:
+            served = self.predictor.versions()
+            log.warning("not ready: missing champion for %s",
+                        ", ".join(TARGETS[t].registered_model for t in self.predictor.targets if t not in served))
+        if not self.keys:
+            log.warning("no API keys configured (CARECAST_API_KEYS): every /v1 request will get 401")
+        if poll:
+            self.predictor.start_polling(self.settings.serving.reload_poll_seconds)
+
+    def stop(self) -> None:
+        """Stop polling and flush the capture store."""
+        self.predictor.stop()
