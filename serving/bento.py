@@ -12,17 +12,19 @@ packs them. ``build`` does both steps.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from carecast.settings import REPO_ROOT, Settings, load_settings
 from carecast.targets import TARGETS
+from serving.cli import serve_env
 from serving.model_source import MlflowModelSource, export_snapshot
 
 
 def export(settings: Settings) -> dict[str, str]:
-    import bentoml
+    import bentoml  # about a second: imported only when exporting
 
     source = MlflowModelSource(settings.tracking_uri, settings.mlflow.registry_uri)
     tags = {}
@@ -49,10 +51,6 @@ def build(settings: Settings) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import os
-
-    from serving.cli import serve_env
-
     args = argv if argv is not None else sys.argv[1:]
     settings = load_settings()
     os.environ.update(serve_env(settings))  # BENTOML_HOME under the home unless set
