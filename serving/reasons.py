@@ -112,6 +112,11 @@ def _lead_time(v: Any, row: Row) -> str | None:
     return f"Booked {n} {_plural(n, 'day')} ahead"
 
 
+def _overdue(amount: float, days: int) -> str:
+    """The one sentence for an overdue balance (said by both billing reasons)."""
+    return f"Has {_money(amount)} overdue for {days} {_plural(days, 'day')}"
+
+
 def _open_balance(v: Any, row: Row) -> str | None:
     amount = _num(v)
     if amount is None:
@@ -120,7 +125,7 @@ def _open_balance(v: Any, row: Row) -> str | None:
         return "Owes nothing"
     days = _int(row.get("days_past_due"))
     if days:
-        return f"Has {_money(amount)} overdue for {days} {_plural(days, 'day')}"
+        return _overdue(amount, days)
     return f"Has {_money(amount)} unpaid, not yet overdue"
 
 
@@ -132,7 +137,7 @@ def _days_past_due(v: Any, row: Row) -> str | None:
         return "Has nothing overdue"
     amount = _num(row.get("open_balance"))
     if amount and amount > 0:
-        return f"Has {_money(amount)} overdue for {days} {_plural(days, 'day')}"
+        return _overdue(amount, days)
     return f"Has a bill overdue for {days} {_plural(days, 'day')}"
 
 
