@@ -48,6 +48,7 @@ def retrieval(home: Path, n: int) -> None:
     import pandas as pd
 
     from features.build.labels import label_file
+    from features.store import reader
     from features.store import repo as store
     s = settings_for(home, "sqlite", "bench_retrieval")
     store.apply(s)
@@ -59,7 +60,7 @@ def retrieval(home: Path, n: int) -> None:
     rss0 = peak_rss_mb()
     load = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), cpu_s()
-    df = store.historical(s, "no_show", entity)
+    df = reader.historical(s, "no_show", entity)
     secs, cpu = time.perf_counter() - t0, cpu_s() - c0
     figures = {"entity_rows": len(entity), "snapshot_rows": snapshots, "seconds": round(secs, 1), "cpu_seconds": round(cpu, 1),
                "rows_per_s": round(len(entity) / secs), "peak_rss_mb": round(peak_rss_mb()),
@@ -105,6 +106,7 @@ def online(home: Path, kind: str, calls: int = 1000, batch_calls: int = 100) -> 
     import numpy as np
     import pandas as pd
 
+    from features.store import reader
     from features.store import repo as store
     project = (home / f"bench_project_{kind}.txt").read_text()
     s = settings_for(home, kind, project)
@@ -123,7 +125,7 @@ def online(home: Path, kind: str, calls: int = 1000, batch_calls: int = 100) -> 
         return feast.get_online_features(features=service, entity_rows=rows).to_dict()
 
     def api_call(ids):
-        return store.online_features(s, "no_show", list(ids), [req] * len(ids))
+        return reader.online_features(s, "no_show", list(ids), [req] * len(ids))
 
     from serving.feature_source import FeastFeatureSource
     source = FeastFeatureSource(s)

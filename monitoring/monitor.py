@@ -139,11 +139,11 @@ def _points(settings: Settings, target: str, start: pd.Timestamp, end: pd.Timest
 def point_features(settings: Settings, target: str, points: pd.DataFrame) -> pd.DataFrame:
     """Point-in-time features (the training frame's columns) for prediction points, via the feature store."""
     from features.catalog import CATEGORIES
-    from features.store import repo as store
+    from features.store import reader
 
     if points.empty:
         return pd.DataFrame(columns=[*catalog.feature_columns(target), "event_timestamp", "label"])
-    df = store.historical(settings, target, points.drop(columns=["label"]), engine="asof")
+    df = reader.historical(settings, target, points.drop(columns=["label"]), engine="asof")
     for c in CATEGORIES:
         if c in df:
             df[c] = df[c].fillna(-1).astype("int64")

@@ -236,7 +236,7 @@ def _features(ctx: Context) -> StageResult:
 
 
 def _train(ctx: Context) -> StageResult:
-    from features.store.repo import training_frame
+    from features.store.reader import training_frame
     from monitoring import monitor
     from training.data import FrameError
     from training.split import SplitError

@@ -128,15 +128,10 @@ def load_inputs(settings: Settings, as_of: dt.datetime, days: int = 14, data: Pa
     """Appointments in the window and patient features as of ``as_of`` (see the module doc)."""
     import duckdb
 
-    from features.catalog import (
-        ACTIVITY_FILE,
-        MANIFEST_FILE,
-        PATIENT_FEATURES,
-        PROFILE_FILE,
-    )
+    from features.catalog import MANIFEST_FILE
     from features.feeds.files import duckdb_scan
-    from features.request import appointment_features, recency_features
-    from features.store.repo import population_defaults
+    from features.request import appointment_features
+    from features.store import reader
 
     as_of = utc(as_of)
     fdir = settings.feature_dir
@@ -149,42 +144,31 @@ def load_inputs(settings: Settings, as_of: dt.datetime, days: int = 14, data: Pa
     src = Path(data or settings.validated_dir)
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
-    lit = f"TIMESTAMPTZ '{as_of.isoformat()}'"
-    end = f"TIMESTAMPTZ '{(as_of + dt.timedelta(days=days)).isoformat()}'"
+    window = {"as_of": as_of.isoformat(), "end": (as_of + dt.timedelta(days=days)).isoformat()}
     with logs.stage(log, "score: read appointments") as info:
         appts = con.execute(f"""
             SELECT appointment_id, patient_id, scheduled_at, booked_at, department, visit_type, telehealth
             FROM {duckdb_scan(src, 'visits')}
-            WHERE booked_at <= {lit} AND scheduled_at >= {lit} AND scheduled_at < {end}
-              AND NOT (status IN ('cancelled', 'completed', 'no_show') AND status_at IS NOT NULL AND status_at <= {lit})
-            ORDER BY scheduled_at, appointment_id""").df()
+            WHERE booked_at <= CAST($as_of AS TIMESTAMPTZ) AND scheduled_at >= CAST($as_of AS TIMESTAMPTZ)
+              AND scheduled_at < CAST($end AS TIMESTAMPTZ)
+              AND NOT (status IN ('cancelled', 'completed', 'no_show') AND status_at IS NOT NULL
+                       AND status_at <= CAST($as_of AS TIMESTAMPTZ))
+            ORDER BY scheduled_at, appointment_id""", window).df()
         info["appointments"] = len(appts)
     with logs.stage(log, "score: patient features as of") as info:
-        pf = con.execute(f"""
-            WITH a AS (SELECT * FROM read_parquet('{fdir / ACTIVITY_FILE}')
-                       WHERE event_timestamp <= {lit} AND created <= {lit}
-                       QUALIFY row_number() OVER (PARTITION BY patient_id ORDER BY event_timestamp DESC, created DESC) = 1),
-                 p AS (SELECT * FROM read_parquet('{fdir / PROFILE_FILE}') WHERE event_timestamp <= {lit}
-                       QUALIFY row_number() OVER (PARTITION BY patient_id ORDER BY event_timestamp DESC, created DESC) = 1)
-            SELECT p.* EXCLUDE (event_timestamp, created), a.* EXCLUDE (patient_id, event_timestamp, created)
-            FROM p JOIN a USING (patient_id)""").df()
+        pf = reader.snapshots_as_of(settings, as_of)
         ts = as_of.timestamp()
-        rec = recency_features({"request_ts": np.full(len(pf), ts), "birth_year": pf["birth_year"].to_numpy(float),
-                                **{c: pf[c].to_numpy(float) for c in pf.columns if c.endswith("_ts")}})
-        for k, v in rec.items():
-            pf[k] = np.asarray(v, dtype=float)
         pf["active"] = pf["last_completed_ts"].to_numpy(float) >= ts - ACTIVE_LOOKBACK_DAYS * 86400.0
         info["patients"] = len(pf)
         info["active"] = int(pf["active"].sum())
-    defaults = population_defaults(settings)
     pf = pf.set_index("patient_id")
     need = pd.Index(appts["patient_id"].unique())
     unknown = need.difference(pf.index)
     scored = pf.index[pf["active"].to_numpy()].union(need.intersection(pf.index))
     patients = pf.loc[scored]
     if len(unknown):
-        filler = pd.DataFrame({c: defaults.get(c, np.nan) for c in PATIENT_FEATURES}, index=unknown)
-        for c in REACH:
+        filler = reader.unknown_patients(settings, unknown)
+        for c in REACH:   # no defaults for reachability: an unknown patient's channels are unknown
             filler[c] = np.nan
         filler["active"] = False
         patients = pd.concat([patients, filler])

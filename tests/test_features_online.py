@@ -22,6 +22,7 @@ from features import catalog
 from features.build.run import build_features
 from features.catalog import ACTIVITY_FEATURES, ACTIVITY_FILE, PROFILE_FILE
 from features.request import recency_features
+from features.store import reader
 from features.store import repo as store
 
 REDIS = "127.0.0.1:6379"
@@ -86,7 +87,7 @@ def test_python_api_build_apply_materialize_read(world: tuple[Settings, Path]) -
     # serving matrix: feature_columns order, recency computed at request time, unknown patients get defaults
     req = {"as_of": as_of, "scheduled_at": as_of + dt.timedelta(days=3, hours=2), "booked_at": as_of,
            "department": "cardiology", "visit_type": "urgent", "telehealth": True}
-    df, known = store.online_features(s, "no_show", pids + ["no-such-patient"], [req] * (len(pids) + 1))
+    df, known = reader.online_features(s, "no_show", pids + ["no-such-patient"], [req] * (len(pids) + 1))
     assert list(df.columns) == catalog.feature_columns("no_show")
     assert known == [True] * len(pids) + [False]
     rec = recency_features({"request_ts": [as_of.timestamp()] * len(pids),
@@ -102,15 +103,15 @@ def test_python_api_build_apply_materialize_read(world: tuple[Settings, Path]) -
         np.testing.assert_allclose(df[c].iloc[:len(pids)].to_numpy(float), np.asarray(vals, float), equal_nan=True)
     np.testing.assert_allclose(df["lead_time_days"], 3 + 2 / 24)
     assert (df["department_code"] == 1).all() and (df["telehealth_flag"] == 1).all()
-    defaults = store.population_defaults(s)
+    defaults = reader.population_defaults(s)
     for c in ("visits_all", "no_show_rate_all", "sex_code", "distance_km", "days_since_last_completed"):
         d = defaults[c]
         assert (math.isnan(d) and math.isnan(df[c].iloc[-1])) or df[c].iloc[-1] == pytest.approx(d), c
-    churn, known = store.online_features(s, "churn", pids[:1], [{"as_of": as_of}])
+    churn, known = reader.online_features(s, "churn", pids[:1], [{"as_of": as_of}])
     assert list(churn.columns) == catalog.feature_columns("churn") and known == [True]
 
     # training and serving agree: the training row at the as-of time carries the same features as the online read
-    tf = store.training_frame(s, "churn")
+    tf = reader.training_frame(s, "churn")
     assert tf.feature_service == "carecast_churn" and len(tf.snapshot_hash) == 16
     assert set(tf.frame.columns) >= {"patient_id", "event_timestamp", "label", "group_age_band"}
     feast = store.get_store(s)
@@ -118,7 +119,7 @@ def test_python_api_build_apply_materialize_read(world: tuple[Settings, Path]) -
                            "request_ts": [as_of.timestamp()] * len(pids)})
     hist = feast.get_historical_features(entity_df=entity, features=feast.get_feature_service("carecast_churn"),
                                          filter_by_created_timestamp=True).to_df().set_index("patient_id").loc[pids]
-    online, _ = store.online_features(s, "churn", pids, [{"as_of": as_of}] * len(pids))
+    online, _ = reader.online_features(s, "churn", pids, [{"as_of": as_of}] * len(pids))
     for c in catalog.feature_columns("churn"):
         np.testing.assert_allclose(hist[c].to_numpy(float), online[c].to_numpy(float), equal_nan=True,
                                    err_msg=c)
@@ -133,9 +134,9 @@ def test_training_path_matches_feast_on_demand_views(tmp_path: Path) -> None:
     entity = pd.read_parquet(label_file(s.feature_dir, "no_show")).head(300)
     entity = pd.concat([entity, entity.head(20)], ignore_index=True)  # repeated (id, time) rows stay separate
     entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
-    fast = store.historical(s, "no_show", entity).sort_values(["appointment_id"]).reset_index(drop=True)
-    slow = store.historical(s, "no_show", entity, via_odfv=True).sort_values(["appointment_id"]).reset_index(drop=True)
-    asof = store.historical(s, "no_show", entity, engine="asof").sort_values(["appointment_id"]).reset_index(drop=True)
+    fast = reader.historical(s, "no_show", entity).sort_values(["appointment_id"]).reset_index(drop=True)
+    slow = reader.historical(s, "no_show", entity, via_odfv=True).sort_values(["appointment_id"]).reset_index(drop=True)
+    asof = reader.historical(s, "no_show", entity, engine="asof").sort_values(["appointment_id"]).reset_index(drop=True)
     for c in catalog.feature_columns("no_show"):
         np.testing.assert_allclose(fast[c].to_numpy(float), slow[c].to_numpy(float), equal_nan=True, err_msg=c)
         np.testing.assert_allclose(asof[c].to_numpy(float), slow[c].to_numpy(float), equal_nan=True, err_msg=c)
@@ -172,7 +173,7 @@ def test_cli_on_synthetic_world(tmp_path: Path) -> None:
     assert r.returncode == 1 and "not found" in r.stderr
     # and from Python on the same home: a no-show training frame with labels and subgroup columns
     s = load_settings(environ=env)
-    tf = store.training_frame(s, "no_show")
+    tf = reader.training_frame(s, "no_show")
     assert len(tf.frame) > 5000 and set(tf.frame.label.unique()) == {0, 1}
     assert tf.frame[tf.feature_columns].dtypes.map(lambda d: d.kind in "if").all()
     assert tf.categorical_columns["department_code"][0] == "primary_care"

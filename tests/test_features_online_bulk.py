@@ -20,7 +20,7 @@ from carecast.settings import Settings, load_settings
 from carecast.targets import TARGET_NAMES
 from features.build.run import build_features
 from features.catalog import ACTIVITY_FILE
-from features.store import online_write
+from features.store import feast_internals, online_write, reader
 from features.store import repo as store
 
 REDIS = "127.0.0.1:6379"
@@ -104,7 +104,7 @@ def _as_of(s: Settings) -> dt.datetime:
 
 
 def _reads_equal(a: Settings, b: Settings) -> None:
-    """features.store.repo.online_features and Feast's raw get_online_features answer the same from both stores."""
+    """features.store.reader.online_features and Feast's raw get_online_features answer the same from both stores."""
     from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
 
     ids = list(pd.read_parquet(a.feature_dir / ACTIVITY_FILE, columns=["patient_id"]).patient_id.unique()[:40])
@@ -114,8 +114,8 @@ def _reads_equal(a: Settings, b: Settings) -> None:
              "booked_at": as_of - dt.timedelta(days=i % 30), "department": DEPARTMENTS[i % len(DEPARTMENTS)],
              "visit_type": VISIT_TYPES[i % len(VISIT_TYPES)], "telehealth": i % 2 == 0} for i in range(len(ids))]
     for target in TARGET_NAMES:
-        fa, ka = store.online_features(a, target, ids, reqs)
-        fb, kb = store.online_features(b, target, ids, reqs)
+        fa, ka = reader.online_features(a, target, ids, reqs)
+        fb, kb = reader.online_features(b, target, ids, reqs)
         pd.testing.assert_frame_equal(fa, fb, check_exact=True)
         assert ka == kb and ka.count(False) == 1
     rows = [{"patient_id": p} for p in ids]
@@ -237,14 +237,14 @@ def test_doubles_encode_as_feast_does() -> None:
     special = [0.0, -0.0, 1.0, -1.0, np.nan, np.inf, -np.inf, 5e-324, 1.7976931348623157e308, 0.1, 1e16, 123456.789]
     doubles = np.concatenate([special, rng.normal(0, 1e3, 500), rng.integers(-5, 5, 100).astype(float)])
     doubles[rng.integers(0, len(doubles), 50)] = np.nan
-    assert online_write.encode_column(doubles, ValueType.DOUBLE) == _feast_encoding(doubles, ValueType.DOUBLE)
+    assert feast_internals.encode_column(doubles, ValueType.DOUBLE) == _feast_encoding(doubles, ValueType.DOUBLE)
     ints = rng.integers(-10**6, 10**6, 200)
-    assert online_write.encode_column(ints, ValueType.DOUBLE) == _feast_encoding(ints, ValueType.DOUBLE)
+    assert feast_internals.encode_column(ints, ValueType.DOUBLE) == _feast_encoding(ints, ValueType.DOUBLE)
     # float32 storage: Feast's converter rejects it (AssertionError); the bulk writer stores the exact double
     f32 = doubles.astype(np.float32)
     with pytest.raises(AssertionError):
         _feast_encoding(f32, ValueType.DOUBLE)
-    assert online_write.encode_column(f32, ValueType.DOUBLE) == _feast_encoding(f32.astype(np.float64), ValueType.DOUBLE)
+    assert feast_internals.encode_column(f32, ValueType.DOUBLE) == _feast_encoding(f32.astype(np.float64), ValueType.DOUBLE)
 
 
 def test_floats_encode_as_feast_does() -> None:
@@ -255,9 +255,9 @@ def test_floats_encode_as_feast_does() -> None:
     special = [0.0, -0.0, 1.0, -1.0, np.nan, np.inf, -np.inf, 1e-45, 3.4028235e38, 0.1, 1e16, 123456.789]
     f32 = np.concatenate([special, rng.normal(0, 1e3, 500), rng.integers(-5, 5, 100)]).astype(np.float32)
     f32[rng.integers(0, len(f32), 50)] = np.nan
-    assert online_write.encode_column(f32, ValueType.FLOAT) == _feast_encoding(f32, ValueType.FLOAT)
-    with pytest.raises(online_write.Unsupported):   # float64 in a Float32 field: not what the build writes
-        online_write.encode_column(f32.astype(np.float64), ValueType.FLOAT)
+    assert feast_internals.encode_column(f32, ValueType.FLOAT) == _feast_encoding(f32, ValueType.FLOAT)
+    with pytest.raises(feast_internals.Unsupported):   # float64 in a Float32 field: not what the build writes
+        feast_internals.encode_column(f32.astype(np.float64), ValueType.FLOAT)
 
 
 def test_integers_encode_as_feast_does() -> None:
@@ -267,11 +267,11 @@ def test_integers_encode_as_feast_does() -> None:
     cases = [np.array([0, -1, 1, 127, 128, 1990, 2**62, -(2**63), 2**63 - 1]), rng.integers(-3, 9, 300),
              np.array([1.0, np.nan, -2.7, 3.9, 0.0]), np.array([True, False, True])]
     for values in cases:
-        assert online_write.encode_column(values, ValueType.INT64) == _feast_encoding(values, ValueType.INT64)
-    with pytest.raises(online_write.Unsupported):
-        online_write.encode_column(np.array(["a", "b"], dtype=object), ValueType.INT64)
-    with pytest.raises(online_write.Unsupported):
-        online_write.encode_column(np.array([1.0]), ValueType.STRING)
+        assert feast_internals.encode_column(values, ValueType.INT64) == _feast_encoding(values, ValueType.INT64)
+    with pytest.raises(feast_internals.Unsupported):
+        feast_internals.encode_column(np.array(["a", "b"], dtype=object), ValueType.INT64)
+    with pytest.raises(feast_internals.Unsupported):
+        feast_internals.encode_column(np.array([1.0]), ValueType.STRING)
 
 
 def test_cli_method_option(homes) -> None:

@@ -30,6 +30,7 @@ from test_features_support import (
 import features.build.run as build_mod
 from carecast.settings import Settings, load_settings
 from features.build.run import build_features
+from features.store import reader
 from features.store import repo as store
 
 T = pd.Timestamp("2025-06-07 10:00", tz="UTC")  # prediction point of the scored appointments
@@ -79,7 +80,7 @@ def settings_for(home: Path) -> Settings:
 def scored_rows(s: Settings, data: Path) -> dict[str, pd.Series]:
     build_features(s, data)
     store.apply(s)
-    tf = store.training_frame(s, "no_show")
+    tf = reader.training_frame(s, "no_show")
     rows = tf.frame.set_index("appointment_id")
     return {pid: rows.loc[f"{pid}_scored"] for pid in ("P_AFTER", "P_BEFORE")}
 
@@ -115,7 +116,7 @@ def test_events_after_the_prediction_point_never_reach_the_row(tmp_path: Path) -
     from features.build.labels import label_file
     entity = pd.read_parquet(label_file(s.feature_dir, "no_show"))
     entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
-    asof = store.historical(s, "no_show", entity, engine="asof").set_index("appointment_id")
+    asof = reader.historical(s, "no_show", entity, engine="asof").set_index("appointment_id")
     assert leaks(asof.loc["P_AFTER_scored"], asof.loc["P_BEFORE_scored"]) == []
     # the request-time features come from the request, identically for both twins
     assert after["lead_time_days"] == pytest.approx(35 + 10 / 24 + 3) or after["lead_time_days"] > 30
@@ -146,17 +147,17 @@ def test_training_frames_from_feast_and_the_asof_join_are_identical(tmp_path: Pa
     s = settings_for(tmp_path / "home")
     build_features(s, random_world(tmp_path / "feeds", patients=120, seed=4))
     store.apply(s)
-    feast = store.training_frame(s, target, engine="feast")
-    asof = store.training_frame(s, target, engine="asof")
+    feast = reader.training_frame(s, target, engine="feast")
+    asof = reader.training_frame(s, target, engine="asof")
     assert len(feast.frame) > 100 and feast.frame[feast.feature_columns].isna().any().any()
     pd.testing.assert_frame_equal(asof.frame, feast.frame, check_exact=True)
     assert (asof.feature_columns, asof.categorical_columns) == (feast.feature_columns, feast.categorical_columns)
     # "auto" follows the setting: up to it Feast's join, above it the ASOF join
     rows = len(feast.frame)
-    assert store.join_engine(s, rows) == ("feast" if rows <= s.features.asof_above_rows else "asof")
+    assert reader.join_engine(s, rows) == ("feast" if rows <= s.features.asof_above_rows else "asof")
     low = load_settings(environ={"CARECAST_HOME": str(s.home), "CARECAST_ONLINE_STORE__PROJECT": s.online_store.project,
                                  "CARECAST_FEATURES__ASOF_ABOVE_ROWS": "0"})
-    assert store.join_engine(low, rows) == "asof" and store.join_engine(low, rows, "feast") == "feast"
-    pd.testing.assert_frame_equal(store.training_frame(low, target).frame, feast.frame, check_exact=True)
+    assert reader.join_engine(low, rows) == "asof" and reader.join_engine(low, rows, "feast") == "feast"
+    pd.testing.assert_frame_equal(reader.training_frame(low, target).frame, feast.frame, check_exact=True)
     with pytest.raises(ValueError):
-        store.join_engine(s, rows, "duckdb")
+        reader.join_engine(s, rows, "duckdb")

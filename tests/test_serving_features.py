@@ -1,5 +1,5 @@
-"""The serving read of the Feast online store (serving/feature_source.py) gives exactly what
-``features.store.repo.online_features`` gives: same matrix (stored features, on-demand request and recency
+"""The serving read of the Feast online store (serving/feature_source.py over features/store/reader.py's
+``OnlineReader`` and its read plan) gives exactly what ``features.store.reader.online_features`` gives: same matrix (stored features, on-demand request and recency
 features, population defaults for unknown patients, -1 for a missing category) and the same known flags;
 from Feast's SQLite online store and from the real Redis on 127.0.0.1:6379 (each Redis test in its own Feast
 project, its keys removed after)."""
@@ -74,13 +74,15 @@ def test_a_model_feature_the_store_lacks_is_named(store_home):
 
 
 def test_a_service_the_plan_does_not_cover_reads_through_feast(store_home, monkeypatch):
-    from serving import feature_source as fsrc
+    from features.store.feast_internals import Unsupported
+    from features.store.online_plan import OnlinePlan
+    from serving.feature_source import FeastFeatureSource
 
     def unsupported(*a, **k):
-        raise fsrc._Unsupported("test")
+        raise Unsupported("test")
 
-    monkeypatch.setattr(fsrc._Plan, "build", classmethod(lambda cls, *a, **k: unsupported()))
-    src = fsrc.FeastFeatureSource(store_home)
+    monkeypatch.setattr(OnlinePlan, "build", classmethod(lambda cls, *a, **k: unsupported()))
+    src = FeastFeatureSource(store_home)
     ids = sup.known_patient_ids(store_home, 3) + ["NOBODY"]
     reqs = _requests("churn", len(ids))
 
@@ -96,12 +98,11 @@ def test_entity_keys_are_feasts_own_encoding(store_home):
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from features.store import repo as store
-    from serving.feature_source import _Plan
+    from features.store.reader import OnlineReader
 
-    plan = _Plan.build(store_home, store, "churn", tuple(catalog.feature_columns("churn")))
+    plan = OnlineReader(store_home).build_plan(("churn", tuple(catalog.feature_columns("churn"))))
     ids = ["P0000001", "", "ü-ид", "x" * 500]
-    assert plan._entity_keys(ids, "patient_id") == [
+    assert plan.entity_keys(ids, "patient_id") == [
         serialize_entity_key(EntityKey(join_keys=["patient_id"], entity_values=[Value(string_val=i)]),
                              entity_key_serialization_version=3) for i in ids]
 
@@ -116,15 +117,15 @@ def test_a_stale_plan_is_rebuilt_in_the_background(store_home):
     ids = sup.known_patient_ids(store_home, 2)
     first, _ = src.fetch("churn", ids, _requests("churn", 2), names)
     key = ("churn", names)
-    built_at, plan = src._plans[key]
-    src._plans[key] = (built_at - 3600, plan)  # past the registry TTL
+    built_at, plan = src.reader.plans[key]
+    src.reader.plans[key] = (built_at - 3600, plan)  # past the registry TTL
     again, _ = src.fetch("churn", ids, _requests("churn", 2), names)  # answered by the old plan
     np.testing.assert_array_equal(first, again)
     for _ in range(200):
-        if src._plans[key][1] is not plan:
+        if src.reader.plans[key][1] is not plan:
             break
         time.sleep(0.05)
-    assert src._plans[key][1] is not plan and src._plans[key][0] > built_at - 3600
+    assert src.reader.plans[key][1] is not plan and src.reader.plans[key][0] > built_at - 3600
 
 
 # --- Redis ---------------------------------------------------------------------------------------
@@ -175,19 +176,18 @@ def redis_home(store_home, tmp_path: Path):
 
 
 def _redis_key(settings, patient_id: str) -> bytes:
-    from features.store.online_write import string_key_encoder
+    from features.store.feast_internals import string_key_encoder
 
     return string_key_encoder("patient_id", 3)(patient_id) + settings.online_store.project.encode()
 
 
 def _view_fields(settings, view: str) -> list[bytes]:
     """A view's hash fields in Feast's Redis layout: mmh3 of ``view:feature`` for values, ``_ts:view``."""
-    from feast.infra.online_stores.helpers import _mmh3
-
+    from features.store import feast_internals
     from features.store import repo as store
 
     fv = store.get_store(settings).get_feature_view(view)
-    return [_mmh3(f"{view}:{f.name}") for f in fv.features] + [f"_ts:{view}".encode()]
+    return [feast_internals.redis_field(view, f.name) for f in fv.features] + [f"_ts:{view}".encode()]
 
 
 @pytest.mark.parametrize("target", ["no_show", "churn", "channel"])
@@ -208,7 +208,7 @@ def test_fast_redis_read_equals_feast_online_features(store_home, redis_home, ta
     shuffled = list(np.random.default_rng(0).permutation(names)[: len(names) - 3])  # another order, a subset
     for cols in (names, shuffled):
         fast, fast_known = src.fetch(target, ids, reqs, cols)
-        assert src._plans[(target, tuple(cols))][1].redis is not None  # the fast Redis path, not Feast's
+        assert src.reader.plans[(target, tuple(cols))][1].redis is not None  # the fast Redis path, not Feast's
         ref, ref_known = src.fetch_reference(target, ids, reqs, cols)
         assert fast.dtype == np.float32 and fast.shape == (len(ids), len(cols))
         np.testing.assert_array_equal(fast, ref)  # NaN where NaN, bit for bit elsewhere
@@ -227,16 +227,23 @@ def test_fast_redis_read_equals_feast_online_features(store_home, redis_home, ta
 def test_redis_falls_back_to_feasts_online_read(store_home, redis_home, monkeypatch):
     """A plan without the reader's client reads through Feast's own online_read (same answer); a Redis cluster
     or sentinel config is decided for Feast's path when the plan is built."""
+    import time
+
     from features.store import repo as store
-    from serving.feature_source import FeastFeatureSource, _Plan
+    from features.store.online_plan import OnlinePlan
+    from features.store.reader import KNOWN_BY
+    from serving.feature_source import FeastFeatureSource
 
     names = tuple(catalog.feature_columns("no_show"))
-    plan = _Plan.build(redis_home, store, "no_show", names)  # no client given
+    plan = OnlinePlan.build(store.get_store(redis_home), store.feature_service(redis_home, "no_show"), "no_show",
+                            names, KNOWN_BY)  # no client given
     assert plan.redis is None and plan.sqlite is None
     ids = sup.known_patient_ids(store_home, 20) + ["NOBODY", sup.known_patient_ids(store_home, 1)[0]]
     reqs = _requests("no_show", len(ids))
-    X, known = plan.fetch(ids, reqs)
-    ref, ref_known = FeastFeatureSource(redis_home).fetch_reference("no_show", ids, reqs, names)
+    feast_read = FeastFeatureSource(redis_home)
+    feast_read.reader.plans[("no_show", names)] = (time.monotonic(), plan)
+    X, known = feast_read.fetch("no_show", ids, reqs, names)
+    ref, ref_known = feast_read.fetch_reference("no_show", ids, reqs, names)
     np.testing.assert_array_equal(X, ref)
     assert known == ref_known
 
@@ -244,8 +251,8 @@ def test_redis_falls_back_to_feasts_online_read(store_home, redis_home, monkeypa
     for kind in ("redis_cluster", "redis_sentinel"):
         monkeypatch.setattr(online, "redis_type", kind)
         src = FeastFeatureSource(redis_home)
-        assert src._build(("no_show", names)).redis is None
-        assert src._redis_clients == {}  # not even a client made
+        assert src.reader.build_plan(("no_show", names)).redis is None
+        assert src.reader.redis_clients == {}  # not even a client made
 
 
 def test_one_redis_client_per_reader(store_home, redis_home):
@@ -256,11 +263,11 @@ def test_one_redis_client_per_reader(store_home, redis_home):
     churn, no_show = tuple(catalog.feature_columns("churn")), tuple(catalog.feature_columns("no_show"))
     src.fetch("churn", ids, _requests("churn", 2), churn)
     src.fetch("no_show", ids, _requests("no_show", 2), no_show)
-    first = src._plans[("churn", churn)][1]
-    rebuilt = src._build(("churn", churn))  # as after the registry TTL
+    first = src.reader.plans[("churn", churn)][1]
+    rebuilt = src.reader.build_plan(("churn", churn))  # as after the registry TTL
     assert rebuilt is not first and rebuilt.redis.client is first.redis.client
-    assert src._plans[("no_show", no_show)][1].redis.client is first.redis.client
-    assert len(src._redis_clients) == 1
+    assert src.reader.plans[("no_show", no_show)][1].redis.client is first.redis.client
+    assert len(src.reader.redis_clients) == 1
 
 
 @pytest.fixture()
@@ -309,7 +316,7 @@ def test_a_hung_redis_fails_the_read_instead_of_holding_it(redis_home, silent_se
     with pytest.raises(FeatureStoreUnavailable) as err:
         src.fetch("churn", ["P-SECRET-1"], None, names)
     assert "Timeout" in str(err.value) and "P-SECRET-1" not in str(err.value)
-    (client,) = src._redis_clients.values()
+    (client,) = src.reader.redis_clients.values()
     kw = client.connection_pool.connection_kwargs
     assert kw["socket_timeout"] == 0.3                       # the connection string's own value wins
     assert kw["socket_connect_timeout"] == REDIS_TIMEOUT_S   # the default where it says nothing

@@ -212,9 +212,9 @@ def register_on_store(settings, target: str, rounds: int = 30, seed: int = 0) ->
     from mlflow import MlflowClient
 
     from carecast.targets import TARGETS
-    from features.store import repo as store
+    from features.store import reader
 
-    tf = store.training_frame(settings, target)
+    tf = reader.training_frame(settings, target)
     X = tf.frame[tf.feature_columns].astype("float32")
     y = tf.frame["label"].to_numpy()
     multi = target == "channel"

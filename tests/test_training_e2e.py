@@ -34,7 +34,7 @@ def test_synthetic_world_to_registered_models(home: Path, carecast_ok) -> None:
         assert loaded.meta["feature_columns"] and loaded.meta["classes"] == list(TARGETS[t].classes)
     # the served probability and its explanation agree: bias + contributions = log-odds
     loaded = registry.load(s, "no_show", version="1")
-    from features.store.repo import training_frame
+    from features.store.reader import training_frame
 
     X = training_frame(s, "no_show").frame[loaded.meta["feature_columns"]].iloc[:200].astype("float32")
     p = loaded.booster.predict(matrix(X))

@@ -1,4 +1,4 @@
-"""Training data: the feature store's ``TrainingFrame`` (features.store.repo.training_frame), checked,
+"""Training data: the feature store's ``TrainingFrame`` (features.store.reader.training_frame), checked,
 plus the synthetic ground truth when the feeds carry it.
 
 Only attributes of the frame are used (``frame``, ``feature_columns``, ``categorical_columns``,
@@ -23,7 +23,7 @@ class FrameError(ValueError):
 
 @dataclass
 class Frame:
-    """The fields of ``features.store.repo.TrainingFrame`` that training uses (for tests and imports)."""
+    """The fields of ``features.store.reader.TrainingFrame`` that training uses (for tests and imports)."""
 
     frame: pd.DataFrame
     feature_columns: list[str]
@@ -33,7 +33,7 @@ class Frame:
 
 
 def load_frame(settings: Settings, target: TargetSpec):
-    from features.store.repo import training_frame
+    from features.store.reader import training_frame
 
     return training_frame(settings, target.name)
 

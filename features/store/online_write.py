@@ -21,14 +21,14 @@ newer or equal event time is kept, through pipelines. The registry records the i
 ``apply_materialization`` (and the view state moves as in Feast). What this module does not reproduce (other
 value types, field mappings, vector or value_num columns, Redis key TTLs or skip_dedup, versioned tables,
 on-demand or stream views written online, non-string or composite entity keys) raises ``Unsupported``
-before anything is written, and the caller runs Feast's own materialize.
+before anything is written, and the caller runs Feast's own materialize. Everything that depends on Feast's
+private APIs or layouts (table names, keys, blobs, times) comes from ``features.store.feast_internals``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import resource
-import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,102 +37,14 @@ from typing import Any
 import numpy as np
 
 from carecast import logs
+from features.store import feast_internals as feast
+from features.store.feast_internals import Unsupported, encode_column
 
 log = logs.get("features.store.online_write")
 
 #: entities encoded and written per step when the repo sets no online_write_batch_size (CareCast sets 10,000,
 #: as here): bounds memory (about 70 values each); on SQLite one transaction each, as Feast commits
 CHUNK = 10_000
-_DOUBLE = np.dtype([("tag", "u1"), ("value", "<f8")])
-_DOUBLE_TAG = 0x29  # field 5 (double_val), wire type 1 (64-bit)
-_FLOAT = np.dtype([("tag", "u1"), ("value", "<f4")])
-_FLOAT_TAG = 0x35  # field 6 (float_val), wire type 5 (32-bit)
-
-
-class Unsupported(Exception):
-    """The store or a view uses something the bulk writer does not reproduce: run Feast's materialize."""
-
-
-# --------------------------------------------------------------------------- encoding
-
-
-def string_key_encoder(join_key: str, version: int) -> Callable[[str], bytes]:
-    """``id -> serialised entity key`` as Feast stores it for one string join key.
-
-    A fixed prefix + value type + length + UTF-8 bytes, used only when it is byte-identical to Feast's
-    ``serialize_entity_key`` on sample ids (else Feast's own function).
-    """
-    from feast.infra.key_encoding_utils import serialize_entity_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value, ValueType
-
-    def feast_key(i: str) -> bytes:
-        return serialize_entity_key(EntityKey(join_keys=[join_key], entity_values=[Value(string_val=i)]),
-                                    entity_key_serialization_version=version)
-
-    if version < 3:
-        return feast_key
-    name = join_key.encode("utf8")
-    prefix = struct.pack("<I", 1) + struct.pack("<I", ValueType.STRING) + struct.pack("<I", len(name)) + name
-    tag = struct.pack("<I", ValueType.STRING)
-    pack = struct.Struct("<I").pack
-
-    def fast_key(i: str) -> bytes:
-        b = i.encode("utf8")
-        return prefix + tag + pack(len(b)) + b
-
-    samples = ("P0000001", "x", "", "ünïcode-ид", "a" * 300)
-    return fast_key if all(fast_key(i) == feast_key(i) for i in samples) else feast_key
-
-
-def _real_blobs(values: np.ndarray, single: bool = False) -> tuple[list[bytes], list[str | None]]:
-    """Serialised double (``single``: float) ValueProtos and Feast's ``value_text`` (``str`` of the value as
-    Python reads it back from the proto); NaN -> (b"", None)."""
-    dtype, tag = (_FLOAT, _FLOAT_TAG) if single else (_DOUBLE, _DOUBLE_TAG)
-    f = np.ascontiguousarray(values, dtype=dtype["value"])
-    packed = np.empty(len(f), dtype=dtype)
-    packed["tag"] = tag
-    packed["value"] = f
-    blobs = packed.view(f"V{dtype.itemsize}").tolist()
-    texts: list[str | None] = list(map(repr, f.astype(np.float64).tolist()))
-    nulls = np.flatnonzero(np.isnan(f))
-    for i in nulls.tolist():
-        blobs[i] = b""
-        texts[i] = None
-    return blobs, texts
-
-
-def _by_distinct(values: np.ndarray, value_type: Any) -> tuple[list[bytes], list[str | None]]:
-    """Feast's own conversion, once per distinct value (integer codes, flags and years have few)."""
-    from feast.infra.online_stores.helpers import extract_text_and_num
-    from feast.type_map import python_values_to_proto_values
-
-    uniq, inverse = np.unique(values, return_inverse=True)
-    protos = python_values_to_proto_values(uniq, value_type)
-    ublobs = [p.SerializeToString() for p in protos]
-    utexts = [extract_text_and_num(p, False)[0] for p in protos]
-    inv = inverse.ravel().tolist()
-    return [ublobs[i] for i in inv], [utexts[i] for i in inv]
-
-
-def encode_column(values: np.ndarray, value_type: Any) -> tuple[list[bytes], list[str | None]]:
-    """One column (``arrow_column.to_numpy(zero_copy_only=False)``, as Feast reads it) as serialised
-    ValueProtos and SQLite ``value_text``, by the view's declared value type.
-
-    Float64 from float64 or int64 storage is what Feast writes. float32 storage is widened exactly to the double
-    a ``double_val`` would hold: Feast's own converter asserts on float32 scalars and fails there. Float32 from
-    float32 storage is what Feast writes (``float_val``).
-    """
-    from feast.value_type import ValueType
-
-    kind = values.dtype.kind
-    if value_type == ValueType.DOUBLE and (kind == "f" or values.dtype == np.int64):
-        return _real_blobs(values)
-    if value_type == ValueType.FLOAT and values.dtype == np.float32:
-        return _real_blobs(values, single=True)
-    if value_type == ValueType.INT64 and kind in "fiub":
-        return _by_distinct(values, value_type)
-    raise Unsupported(f"value type {value_type.name} stored as {values.dtype}")
 
 
 # --------------------------------------------------------------------------- what to write
@@ -147,7 +59,7 @@ class ViewPlan:
     features: list[tuple[str, Any]]
     timestamp_field: str
     created_column: str | None
-    table: str           # SQLite table name (Feast's _table_id)
+    table: str           # SQLite table, quoted (Feast's table naming)
     redis_ts_field: str  # "_ts:{view}"
     redis_fields: list[bytes]
 
@@ -155,8 +67,6 @@ class ViewPlan:
 def plan(fs: Any) -> list[ViewPlan]:
     """The views Feast's ``materialize`` would write, checked for what this module reproduces."""
     from feast import FeatureView
-    from feast.infra.online_stores.helpers import _mmh3
-    from feast.infra.online_stores.sqlite import _table_id
     from feast.on_demand_feature_view import OnDemandFeatureView
     from feast.stream_feature_view import StreamFeatureView
     from feast.value_type import ValueType
@@ -178,7 +88,7 @@ def plan(fs: Any) -> list[ViewPlan]:
     if not getattr(cfg.materialization_config, "pull_latest_features", False):
         raise Unsupported("pull_latest_features is off")
     out = []
-    for fv in fs._get_feature_views_to_materialize(None):
+    for fv in feast.views_to_materialize(fs):
         if isinstance(fv, (OnDemandFeatureView, StreamFeatureView)) or type(fv) is not FeatureView:
             raise Unsupported(f"{type(fv).__name__} {fv.name}")
         src = fv.batch_source
@@ -193,9 +103,9 @@ def plan(fs: Any) -> list[ViewPlan]:
             if vt not in (ValueType.DOUBLE, ValueType.FLOAT, ValueType.INT64):
                 raise Unsupported(f"view {fv.name}: feature of type {vt.name}")
         out.append(ViewPlan(fv=fv, join_key=keys[0].name, features=feats, timestamp_field=src.timestamp_field,
-                            created_column=src.created_timestamp_column or None, table=_table_id(cfg.project, fv),
-                            redis_ts_field=f"_ts:{fv.name}",
-                            redis_fields=[_mmh3(f"{fv.name}:{n}") for n, _ in feats]))
+                            created_column=src.created_timestamp_column or None, table=feast.sqlite_table(cfg.project, fv),
+                            redis_ts_field=feast.redis_ts_field(fv.name),
+                            redis_fields=[feast.redis_field(fv.name, n) for n, _ in feats]))
     return out
 
 
@@ -209,18 +119,14 @@ def pull_latest(fs: Any, vp: ViewPlan, start: dt.datetime, end: dt.datetime, eng
     naive UTC as Feast does), then only those rows are read. ``engine="feast"`` uses Feast's own pull.
     """
     from feast.infra.offline_stores.file_source import FileSource
-    from feast.utils import _get_column_names
 
     entities = [fs.registry.get_entity(e, fs.project) for e in vp.fv.entities]
-    join_keys, feats, ts, created = _get_column_names(vp.fv, entities)
+    join_keys, feats, ts, created = feast.column_names(vp.fv, entities)
     src = vp.fv.batch_source
     local = (isinstance(src, FileSource) and str(src.path).endswith(".parquet") and "://" not in str(src.path)
              and str(fs.config.offline_store.type) == "duckdb")
     if engine == "feast" or (engine == "auto" and not local):
-        job = fs._get_provider().offline_store.pull_latest_from_table_or_query(
-            config=fs.config, data_source=src, join_key_columns=join_keys, feature_name_columns=feats,
-            timestamp_field=ts, created_timestamp_column=created, start_date=start, end_date=end)
-        return job.to_arrow()
+        return feast.pull_latest(fs, src, join_keys, feats, ts, created, start, end)
     return _pull_duckdb(str(src.path), join_keys[0], feats, ts, created, start, end)
 
 
@@ -268,32 +174,6 @@ def _per_distinct(col: np.ndarray, fn: Callable[[Any], Any]) -> list[Any]:
     return [conv[i] for i in inverse.ravel().tolist()]
 
 
-def _sqlite_time() -> Callable[[Any], Any]:
-    """A row time as Feast's SQLite write stores it: ``pd.to_datetime`` values, coerced, naive UTC, then the
-    datetime adapter Feast registers with sqlite3 (epoch seconds)."""
-    import sqlite3
-
-    import feast.infra.online_stores.sqlite  # noqa: F401  (registers Feast's datetime adapter)
-    from feast.utils import _coerce_datetime, to_naive_utc
-
-    adapt = sqlite3.adapters.get((dt.datetime, sqlite3.PrepareProtocol))
-    return (lambda v: adapt(to_naive_utc(_coerce_datetime(v)))) if adapt else (
-        lambda v: to_naive_utc(_coerce_datetime(v)))
-
-
-def _redis_time() -> Callable[[Any], tuple[bytes, int]]:
-    """A row time as Feast's Redis write stores it (Timestamp proto) and compares it (nanoseconds)."""
-    from feast.utils import _coerce_datetime, make_tzaware
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    def conv(v: Any) -> tuple[bytes, int]:
-        ts = Timestamp()
-        ts.FromDatetime(make_tzaware(_coerce_datetime(v)))
-        return ts.SerializeToString(), ts.seconds * 1_000_000_000 + ts.nanos
-
-    return conv
-
-
 def entity_order(table: Any, vp: ViewPlan, key_of: Callable[[str], bytes]) -> tuple[Any, list[bytes]]:
     """The table sorted by serialised entity key, and the keys: index inserts then go in order (random order
     made SQLite's B-tree inserts several times slower at 100k patients)."""
@@ -307,7 +187,7 @@ def entity_order(table: Any, vp: ViewPlan, key_of: Callable[[str], bytes]) -> tu
 
 def chunks(table: Any, keys: list[bytes], vp: ViewPlan, kind: str, size: int = CHUNK) -> Iterator[Chunk]:
     """The pulled table (with its serialised keys), ``size`` entities at a time, encoded for "sqlite" or "redis"."""
-    time_fn = _sqlite_time() if kind == "sqlite" else _redis_time()
+    time_fn = feast.sqlite_time() if kind == "sqlite" else feast.redis_time()
     for off in range(0, table.num_rows, size):
         part = table.slice(off, size)
         blobs, texts = [], []
@@ -338,12 +218,8 @@ def write_sqlite(fs: Any, vp: ViewPlan, parts: Iterator[Chunk], progress: Callab
     Feast commits, so a serving process reading the file waits at most one chunk for the write lock."""
     import sqlite3
 
-    from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id
-
-    path = SqliteOnlineStore._get_db_path(fs.config)
-    sql = (f"INSERT INTO {_quote_id(vp.table)} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
-           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
-           "value_text = excluded.value_text, event_ts = excluded.event_ts, created_ts = excluded.created_ts;")
+    path = feast.sqlite_path(fs.config)
+    sql = feast.sqlite_upsert(vp.table)
     names = [n for n, _ in vp.features]
     con = sqlite3.connect(path, timeout=300, isolation_level=None)
     n = 0
@@ -366,9 +242,7 @@ def write_sqlite(fs: Any, vp: ViewPlan, parts: Iterator[Chunk], progress: Callab
 
 def write_redis(fs: Any, vp: ViewPlan, parts: Iterator[Chunk], progress: Callable[[int], None]) -> int:
     """Feast's Redis write: skip an entity whose stored ``_ts:view`` is as new or newer, else HSET every field."""
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    client = fs._get_provider().online_store._get_client(fs.config.online_store)
+    client = feast.redis_client(fs)
     project = fs.project.encode("utf-8")
     ts_field = vp.redis_ts_field.encode("utf-8")
     n = 0
@@ -381,9 +255,7 @@ def write_redis(fs: Any, vp: ViewPlan, parts: Iterator[Chunk], progress: Callabl
             for i, k in enumerate(keys):
                 blob, nanos = c.event[i]
                 if prev[i]:
-                    p = Timestamp()
-                    p.ParseFromString(prev[i])
-                    seen = p.seconds * 1_000_000_000 + p.nanos
+                    seen = feast.redis_stored_nanos(prev[i])
                     if seen and nanos <= seen:
                         continue
                 args: list[bytes] = [ts_field, blob]
@@ -429,7 +301,7 @@ def materialize(fs: Any, start: dt.datetime, end: dt.datetime) -> dict[str, int]
         try:
             table = pull_latest(fs, vp, start, end)
             pulled = time.perf_counter() - t0
-            key_of = string_key_encoder(vp.join_key, fs.config.entity_key_serialization_version)
+            key_of = feast.string_key_encoder(vp.join_key, fs.config.entity_key_serialization_version)
             total = table.num_rows
             last = [time.perf_counter()]
 
@@ -452,7 +324,5 @@ def materialize(fs: Any, start: dt.datetime, end: dt.datetime) -> dict[str, int]
         log.info("online write %s: %d entities x %d features into %s in %.1fs (pull %.1fs), %.1f CPU-s",
                  fv.name, out[fv.name], len(vp.features), kind, time.perf_counter() - t0, pulled,
                  _cpu_s() - c0)
-    precompute = getattr(fs, "_precompute_affected_services", None)
-    if precompute is not None and views:
-        precompute([vp.fv.name for vp in views])
+    feast.precompute_services(fs, [vp.fv.name for vp in views])
     return out

@@ -1,0 +1,504 @@
+"""The one reader of features: as of a time (training frames, batch scoring) and online (serving).
+
+It owns the two rules every path shares:
+
+* **known / unknown patient**: online, a patient is known when the store holds any of ``KNOWN_BY`` for them
+  (one feature of each patient view); as of a time (batch scoring), when both patient views have a snapshot
+  at or before it. Training frames keep NaN where a row has no snapshot yet (what the models learn from).
+* **population defaults**: an unknown patient gets the medians / modes of the build (``population_defaults``)
+  for every patient feature, never an error; request-time (appointment) features are computed as for anyone;
+  a missing category code is ``-1``.
+
+The measured fast paths stay behind it: the DuckDB ASOF join for large training frames (``asof_join``), the
+DuckDB "latest snapshot" query for batch scoring (``snapshots_as_of``), and the online read plan
+(``features.store.online_plan``) that reads Feast's SQLite / Redis layout directly (``OnlineReader``). Values
+reach SQL as bound parameters, never as text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from carecast import logs
+from carecast.settings import Settings
+from carecast.targets import Target, target_info
+from features.catalog import (
+    ACTIVITY_FILE,
+    ACTIVITY_TIMESTAMPS,
+    AGE_BANDS,
+    APPOINTMENT_FEATURES,
+    APPOINTMENT_REQUEST_FIELDS,
+    CATEGORIES,
+    DEFAULTS_FILE,
+    GROUP_COLUMNS,
+    PATIENT_FEATURES,
+    PROFILE_FILE,
+    categorical_columns,
+    feature_columns,
+)
+from features.feeds.contracts import INSURANCE, LANGUAGES, SEXES
+from features.request import appointment_features, recency_features, to_epoch
+from features.store import feast_internals
+from features.store.online_plan import FeatureMismatch, OnlinePlan
+from features.store.repo import feature_service, get_store, require_build
+
+log = logs.get("features.store.reader")
+
+#: stored features whose presence online makes a patient known: one of each patient view (profile, activity)
+KNOWN_BY = ("sex_code", "visits_all")
+
+#: seconds a Redis read or connect may take before the request fails with ``FeatureStoreUnavailable``;
+#: redis-py waits forever by default, so a hung server would hold every API worker. Override per site in
+#: the connection string, Feast's syntax: ``host:port,socket_timeout=0.5,socket_connect_timeout=0.5``
+REDIS_TIMEOUT_S = 2.0
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def population_defaults(settings: Settings) -> dict[str, float]:
+    """Medians (numeric) / modes (codes, flags) over all patients at the build's as-of time."""
+    path = settings.feature_dir / DEFAULTS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no population defaults; run `carecast features build` first")
+    raw = json.loads(path.read_text())
+    return {k: (float("nan") if v is None else float(v)) for k, v in raw.items()}
+
+
+_DEFAULTS_CACHE: dict[str, tuple[float, dict[str, float]]] = {}
+
+
+def population_defaults_cached(settings: Settings) -> dict[str, float]:
+    """``population_defaults``, re-read only when the file changes (serving reads it per request)."""
+    path = settings.feature_dir / DEFAULTS_FILE
+    mtime = path.stat().st_mtime if path.exists() else -1.0
+    hit = _DEFAULTS_CACHE.get(str(path))
+    if hit is None or hit[0] != mtime:
+        _DEFAULTS_CACHE[str(path)] = (mtime, population_defaults(settings))
+    return _DEFAULTS_CACHE[str(path)][1]
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """Where a feature list's patient features and category codes are (computed once per list)."""
+
+    names: tuple[str, ...]
+    patient: np.ndarray
+    categories: list[int]
+
+    @classmethod
+    def of(cls, names: Sequence[str]) -> _Columns:
+        names = tuple(names)
+        return cls(names, np.flatnonzero([n not in APPOINTMENT_FEATURES for n in names]),
+                   [j for j, n in enumerate(names) if n in CATEGORIES])
+
+
+def _finish(X: np.ndarray, known: np.ndarray, cols: _Columns, defaults: Mapping[str, float]) -> np.ndarray:
+    """The rule for unknown patients and missing codes, in place: every patient feature of an unknown row is the
+    population default; a missing category code is -1."""
+    if not known.all():
+        nan = float("nan")
+        d = np.array([defaults.get(cols.names[j], nan) for j in cols.patient], dtype=np.float64)
+        X[np.ix_(np.flatnonzero(~known), cols.patient)] = d
+    if cols.categories:
+        X[:, cols.categories] = np.nan_to_num(X[:, cols.categories], nan=-1).astype(np.int64)
+    return X
+
+
+def request_row(target: Target, request: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
+    """Request fields the on-demand views expect, from a serving request (natural or epoch values); ``now``
+    (epoch seconds) when the request gives no ``as_of``."""
+    request = request or {}
+    ts = request.get("request_ts", request.get("as_of"))
+    row: dict[str, Any] = {"request_ts": to_epoch(ts) if ts is not None else now}
+    if target == "no_show":
+        row["scheduled_ts"] = to_epoch(request.get("scheduled_ts", request.get("scheduled_at")))
+        row["booked_ts"] = to_epoch(request.get("booked_ts", request.get("booked_at")))
+        row["department"] = request.get("department")
+        row["visit_type"] = request.get("visit_type")
+        row["telehealth"] = int(bool(request.get("telehealth", False)))
+        missing = [k for k in ("scheduled_ts", "booked_ts") if row[k] is None]
+        if missing:
+            raise ValueError(f"no_show request needs scheduled_at and booked_at (missing: {', '.join(missing)})")
+    return row
+
+
+# --------------------------------------------------------------------------- as of each row's time: training
+
+
+@dataclass
+class TrainingFrame:
+    frame: pd.DataFrame
+    feature_columns: list[str]
+    categorical_columns: dict[str, list[str]]
+    feature_service: str
+    snapshot_hash: str
+
+
+def _add_groups(df: pd.DataFrame) -> pd.DataFrame:
+    age = df["age_years"]
+    band = pd.Series("unknown", index=df.index, dtype=object)
+    for lo, hi, name in AGE_BANDS:
+        band[(age >= lo) & (age < hi)] = name
+    df["group_age_band"] = band
+
+    def decode(col: str, cats: tuple[str, ...]) -> pd.Series:
+        codes = df[col].fillna(-1).astype(int)
+        return codes.map(lambda i: cats[i] if 0 <= i < len(cats) else "unknown")
+
+    df["group_sex"] = decode("sex_code", SEXES)
+    df["group_insurance"] = decode("insurance_code", INSURANCE)
+    df["group_language"] = decode("language_code", LANGUAGES)
+    return df
+
+
+def asof_join(settings: Settings, store: Any, refs: list[str], entity: pd.DataFrame) -> pd.DataFrame:
+    """Point-in-time join as DuckDB ASOF joins generated from the registered feature views.
+
+    Same result as Feast's DuckDB offline store for these views: each entity row gets the latest snapshot with
+    ``event_timestamp <= row time`` (snapshots are unique per patient and time, and ``created`` equals
+    ``event_timestamp``, so the created-timestamp filter and tie-break are no-ops). Feast's own join expands
+    every entity row against every earlier snapshot before de-duplicating, which ran out of memory for 2M
+    appointments; the ASOF join is linear. Tests check both paths agree.
+    """
+    from features.build.run import connect
+
+    by_view: dict[str, list[str]] = {}
+    for r in refs:
+        v, f = r.split(":")
+        by_view.setdefault(v, []).append(f)
+    con = connect(settings, memory_limit="2GB")  # DuckDB spills to the home's tmp beyond this
+    # only the join keys go to DuckDB; features come back as numpy and are placed by row number, so the entity
+    # frame's other columns (ids, request fields) never round-trip through DuckDB and no ORDER BY is needed
+    ent = pd.DataFrame({"patient_id": entity["patient_id"].to_numpy(), "event_timestamp": entity["event_timestamp"],
+                        "_row": np.arange(len(entity), dtype=np.int64)})
+    con.register("entity_df", ent)
+    # 1) narrow ASOF joins find each row's snapshot (its row number in the view's parquet file); 2) the features
+    #    of those snapshots come from one streaming hash join per view. An ASOF join carrying all ~70 feature
+    #    columns sorts them all (51 s for 500k rows over 6.6M snapshots; this: a few seconds).
+    paths, feats_of, joins = [], [], []
+    for i, (view, feats) in enumerate(by_view.items()):
+        src = store.get_feature_view(view).batch_source
+        ts, cr = src.timestamp_field, src.created_timestamp_column
+        paths.append(str(src.path))
+        feats_of.append(feats)
+        joins.append(f"""ASOF LEFT JOIN (SELECT patient_id AS _k{i}, "{ts}" AS _t{i}, file_row_number AS _r{i}
+                         FROM read_parquet($p{i}, file_row_number=true) WHERE "{cr}" <= "{ts}") v{i}
+                         ON e.patient_id = v{i}._k{i} AND e.event_timestamp >= v{i}._t{i}""")
+    hits = ", ".join(f"v{i}._r{i}" for i in range(len(paths)))
+    con.execute(f"CREATE TEMP TABLE hits AS SELECT e._row, {hits} FROM entity_df e {' '.join(joins)}",
+                {f"p{i}": p for i, p in enumerate(paths)})
+    con.unregister("entity_df")
+    df = entity.reset_index(drop=True)   # a copy with a fresh index, as the joined frame had
+    for i, (path, feats) in enumerate(zip(paths, feats_of, strict=True)):
+        cols = ", ".join(f'f."{f}"' for f in feats)
+        res = con.execute(f"""SELECT h._row, {cols} FROM hits h LEFT JOIN
+                              (SELECT file_row_number AS _r, * FROM read_parquet(?, file_row_number=true)) f
+                              ON h._r{i} = f._r""", [path]).fetchnumpy()
+        rows = np.asarray(res.pop("_row"))
+        for name, col in res.items():
+            if np.ma.isMaskedArray(col) and np.ma.getmaskarray(col).any():   # NULL (no snapshot yet) -> NaN
+                col = np.ma.filled(col.astype(np.float64), np.nan)
+            col = np.asarray(col)
+            out = np.empty(len(df), dtype=col.dtype)
+            out[rows] = col
+            df[name] = out
+        del res
+    con.close()
+    return df
+
+
+def join_engine(settings: Settings, rows: int, engine: str = "auto") -> str:
+    """Which point-in-time join ``historical`` runs for ``rows`` entity rows: "asof" or "feast"."""
+    if engine not in ("auto", "asof", "feast"):
+        raise ValueError(f"engine must be 'auto', 'asof' or 'feast', not {engine!r}")
+    if engine == "auto":
+        return "asof" if rows > settings.features.asof_above_rows else "feast"
+    return engine
+
+
+def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odfv: bool = False,
+               engine: str = "auto") -> pd.DataFrame:
+    """Point-in-time features for ``entity`` rows (ids, event_timestamp, request fields) via Feast.
+
+    The stored features come from ``get_historical_features`` on the target's feature-service views (DuckDB
+    offline store, ``filter_by_created_timestamp=True``). The request-time features are computed by the same
+    pure functions the on-demand views call (``features.request``): Feast's python-mode on-demand
+    views convert the whole retrieval to Python lists offline, which is slow for millions of rows, so by
+    default they are applied here vectorised; ``via_odfv=True`` runs them through Feast (tests check both agree).
+    ``engine``: "feast" (``get_historical_features``), "asof" (DuckDB ASOF joins generated from the registered views,
+    ``asof_join``: linear in time and memory; tests check both give the same frames) or "auto": ASOF above
+    ``features.asof_above_rows`` entity rows, Feast's join up to it.
+    """
+    store = get_store(settings)
+    service = store.get_feature_service(target_info(target).feature_service)
+    if via_odfv:
+        return store.get_historical_features(entity_df=entity, features=service,
+                                             filter_by_created_timestamp=True).to_df()
+    refs = []
+    for proj in service.feature_view_projections:
+        if proj.name in ("patient_profile", "patient_activity"):
+            refs += [f"{proj.name}:{f.name}" for f in proj.features]
+    refs += ["patient_profile:birth_year"] + [f"patient_activity:{c}" for c in ACTIVITY_TIMESTAMPS]
+    refs = sorted(set(refs), key=refs.index)
+    if join_engine(settings, len(entity), engine) == "asof":
+        df = asof_join(settings, store, refs, entity)
+    else:
+        df = store.get_historical_features(entity_df=entity, features=refs, filter_by_created_timestamp=True).to_df()
+    batch = {c: df[c].to_numpy(dtype=float, na_value=np.nan) for c in [*ACTIVITY_TIMESTAMPS, "birth_year"]}
+    batch["request_ts"] = df["request_ts"].to_numpy(dtype=float)
+    for k, v in recency_features(batch).items():
+        df[k] = np.asarray(v)   # lists -> arrays here: pandas infers types of big lists slowly
+    if target == "no_show":
+        # strings and the telehealth flag as Python lists (the function compares each flag with True/1/"true":
+        # fast on Python ints, slow on numpy scalars); timestamps as arrays
+        req = {c: df[c].tolist() if c in ("department", "visit_type", "telehealth") else df[c].to_numpy()
+               for c in APPOINTMENT_REQUEST_FIELDS}
+        for k, v in appointment_features(req).items():
+            df[k] = np.asarray(v)
+    return df
+
+
+def training_frame(settings: Settings, target: Target, engine: str = "auto") -> TrainingFrame:
+    """Labelled prediction points with point-in-time-correct features from the registered feature service: Feast's
+    get_historical_features, or above ``features.asof_above_rows`` rows the equivalent ASOF join (``historical``)."""
+    from features.build.labels import label_file  # here, not at the top: it imports duckdb, which serving never needs
+
+    target_info(target)
+    manifest = require_build(settings)
+    service_name = target_info(target).feature_service
+    with logs.stage(log, f"features training frame ({target})") as info:
+        cols = ["patient_id", "event_timestamp", "request_ts", "label"]
+        if target == "no_show":
+            cols = ["appointment_id", *cols, *APPOINTMENT_REQUEST_FIELDS]
+        entity = pd.read_parquet(label_file(settings.feature_dir, target), columns=cols)
+        entity = entity[entity["label"].notna()].reset_index(drop=True)
+        entity["label"] = entity["label"].astype("int64")
+        entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
+        info["rows"] = len(entity)
+        info["join"] = join_engine(settings, len(entity), engine)
+        df = historical(settings, target, entity, engine=info["join"])
+        fcols = feature_columns(target)
+        for c in CATEGORIES:
+            if c in df:
+                df[c] = df[c].fillna(-1).astype("int64")
+        df = _add_groups(df)
+        ids = ["appointment_id", "patient_id"] if target == "no_show" else ["patient_id"]
+        df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+        df = df.sort_values(["event_timestamp", *ids], kind="stable").reset_index(drop=True)
+        df = df[[*ids, "event_timestamp", "label", *fcols, *GROUP_COLUMNS]]
+        for c in fcols:
+            if c not in CATEGORIES:
+                df[c] = df[c].astype("float64")
+        info["features"] = len(fcols)
+    return TrainingFrame(frame=df, feature_columns=fcols, categorical_columns=categorical_columns(target),
+                         feature_service=service_name, snapshot_hash=str(manifest["snapshot_hash"]))
+
+
+# --------------------------------------------------------------------------- as of one time: batch scoring
+
+
+def snapshots_as_of(settings: Settings, as_of: dt.datetime) -> pd.DataFrame:
+    """Each known patient's latest snapshot at or before ``as_of`` (both views), with the recency features at
+    ``request_ts = as_of``: one row per patient, ``patient_id`` first. The batch fast path: one DuckDB query
+    over the build's parquet files."""
+    import duckdb
+
+    fdir = settings.feature_dir
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone='UTC'")
+        pf = con.execute("""
+            WITH a AS (SELECT * FROM read_parquet($activity)
+                       WHERE event_timestamp <= CAST($as_of AS TIMESTAMPTZ) AND created <= CAST($as_of AS TIMESTAMPTZ)
+                       QUALIFY row_number() OVER (PARTITION BY patient_id ORDER BY event_timestamp DESC, created DESC) = 1),
+                 p AS (SELECT * FROM read_parquet($profile) WHERE event_timestamp <= CAST($as_of AS TIMESTAMPTZ)
+                       QUALIFY row_number() OVER (PARTITION BY patient_id ORDER BY event_timestamp DESC, created DESC) = 1)
+            SELECT p.* EXCLUDE (event_timestamp, created), a.* EXCLUDE (patient_id, event_timestamp, created)
+            FROM p JOIN a USING (patient_id)""",
+                         {"activity": str(fdir / ACTIVITY_FILE), "profile": str(fdir / PROFILE_FILE),
+                          "as_of": as_of.isoformat()}).df()
+    finally:
+        con.close()
+    ts = as_of.timestamp()
+    rec = recency_features({"request_ts": np.full(len(pf), ts), "birth_year": pf["birth_year"].to_numpy(float),
+                            **{c: pf[c].to_numpy(float) for c in pf.columns if c.endswith("_ts")}})
+    for k, v in rec.items():
+        pf[k] = np.asarray(v, dtype=float)
+    return pf
+
+
+def unknown_patients(settings: Settings, patient_ids: pd.Index) -> pd.DataFrame:
+    """Patient-feature rows for patients with no snapshot: the population defaults, indexed by ``patient_ids``."""
+    defaults = population_defaults(settings)
+    return pd.DataFrame({c: defaults.get(c, np.nan) for c in PATIENT_FEATURES}, index=patient_ids)
+
+
+# --------------------------------------------------------------------------- online: serving
+
+
+def _request_rows(target: Target, patient_ids: Sequence[str], requests: Sequence[Mapping[str, Any]] | None
+                  ) -> list[dict[str, Any]]:
+    if requests is not None and len(requests) != len(patient_ids):
+        raise ValueError("requests must have one entry per patient id")
+    now = time.time()
+    return [request_row(target, dict(requests[i]) if requests else None, now) for i in range(len(patient_ids))]
+
+
+def online_features(settings: Settings, target: Target, patient_ids: list[str],
+                    requests: list[dict] | None = None) -> tuple[pd.DataFrame, list[bool]]:
+    """Serving features in ``feature_columns(target)`` order through Feast's ``get_online_features``, plus
+    whether each patient was known: the reference answer the fast path (``OnlineReader``) is checked against.
+
+    ``requests`` (one dict per patient id): for no_show the appointment (``scheduled_at``, ``booked_at``,
+    ``department``, ``visit_type``, ``telehealth``); any target may give ``as_of`` (default: now) for the
+    days-since features. Unknown patients get the population defaults for every patient feature.
+    """
+    target_info(target)
+    rows = _request_rows(target, patient_ids, requests)
+    for row, pid in zip(rows, patient_ids, strict=True):
+        row["patient_id"] = pid
+    store = get_store(settings)
+    resp = store.get_online_features(features=feature_service(settings, target), entity_rows=rows).to_dict()
+    fcols = feature_columns(target)
+    n = len(patient_ids)
+    known = np.array([any(resp[k][i] is not None for k in KNOWN_BY) for i in range(n)], dtype=bool)
+    nan = float("nan")
+    matrix = np.empty((n, len(fcols)), dtype=np.float64)
+    for j, c in enumerate(fcols):
+        matrix[:, j] = [nan if v is None else v for v in resp.get(c, [None] * n)]
+    cols = _Columns.of(fcols)
+    _finish(matrix, known, cols, population_defaults_cached(settings))
+    df = pd.DataFrame(matrix, columns=fcols)
+    if cols.categories:
+        cats = [fcols[j] for j in cols.categories]
+        df[cats] = matrix[:, cols.categories].astype(np.int64)
+    return df, known.tolist()
+
+
+_NO_PLAN_RETRY_S = 60.0
+
+
+class OnlineReader:
+    """Online reads for serving: ``fetch(target, patient_ids, requests, feature_names) -> (float32 X, known)``.
+
+    The same answer as ``online_features`` (a test checks they agree bit for bit), through an ``OnlinePlan`` per
+    (target, feature list) when the plan covers the feature service, else through ``online_features``. Plans are
+    rebuilt after the registry's cache TTL, as Feast refreshes its registry (in a thread, answering with the
+    current plan meanwhile). Constructing one imports Feast (about 3 s): start-up only.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        feast_internals.check_version()
+        self.settings = settings
+        self.plans: dict[tuple[str, tuple[str, ...]], tuple[float, OnlinePlan | None]] = {}
+        self.redis_clients: dict[str, Any] = {}
+        self._columns: dict[tuple[str, ...], _Columns] = {}
+        self._refresh_lock = threading.Lock()
+        self._refreshing: set[tuple[str, tuple[str, ...]]] = set()
+        self._redis_lock = threading.Lock()
+
+    def fetch(self, target: str, patient_ids: Sequence[str], requests: Sequence[Mapping[str, Any]] | None,
+              feature_names: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
+        names = tuple(feature_names)
+        if requests is not None and len(requests) != len(patient_ids):
+            raise ValueError("requests must have one entry per patient id")
+        plan = self._plan(target, names)
+        if plan is None:
+            return self.fetch_reference(target, patient_ids, requests, names)
+        X, known = plan.fetch(list(patient_ids), _request_rows(target, patient_ids, requests))
+        cols = self._columns.get(names)
+        if cols is None:
+            cols = self._columns[names] = _Columns.of(names)
+        _finish(X, known, cols, {} if known.all() else population_defaults_cached(self.settings))
+        return X.astype(np.float32), known.tolist()
+
+    def fetch_reference(self, target: str, patient_ids: Sequence[str],
+                        requests: Sequence[Mapping[str, Any]] | None,
+                        feature_names: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
+        """Through ``online_features`` (Feast's own online read and on-demand views)."""
+        frame, known = online_features(self.settings, target, list(patient_ids),
+                                       [dict(r) for r in requests] if requests is not None else None)
+        names = list(feature_names)
+        cols = list(frame.columns)
+        if cols != names:
+            missing = [n for n in names if n not in cols]
+            if missing:
+                raise FeatureMismatch(f"{target}: feature store lacks {', '.join(missing[:5])}")
+            frame = frame[names]
+        X = frame.to_numpy(dtype=np.float32, na_value=np.nan)
+        return X, [bool(k) for k in known]
+
+    def _plan(self, target: str, names: tuple[str, ...]) -> OnlinePlan | None:
+        key = (target, names)
+        hit = self.plans.get(key)
+        if hit is not None:
+            ttl = hit[1].ttl if hit[1] is not None else _NO_PLAN_RETRY_S
+            if time.monotonic() - hit[0] >= ttl:
+                self._refresh_later(key)  # keep answering with the current plan meanwhile
+            return hit[1]
+        return self.build_plan(key)
+
+    def build_plan(self, key: tuple[str, tuple[str, ...]]) -> OnlinePlan | None:
+        """Build (or rebuild) the plan for (target, feature names); None where Feast's own read is needed."""
+        target, names = key
+        now = time.monotonic()
+        available = feature_columns(target)
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise FeatureMismatch(f"{target}: feature store lacks {', '.join(missing[:5])}")
+        plan: OnlinePlan | None
+        try:
+            plan = OnlinePlan.build(get_store(self.settings), feature_service(self.settings, target), target,
+                                    names, KNOWN_BY, self._redis_client)
+        except feast_internals.Unsupported as exc:
+            log.info("%s features read through Feast's get_online_features: %s", target, exc)
+            plan = None
+        self.plans[key] = (now, plan)
+        return plan
+
+    def _redis_client(self, online_store: Any) -> Any:
+        """This reader's redis-py client for a plain Redis server, made on first use and kept: plans are
+        rebuilt every registry TTL and a client per plan would reconnect each time. Connection parameters
+        are parsed as Feast's own ``_get_client`` parses them."""
+        conn = str(online_store.connection_string)
+        with self._redis_lock:
+            client = self.redis_clients.get(conn)
+            if client is None:
+                from redis import Redis
+
+                nodes, kwargs = feast_internals.redis_connection(conn)
+                kwargs.setdefault("socket_timeout", REDIS_TIMEOUT_S)
+                kwargs.setdefault("socket_connect_timeout", REDIS_TIMEOUT_S)
+                if not nodes or "host" not in nodes[0] or "port" not in nodes[0]:
+                    raise feast_internals.Unsupported("no host:port in the Redis connection string")
+                client = self.redis_clients[conn] = Redis(host=nodes[0]["host"], port=nodes[0]["port"], **kwargs)
+            return client
+
+    def _refresh_later(self, key: tuple[str, tuple[str, ...]]) -> None:
+        """Rebuild a stale plan (registry TTL) in a thread: building one reads the registry (~30 ms)."""
+        with self._refresh_lock:
+            if key in self._refreshing:
+                return
+            self._refreshing.add(key)
+
+        def run() -> None:
+            try:
+                self.build_plan(key)
+            except Exception as exc:  # keep the current plan; name the failure, never data
+                log.error("feature read plan refresh failed: %s", type(exc).__name__)
+                self.plans[key] = (time.monotonic(), self.plans[key][1])
+            finally:
+                with self._refresh_lock:
+                    self._refreshing.discard(key)
+
+        threading.Thread(target=run, name="carecast-feature-plan", daemon=True).start()
