@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,7 +20,7 @@ TargetOpt = Annotated[str, typer.Option("--target", "-t", help="no_show, churn, 
 
 @app.command()
 def drift(
-    since: Annotated[Optional[dt.datetime], typer.Option(formats=_FORMATS, help="Current data from this UTC date on (default: the feature build's as-of minus monitor.recent_days).")] = None,
+    since: Annotated[dt.datetime | None, typer.Option(formats=_FORMATS, help="Current data from this UTC date on (default: the feature build's as-of minus monitor.recent_days).")] = None,
     target: TargetOpt = "all",
     fail_on_drift: Annotated[bool, typer.Option("--fail-on-drift/--no-fail-on-drift", help="Exit 1 when drift is flagged.")] = True,
 ) -> None:
@@ -43,7 +43,7 @@ def drift(
 @app.command()
 def performance(
     target: Annotated[str, typer.Option("--target", "-t", help="no_show, churn or channel.")] = "no_show",
-    since: Annotated[Optional[dt.datetime], typer.Option(formats=_FORMATS, help="Predictions from this UTC date on (default: after the champion's training data).")] = None,
+    since: Annotated[dt.datetime | None, typer.Option(formats=_FORMATS, help="Predictions from this UTC date on (default: after the champion's training data).")] = None,
 ) -> None:
     """AUC and calibration by week for the champion, once outcomes are in the visits feed."""
     from monitoring.monitor import MonitorError
@@ -84,6 +84,6 @@ def captured() -> None:
                           GROUP BY 1, 2, 3 ORDER BY 1, 3""").fetchall()
     con.close()
     out = [{"target": t, "model": f"{m} v{v}", "rows": n,
-            "first": dt.datetime.fromtimestamp(a, dt.timezone.utc).isoformat(timespec="seconds"),
-            "last": dt.datetime.fromtimestamp(b, dt.timezone.utc).isoformat(timespec="seconds")} for t, m, v, n, a, b in rows]
+            "first": dt.datetime.fromtimestamp(a, dt.UTC).isoformat(timespec="seconds"),
+            "last": dt.datetime.fromtimestamp(b, dt.UTC).isoformat(timespec="seconds")} for t, m, v, n, a, b in rows]
     typer.echo(json.dumps(out, indent=1))

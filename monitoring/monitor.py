@@ -53,7 +53,7 @@ import pandas as pd
 from carecast import logs
 from carecast.clock import utc_timestamp
 from carecast.folders import latest, write_latest
-from carecast.settings import DEFAULT_TREND_FEATURES, MonitorSettings, Settings  # noqa: F401  (re-exported)
+from carecast.settings import MonitorSettings, Settings
 from carecast.targets import TARGET_NAMES
 from features import catalog
 
@@ -200,8 +200,8 @@ def reference(settings: Settings, target: str, mv: Any) -> tuple[pd.DataFrame, s
     try:
         local = client.download_artifacts(mv.run_id, REFERENCE_ARTIFACT)
         return pd.read_parquet(local), f"sample logged with run {mv.run_id} ({cfg.reference_window} window)"
-    except Exception:  # noqa: BLE001 - not logged (trained outside the pipeline, or before the scoring-population
-        pass           # reference: the older labelled-rows artifact had another name): rebuild it
+    except Exception:  # noqa: BLE001  (not logged: trained outside the pipeline, or before the scoring-population
+        pass           # reference, when the older labelled-rows artifact had another name; rebuild it)
     start, end = _window(mv.tags or {}, cfg.reference_window)
     return scoring_reference(settings, target, mv.tags or {}), (
         f"rebuilt from the {cfg.reference_window} window {start:%Y-%m-%d}..{end:%Y-%m-%d} in the version's tags")
@@ -469,7 +469,7 @@ def _record_mlflow(settings: Settings, target: str, mv: Any, td: TargetDrift, fi
             mlflow.log_artifact(str(f), "drift")
         run_id = run.info.run_id
     for k, v in {"drift.flagged": str(td.flagged).lower(), "drift.share": f"{td.share:.3f}",
-                 "drift.run_id": run_id, "drift.checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}.items():
+                 "drift.run_id": run_id, "drift.checked_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}.items():
         client.set_model_version_tag(spec(target).registered_model, str(mv.version), k, v)
     return run_id
 
@@ -486,7 +486,7 @@ def drift(settings: Settings, targets: list[str] | None = None, since: dt.dateti
     targets = targets or list(TARGET_NAMES)
     as_of = _as_of(settings)
     since_ts = utc_timestamp(since) if since is not None else as_of - pd.Timedelta(days=cfg.recent_days)
-    created = dt.datetime.now(dt.timezone.utc)
+    created = dt.datetime.now(dt.UTC)
     root = monitoring_dir(settings) / "drift"
     folder = root / f"{created:%Y%m%dT%H%M%S%fZ}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -536,7 +536,7 @@ def drift(settings: Settings, targets: list[str] | None = None, since: dt.dateti
             if record:
                 try:
                     td.mlflow_run_id = _record_mlflow(settings, target, mv, td, [Path(td.html), Path(td.json)])
-                except Exception as exc:  # noqa: BLE001 - the report stands without the MLflow record
+                except Exception as exc:  # noqa: BLE001  (the report stands without the MLflow record)
                     log.warning("drift %s: not recorded in MLflow: %s", target, type(exc).__name__)
             result.targets[target] = td
             result.flagged |= td.flagged
@@ -684,6 +684,6 @@ def performance(settings: Settings, target: str = "no_show", since: dt.datetime 
     path = out / f"{target}.json"
     path.write_text(json.dumps({"target": target, "model": {"name": mv.name, "version": str(mv.version)},
                                 "source": source, "overall": overall, "weeks": weeks.to_dict("records"),
-                                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+                                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
                                indent=1, default=str))
     return Performance(target, {"name": mv.name, "version": str(mv.version)}, source, weeks, overall, path)

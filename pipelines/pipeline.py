@@ -152,7 +152,7 @@ def _write_marker(settings: Settings, res: StageResult) -> None:
     tmp = d / f".{res.stage}.tmp"
     tmp.write_text(json.dumps({"stage": res.stage, "fingerprint": res.fingerprint, "summary": res.summary,
                                "seconds": round(res.seconds, 2), "outputs": res.outputs,
-                               "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+                               "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
                               indent=1, default=str))
     tmp.replace(d / f"{res.stage}.json")
 
@@ -261,7 +261,7 @@ def _train(ctx: Context) -> StageResult:
             raise StageFailed("train", f"{t}: {exc}", "the history may be too short or too small for this target") from None
         try:
             monitor.log_reference(s, t, r["run_id"], r["windows"])
-        except Exception as exc:  # noqa: BLE001 - drift can rebuild the reference from the version's tags
+        except Exception as exc:  # noqa: BLE001  (drift can rebuild the reference from the version's tags)
             log.warning("%s: reference sample not logged: %s", t, type(exc).__name__)
         _tag_version(s, t, r["version"], {"retrain.reason": "; ".join(why)})
         versions[t], reasons[t] = r["version"], "; ".join(why)
@@ -370,7 +370,7 @@ def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
         if value is not None and value not in STAGES:
             raise ValueError(f"{name} must be one of {', '.join(STAGES)}, not {value!r}")
     t0 = time.perf_counter()
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     result = PipelineRun(started_at=started.isoformat(timespec="seconds"))
     ctx = Context(settings, opts)
     ctx.champions_before = _champions(settings, opts.targets)
@@ -403,7 +403,7 @@ def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
             except StageFailed as exc:
                 res = StageResult(stage, "failed", time.perf_counter() - t,
                                   summary=exc.message + (f" ({exc.hint})" if exc.hint else ""))
-            except Exception as exc:  # noqa: BLE001 - any failure stops the run with a clear line
+            except Exception as exc:  # noqa: BLE001  (any failure stops the run with a clear line)
                 log.debug("stage %s: %s", stage, traceback.format_exc())
                 res = StageResult(stage, "failed", time.perf_counter() - t,
                                   summary=f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
@@ -430,7 +430,7 @@ def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
     if opts.record:
         try:
             result.mlflow_run_id = _record_mlflow(settings, result, opts, ctx)
-        except Exception as exc:  # noqa: BLE001 - the run record on disk stands
+        except Exception as exc:  # noqa: BLE001  (the run record on disk stands)
             log.warning("pipeline run not recorded in MLflow: %s", type(exc).__name__)
     return result
 

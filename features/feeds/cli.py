@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,14 +16,14 @@ app = typer.Typer(help="Feeds: synthesise demo history, import public data, vali
 
 @app.command()
 def synth(
-    patients: Annotated[Optional[int], typer.Option(help="Number of patients to simulate (default: settings.synth.patients).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same feeds byte for byte.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the four feeds (default: $CARECAST_HOME/feeds). Ground truth goes to OUT/truth/.")] = None,
-    start: Annotated[Optional[dt.date], typer.Option(formats=["%Y-%m-%d"], help="First day of simulated history.")] = None,
-    end: Annotated[Optional[dt.date], typer.Option(formats=["%Y-%m-%d"], help="Last day appointments may be scheduled.")] = None,
-    today: Annotated[Optional[dt.date], typer.Option(formats=["%Y-%m-%d"], help="The simulated 'now': later appointments stay scheduled.")] = None,
-    shift: Annotated[Optional[str], typer.Option(help="Change the world from --shift-from on: 'billing_policy' or 'sms_outage'.")] = None,
-    shift_from: Annotated[Optional[dt.date], typer.Option(formats=["%Y-%m-%d"], help="Day the --shift starts (default: 6 months before --today).")] = None,
+    patients: Annotated[int | None, typer.Option(help="Number of patients to simulate (default: settings.synth.patients).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed; the same seed gives the same feeds byte for byte.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the four feeds (default: $CARECAST_HOME/feeds). Ground truth goes to OUT/truth/.")] = None,
+    start: Annotated[dt.date | None, typer.Option(formats=["%Y-%m-%d"], help="First day of simulated history.")] = None,
+    end: Annotated[dt.date | None, typer.Option(formats=["%Y-%m-%d"], help="Last day appointments may be scheduled.")] = None,
+    today: Annotated[dt.date | None, typer.Option(formats=["%Y-%m-%d"], help="The simulated 'now': later appointments stay scheduled.")] = None,
+    shift: Annotated[str | None, typer.Option(help="Change the world from --shift-from on: 'billing_policy' or 'sms_outage'.")] = None,
+    shift_from: Annotated[dt.date | None, typer.Option(formats=["%Y-%m-%d"], help="Day the --shift starts (default: 6 months before --today).")] = None,
 ) -> None:
     """Write a realistic synthetic history of the four feeds plus the true probabilities behind each label."""
     from features.synth.generate import SynthConfig, generate
@@ -46,8 +46,8 @@ def synth(
 @app.command()
 def validate(
     src: Annotated[Path, typer.Argument(help="Folder holding patients, visits, billing and engagement (parquet file, parquet folder or CSV).")],
-    out: Annotated[Optional[Path], typer.Option(help="Where validated feeds are written (default: $CARECAST_HOME/validated).")] = None,
-    quarantine: Annotated[Optional[Path], typer.Option(help="Where rejected rows go, one file per feed with a 'reason' column (default: $CARECAST_HOME/quarantine).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where validated feeds are written (default: $CARECAST_HOME/validated).")] = None,
+    quarantine: Annotated[Path | None, typer.Option(help="Where rejected rows go, one file per feed with a 'reason' column (default: $CARECAST_HOME/quarantine).")] = None,
     allow_quarantine: Annotated[bool, typer.Option("--allow-quarantine", help="Exit 0 even when rows were quarantined (they are still written and counted).")] = False,
 ) -> None:
     """Check every feed against its contract; load good rows, quarantine bad rows with the rule they broke.
