@@ -10,6 +10,9 @@ import typer
 
 from carecast.cli_support import fail, settings_or_exit
 from carecast.clock import utc_or_none
+from monitoring import monitor
+from serving.capture import connect, db_path
+from serving.capture import purge as run_purge
 
 app = typer.Typer(help="Monitoring: feature drift (Evidently), champion performance by week, captured predictions.",
                   no_args_is_help=True)
@@ -26,14 +29,12 @@ def drift(
 ) -> None:
     """Evidently drift report (HTML and JSON under $CARECAST_HOME/monitoring/drift/) of recent features against
     each champion's reference. Exit 1 when the share of drifted features reaches monitor.drift_share."""
-    from monitoring.monitor import MonitorError
-    from monitoring.monitor import drift as run_drift
     from training.targets import expand
 
     s = settings_or_exit()
     try:
-        result = run_drift(s, expand(target), utc_or_none(since))
-    except (MonitorError, ValueError, FileNotFoundError) as exc:
+        result = monitor.drift(s, expand(target), utc_or_none(since))
+    except (monitor.MonitorError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo(result.describe())
     if result.flagged and fail_on_drift:
@@ -46,13 +47,10 @@ def performance(
     since: Annotated[dt.datetime | None, typer.Option(formats=_FORMATS, help="Predictions from this UTC date on (default: after the champion's training data).")] = None,
 ) -> None:
     """AUC and calibration by week for the champion, once outcomes are in the visits feed."""
-    from monitoring.monitor import MonitorError
-    from monitoring.monitor import performance as run_perf
-
     s = settings_or_exit()
     try:
-        result = run_perf(s, target, utc_or_none(since))
-    except (MonitorError, ValueError, FileNotFoundError) as exc:
+        result = monitor.performance(s, target, utc_or_none(since))
+    except (monitor.MonitorError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo(result.describe())
 
@@ -62,8 +60,6 @@ def purge(
     older_than: Annotated[float, typer.Option("--older-than", min=0, help="Delete captured predictions older than this many days.")],
 ) -> None:
     """Delete captured predictions older than --older-than DAYS (run it on a schedule)."""
-    from serving.capture import purge as run_purge
-
     s = settings_or_exit()
     n = run_purge(s, older_than)
     typer.echo(f"purged {n:,} captured predictions older than {older_than:g} days")
@@ -72,8 +68,6 @@ def purge(
 @app.command()
 def captured() -> None:
     """Counts of captured predictions per target and model version (no identifiers)."""
-    from serving.capture import connect, db_path
-
     s = settings_or_exit()
     path = db_path(s)
     if not path.exists():

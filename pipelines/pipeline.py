@@ -38,6 +38,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import resource
 import time
 import traceback
 from collections.abc import Callable
@@ -49,6 +50,11 @@ from carecast import logs
 from carecast.clock import utc_or_none
 from carecast.settings import Settings
 from carecast.targets import TARGET_NAMES
+from features.feeds.validate import FeedError, validate_feeds
+from monitoring import monitor
+from pipelines import background
+from serving.capture import db_path
+from training.split import SplitError
 
 log = logs.get("pipeline")
 
@@ -160,8 +166,6 @@ def _write_marker(settings: Settings, res: StageResult) -> None:
 def _cpu() -> float:
     """CPU seconds (user + system) of this process and its waited-for children: on a shared machine the wall
     time says little, the CPU time is what a stage costs."""
-    import resource
-
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
@@ -195,8 +199,6 @@ def _champions(settings: Settings, targets: tuple[str, ...]) -> dict[str, str | 
 
 
 def _validate(ctx: Context) -> StageResult:
-    from features.feeds.validate import FeedError, validate_feeds
-
     s = ctx.settings
     src = ctx.opts.feeds or s.feeds_dir
     try:
@@ -215,7 +217,6 @@ def _validate(ctx: Context) -> StageResult:
 def _features(ctx: Context) -> StageResult:
     from features.build.run import build_features
     from features.store import repo as store
-    from pipelines import background
 
     s = ctx.settings
     try:
@@ -237,9 +238,7 @@ def _features(ctx: Context) -> StageResult:
 
 def _train(ctx: Context) -> StageResult:
     from features.store.repo import training_frame
-    from monitoring import monitor
     from training.data import FrameError
-    from training.split import SplitError
     from training.train import train_target
 
     s = ctx.settings
@@ -313,8 +312,6 @@ def _score(ctx: Context) -> StageResult:
 
 
 def _drift(ctx: Context) -> StageResult:
-    from monitoring import monitor
-
     versions = _drift_versions(ctx)
     r = monitor.drift(ctx.settings, list(ctx.opts.targets), utc_or_none(ctx.opts.since), record=ctx.opts.record,
                       versions=versions)
@@ -350,8 +347,6 @@ def _own_inputs(ctx: Context, stage: str) -> Any:
     if stage == "score":
         return [o.score_days]
     if stage == "drift":
-        from serving.capture import db_path
-
         cap = db_path(s)
         st = cap.stat() if cap.exists() else None
         return [list(o.targets), o.since.isoformat() if o.since else None,

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from carecast.cli_support import fail, settings_or_exit
+from pipelines.pipeline import STAGES, PipelineOptions, markers_dir, run
+from pipelines.pipeline import status as stage_status
 
 app = typer.Typer(help="The retraining loop: validate -> features -> train -> gate -> score -> drift.",
                   no_args_is_help=True)
@@ -34,7 +37,6 @@ def run_cmd(
 
     Exit codes: 0 done; 1 a stage failed (the message names it; re-run to resume there), or drift flagged
     with --fail-on-drift; 2 bad options."""
-    from pipelines.pipeline import STAGES, PipelineOptions, run
     from training.targets import expand
 
     s = settings_or_exit()
@@ -61,8 +63,6 @@ def run_cmd(
 @app.command()
 def status() -> None:
     """Each stage's last success (from the markers under $CARECAST_HOME/pipeline/markers)."""
-    from pipelines.pipeline import status as stage_status
-
     s = settings_or_exit()
     for row in stage_status(s):
         when = row["finished_at"] or "never"
@@ -72,10 +72,6 @@ def status() -> None:
 @app.command()
 def reset() -> None:
     """Forget the stage markers (the next run re-runs every stage); data and models stay."""
-    import shutil
-
-    from pipelines.pipeline import markers_dir
-
     s = settings_or_exit()
     shutil.rmtree(markers_dir(s), ignore_errors=True)
     typer.echo(json.dumps({"markers_removed": str(markers_dir(s))}))

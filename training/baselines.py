@@ -140,7 +140,7 @@ def _score(kind: str, y: np.ndarray, p: np.ndarray) -> float:
 def fit_baselines(kind: str, n_classes: int, features: list[str], categoricals: list[str],
                   X_train: pd.DataFrame, y_train: np.ndarray, X_val: pd.DataFrame, y_val: np.ndarray) -> dict:
     """Fit the three baselines on the training window; the rule's feature is chosen on validation."""
-    out = {"prevalence": Prevalence(kind).fit(X_train, y_train, n_classes)}
+    out: dict[str, Prevalence | OneFeature | Logistic] = {"prevalence": Prevalence(kind).fit(X_train, y_train, n_classes)}
     rng = np.random.default_rng(7)
     ti = rng.choice(len(X_train), min(len(X_train), RULE_MAX_ROWS), replace=False)
     vi = rng.choice(len(X_val), min(len(X_val), RULE_MAX_ROWS), replace=False)

@@ -212,7 +212,7 @@ def model_meta(target: TargetSpec, result: dict) -> dict:
 
 
 def _flat_metrics(result: dict) -> dict[str, float]:
-    out = {}
+    out: dict[str, float] = {}
     for split in ("test", "val"):
         out |= {f"{split}_{k}": v for k, v in result[split].items() if isinstance(v, (int, float))}
     for name, m in result["baselines"].items():

@@ -74,6 +74,7 @@ from features.feeds.contracts import (
     SEXES,
 )
 from features.feeds.files import duckdb_scan as _scan
+from features.request import recency_features
 
 log = logs.get("features.build.run")
 
@@ -659,8 +660,6 @@ def compute_defaults(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.dateti
     """Medians (numeric) and modes (codes and flags) over every patient's latest snapshot, for unknown patients.
     ``latest``: a file holding just the snapshots at the latest time (the build writes one), else the activity file.
     numpy on the fetched columns, two columns at a time (pandas took 12 s, mostly one core, at 1.6M patients)."""
-    from features.request import recency_features
-
     act, prof = out / ACTIVITY_FILE, out / PROFILE_FILE
     src = latest if latest is not None and latest.exists() else act
     have = set(pq.read_schema(src).names) | set(pq.read_schema(prof).names)

@@ -9,6 +9,10 @@ from typing import Annotated
 import typer
 
 from carecast.cli_support import fail, settings_or_exit
+from features.feeds.contracts_doc import render
+from features.feeds.noshow_import import import_noshow as run_import
+from features.feeds.validate import FeedError, validate_feeds
+from features.synth.generate import SynthConfig, generate
 
 app = typer.Typer(help="Feeds: synthesise demo history, import public data, validate against the contracts.",
                   no_args_is_help=True)
@@ -26,8 +30,6 @@ def synth(
     shift_from: Annotated[dt.date | None, typer.Option(formats=["%Y-%m-%d"], help="Day the --shift starts (default: 6 months before --today).")] = None,
 ) -> None:
     """Write a realistic synthetic history of the four feeds plus the true probabilities behind each label."""
-    from features.synth.generate import SynthConfig, generate
-
     s = settings_or_exit()
     d = s.synth
     cfg = SynthConfig(
@@ -54,8 +56,6 @@ def validate(
 
     Exit codes: 0 all rows loaded (or --allow-quarantine), 1 some rows quarantined, 2 a feed could not be read.
     """
-    from features.feeds.validate import FeedError, validate_feeds
-
     s = settings_or_exit()
     try:
         report = validate_feeds(src, out or s.validated_dir, quarantine or s.quarantine_dir)
@@ -72,9 +72,6 @@ def import_noshow(
     out: Annotated[Path, typer.Option(help="Folder for the four feeds made from it.")],
 ) -> None:
     """Map the public no-show dataset into the four feeds; quirky rows are quarantined with the rule."""
-    from features.feeds.noshow_import import import_noshow as run_import
-    from features.feeds.validate import FeedError
-
     settings_or_exit()  # configures logging for the per-stage progress lines
     try:
         summary = run_import(csv, out)
@@ -88,7 +85,5 @@ def contracts_doc(
     out: Annotated[Path, typer.Option(help="Markdown file to write.")] = Path("docs/data-contracts.md"),
 ) -> None:
     """Regenerate docs/data-contracts.md from the contracts in code."""
-    from features.feeds.contracts_doc import render
-
     out.write_text(render())
     typer.echo(f"wrote {out}")
