@@ -35,7 +35,7 @@ def report(name: str, figures: dict[str, Any], words: str) -> dict[str, Any]:
         "figures": figures,
         "cores": os.cpu_count(),
         "git_commit": _git_commit(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     print(words)
     line = json.dumps(record, sort_keys=True)

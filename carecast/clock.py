@@ -13,7 +13,7 @@ import pandas as pd
 
 def utc(when: dt.datetime) -> dt.datetime:
     """A naive datetime read as UTC; an aware one converted to UTC."""
-    return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
 
 
 def utc_or_none(when: dt.datetime | None) -> dt.datetime | None:

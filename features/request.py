@@ -96,7 +96,7 @@ def to_epoch(value: Any) -> float | None:
         value = value.to_pydatetime()
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
+            value = value.replace(tzinfo=dt.UTC)
         return value.timestamp()
     raise TypeError(f"not a timestamp: {type(value).__name__}")
 

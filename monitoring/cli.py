@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from carecast.cli_support import fail, settings_or_exit
 from carecast.clock import utc_or_none
+from monitoring import monitor
+from serving.capture import connect, db_path
+from serving.capture import purge as run_purge
 
 app = typer.Typer(help="Monitoring: feature drift (Evidently), champion performance by week, captured predictions.",
                   no_args_is_help=True)
@@ -20,20 +23,18 @@ TargetOpt = Annotated[str, typer.Option("--target", "-t", help="no_show, churn, 
 
 @app.command()
 def drift(
-    since: Annotated[Optional[dt.datetime], typer.Option(formats=_FORMATS, help="Current data from this UTC date on (default: the feature build's as-of minus monitor.recent_days).")] = None,
+    since: Annotated[dt.datetime | None, typer.Option(formats=_FORMATS, help="Current data from this UTC date on (default: the feature build's as-of minus monitor.recent_days).")] = None,
     target: TargetOpt = "all",
     fail_on_drift: Annotated[bool, typer.Option("--fail-on-drift/--no-fail-on-drift", help="Exit 1 when drift is flagged.")] = True,
 ) -> None:
     """Evidently drift report (HTML and JSON under $CARECAST_HOME/monitoring/drift/) of recent features against
     each champion's reference. Exit 1 when the share of drifted features reaches monitor.drift_share."""
-    from monitoring.monitor import MonitorError
-    from monitoring.monitor import drift as run_drift
     from training.targets import expand
 
     s = settings_or_exit()
     try:
-        result = run_drift(s, expand(target), utc_or_none(since))
-    except (MonitorError, ValueError, FileNotFoundError) as exc:
+        result = monitor.drift(s, expand(target), utc_or_none(since))
+    except (monitor.MonitorError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo(result.describe())
     if result.flagged and fail_on_drift:
@@ -43,16 +44,13 @@ def drift(
 @app.command()
 def performance(
     target: Annotated[str, typer.Option("--target", "-t", help="no_show, churn or channel.")] = "no_show",
-    since: Annotated[Optional[dt.datetime], typer.Option(formats=_FORMATS, help="Predictions from this UTC date on (default: after the champion's training data).")] = None,
+    since: Annotated[dt.datetime | None, typer.Option(formats=_FORMATS, help="Predictions from this UTC date on (default: after the champion's training data).")] = None,
 ) -> None:
     """AUC and calibration by week for the champion, once outcomes are in the visits feed."""
-    from monitoring.monitor import MonitorError
-    from monitoring.monitor import performance as run_perf
-
     s = settings_or_exit()
     try:
-        result = run_perf(s, target, utc_or_none(since))
-    except (MonitorError, ValueError, FileNotFoundError) as exc:
+        result = monitor.performance(s, target, utc_or_none(since))
+    except (monitor.MonitorError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo(result.describe())
 
@@ -62,8 +60,6 @@ def purge(
     older_than: Annotated[float, typer.Option("--older-than", min=0, help="Delete captured predictions older than this many days.")],
 ) -> None:
     """Delete captured predictions older than --older-than DAYS (run it on a schedule)."""
-    from serving.capture import purge as run_purge
-
     s = settings_or_exit()
     n = run_purge(s, older_than)
     typer.echo(f"purged {n:,} captured predictions older than {older_than:g} days")
@@ -72,8 +68,6 @@ def purge(
 @app.command()
 def captured() -> None:
     """Counts of captured predictions per target and model version (no identifiers)."""
-    from serving.capture import connect, db_path
-
     s = settings_or_exit()
     path = db_path(s)
     if not path.exists():
@@ -84,6 +78,6 @@ def captured() -> None:
                           GROUP BY 1, 2, 3 ORDER BY 1, 3""").fetchall()
     con.close()
     out = [{"target": t, "model": f"{m} v{v}", "rows": n,
-            "first": dt.datetime.fromtimestamp(a, dt.timezone.utc).isoformat(timespec="seconds"),
-            "last": dt.datetime.fromtimestamp(b, dt.timezone.utc).isoformat(timespec="seconds")} for t, m, v, n, a, b in rows]
+            "first": dt.datetime.fromtimestamp(a, dt.UTC).isoformat(timespec="seconds"),
+            "last": dt.datetime.fromtimestamp(b, dt.UTC).isoformat(timespec="seconds")} for t, m, v, n, a, b in rows]
     typer.echo(json.dumps(out, indent=1))

@@ -40,8 +40,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import multiprocessing as mp
+import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +56,12 @@ import pandas as pd
 from carecast import logs
 from carecast.clock import utc_timestamp
 from carecast.folders import latest, write_latest
-from carecast.settings import DEFAULT_TREND_FEATURES, MonitorSettings, Settings  # noqa: F401  (re-exported)
+from carecast.settings import MonitorSettings, Settings
 from carecast.targets import TARGET_NAMES
 from features import catalog
+from features.catalog import CATEGORIES, MANIFEST_FILE, categorical_columns
+from features.feeds.files import duckdb_scan
+from serving import capture
 
 log = logs.get("monitor")
 
@@ -98,8 +104,6 @@ def monitoring_dir(settings: Settings) -> Path:
 
 
 def _as_of(settings: Settings) -> pd.Timestamp:
-    from features.catalog import MANIFEST_FILE
-
     path = settings.feature_dir / MANIFEST_FILE
     if not path.exists():
         raise MonitorError(f"{path}: no features built; run `carecast features build` first")
@@ -138,7 +142,6 @@ def _points(settings: Settings, target: str, start: pd.Timestamp, end: pd.Timest
 
 def point_features(settings: Settings, target: str, points: pd.DataFrame) -> pd.DataFrame:
     """Point-in-time features (the training frame's columns) for prediction points, via the feature store."""
-    from features.catalog import CATEGORIES
     from features.store import reader
 
     if points.empty:
@@ -178,8 +181,6 @@ def scoring_reference(settings: Settings, target: str, tags: dict[str, str], see
 def log_reference(settings: Settings, target: str, run_id: str, tags: dict[str, str]) -> int:
     """Log the champion-to-be's reference sample (``scoring_reference``) with its run (the pipeline's train
     stage calls this)."""
-    import tempfile
-
     from training import tracking
 
     ref = scoring_reference(settings, target, tags)
@@ -200,8 +201,8 @@ def reference(settings: Settings, target: str, mv: Any) -> tuple[pd.DataFrame, s
     try:
         local = client.download_artifacts(mv.run_id, REFERENCE_ARTIFACT)
         return pd.read_parquet(local), f"sample logged with run {mv.run_id} ({cfg.reference_window} window)"
-    except Exception:  # noqa: BLE001 - not logged (trained outside the pipeline, or before the scoring-population
-        pass           # reference: the older labelled-rows artifact had another name): rebuild it
+    except Exception:  # noqa: BLE001  (not logged: trained outside the pipeline, or before the scoring-population
+        pass           # reference, when the older labelled-rows artifact had another name; rebuild it)
     start, end = _window(mv.tags or {}, cfg.reference_window)
     return scoring_reference(settings, target, mv.tags or {}), (
         f"rebuilt from the {cfg.reference_window} window {start:%Y-%m-%d}..{end:%Y-%m-%d} in the version's tags")
@@ -209,8 +210,6 @@ def reference(settings: Settings, target: str, mv: Any) -> tuple[pd.DataFrame, s
 
 def current(settings: Settings, target: str, model_name: str, since: pd.Timestamp) -> tuple[pd.DataFrame, str]:
     """Recent features: captured predictions if there are enough, else the latest feature snapshots."""
-    from serving import capture
-
     cfg = monitor_settings(settings)
     cap = capture.read(settings, target, since.to_pydatetime(), model_name=model_name, limit=cfg.current_rows)
     if len(cap) >= cfg.min_current_rows:
@@ -438,9 +437,6 @@ def _report_pool(workers: int) -> Any:
     measured in issue 7, a net loss); forked ones share what this process already loaded, so a small report is run
     here first to load the lazily imported parts (renderers, plotly figure classes) before the fork. Where fork is
     not available the reports run in this process."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     if "fork" not in mp.get_all_start_methods():
         return None
     warm = pd.DataFrame({"a": np.arange(40.0), "b": np.arange(40) % 3, GROUP: np.arange(40)})
@@ -469,7 +465,7 @@ def _record_mlflow(settings: Settings, target: str, mv: Any, td: TargetDrift, fi
             mlflow.log_artifact(str(f), "drift")
         run_id = run.info.run_id
     for k, v in {"drift.flagged": str(td.flagged).lower(), "drift.share": f"{td.share:.3f}",
-                 "drift.run_id": run_id, "drift.checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}.items():
+                 "drift.run_id": run_id, "drift.checked_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}.items():
         client.set_model_version_tag(spec(target).registered_model, str(mv.version), k, v)
     return run_id
 
@@ -486,7 +482,7 @@ def drift(settings: Settings, targets: list[str] | None = None, since: dt.dateti
     targets = targets or list(TARGET_NAMES)
     as_of = _as_of(settings)
     since_ts = utc_timestamp(since) if since is not None else as_of - pd.Timedelta(days=cfg.recent_days)
-    created = dt.datetime.now(dt.timezone.utc)
+    created = dt.datetime.now(dt.UTC)
     root = monitoring_dir(settings) / "drift"
     folder = root / f"{created:%Y%m%dT%H%M%S%fZ}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -536,7 +532,7 @@ def drift(settings: Settings, targets: list[str] | None = None, since: dt.dateti
             if record:
                 try:
                     td.mlflow_run_id = _record_mlflow(settings, target, mv, td, [Path(td.html), Path(td.json)])
-                except Exception as exc:  # noqa: BLE001 - the report stands without the MLflow record
+                except Exception as exc:  # noqa: BLE001  (the report stands without the MLflow record)
                     log.warning("drift %s: not recorded in MLflow: %s", target, type(exc).__name__)
             result.targets[target] = td
             result.flagged |= td.flagged
@@ -612,9 +608,6 @@ def _captured_outcomes(settings: Settings, mv: Any, since: pd.Timestamp | None) 
     """Captured no-show predictions of this model joined to outcomes in the validated visits feed."""
     import duckdb
 
-    from features.feeds.files import duckdb_scan
-    from serving import capture
-
     cap = capture.read(settings, "no_show", since.to_pydatetime() if since is not None else None, model_name=mv.name)
     if cap.empty:
         return cap
@@ -662,7 +655,6 @@ def performance(settings: Settings, target: str = "no_show", since: dt.datetime 
         else:
             df = point_features(settings, target, pts)
             loaded = registry.load(settings, target, version=str(mv.version))
-            from features.catalog import categorical_columns
 
             frame_cats = categorical_columns(target)
             X = data.features(data.recode(df, frame_cats, loaded.meta.get("categorical_columns", {})),
@@ -684,6 +676,6 @@ def performance(settings: Settings, target: str = "no_show", since: dt.datetime 
     path = out / f"{target}.json"
     path.write_text(json.dumps({"target": target, "model": {"name": mv.name, "version": str(mv.version)},
                                 "source": source, "overall": overall, "weeks": weeks.to_dict("records"),
-                                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+                                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
                                indent=1, default=str))
     return Performance(target, {"name": mv.name, "version": str(mv.version)}, source, weeks, overall, path)

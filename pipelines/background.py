@@ -77,7 +77,7 @@ def _materialize(settings: Settings, copy: Path, fd: int) -> None:
 
         n = store.materialize(settings, feature_store=store.store_on_registry_copy(settings, copy))
         msg: dict[str, Any] = {"ok": True, "patients": int(n)}
-    except BaseException as exc:  # noqa: BLE001 - reported by the pipeline as the features stage's failure
+    except BaseException as exc:  # noqa: BLE001  (reported by the pipeline as the features stage's failure)
         msg = {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500]}
     with os.fdopen(fd, "wb") as pipe:
         pipe.write(json.dumps(msg).encode())

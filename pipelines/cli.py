@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import typer
 
+from carecast.cli_support import settings_or_exit
 from features.feeds.cli import app as data_app
 from features.store.cli import app as store_app
+from monitoring.cli import app as monitor_app
+from pipelines.pipeline_cli import app as pipeline_app
+from scoring.cli import score as score_cmd
+from serving.cli import serve as serve_cmd
+from training.cli import benchmark_app
+from training.cli import promote as promote_cmd
+from training.cli import train as train_cmd
 
 app = typer.Typer(
     help="CareCast: no-show, churn and preferred-channel predictions with reasons, for patient outreach.",
@@ -13,38 +21,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
-
-from training.cli import benchmark_app  # noqa: E402
-from training.cli import promote as promote_cmd
-from training.cli import train as train_cmd
-
 app.command("train")(train_cmd)
 app.command("promote")(promote_cmd)
 app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(store_app, name="features")
-
-from serving.cli import serve as serve_cmd  # noqa: E402
-
 app.command("serve")(serve_cmd)
-
-from scoring.cli import score as score_cmd  # noqa: E402
-
 app.command("score")(score_cmd)
 
 
 @app.command()
 def home() -> None:
     """Print the CARECAST_HOME in use and where each kind of state lives under it."""
-    from carecast.cli_support import settings_or_exit
-
     s = settings_or_exit()
     for label, path in [("home", s.home), ("feeds", s.feeds_dir), ("validated", s.validated_dir),
                         ("quarantine", s.quarantine_dir), ("feature repo", s.feature_repo_dir),
                         ("mlflow", s.tracking_uri), ("risk lists", s.risk_list_dir)]:
         typer.echo(f"{label:>12}: {path}")
 
-from monitoring.cli import app as monitor_app  # noqa: E402
-from pipelines.pipeline_cli import app as pipeline_app  # noqa: E402
 
 app.add_typer(monitor_app, name="monitor")
 app.add_typer(pipeline_app, name="pipeline")

@@ -38,6 +38,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import resource
 import time
 import traceback
 from collections.abc import Callable
@@ -49,6 +50,11 @@ from carecast import logs
 from carecast.clock import utc_or_none
 from carecast.settings import Settings
 from carecast.targets import TARGET_NAMES
+from features.feeds.validate import FeedError, validate_feeds
+from monitoring import monitor
+from pipelines import background
+from serving.capture import db_path
+from training.split import SplitError
 
 log = logs.get("pipeline")
 
@@ -152,7 +158,7 @@ def _write_marker(settings: Settings, res: StageResult) -> None:
     tmp = d / f".{res.stage}.tmp"
     tmp.write_text(json.dumps({"stage": res.stage, "fingerprint": res.fingerprint, "summary": res.summary,
                                "seconds": round(res.seconds, 2), "outputs": res.outputs,
-                               "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+                               "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
                               indent=1, default=str))
     tmp.replace(d / f"{res.stage}.json")
 
@@ -160,8 +166,6 @@ def _write_marker(settings: Settings, res: StageResult) -> None:
 def _cpu() -> float:
     """CPU seconds (user + system) of this process and its waited-for children: on a shared machine the wall
     time says little, the CPU time is what a stage costs."""
-    import resource
-
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
@@ -195,8 +199,6 @@ def _champions(settings: Settings, targets: tuple[str, ...]) -> dict[str, str | 
 
 
 def _validate(ctx: Context) -> StageResult:
-    from features.feeds.validate import FeedError, validate_feeds
-
     s = ctx.settings
     src = ctx.opts.feeds or s.feeds_dir
     try:
@@ -215,7 +217,6 @@ def _validate(ctx: Context) -> StageResult:
 def _features(ctx: Context) -> StageResult:
     from features.build.run import build_features
     from features.store import repo as store
-    from pipelines import background
 
     s = ctx.settings
     try:
@@ -237,9 +238,7 @@ def _features(ctx: Context) -> StageResult:
 
 def _train(ctx: Context) -> StageResult:
     from features.store.reader import training_frame
-    from monitoring import monitor
     from training.data import FrameError
-    from training.split import SplitError
     from training.train import train_target
 
     s = ctx.settings
@@ -261,7 +260,7 @@ def _train(ctx: Context) -> StageResult:
             raise StageFailed("train", f"{t}: {exc}", "the history may be too short or too small for this target") from None
         try:
             monitor.log_reference(s, t, r["run_id"], r["windows"])
-        except Exception as exc:  # noqa: BLE001 - drift can rebuild the reference from the version's tags
+        except Exception as exc:  # noqa: BLE001  (drift can rebuild the reference from the version's tags)
             log.warning("%s: reference sample not logged: %s", t, type(exc).__name__)
         _tag_version(s, t, r["version"], {"retrain.reason": "; ".join(why)})
         versions[t], reasons[t] = r["version"], "; ".join(why)
@@ -313,8 +312,6 @@ def _score(ctx: Context) -> StageResult:
 
 
 def _drift(ctx: Context) -> StageResult:
-    from monitoring import monitor
-
     versions = _drift_versions(ctx)
     r = monitor.drift(ctx.settings, list(ctx.opts.targets), utc_or_none(ctx.opts.since), record=ctx.opts.record,
                       versions=versions)
@@ -350,8 +347,6 @@ def _own_inputs(ctx: Context, stage: str) -> Any:
     if stage == "score":
         return [o.score_days]
     if stage == "drift":
-        from serving.capture import db_path
-
         cap = db_path(s)
         st = cap.stat() if cap.exists() else None
         return [list(o.targets), o.since.isoformat() if o.since else None,
@@ -370,7 +365,7 @@ def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
         if value is not None and value not in STAGES:
             raise ValueError(f"{name} must be one of {', '.join(STAGES)}, not {value!r}")
     t0 = time.perf_counter()
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     result = PipelineRun(started_at=started.isoformat(timespec="seconds"))
     ctx = Context(settings, opts)
     ctx.champions_before = _champions(settings, opts.targets)
@@ -403,7 +398,7 @@ def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
             except StageFailed as exc:
                 res = StageResult(stage, "failed", time.perf_counter() - t,
                                   summary=exc.message + (f" ({exc.hint})" if exc.hint else ""))
-            except Exception as exc:  # noqa: BLE001 - any failure stops the run with a clear line
+            except Exception as exc:  # noqa: BLE001  (any failure stops the run with a clear line)
                 log.debug("stage %s: %s", stage, traceback.format_exc())
                 res = StageResult(stage, "failed", time.perf_counter() - t,
                                   summary=f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
@@ -430,7 +425,7 @@ def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
     if opts.record:
         try:
             result.mlflow_run_id = _record_mlflow(settings, result, opts, ctx)
-        except Exception as exc:  # noqa: BLE001 - the run record on disk stands
+        except Exception as exc:  # noqa: BLE001  (the run record on disk stands)
             log.warning("pipeline run not recorded in MLflow: %s", type(exc).__name__)
     return result
 

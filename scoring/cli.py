@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,7 +18,7 @@ def score(
     list_fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="At most this share of rows (riskiest first) make each list and are explained ...")] = 0.10,
     list_min_rows: Annotated[int, typer.Option(min=0, help="... but at least this many (when at or above the list tier).")] = 1000,
     list_tier: Annotated[str, typer.Option(help="Lowest risk tier on the lists: low, medium or high.")] = "medium",
-    calls: Annotated[Optional[int], typer.Option(min=0, help="Coordinator contacts available today (default: the outreach settings' calls_per_day).")] = None,
+    calls: Annotated[int | None, typer.Option(min=0, help="Coordinator contacts available today (default: the outreach settings' calls_per_day).")] = None,
 ) -> None:
     """Score every scheduled appointment in the window (no-show) and every active patient (churn, channel)
     with the champion models, explain the rows that make the risk lists, plan outreach, and write the lists

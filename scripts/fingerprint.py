@@ -97,7 +97,7 @@ def _requests(world: Path) -> list[tuple[str, dict]]:
                 "telehealth": bool(v["telehealth"])}
         reqs.append(("/v1/no-show", {"appointments": [appt], "top_k": 3}))
     for i in range(10):
-        reqs.append(("/v1/churn", {"patient_ids": ["P-NOT-IN-WORLD-%d" % i], "top_k": 3}))
+        reqs.append(("/v1/churn", {"patient_ids": [f"P-NOT-IN-WORLD-{i}"], "top_k": 3}))
     for i in range(10):
         v = booked.iloc[i]
         reqs.append(("/v1/outreach-plan", {"appointments": [{
@@ -125,7 +125,7 @@ def _answers(world: Path, env: dict[str, str]) -> list[dict]:
             try:
                 if urllib.request.urlopen(base + "/readyz", timeout=2).status == 200:
                     break
-            except Exception:
+            except Exception:  # noqa: BLE001  (not up yet: refused, reset or a 503 all mean wait)
                 time.sleep(0.5)
         else:
             raise SystemExit("the server never became ready (see serve.log)")
@@ -166,7 +166,7 @@ def compare(a: dict, b: dict) -> int:
             if a[part].get(k) != b[part].get(k):
                 bad += 1
                 print(f"DIFF {part} {k}: {a[part].get(k)} != {b[part].get(k)}")
-    for i, (x, y) in enumerate(zip(a["answers"], b["answers"])):
+    for i, (x, y) in enumerate(zip(a["answers"], b["answers"], strict=False)):
         if x != y:
             bad += 1
             print(f"DIFF answer {i} {x['route']}")

@@ -129,7 +129,7 @@ def test_window_edges_streak_and_past_due_ties(tmp_path: Path) -> None:
     ])
     add_rows(feeds, "engagement", [event("e1", "X", "2025-04-01 10:00", "sms", "replied", "inbound")])
     snaps = _build(tmp_path / "home", write(feeds, tmp_path / "feeds"),
-                   as_of=dt.datetime(2025, 5, 1, tzinfo=dt.timezone.utc)).set_index("event_timestamp")
+                   as_of=dt.datetime(2025, 5, 1, tzinfo=dt.UTC)).set_index("event_timestamp")
 
     def at(t: str) -> pd.Series:
         return snaps.loc[pd.Timestamp(t, tz="UTC")]

@@ -48,7 +48,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
     ])
     data = write(feeds, root / "feeds")
     s = load_settings(environ={"CARECAST_HOME": str(root / "home")})
-    build_features(s, data, as_of=dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc))
+    build_features(s, data, as_of=dt.datetime(2026, 6, 1, tzinfo=dt.UTC))
     return {t: pd.read_parquet(label_file(s.feature_dir, t)) for t in ("no_show", "churn", "channel")}
 
 
@@ -101,8 +101,8 @@ def test_numpy_churn_and_channel_points_equal_the_sql_rules(tmp_path: Path) -> N
     over the build's event tables: same rows and labels, for any chunking (sub-second times: the microsecond path)."""
     from test_features_support import random_world
 
-    from features.build.labels import channel_sql, churn_sql
     from features.build import run as build_mod
+    from features.build.labels import channel_sql, churn_sql
 
     data = random_world(tmp_path / "feeds", patients=150, seed=11)
     for chunk in (1_000_000, 41):

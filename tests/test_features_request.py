@@ -14,7 +14,7 @@ from features.request import (
     to_epoch,
 )
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def test_appointment_features_from_a_request() -> None:

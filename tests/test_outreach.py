@@ -86,12 +86,12 @@ def test_unreachable_channels_never_chosen() -> None:
     items = []
     for i in range(400):
         reach = {f: bool(rng.random() < 0.5) for f in flags}
-        probs = dict(zip(("sms", "email", "phone", "portal"), rng.dirichlet(np.ones(4))))
+        probs = dict(zip(("sms", "email", "phone", "portal"), rng.dirichlet(np.ones(4)), strict=False))
         reasons = [HISTORY, BILLING, ACCESS][i % 3]
         items.append(item(f"x{i}", float(rng.uniform(0, 1)), reasons, reach, probs,
                           target="churn" if i % 4 == 0 else "no_show"))
     recs = plan(items, OutreachSettings(calls_per_day=60))
-    for it, r in zip(items, recs):
+    for it, r in zip(items, recs, strict=False):
         ok = reachable_channels(it.reachable)
         if r.channel is None:
             assert r.action == "none" and not ok

@@ -73,7 +73,7 @@ def test_score_synthetic_world_end_to_end(home: Path, carecast_ok) -> None:
     feed = pd.read_parquet(s.validated_dir / "patients.parquet").set_index("patient_id")
     need = {"sms": "has_mobile", "phone": "has_mobile", "email": "has_email", "portal": "portal_enrolled"}
     for lst in (appts, pats):
-        for pid, ch in zip(lst.patient_id, lst.channel):
+        for pid, ch in zip(lst.patient_id, lst.channel, strict=False):
             if ch:
                 assert bool(feed.loc[pid, need[ch]]), (ch, need[ch])
     # stamped: parquet metadata names the models and as-of time

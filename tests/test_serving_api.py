@@ -86,7 +86,7 @@ def test_no_show_probability_matches_the_registered_model(client, registry):
 
     from serving.feature_source import request_features
 
-    model = mlflow.xgboost.load_model(f"models:/carecast-no-show/1")
+    model = mlflow.xgboost.load_model("models:/carecast-no-show/1")
     feats = sup.in_memory_features()
     import datetime as dt
 
@@ -109,7 +109,7 @@ def test_churn_route(client):
     assert r.status_code == 200, r.text
     data = r.json()
     assert data["model"]["name"] == "carecast-churn" and data["model"]["version"] == "1"
-    for pid, p in zip(["P0001", "P0010"], data["predictions"]):
+    for pid, p in zip(["P0001", "P0010"], data["predictions"], strict=False):
         assert p["patient_id"] == pid and p["risk_tier"] in {"low", "medium", "high"}
         check_explained(p, 2, logit(p["probability"]))
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
+from carecast.targets import risk_tier
 from serving import reasons
 from serving.auth import key_ok
 from serving.explain import explain, top_k_indices
-from carecast.targets import risk_tier
 
 
 def _booster(multiclass: bool = False, seed: int = 0) -> tuple[xgb.Booster, np.ndarray]:

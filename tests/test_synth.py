@@ -271,7 +271,7 @@ def test_billing_policy_shift_raises_costs_and_collections(tmp_path: Path) -> No
         late = b[b.billed_at >= cut]
         return float((late.patient_responsibility / late.amount).mean())
     assert share(fs["billing"]) > 1.5 * share(fb["billing"])
-    coll = lambda b: ((b.status.isin(["collections", "written_off"])) & (b.billed_at >= cut)).mean()  # noqa: E731
+    coll = lambda b: ((b.status.isin(["collections", "written_off"])) & (b.billed_at >= cut)).mean()
     assert coll(fs["billing"]) > 1.5 * coll(fb["billing"])
     later = cut + pd.Timedelta(days=60)
 

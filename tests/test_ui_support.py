@@ -27,7 +27,7 @@ def _tier(p: np.ndarray) -> np.ndarray:
 
 
 def fake_result(n_appts: int = 300, n_patients: int = 200, seed: int = 0,
-                as_of: dt.datetime = dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)) -> Result:
+                as_of: dt.datetime = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)) -> Result:
     """A risk-list result with the columns ``carecast score`` writes, sorted riskiest first."""
     rng = np.random.default_rng(seed)
 

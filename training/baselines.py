@@ -50,7 +50,7 @@ class Prevalence:
     rates: np.ndarray | None = None
     name: str = "prevalence"
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray, n_classes: int) -> "Prevalence":
+    def fit(self, X: pd.DataFrame, y: np.ndarray, n_classes: int) -> Prevalence:
         self.rates = np.bincount(y, minlength=n_classes) / len(y)
         return self
 
@@ -71,7 +71,7 @@ class OneFeature:
             return np.where(np.isnan(v), -1e18, v)
         return np.where(np.isnan(v), -1, np.searchsorted(self.edges, v, side="right"))
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray, n_classes: int) -> "OneFeature":
+    def fit(self, X: pd.DataFrame, y: np.ndarray, n_classes: int) -> OneFeature:
         x = X[self.feature]
         uniq = x.nunique(dropna=True)
         self.edges = None if (self.categorical or uniq <= 12) else np.unique(
@@ -100,7 +100,7 @@ class Logistic:
     def __init__(self, kind: str, features: list[str], categoricals: list[str], seed: int = 7):
         self.kind, self.features, self.categoricals, self.seed = kind, features, categoricals, seed
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray, n_classes: int) -> "Logistic":
+    def fit(self, X: pd.DataFrame, y: np.ndarray, n_classes: int) -> Logistic:
         if len(X) > LOGISTIC_MAX_ROWS:
             idx = np.random.default_rng(self.seed).choice(len(X), LOGISTIC_MAX_ROWS, replace=False)
             X, y = X.iloc[idx], y[idx]
@@ -140,7 +140,7 @@ def _score(kind: str, y: np.ndarray, p: np.ndarray) -> float:
 def fit_baselines(kind: str, n_classes: int, features: list[str], categoricals: list[str],
                   X_train: pd.DataFrame, y_train: np.ndarray, X_val: pd.DataFrame, y_val: np.ndarray) -> dict:
     """Fit the three baselines on the training window; the rule's feature is chosen on validation."""
-    out = {"prevalence": Prevalence(kind).fit(X_train, y_train, n_classes)}
+    out: dict[str, Prevalence | OneFeature | Logistic] = {"prevalence": Prevalence(kind).fit(X_train, y_train, n_classes)}
     rng = np.random.default_rng(7)
     ti = rng.choice(len(X_train), min(len(X_train), RULE_MAX_ROWS), replace=False)
     vi = rng.choice(len(X_val), min(len(X_val), RULE_MAX_ROWS), replace=False)

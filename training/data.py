@@ -91,7 +91,7 @@ def recode(df: pd.DataFrame, frame_categories: dict[str, list[str]],
     for col in todo:
         frame_cats, model_cats = frame_categories[col], model_categories[col]
         lookup = {i: (model_cats.index(c) if c in model_cats else np.nan) for i, c in enumerate(frame_cats)}
-        out[col] = out[col].map(lambda v: lookup.get(int(v), np.nan) if pd.notna(v) else np.nan).astype(float)
+        out[col] = out[col].map(lambda v, lookup=lookup: lookup.get(int(v), np.nan) if pd.notna(v) else np.nan).astype(float)
     return out
 
 

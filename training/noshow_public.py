@@ -34,7 +34,11 @@ import numpy as np
 import pandas as pd
 
 from carecast import logs
+from features.feeds import files as feeds_io
+from features.feeds.noshow_import import EXTRAS_FILE, import_noshow
+from features.feeds.validate import FeedError
 from training import metrics as M
+from training.baselines import Logistic
 from training.model import Shape, fit, predict
 
 log = logs.get("noshow_public")
@@ -168,10 +172,6 @@ def _ids(series: pd.Series) -> pd.Series:
 
 
 def run(csv: Path, test_from: str, predictions_out: Path | None = None, work: Path | None = None) -> BenchmarkResult:
-    from features.feeds import files as feeds_io
-    from features.feeds.noshow_import import EXTRAS_FILE, import_noshow
-    from features.feeds.validate import FeedError
-
     try:
         cut = pd.Timestamp(test_from)
     except ValueError:
@@ -204,7 +204,6 @@ def run(csv: Path, test_from: str, predictions_out: Path | None = None, work: Pa
     y = test["label"].to_numpy()
     model_m = M.binary_metrics(y, p)
     lead_auc = M.binary_metrics(y, test["lead_days"].fillna(0).to_numpy() / (1 + test["lead_days"].max()))["auc"]
-    from training.baselines import Logistic
 
     lr = Logistic("binary", FEATURES, CATEGORICAL).fit(train[FEATURES], train["label"].to_numpy(), 2)
     lr_m = M.binary_metrics(y, lr.predict(test[FEATURES]))

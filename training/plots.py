@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_curve
 
 from training import metrics as M
 
@@ -20,8 +21,6 @@ def _plt():
 
 
 def roc(kind: str, y: np.ndarray, curves: dict[str, np.ndarray], classes: tuple[str, ...], out: Path) -> Path:
-    from sklearn.metrics import roc_curve
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for name, p in curves.items():

@@ -28,7 +28,7 @@ class TargetSpec:
 
     # the registry's facts, read through (training code says ``spec.kind``, ``spec.entity`` ...)
     @property
-    def name(self) -> str:
+    def name(self) -> Target:
         return self.info.name
 
     @property

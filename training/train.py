@@ -212,7 +212,7 @@ def model_meta(target: TargetSpec, result: dict) -> dict:
 
 
 def _flat_metrics(result: dict) -> dict[str, float]:
-    out = {}
+    out: dict[str, float] = {}
     for split in ("test", "val"):
         out |= {f"{split}_{k}": v for k, v in result[split].items() if isinstance(v, (int, float))}
     for name, m in result["baselines"].items():
@@ -266,7 +266,7 @@ def _log(settings: Settings, target: TargetSpec, result: dict, booster, X: pd.Da
             plots.reliability(target.kind, ytest, p_test, pdir / "reliability.png")
             try:
                 plots.beeswarm(booster, X[sp.test] if sp.test.sum() else X, target.classes, pdir)
-            except Exception as exc:  # a plot must not lose a trained model
+            except Exception as exc:  # noqa: BLE001  (a plot must not lose a trained model)
                 log.warning("%s: SHAP beeswarm not drawn: %s", target.name, type(exc).__name__)
             mlflow.log_artifacts(str(pdir), "plots")
         pd.DataFrame(result["subgroups"]).to_csv(tmpd / "subgroups.csv", index=False)

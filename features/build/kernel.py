@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from features.catalog import ACTIVITY_FEATURES, ACTIVITY_TIMESTAMPS, WINDOWS
+
 #: a chunk's output: float32 feature rows and float64 timestamp rows (``output_buffer``)
 Buffers = tuple[np.ndarray, np.ndarray]
 
 
 def feature_names() -> list[str]:
-    """The kernel's output rows, in order: the snapshot file's feature columns (``features/build/run.py``; imported
-    here, not at the top, as build imports this module). ``snapshot_jit.run`` writes its rows in this order."""
-    from features.catalog import ACTIVITY_FEATURES, ACTIVITY_TIMESTAMPS
-
+    """The kernel's output rows, in order: the snapshot file's feature columns (``features/build/run.py``).
+    ``snapshot_jit.run`` writes its rows in this order."""
     return ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS
 
 
@@ -43,8 +43,6 @@ def output_buffer(snapshots: int, reuse: Buffers | None = None) -> Buffers:
     """Buffers for ``snapshot_features``: one float32 row per feature and one float64 row per timestamp (the file's
     types, so Arrow takes the rows without a cast), ``reuse`` when large enough. Reusing buffers across chunks
     matters: the first touch of a fresh 300 MB buffer cost more than the arithmetic that fills it."""
-    from features.catalog import ACTIVITY_FEATURES, ACTIVITY_TIMESTAMPS
-
     if reuse is not None and reuse[0].shape[1] >= snapshots:
         return reuse
     n = max(snapshots, 1)
@@ -83,7 +81,6 @@ def snapshot_features(snap_pk: np.ndarray, snap_ts: np.ndarray, src: dict[str, d
     from features.build import (
         jit as snapshot_jit,  # numba: imported on first use, not with this module
     )
-    from features.catalog import WINDOWS
 
     k = snapshot_jit.run(c(snap_pk, np.int64), c(snap_ts, np.int64), -1 if keep_us is None else int(keep_us),
                          keep_us is not None, np.array(WINDOWS, dtype=np.int64),

@@ -56,8 +56,8 @@ def no_show_point(scheduled_at: dt.datetime, booked_at: dt.datetime) -> dt.datet
 
 def month_start(when: dt.datetime) -> dt.datetime:
     """The churn/channel prediction point at or before ``when``: first of the month, 00:00 UTC."""
-    when = when.astimezone(dt.timezone.utc)
-    return dt.datetime(when.year, when.month, 1, tzinfo=dt.timezone.utc)
+    when = when.astimezone(dt.UTC)
+    return dt.datetime(when.year, when.month, 1, tzinfo=dt.UTC)
 
 
 def no_show_sql(as_of: str) -> str:

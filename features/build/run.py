@@ -74,6 +74,7 @@ from features.feeds.contracts import (
     SEXES,
 )
 from features.feeds.files import duckdb_scan as _scan
+from features.request import recency_features
 
 log = logs.get("features.build.run")
 
@@ -139,7 +140,7 @@ def load_feeds(con: duckdb.DuckDBPyConnection, data: Path, as_of: dt.datetime | 
             (SELECT MAX(registered_at) FROM p))""").fetchall()[0]
         as_of = row[0]
     else:
-        as_of = as_of.astimezone(dt.timezone.utc).replace(tzinfo=None) if as_of.tzinfo else as_of
+        as_of = as_of.astimezone(dt.UTC).replace(tzinfo=None) if as_of.tzinfo else as_of
     assert as_of is not None, "feeds are empty"
     return as_of
 
@@ -450,7 +451,7 @@ SNAPSHOT_SCHEMA = pa.schema([pa.field("patient_id", pa.string(), nullable=False)
 
 
 def _monthly_labels(src: dict[str, dict], snap: dict, ids: pa.Array, lo: int, as_of_us: int,
-                    clock: "_Clock") -> dict[str, pa.Table]:
+                    clock: _Clock) -> dict[str, pa.Table]:
     """The chunk's churn and channel label tables (``features/build/labels.py``), from the events the snapshot pass fetched."""
     V, E = src["visit"], src["engagement"]
     done = V["outcome"] == 0
@@ -530,7 +531,8 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, events: _Events, path: Path
                 pending.result()
 
             def write(table: pa.Table = table, latest: pa.Table | None = latest,
-                      monthly: dict[str, pa.Table] = monthly, buf: snapshot_kernel.Buffers = buf) -> None:
+                      monthly: dict[str, pa.Table] = monthly, buf: snapshot_kernel.Buffers = buf,
+                      writer: pq.ParquetWriter = writer, latest_writer: pq.ParquetWriter | None = latest_writer) -> None:
                 writer.write_table(table, row_group_size=500_000)
                 buffers.put(buf)   # the table's values are encoded: the next chunk may overwrite them
                 if latest_writer is not None and latest is not None:
@@ -627,11 +629,11 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
         (out / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1, sort_keys=True))
         info["columns"] = len(defaults)
     snapshot_hash = _file_hash(out / PROFILE_FILE, out / ACTIVITY_FILE)
-    as_of_utc = as_of_ts.replace(tzinfo=dt.timezone.utc)
+    as_of_utc = as_of_ts.replace(tzinfo=dt.UTC)
     manifest = {"as_of": as_of_utc.isoformat(), "patients": patients, "snapshots": snapshots,
                 "events": events, "labels": label_rows, "snapshot_hash": snapshot_hash,
                 "data": str(Path(data).resolve()),
-                "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     con.close()
     shutil.rmtree(work, ignore_errors=True)
@@ -658,8 +660,6 @@ def compute_defaults(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.dateti
     """Medians (numeric) and modes (codes and flags) over every patient's latest snapshot, for unknown patients.
     ``latest``: a file holding just the snapshots at the latest time (the build writes one), else the activity file.
     numpy on the fetched columns, two columns at a time (pandas took 12 s, mostly one core, at 1.6M patients)."""
-    from features.request import recency_features
-
     act, prof = out / ACTIVITY_FILE, out / PROFILE_FILE
     src = latest if latest is not None and latest.exists() else act
     have = set(pq.read_schema(src).names) | set(pq.read_schema(prof).names)
@@ -669,7 +669,7 @@ def compute_defaults(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.dateti
                      WHERE a.event_timestamp = (SELECT MAX(event_timestamp) FROM read_parquet('{src}'))""").to_arrow_table()
     cols = {c: _floats(table.column(c)) for c in wanted}
     del table
-    req = as_of.replace(tzinfo=dt.timezone.utc).timestamp()
+    req = as_of.replace(tzinfo=dt.UTC).timestamp()
     n = len(cols[wanted[0]]) if wanted else 0
     rec = recency_features({"request_ts": np.full(n, req),
                             **{c: cols.get(c, np.full(n, np.nan)) for c in ["birth_year", *ACTIVITY_TIMESTAMPS]}})
@@ -678,7 +678,7 @@ def compute_defaults(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.dateti
     modes = INT_COLUMNS | {"in_collections", "disputed", "written_off", "payment_plan"}
     with ThreadPoolExecutor(max_workers=2) as pool:   # numpy's partition and sort release the GIL
         values = pool.map(lambda c: _default(cols[c], c in modes) if c in cols else math.nan, names)
-        defaults = dict(zip(names, values))
+        defaults = dict(zip(names, values, strict=False))
     return {k: (None if v != v else v) for k, v in defaults.items()}  # NaN -> null in JSON
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from carecast.cli_support import fail, settings_or_exit
+from features.feeds.contracts_doc import render
+from features.feeds.noshow_import import import_noshow as run_import
+from features.feeds.validate import FeedError, validate_feeds
+from features.synth.generate import SynthConfig, generate
 
 app = typer.Typer(help="Feeds: synthesise demo history, import public data, validate against the contracts.",
                   no_args_is_help=True)
@@ -16,18 +20,16 @@ app = typer.Typer(help="Feeds: synthesise demo history, import public data, vali
 
 @app.command()
 def synth(
-    patients: Annotated[Optional[int], typer.Option(help="Number of patients to simulate (default: settings.synth.patients).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same feeds byte for byte.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the four feeds (default: $CARECAST_HOME/feeds). Ground truth goes to OUT/truth/.")] = None,
-    start: Annotated[Optional[dt.date], typer.Option(formats=["%Y-%m-%d"], help="First day of simulated history.")] = None,
-    end: Annotated[Optional[dt.date], typer.Option(formats=["%Y-%m-%d"], help="Last day appointments may be scheduled.")] = None,
-    today: Annotated[Optional[dt.date], typer.Option(formats=["%Y-%m-%d"], help="The simulated 'now': later appointments stay scheduled.")] = None,
-    shift: Annotated[Optional[str], typer.Option(help="Change the world from --shift-from on: 'billing_policy' or 'sms_outage'.")] = None,
-    shift_from: Annotated[Optional[dt.date], typer.Option(formats=["%Y-%m-%d"], help="Day the --shift starts (default: 6 months before --today).")] = None,
+    patients: Annotated[int | None, typer.Option(help="Number of patients to simulate (default: settings.synth.patients).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed; the same seed gives the same feeds byte for byte.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the four feeds (default: $CARECAST_HOME/feeds). Ground truth goes to OUT/truth/.")] = None,
+    start: Annotated[dt.date | None, typer.Option(formats=["%Y-%m-%d"], help="First day of simulated history.")] = None,
+    end: Annotated[dt.date | None, typer.Option(formats=["%Y-%m-%d"], help="Last day appointments may be scheduled.")] = None,
+    today: Annotated[dt.date | None, typer.Option(formats=["%Y-%m-%d"], help="The simulated 'now': later appointments stay scheduled.")] = None,
+    shift: Annotated[str | None, typer.Option(help="Change the world from --shift-from on: 'billing_policy' or 'sms_outage'.")] = None,
+    shift_from: Annotated[dt.date | None, typer.Option(formats=["%Y-%m-%d"], help="Day the --shift starts (default: 6 months before --today).")] = None,
 ) -> None:
     """Write a realistic synthetic history of the four feeds plus the true probabilities behind each label."""
-    from features.synth.generate import SynthConfig, generate
-
     s = settings_or_exit()
     d = s.synth
     cfg = SynthConfig(
@@ -46,16 +48,14 @@ def synth(
 @app.command()
 def validate(
     src: Annotated[Path, typer.Argument(help="Folder holding patients, visits, billing and engagement (parquet file, parquet folder or CSV).")],
-    out: Annotated[Optional[Path], typer.Option(help="Where validated feeds are written (default: $CARECAST_HOME/validated).")] = None,
-    quarantine: Annotated[Optional[Path], typer.Option(help="Where rejected rows go, one file per feed with a 'reason' column (default: $CARECAST_HOME/quarantine).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where validated feeds are written (default: $CARECAST_HOME/validated).")] = None,
+    quarantine: Annotated[Path | None, typer.Option(help="Where rejected rows go, one file per feed with a 'reason' column (default: $CARECAST_HOME/quarantine).")] = None,
     allow_quarantine: Annotated[bool, typer.Option("--allow-quarantine", help="Exit 0 even when rows were quarantined (they are still written and counted).")] = False,
 ) -> None:
     """Check every feed against its contract; load good rows, quarantine bad rows with the rule they broke.
 
     Exit codes: 0 all rows loaded (or --allow-quarantine), 1 some rows quarantined, 2 a feed could not be read.
     """
-    from features.feeds.validate import FeedError, validate_feeds
-
     s = settings_or_exit()
     try:
         report = validate_feeds(src, out or s.validated_dir, quarantine or s.quarantine_dir)
@@ -72,9 +72,6 @@ def import_noshow(
     out: Annotated[Path, typer.Option(help="Folder for the four feeds made from it.")],
 ) -> None:
     """Map the public no-show dataset into the four feeds; quirky rows are quarantined with the rule."""
-    from features.feeds.noshow_import import import_noshow as run_import
-    from features.feeds.validate import FeedError
-
     settings_or_exit()  # configures logging for the per-stage progress lines
     try:
         summary = run_import(csv, out)
@@ -88,7 +85,5 @@ def contracts_doc(
     out: Annotated[Path, typer.Option(help="Markdown file to write.")] = Path("docs/data-contracts.md"),
 ) -> None:
     """Regenerate docs/data-contracts.md from the contracts in code."""
-    from features.feeds.contracts_doc import render
-
     out.write_text(render())
     typer.echo(f"wrote {out}")

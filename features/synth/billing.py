@@ -140,7 +140,7 @@ def draw_statements(rng: np.random.Generator, *, pat, appt, visit_t, vtype, tele
 
 def billing_state(s: dict[str, np.ndarray], today: float) -> dict[str, np.ndarray]:
     """Status, status_at, paid amount and last payment of each statement as of ``today``."""
-    by = lambda t: t <= today  # noqa: E731
+    by = lambda t: t <= today
     paid_full, part, coll, wo, disp = by(s["pay_t"]), by(s["partial_t"]), by(s["coll_t"]), by(s["wo_t"]), by(s["disp_t"])
     zero = s["resp"] <= 0
     status = np.select(

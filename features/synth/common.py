@@ -7,6 +7,7 @@ nanoseconds, rounded to the minute, only when frames are written.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -76,7 +77,7 @@ def choice_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     return np.minimum((r >= cum).sum(axis=1), probs.shape[1] - 1).astype(np.int8)
 
 
-def choice(rng: np.random.Generator, n: int, p: list[float] | np.ndarray) -> np.ndarray:
+def choice(rng: np.random.Generator, n: int, p: Sequence[float] | np.ndarray) -> np.ndarray:
     """``n`` category codes drawn from one probability vector."""
     cum = np.cumsum(np.asarray(p, dtype=np.float64))
     return np.minimum(np.searchsorted(cum / cum[-1], rng.random(n), side="right"), len(cum) - 1).astype(np.int8)

@@ -18,8 +18,8 @@ from features.feeds.contracts import ENGAGEMENT_KINDS, ENGAGEMENT_OUTCOMES
 from features.synth.common import choice_rows
 from features.synth.patients import EMAIL, MAIL, PHONE, PORTAL, SMS, Patients
 
-K = {k: i for i, k in enumerate(ENGAGEMENT_KINDS)}
-O = {o: i for i, o in enumerate(ENGAGEMENT_OUTCOMES)}
+KIND = {k: i for i, k in enumerate(ENGAGEMENT_KINDS)}
+OUTCOME = {o: i for i, o in enumerate(ENGAGEMENT_OUTCOMES)}
 OUTBOUND, INBOUND = 0, 1
 BASE_FAIL = 0.03                 # undeliverable contacts, any channel
 RESPONSE_DELAY_H = 4.0           # mean hours to a response, same for every channel
@@ -63,15 +63,15 @@ def contact(rng: np.random.Generator, P: Patients, ev: Events, *, pat, t, kind: 
     positive = ~failed & (rng.random(n) < rho * w / (1 - BASE_FAIL))
     r = rng.random(n)
     out = np.select([failed, ch == PHONE, (ch == EMAIL) | (ch == PORTAL)],
-                    [O["failed"], np.where(positive | (r < 0.5), O["delivered"], O["no_answer"]),
-                     np.where(r < 0.45, O["opened"], O["delivered"])], O["delivered"]).astype(np.int8)
-    ev.add(pat, t, ch, OUTBOUND, K[kind], out, appt)
+                    [OUTCOME["failed"], np.where(positive | (r < 0.5), OUTCOME["delivered"], OUTCOME["no_answer"]),
+                     np.where(r < 0.45, OUTCOME["opened"], OUTCOME["delivered"])], OUTCOME["delivered"]).astype(np.int8)
+    ev.add(pat, t, ch, OUTBOUND, KIND[kind], out, appt)
     resp_t = t + rng.exponential(RESPONSE_DELAY_H / 24.0, n)
     if positive.any():
-        po = np.full(int(positive.sum()), O[positive_outcome], np.int8)
+        po = np.full(int(positive.sum()), OUTCOME[positive_outcome], np.int8)
         if positive_outcome == "confirmed":
-            po[rng.random(len(po)) < 0.15] = O["replied"]
-        ev.add(pat[positive], resp_t[positive], ch[positive], INBOUND, K[kind], po,
+            po[rng.random(len(po)) < 0.15] = OUTCOME["replied"]
+        ev.add(pat[positive], resp_t[positive], ch[positive], INBOUND, KIND[kind], po,
                None if appt is None else np.asarray(appt)[positive])
     return ch, ~failed & (ch != MAIL), positive, resp_t
 
@@ -92,7 +92,7 @@ def background(rng: np.random.Generator, P: Patients, ev: Events, *, begin, stop
     k = rng.poisson(P.portal_rate * span)
     pat = np.repeat(np.arange(n), k)
     t = begin[pat] + rng.random(len(pat)) * (stop[pat] - begin[pat])
-    ev.add(pat, t, PORTAL, INBOUND, K["portal_login"], O["opened"])
+    ev.add(pat, t, PORTAL, INBOUND, KIND["portal_login"], OUTCOME["opened"])
     # Patient-initiated messages: a positive response whose channel follows the same shares.
     pi = P.pi
     k = rng.poisson(0.5 * span * np.exp(0.4 * np.clip(P.e0, -2, 2))) * (pi.sum(axis=1) > 0)
@@ -104,7 +104,7 @@ def background(rng: np.random.Generator, P: Patients, ev: Events, *, begin, stop
     reach = shares.sum(axis=1) > 0
     pat, t, shares = pat[reach], t[reach], shares[reach]
     ch = choice_rows(rng, shares)
-    ev.add(pat, t, ch, INBOUND, K["message"], O["replied"])
+    ev.add(pat, t, ch, INBOUND, KIND["message"], OUTCOME["replied"])
 
 
 def collection_calls(rng: np.random.Generator, P: Patients, ev: Events, *, pat, coll_t) -> None:
@@ -112,6 +112,6 @@ def collection_calls(rng: np.random.Generator, P: Patients, ev: Events, *, pat, 
     t = coll_t + 1 + rng.random(len(pat)) * 10
     mobile = P.has_mobile[pat]
     ch = np.where(mobile, PHONE, MAIL).astype(np.int8)
-    out = np.where(mobile & (rng.random(len(pat)) < 0.6), O["no_answer"], O["delivered"]).astype(np.int8)
-    ev.add(pat[mobile], t[mobile], ch[mobile], OUTBOUND, K["call"], out[mobile])
-    ev.add(pat[~mobile], t[~mobile], ch[~mobile], OUTBOUND, K["message"], out[~mobile])
+    out = np.where(mobile & (rng.random(len(pat)) < 0.6), OUTCOME["no_answer"], OUTCOME["delivered"]).astype(np.int8)
+    ev.add(pat[mobile], t[mobile], ch[mobile], OUTBOUND, KIND["call"], out[mobile])
+    ev.add(pat[~mobile], t[~mobile], ch[~mobile], OUTBOUND, KIND["message"], out[~mobile])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -100,6 +101,26 @@ class SynthSummary:
                 f"{self.future_appointments:,} upcoming appointments still scheduled\n"
                 f"truth: {truth} (in {self.out / 'truth'})\n"
                 f"took {self.seconds:.1f}s (" + ", ".join(f"{k} {v:.1f}s" for k, v in self.stages.items()) + ")")
+
+
+def _engagement_chunks(E: dict[str, np.ndarray], e_order: np.ndarray, pid_arrow: pa.Array,
+                       rank: np.ndarray) -> Callable[[int, int], pa.Table]:
+    """Rows ``lo:hi`` of the engagement feed; a factory, so ``generate`` can drop the arrays once written."""
+    def engagement_chunk(lo: int, hi: int) -> pa.Table:
+        o = e_order[lo:hi]
+        a = E["appt"][o]
+        return pa.table({
+            "event_id": fmt_ids_arrow("E", np.arange(lo + 1, hi + 1), 10),
+            "patient_id": pid_arrow.take(E["pat"][o]),
+            "occurred_at": ts_arrow(E["t"][o]),
+            "channel": codes(CHANNELS, E["channel"][o]),
+            "direction": codes(DIRECTIONS, E["direction"][o]),
+            "kind": codes(ENGAGEMENT_KINDS, E["kind"][o]),
+            "outcome": codes(ENGAGEMENT_OUTCOMES, E["outcome"][o]),
+            "appointment_id": ids_arrow("A", np.where(a >= 0, rank[np.maximum(a, 0).astype(np.int64)] + 1, 0), 8,
+                                        missing=a < 0),
+        })
+    return engagement_chunk
 
 
 def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
@@ -241,21 +262,7 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
         e_order = keep[np.lexsort((E["pat"][keep], E["t"][keep]))]
         del keep
 
-        def engagement_chunk(lo: int, hi: int) -> pa.Table:
-            o = e_order[lo:hi]
-            a = E["appt"][o]
-            return pa.table({
-                "event_id": fmt_ids_arrow("E", np.arange(lo + 1, hi + 1), 10),
-                "patient_id": pid_arrow.take(E["pat"][o]),
-                "occurred_at": ts_arrow(E["t"][o]),
-                "channel": codes(CHANNELS, E["channel"][o]),
-                "direction": codes(DIRECTIONS, E["direction"][o]),
-                "kind": codes(ENGAGEMENT_KINDS, E["kind"][o]),
-                "outcome": codes(ENGAGEMENT_OUTCOMES, E["outcome"][o]),
-                "appointment_id": ids_arrow("A", np.where(a >= 0, rank[np.maximum(a, 0).astype(np.int64)] + 1, 0), 8,
-                                            missing=a < 0),
-            })
-        write_chunked(out, "engagement", len(e_order), engagement_chunk)
+        write_chunked(out, "engagement", len(e_order), _engagement_chunks(E, e_order, pid_arrow, rank))
         info["rows"] = len(e_order)
         n_events = len(e_order)
         del E, e_order
