@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export CARECAST_HOME ?= $(CURDIR)/.carecast
 
-.PHONY: install browser demo test test-fast bench docs clean
+.PHONY: install browser redis demo test test-fast bench bench-smoke docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,18 @@ $(VENV)/.installed: $(BIN)/python requirements.lock pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-install: $(VENV)/.installed browser
+install: $(VENV)/.installed browser redis
 
 # Browser tests drive Debian's Chromium (Playwright's own browser download does not work here).
+# As root these install what the tests need; otherwise they say what to install (CI then fails, not skips).
 browser:
 	@test -x /usr/bin/chromium || if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: browser tests need Debian's chromium: sudo apt-get install chromium"; fi
+
+# Redis online-store tests need a Redis server on 127.0.0.1:6379 (.ci/run starts one from Debian's redis-server).
+redis:
+	@command -v redis-server >/dev/null || if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "note: Redis tests need Debian's redis-server: sudo apt-get install redis-server"; fi
 
 demo: install
 	@bash scripts/demo.sh
