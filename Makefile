@@ -39,9 +39,48 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -n 2 -m "not slow"
 
+# Benchmarks run on their own worlds under BENCH_WORK (never $CARECAST_HOME); results are appended to one file
+# and compared with the previous result of each benchmark at the end. Order matters: drift and serving use
+# the pipeline benchmark's world, the feature-store benchmark the feature-build benchmark's.
+BENCH_WORK ?= /tmp/carecast-bench
+BENCH_PY = $(BIN)/python benchmarks
 bench: install
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
-	@echo "results appended to $(CARECAST_HOME)/benchmarks/results.jsonl"
+	@set -e; start=$$SECONDS; W=$(BENCH_WORK)/full; mkdir -p $$W; \
+	export BENCH_RESULTS=$${BENCH_RESULTS:-$(CARECAST_HOME)/benchmarks/results.jsonl}; \
+	step() { echo "== $$*"; t=$$SECONDS; $(BENCH_PY)/"$$@"; echo "   ($$((SECONDS - t)) s)"; }; \
+	step bench_synth.py --patients 100000; \
+	step bench_validate.py --visits 1000000; \
+	step bench_features_build.py --patients 100000 --keep $$W/features/world-100000 --home $$W/features/home-100000; \
+	step bench_features_store.py --work $$W/features --patients 100000; \
+	step bench_training.py --work $$W/training --patients 100000; \
+	step bench_pipeline.py --work $$W/pipeline --patients 20000; \
+	step bench_drift.py --home $$W/pipeline/home-20000 --require-world; \
+	step bench_serving.py --home $$W/pipeline/home-20000; \
+	step bench_score.py; \
+	step bench_ui.py; \
+	echo "make bench: all benchmarks in $$((SECONDS - start)) s; results appended to $$BENCH_RESULTS"; \
+	$(BENCH_PY)/compare.py "$$BENCH_RESULTS"
+
+# Every benchmark at a small size (budget: 5 minutes on 2 cores), in a fresh work folder, with its own results
+# file so that small runs are compared with small runs.
+bench-smoke: install
+	@set -e; start=$$SECONDS; W=$(BENCH_WORK)/smoke; rm -rf $$W; mkdir -p $$W; \
+	export BENCH_RESULTS=$${BENCH_RESULTS:-$(CARECAST_HOME)/benchmarks/smoke-results.jsonl}; \
+	step() { echo "== $$*"; t=$$SECONDS; $(BENCH_PY)/"$$@"; echo "   ($$((SECONDS - t)) s)"; }; \
+	step bench_synth.py --patients 2000; \
+	step bench_validate.py --visits 20000; \
+	step bench_features_build.py --patients 2000 --keep $$W/features/world-2000 --home $$W/features/home-2000; \
+	step bench_features_store.py --work $$W/features --patients 2000 --appointments 20000 --calls 100 --batch-calls 10; \
+	step bench_training.py --work $$W/training --patients 2000; \
+	step bench_pipeline.py --work $$W/pipeline --patients 2000; \
+	step bench_drift.py --home $$W/pipeline/home-2000 --require-world; \
+	step bench_serving.py --home $$W/pipeline/home-2000 --sequential 200 --concurrent-requests 300 --batch-repeats 3; \
+	step bench_score.py --appointments 20000 --patients 2000 --train-rows 5000; \
+	step bench_ui.py --rows 500 --repeat 5; \
+	total=$$((SECONDS - start)); \
+	echo "make bench-smoke: all benchmarks in $$total s (budget 300 s); results appended to $$BENCH_RESULTS"; \
+	$(BENCH_PY)/compare.py "$$BENCH_RESULTS"; \
+	if [ $$total -gt 300 ]; then echo "make bench-smoke: OVER the 300 s budget ($$total s)"; exit 1; fi
 
 docs: install
 	$(BIN)/carecast data contracts-doc --out docs/data-contracts.md
