@@ -6,7 +6,7 @@ grew by half; for seconds and MB that is worse, for rates better). When a size f
 appointments, ...) or the core count differs between the two results, the ratios compare different work
 and the header says so.
 
-    .venv/bin/python benchmarks/compare.py [RESULTS] [--names synth,serving]
+    .venv/bin/python benchmarks/compare.py [RESULTS] [--names synth,serving] [--since 2026-12-03T07:00:00+00:00]
 
 RESULTS defaults to $BENCH_RESULTS, else $CARECAST_HOME/benchmarks/results.jsonl.
 """
@@ -14,6 +14,7 @@ RESULTS defaults to $BENCH_RESULTS, else $CARECAST_HOME/benchmarks/results.jsonl
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import math
 import sys
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="?", type=Path, default=None, help="a results.jsonl file")
     ap.add_argument("--names", default=None, help="only these benchmark names (comma-separated)")
+    ap.add_argument("--since", default=None,
+                    help="only benchmarks whose latest result is from this ISO time on (make: this run's)")
     a = ap.parse_args(argv)
     path = a.results or default_results()
     if not path.exists():
@@ -126,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     by_name, bad = load(path)
     wanted = a.names.split(",") if a.names else list(by_name)
+    if a.since:
+        since = dt.datetime.fromisoformat(a.since)
+        wanted = [n for n in wanted if n in by_name and dt.datetime.fromisoformat(by_name[n][-1]["date"]) >= since]
     print(f"Benchmark results in {path}: latest of each benchmark vs the one before (ratio = latest / previous)")
     if bad:
         print(f"   ({bad} unreadable line(s) skipped)")
