@@ -1,12 +1,16 @@
-"""Feature store benchmark on a built home: training retrieval, materialization to SQLite and Redis, online reads.
+"""Feature store benchmark on a built world: training retrieval, materialization to SQLite and Redis, online reads.
 
-Usage: python benchmarks/bench_features_store.py --home HOME [--appointments 2000000]
-       [--stages retrieval,materialize,online] [--kinds sqlite,redis] [--methods bulk,feast]
-HOME is a CARECAST_HOME where `carecast features build` has run (e.g. after bench_features_build.py, or
-`carecast features build`). Each stage runs in its own process so peak memory is per stage. Materialization
-runs once per store and method ("bulk": features/store/online_write.py; "feast": Feast's own materialize), each
-into a fresh Feast project; the online reads use the first method's project (the tests check both write the
-same rows). Every figure carries CPU seconds and the 1-minute load average next to the wall time.
+Usage: python benchmarks/bench_features_store.py [--home HOME | --work DIR --patients N] [--appointments 2000000]
+       [--stages retrieval,materialize,online] [--kinds sqlite,redis] [--methods bulk,feast] [--calls 1000]
+Without --home it builds (or reuses) its own world: synthetic feeds of N patients and `features build` into
+DIR/home-N (default /tmp/cc-bench-features-store); never $CARECAST_HOME. With --home, HOME is a CARECAST_HOME
+where `carecast features build` has run (e.g. after bench_features_build.py). Each stage runs in its own process
+so peak memory is per stage. Materialization runs once per store and method ("bulk": features/online_write.py;
+"feast": Feast's own materialize), each into a fresh Feast project; the online reads use the first method's
+project (the tests check both write the same rows). Every figure carries CPU seconds and the 1-minute load average.
+Timed: the retrieval call (reader.historical), the materialize call, each online read after warm-up.
+Not timed: building the world, Feast apply, reading the entity rows, process start and imports, warm-up calls,
+tearing down projects.
 Targets (issue 3): retrieval of 2M appointments <= 15 s and 4 GB; online p50 <= 2 ms for one patient's vector.
 Online reads follow shared/stack.md: warm up, then gc.collect(); gc.freeze().
 """
@@ -69,7 +73,9 @@ def retrieval(home: Path, n: int) -> None:
     report("features_training_retrieval", figures,
            f"training retrieval (no_show service, point-in-time, DuckDB offline store): {len(entity):,} appointments "
            f"over {snapshots:,} snapshot rows in {secs:.1f}s wall ({cpu:.0f} CPU-s), peak {figures['peak_rss_mb']:,} MB "
-           f"(load avg {load:.1f}, {os.cpu_count()} cores)")
+           f"(load avg {load:.1f}, {os.cpu_count()} cores)",
+           timed="reader.historical (point-in-time join, result frame)",
+           not_timed="building the world, Feast apply, reading the label rows, imports")
 
 
 def materialize(home: Path, kind: str, method: str) -> None:
@@ -92,7 +98,9 @@ def materialize(home: Path, kind: str, method: str) -> None:
     report(f"features_materialize_{kind}_{method}", figures,
            f"materialize ({method}) {n:,} patients into {kind}: {secs:.1f}s wall, {cpu:.0f} CPU-s "
            f"({figures['patients_per_s']:,} patients/s), peak {figures['peak_rss_mb']:,} MB "
-           f"(load avg {load:.1f} at start, {load_end:.1f} at end)")
+           f"(load avg {load:.1f} at start, {load_end:.1f} at end)",
+           timed=f"store.materialize(method={method!r}) into a fresh {kind} project",
+           not_timed="building the world, Feast apply, tearing the project down")
     if method != "bulk":
         store.teardown(s)   # measured; the online reads use the bulk project (the tests check both write the same)
         return
@@ -138,7 +146,7 @@ def online(home: Path, kind: str, calls: int = 1000, batch_calls: int = 100) -> 
     load, c_start = os.getloadavg()[0], cpu_s()
     for name, fn in (("feast_service", raw_call), ("carecast_api", api_call), ("serving_reader", serving_call)):
         for size, n in ((1, calls), (100, batch_calls)):
-            for _ in range(50):  # warm-up
+            for _ in range(min(50, max(5, n // 4))):  # warm-up (fewer at small sizes)
                 fn(rng.choice(pids, size))
             gc.collect()
             gc.freeze()
@@ -159,20 +167,44 @@ def online(home: Path, kind: str, calls: int = 1000, batch_calls: int = 100) -> 
     report(f"features_online_read_{kind}", figures,
            f"online read from {kind} (no_show vector, {figures['features']} features incl. 2 python-mode on-demand "
            f"views): 1 patient p50 {results['carecast_api_1_p50_ms']} ms / p99 {results['carecast_api_1_p99_ms']} ms "
-           f"(CPU p50 {results['carecast_api_1_cpu_p50_ms']} ms) through store.online_features ({results['feast_service_1_p50_ms']} / {results['feast_service_1_p99_ms']} ms "
+           f"(CPU p50 {results['carecast_api_1_cpu_p50_ms']} ms) through reader.online_features ({results['feast_service_1_p50_ms']} / {results['feast_service_1_p99_ms']} ms "
            f"raw Feast service call); 100 patients p50 {results['carecast_api_100_p50_ms']} ms / p99 "
            f"{results['carecast_api_100_p99_ms']} ms (raw Feast {results['feast_service_100_p50_ms']} / "
            f"{results['feast_service_100_p99_ms']} ms); serving's reader 1 patient p50 {results['serving_reader_1_p50_ms']} / "
            f"p99 {results['serving_reader_1_p99_ms']} ms, 100 patients {results['serving_reader_100_p50_ms']} / "
-           f"{results['serving_reader_100_p99_ms']} ms (load avg {load:.1f} at start, {figures['load_avg_1m']} at end)")
+           f"{results['serving_reader_100_p99_ms']} ms (load avg {load:.1f} at start, {figures['load_avg_1m']} at end)",
+           timed=f"each online read: {calls} one-patient and {batch_calls} 100-patient calls per reader, after up to 50 warm-up calls each",
+           not_timed="building the store object, warm-up calls, gc.collect/freeze, materialization")
     if kind == "redis":
         store.teardown(s)   # Redis holds it in memory: never leave a benchmark's keys behind
         (home / f"bench_project_{kind}.txt").unlink()   # nor a marker naming the project just removed
 
 
+def own_world(work: Path, patients: int) -> Path:
+    """A home with built features under ``work`` (reused when already built): the benchmark's own world."""
+    home = work / f"home-{patients}"
+    if (home / "features" / "manifest.json").exists():
+        print(f"reusing the world in {home}")
+        return home
+    from bench_features_build import world
+
+    from carecast import logs
+    from features.build.run import build_features
+    logs.configure("WARNING")
+    data = world(patients, work / f"world-{patients}")
+    build_features(settings_for(home, "sqlite", "bench_build"), data)
+    print(f"built a world of {patients:,} patients in {home}")
+    return home
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--home", type=Path, required=True)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--home", type=Path, default=None, help="a home with built features (default: the own world)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/cc-bench-features-store"),
+                    help="folder for the own world when --home is not given")
+    ap.add_argument("--patients", type=int, default=20_000, help="size of the own world")
+    ap.add_argument("--calls", type=int, default=1000, help="one-patient online calls per reader")
+    ap.add_argument("--batch-calls", type=int, default=100, help="100-patient online calls per reader")
     ap.add_argument("--appointments", type=int, default=2_000_000)
     ap.add_argument("--stages", default="retrieval,materialize,online")
     ap.add_argument("--kinds", default="sqlite,redis", help="online stores for the materialize and online stages")
@@ -186,14 +218,17 @@ def main() -> None:
     if args.stage == "materialize":
         return materialize(args.home, args.kind, args.method)
     if args.stage == "online":
-        return online(args.home, args.kind)
+        return online(args.home, args.kind, args.calls, args.batch_calls)
+    if args.home is None:
+        args.home = own_world(args.work, args.patients)
     for stage in args.stages.split(","):
         kinds = ["sqlite"] if stage == "retrieval" else args.kinds.split(",")
         methods = args.methods.split(",") if stage == "materialize" else ["-"]
         for kind in kinds:
             for method in methods:
                 subprocess.run([sys.executable, __file__, "--home", str(args.home), "--appointments",
-                                str(args.appointments), "--stage", stage, "--kind", kind, "--method", method], check=True)
+                                str(args.appointments), "--stage", stage, "--kind", kind, "--method", method,
+                                "--calls", str(args.calls), "--batch-calls", str(args.batch_calls)], check=True)
 
 
 if __name__ == "__main__":

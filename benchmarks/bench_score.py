@@ -6,9 +6,11 @@ than to score, so this builds a synthetic *feature matrix* directly, with the fe
 columns (``features.store.repo.feature_columns``) and plausible values, and trains models of the
 production shape on it (depth 4, eta 0.08, 200 trees for no-show and churn, 100 rounds x 4 classes
 for channel; training/model.py). Timed: ``scoring.score.score_lists`` (predict, select, TreeSHAP
-explanations, reason sentences, outreach plan, list frames) and ``write`` (the parquet files);
-not timed: building the matrix and training. The machine is shared with other engineers' work, so
-the load average is reported with the figures.
+explanations, reason sentences, outreach plan, list frames) and ``write`` (the parquet files).
+Not timed: building the matrix and training, and what a nightly run also pays: reading the features from
+the store and loading the champions from MLflow (bench_pipeline's score stage includes them). So the
+60 s target is judged only for the part timed: the figure is ``timed_part_within_target``, not ``met``.
+The machine is shared with other engineers' work, so the load average is reported with the figures.
 
     .venv/bin/python benchmarks/bench_score.py [--appointments 1000000] [--patients 100000]
 """
@@ -136,8 +138,9 @@ def main() -> None:
     result = score_lists(models, inputs, {"medium": 0.15, "high": 0.30}, opts)
     scored_s = time.perf_counter() - start
     cpu_s = time.process_time() - cpu0
+    outer_home = os.environ.get("CARECAST_HOME")
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["CARECAST_HOME"] = tmp
+        os.environ["CARECAST_HOME"] = tmp   # the lists go to a throw-away home
         t = time.perf_counter()
         write(load_settings(), result, opts)
         write_s = time.perf_counter() - t
@@ -148,20 +151,27 @@ def main() -> None:
                "patients_explained": c["patients_listed"], "seconds_total": round(total, 2),
                **{f"seconds_{k}": round(v, 2) for k, v in result.seconds.items()}, "seconds_write": round(write_s, 2),
                "cpu_seconds_all_threads": round(cpu_s, 1), "cpu_within_target": cpu_s <= 60,
-               "target_seconds": 60, "met": total <= 60, "prep_seconds_not_counted": round(prep_s, 1),
+               "target_seconds": 60, "timed_part_within_target": total <= 60, "prep_seconds_not_counted": round(prep_s, 1),
                "peak_rss_mb": round(peak_rss_mb()), "load_avg_1m_at_start": round(load1, 1),
                "load_avg_1m_at_end": round(os.getloadavg()[0], 1)}
-    os.environ.pop("CARECAST_HOME")
+    if outer_home is None:
+        os.environ.pop("CARECAST_HOME")
+    else:
+        os.environ["CARECAST_HOME"] = outer_home
     words = (f"Batch scoring: {n:,} appointments scored and {c['appointments_listed']:,} explained "
              f"({100 * c['appointments_listed'] / n:.0f}%), plus {m:,} patients (churn, channel; "
              f"{c['patients_listed']:,} explained), lists planned and written in {total:.1f} s on {os.cpu_count()} cores "
-             f"(target 60 s: {'met' if total <= 60 else 'NOT met'}); predict {result.seconds['predict']:.1f} s, "
+             f"(target 60 s for a whole nightly run; the part timed here {'is within' if total <= 60 else 'is NOT within'} it, "
+             f"feature and model loading not timed); predict {result.seconds['predict']:.1f} s, "
              f"explain + reasons {result.seconds['explain']:.1f} s, plan {result.seconds['plan']:.1f} s, "
              f"write {write_s:.1f} s; CPU time {cpu_s:.0f} s over all threads (the wall time on two idle cores lies "
              f"between {cpu_s / 2:.0f} s, both busy throughout, and {cpu_s:.0f} s, one); peak memory {peak_rss_mb():,.0f} MB; load average {load1:.1f} at start "
              f"(shared machine). Synthetic feature matrix with the store's {len(ns_cols)} no-show features, "
              f"models of the production shape (depth 4, 200 trees).")
-    report("score_batch", figures, words)
+    report("score_batch", figures, words,
+           timed="scoring.score.score_lists (predict, select, TreeSHAP, reasons, plan, list frames) and write",
+           not_timed="building the synthetic matrix and training the models (prep_seconds_not_counted); reading "
+                     "features from the store and loading champions from MLflow, which a nightly run pays")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,16 @@ Figures: sequential keep-alive latency of one explained /v1/no-show prediction (
 one 1,000-appointment batch (target 300 ms), and the ratio of the endpoint p50 to the same
 prediction and explanation done in-process (``Predictor.no_show``).
 
-Uses the champions and the feature store under $CARECAST_HOME when all three champions and the
-online store exist; otherwise builds a stand-in home in a temporary folder (small XGBoost models of
-the production shape, depth 4 x 200 trees, in a real MLflow registry; in-memory features) and says
-so (``BENCH_STANDIN=1`` forces the stand-in, to measure the serving layer apart from the feature
-store). Clients run on the same machine: on 2 cores they take CPU from the server, so the throughput
+Serves the champions and the feature store of ``--home`` (a benchmark world, e.g. bench_pipeline's; never
+$CARECAST_HOME unless named) when all three champions and the online store exist; otherwise a stand-in
+home in a temporary folder (small XGBoost models of the production shape, depth 4 x 200 trees, in a real
+MLflow registry; in-memory features), and the headline says STAND-IN (``--standin`` forces it, to measure
+the serving layer apart from the feature store). Prediction capture is OFF for the server and the
+in-process run (``CARECAST_CAPTURE__ENABLED=false``): thousands of identical benchmark predictions must not
+land in a home as if they were traffic (they would read as drift); capture's cost per request is
+bench_drift's figure. Rates count 200 answers only; non-200 answers are counted separately as errors.
+Timed: the requests (after warm-up), the server's readiness. Not timed: building the stand-in home,
+warm-up requests, the in-process predictor's loading. Clients run on the same machine: on 2 cores they take CPU from the server, so the throughput
 figure uses a lean raw-HTTP keep-alive client (0.15 ms CPU per request); the same load from httpx
 (about 3 ms CPU per request, more than the server's 2.5 ms) is reported beside it. Bounded loops only.
 """
@@ -55,15 +60,21 @@ def _real_home_ready(settings) -> bool:
         return False
 
 
-def _setup() -> tuple[dict[str, str], list[str], str]:
-    """Environment for the server, known patient ids, and a description of what is served."""
-    settings = load_settings()
-    env = {"CARECAST_API_KEYS": KEY, "BENTOML_DO_NOT_TRACK": "True"}
-    if os.environ.get("BENCH_STANDIN") != "1" and _real_home_ready(settings):
-        import test_serving_support as sup
+def _setup(home: Path | None, standin: bool) -> tuple[dict[str, str], list[str], str, bool]:
+    """Environment for the server, known patient ids, a description of what is served, and whether it is the
+    stand-in. Capture is off either way (see the module docstring)."""
+    env = {"CARECAST_API_KEYS": KEY, "BENTOML_DO_NOT_TRACK": "True", "CARECAST_CAPTURE__ENABLED": "false"}
+    why = "--standin" if standin else "no --home given"
+    if home is not None and not standin:
+        settings = load_settings(environ={**os.environ, "CARECAST_HOME": str(home)})
+        if _real_home_ready(settings):
+            import test_serving_support as sup
 
-        env["CARECAST_HOME"] = str(settings.home)
-        return env, sup.known_patient_ids(settings, 500), f"champions and Feast online store under {settings.home}"
+            env["CARECAST_HOME"] = str(settings.home)
+            return (env, sup.known_patient_ids(settings, 500),
+                    f"champions and Feast online store under {settings.home}", False)
+        why = f"{home} has no champions or no built features"
+        print(f"*** bench_serving: {why}: serving STAND-IN models ***", file=sys.stderr)
     import test_serving_support as sup
 
     home = Path(tempfile.mkdtemp(prefix="carecast-bench-"))
@@ -71,7 +82,9 @@ def _setup() -> tuple[dict[str, str], list[str], str]:
         sup.register(home, t, seed=i, trees=200, depth=4)
     env.update(sup.serving_env(home))
     env["CARECAST_API_KEYS"] = KEY
-    return env, sup.KNOWN, "stand-in models (depth 4 x 200 trees, real MLflow registry) and in-memory features"
+    env["CARECAST_CAPTURE__ENABLED"] = "false"
+    return (env, sup.KNOWN, f"STAND-IN models (depth 4 x 200 trees, real MLflow registry) and in-memory features, "
+                            f"not trained champions ({why})", True)
 
 
 def _appointment(pid: str, i: int) -> dict:
@@ -163,9 +176,11 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-def sequential(base: str, pids: list[str]) -> list[float]:
+def sequential(base: str, pids: list[str]) -> tuple[list[float], int]:
+    """Latencies of the 200 answers, and the number of other answers (not in the latencies)."""
     headers = {"Authorization": f"Bearer {KEY}"}
     out = []
+    errors = 0
     with httpx.Client(base_url=base, headers=headers, timeout=30) as c:
         for i in range(50):
             c.post("/v1/no-show", json={"appointments": [_appointment(pids[i % len(pids)], i)], "top_k": 3})
@@ -173,9 +188,14 @@ def sequential(base: str, pids: list[str]) -> list[float]:
             body = {"appointments": [_appointment(pids[i % len(pids)], i)], "top_k": 3}
             t0 = time.perf_counter()
             r = c.post("/v1/no-show", json=body)
-            out.append((time.perf_counter() - t0) * 1000)
-            assert r.status_code == 200, r.status_code
-    return out
+            took = (time.perf_counter() - t0) * 1000
+            if r.status_code == 200:
+                out.append(took)
+            else:
+                errors += 1
+    if not out:
+        raise SystemExit(f"bench_serving: all {SEQUENTIAL} sequential requests failed")
+    return out, errors
 
 
 async def _concurrent(base: str, pids: list[str]) -> tuple[float, int]:
@@ -191,9 +211,10 @@ async def _concurrent(base: str, pids: list[str]) -> tuple[float, int]:
                 errors += r.status_code != 200
         await asyncio.gather(*(client() for _ in range(CLIENTS)))  # warm connections
         counter = iter(range(CONCURRENT_REQUESTS))
+        errors = 0
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(CLIENTS)))
-        return CONCURRENT_REQUESTS / (time.perf_counter() - t0), errors
+        return (CONCURRENT_REQUESTS - errors) / (time.perf_counter() - t0), errors
 
 
 async def _concurrent_lean(port: int, pids: list[str]) -> tuple[float, int]:
@@ -230,23 +251,31 @@ async def _concurrent_lean(port: int, pids: list[str]) -> tuple[float, int]:
     counter = iter(range(CONCURRENT_REQUESTS))
     await asyncio.gather(*(client(counter) for _ in range(CLIENTS)))  # warm
     counter = iter(range(CONCURRENT_REQUESTS))
+    errors = 0
     t0 = time.perf_counter()
     await asyncio.gather(*(client(counter) for _ in range(CLIENTS)))
-    return CONCURRENT_REQUESTS / (time.perf_counter() - t0), errors
+    return (CONCURRENT_REQUESTS - errors) / (time.perf_counter() - t0), errors
 
 
-def batch(base: str, pids: list[str]) -> list[float]:
+def batch(base: str, pids: list[str]) -> tuple[list[float], int]:
+    """Latencies of the complete 200 answers, and the number of failed or incomplete ones."""
     headers = {"Authorization": f"Bearer {KEY}"}
     body = {"appointments": [_appointment(pids[i % len(pids)], i) for i in range(BATCH)], "top_k": 3}
     out = []
+    errors = 0
     with httpx.Client(base_url=base, headers=headers, timeout=120) as c:
         c.post("/v1/no-show", json=body)
         for _ in range(BATCH_REPEATS):
             t0 = time.perf_counter()
             r = c.post("/v1/no-show", json=body)
-            out.append((time.perf_counter() - t0) * 1000)
-            assert r.status_code == 200 and len(r.json()["predictions"]) == BATCH
-    return out
+            took = (time.perf_counter() - t0) * 1000
+            if r.status_code == 200 and len(r.json()["predictions"]) == BATCH:
+                out.append(took)
+            else:
+                errors += 1
+    if not out:
+        raise SystemExit(f"bench_serving: all {BATCH_REPEATS} batch requests failed")
+    return out, errors
 
 
 def in_process(env: dict[str, str], pids: list[str]) -> tuple[list[float], float]:
@@ -280,9 +309,24 @@ def in_process(env: dict[str, str], pids: list[str]) -> tuple[list[float], float
 
 
 def main() -> None:
+    global SEQUENTIAL, CONCURRENT_REQUESTS, BATCH_REPEATS
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--home", type=Path, default=None, help="a home with champions and built features to serve")
+    ap.add_argument("--standin", action="store_true", default=os.environ.get("BENCH_STANDIN") == "1",
+                    help="serve stand-in models even when --home is ready")
+    ap.add_argument("--sequential", type=int, default=SEQUENTIAL)
+    ap.add_argument("--concurrent-requests", type=int, default=CONCURRENT_REQUESTS)
+    ap.add_argument("--batch-repeats", type=int, default=BATCH_REPEATS)
+    a = ap.parse_args()
+    SEQUENTIAL, CONCURRENT_REQUESTS, BATCH_REPEATS = a.sequential, a.concurrent_requests, a.batch_repeats
+    from carecast.bench import results_path
+
+    os.environ.setdefault("BENCH_RESULTS", str(results_path()))   # in_process() switches CARECAST_HOME
     # a `timeout` or Ctrl-C must still stop the server's whole process group (the finally below)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    env, pids, what = _setup()
+    env, pids, what, standin = _setup(a.home, a.standin)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
@@ -291,19 +335,23 @@ def main() -> None:
     load_before = os.getloadavg()
     try:
         with _Cpu(proc.pid) as cpu_seq:
-            seq = sequential(base, pids)
+            seq, errors_seq = sequential(base, pids)
         with _Cpu(proc.pid) as cpu_con:
             rps_httpx, errors_httpx = asyncio.run(_concurrent(base, pids))
         with _Cpu(proc.pid) as cpu_lean:
             rps, errors = asyncio.run(_concurrent_lean(port, pids))
         with _Cpu(proc.pid) as cpu_bat:
-            bat = batch(base, pids)
+            bat, errors_bat = batch(base, pids)
     finally:
         _stop(proc)
     inproc, inproc_cpu_ms = in_process(env, pids)
     load_after = os.getloadavg()
     figures = {
         "served": what,
+        "standin": standin,
+        "capture": False,
+        "sequential_errors": errors_seq,
+        "batch_errors": errors_bat,
         "server_start_s": round(start_s, 1),
         "sequential_n": SEQUENTIAL,
         "sequential_p50_ms": round(_pct(seq, 50), 2),
@@ -330,7 +378,8 @@ def main() -> None:
         "in_process_cpu_ms": round(inproc_cpu_ms, 3),
         "load_average_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
     }
-    words = (f"Serving ({what}), one explained /v1/no-show prediction over loopback keep-alive: "
+    words = (("STAND-IN MODELS, not trained champions. " if standin else "")
+             + f"Serving ({what}; capture off), one explained /v1/no-show prediction over loopback keep-alive: "
              f"p50 {figures['sequential_p50_ms']} ms, p99 {figures['sequential_p99_ms']} ms (targets 5 / 15 ms); "
              f"{CLIENTS} concurrent clients: {figures['concurrent_rps']} explained predictions/s (target 400, "
              f"{errors} errors; lean raw-HTTP client, {figures['concurrent_lean_client_cpu_ms']} ms client CPU per request; "
@@ -340,8 +389,14 @@ def main() -> None:
              f"{figures['endpoint_to_in_process_p50_ratio']}x; server ready in {figures['server_start_s']} s. "
              f"Server CPU per request: {figures['sequential_server_cpu_ms']} ms sequential, "
              f"{figures['concurrent_server_cpu_ms']} ms at {CLIENTS} clients; per 1,000 batch "
-             f"{figures['batch_1000_server_cpu_ms']} ms; load average {figures['load_average_1m_before_after']}.")
-    report("serving", figures, words)
+             f"{figures['batch_1000_server_cpu_ms']} ms; load average {figures['load_average_1m_before_after']}. "
+             f"Errors (non-200, not in the rates or latencies): sequential {errors_seq}, concurrent {errors} "
+             f"(httpx client {errors_httpx}), batch {errors_bat}.")
+    report("serving", figures, words,
+           timed=f"{SEQUENTIAL} sequential, 2 x {CONCURRENT_REQUESTS} concurrent and {BATCH_REPEATS} batch requests "
+                 "after warm-up; the same prediction in-process; server start to ready",
+           not_timed="building the stand-in home or the world, warm-up requests, loading the in-process predictor, "
+                     "prediction capture (off)")
 
 
 if __name__ == "__main__":

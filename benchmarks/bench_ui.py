@@ -93,7 +93,7 @@ def main() -> None:
         figures: dict = {"rows_per_list": a.rows, "load_avg_1m_at_start": round(os.getloadavg()[0], 1)}
         with Server(mounted(create_ui_app(s, api_keys=[KEY]))) as url:
             with httpx.Client(base_url=url) as c:
-                r = c.post("/ui/login", data={"password": KEY})
+                c.post("/ui/login", data={"password": KEY}).raise_for_status()
                 t = time.perf_counter()
                 c.get("/ui/appointments").raise_for_status()
                 figures["first_load_ms"] = round(1000 * (time.perf_counter() - t), 1)

@@ -28,8 +28,18 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def report(name: str, figures: dict[str, Any], words: str) -> dict[str, Any]:
-    """Print ``words`` and a JSON line; append the line to ``$CARECAST_HOME/benchmarks/results.jsonl``."""
+def results_path() -> Path:
+    """The results file: ``$BENCH_RESULTS`` (not CARECAST_*: settings refuse unknown keys) when set, else ``$CARECAST_HOME/benchmarks/results.jsonl``.
+
+    Why the variable: benchmarks point ``CARECAST_HOME`` at their own worlds; ``make bench`` names one file so
+    every result lands where ``benchmarks/compare.py`` reads it, not in a world the next run deletes."""
+    explicit = os.environ.get("BENCH_RESULTS")
+    return Path(explicit) if explicit else load_settings().bench_results
+
+
+def report(name: str, figures: dict[str, Any], words: str, *, timed: str | None = None,
+           not_timed: str | None = None) -> dict[str, Any]:
+    """Print ``words`` (and what was timed and left out) and a JSON line; append the line to ``results_path()``."""
     record = {
         "name": name,
         "figures": figures,
@@ -37,10 +47,18 @@ def report(name: str, figures: dict[str, Any], words: str) -> dict[str, Any]:
         "git_commit": _git_commit(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+    if timed:
+        record["timed"] = timed
+    if not_timed:
+        record["not_timed"] = not_timed
     print(words)
+    if timed:
+        print(f"  timed: {timed}")
+    if not_timed:
+        print(f"  not timed: {not_timed}")
     line = json.dumps(record, sort_keys=True)
     print(line)
-    results: Path = load_settings().bench_results
+    results = results_path()
     results.parent.mkdir(parents=True, exist_ok=True)
     with results.open("a") as fh:
         fh.write(line + "\n")

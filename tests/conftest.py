@@ -1,10 +1,45 @@
-"""Shared fixtures: every test gets its own CARECAST_HOME so runs never touch each other's data."""
+"""Shared fixtures: every test gets its own CARECAST_HOME so runs never touch each other's data.
+
+CI sets ``CARECAST_REQUIRE_COMPONENTS=1`` (``.ci/run``): a test that skips because the Redis server or Debian's
+Chromium is missing then fails instead, so CI cannot go green without having tested the real components.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+#: substrings of the skip reasons that mean "a required component is missing" (tests/test_features_online*.py,
+#: tests/test_serving_features.py: "no Redis server on ..."; tests/test_ui_browser.py: "needs Debian's chromium")
+COMPONENT_SKIP_REASONS = ("no redis server", "debian's chromium")
+
+
+def components_required() -> bool:
+    """True when missing Redis or Chromium must fail the run rather than skip (CI)."""
+    return os.environ.get("CARECAST_REQUIRE_COMPONENTS", "").strip().lower() in ("1", "true", "yes")
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Under ``CARECAST_REQUIRE_COMPONENTS=1``, turn a missing-component skip into a failure that says why."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and components_required()) or hasattr(report, "wasxfail"):
+        return
+    reason = _skip_reason(report)
+    if any(marker in reason.lower() for marker in COMPONENT_SKIP_REASONS):
+        report.outcome = "failed"
+        report.longrepr = (f"required component missing (CARECAST_REQUIRE_COMPONENTS=1, set by .ci/run): {reason}; "
+                           "`make install` installs Redis and Chromium as root, and .ci/run starts Redis")
 
 
 @pytest.fixture()
