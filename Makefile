@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export CARECAST_HOME ?= $(CURDIR)/.carecast
 
-.PHONY: install browser redis demo test test-fast bench bench-smoke docs clean
+.PHONY: install browser redis demo lint test test-fast bench bench-smoke docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,12 @@ redis:
 demo: install
 	@bash scripts/demo.sh
 
-test: install
+# ruff (lint and import order) and mypy (types) over the project, before any test runs.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: install lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 test-fast: install
