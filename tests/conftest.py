@@ -1,5 +1,9 @@
 """Shared fixtures: every test gets its own CARECAST_HOME so runs never touch each other's data.
 
+Tests come in three tiers, one folder each, and each test is marked with its tier (``-m unit`` runs one):
+``tests/unit`` (pure functions and rules), ``tests/integration`` (real Feast, MLflow, DuckDB and Redis on small
+worlds), ``tests/e2e`` (the CLI, real servers, the browser, the pipeline, the notebooks). ``make test`` runs all.
+
 CI sets ``CARECAST_REQUIRE_COMPONENTS=1`` (``.ci/run``): a test that skips because the Redis server or Debian's
 Chromium is missing then fails instead, so CI cannot go green without having tested the real components.
 """
@@ -26,6 +30,17 @@ def _skip_reason(report: pytest.TestReport) -> str:
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
         return str(longrepr[2])
     return str(longrepr)
+
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with the tier its folder names."""
+    for item in items:
+        tier = next((p for p in Path(str(item.fspath)).parts if p in TIERS), None)
+        if tier is not None:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.hookimpl(hookwrapper=True)

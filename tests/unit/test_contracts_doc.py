@@ -10,7 +10,7 @@ from features.feeds.contracts import CONTRACTS
 from features.feeds.contracts_doc import render
 from pipelines.cli import app
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "data-contracts.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "data-contracts.md"
 
 
 def test_committed_doc_is_current() -> None:

@@ -14,7 +14,7 @@ from features.feeds.noshow_import import import_noshow
 from features.feeds.validate import FeedError, validate_feeds
 from pipelines.cli import app
 
-SAMPLE = Path(__file__).parent / "fixtures" / "noshow_sample.csv"
+SAMPLE = Path(__file__).parents[1] / "fixtures" / "noshow_sample.csv"
 ROWS = 71             # data lines in the sample
 SOURCE_BAD = 14       # rows broken at the source (see the fixture's last 25 lines)
 
