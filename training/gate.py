@@ -126,14 +126,19 @@ def _score(target: TargetSpec, loaded: registry.LoadedModel, df: pd.DataFrame, f
 
 
 def _feeds_of(columns: list[str]) -> str:
-    """Best effort: which feed each missing feature came from, from the feature catalog (empty when unknown)."""
-    try:
-        from features import catalog as C
+    """Best effort: which feed each missing feature came from, from the feature lists (empty when unknown). Only
+    on this error path, so the import cost is paid when it helps; ``features.catalog`` is where they are moving."""
+    import importlib
 
-        feeds = {"patients": C.PROFILE_FEATURES, "visits": [*C.VISIT_FEATURES, *C.APPOINTMENT_FEATURES],
-                 "billing": C.BILLING_FEATURES, "engagement": C.ENGAGEMENT_FEATURES}
-    except (ImportError, AttributeError):   # the catalog moved or changed: name the features only
-        return ""
+    feeds: dict[str, list[str]] = {}
+    for module in ("features.catalog", "features.build"):
+        try:
+            C = importlib.import_module(module)
+            feeds = {"patients": list(C.PROFILE_FEATURES), "visits": list(C.VISIT_FEATURES),
+                     "billing": list(C.BILLING_FEATURES), "engagement": list(C.ENGAGEMENT_FEATURES)}
+            break
+        except (ImportError, AttributeError):   # moved or changed: try the next, else name the features only
+            continue
     found: dict[str, list[str]] = {}
     for c in columns:
         feed = next((f for f, cols in feeds.items() if c in cols), None)
