@@ -133,7 +133,8 @@ def _table(rows: list[tuple]) -> pd.DataFrame:
 HIDDEN = [("age_band", "18-34", 150, 140, True, 0.80, 0.08), ("age_band", "35-64", 2000, 1800, True, 0.75, 0.01),
           ("age_band", "65+", 150, 140, True, 0.62, 0.08),
           ("sex", "F", 1200, 1100, True, 0.82, 0.0050), ("sex", "M", 1100, 1000, True, 0.68, 0.0053),
-          ("insurance", "commercial", 1500, 1400, True, 0.76, 0.02), ("insurance", "medicaid", 760, 700, True, 0.74, 0.03),
+          ("insurance", "commercial", 1500, 1400, True, 0.76, 0.02),
+          ("insurance", "medicaid", 760, 700, True, 0.74, 0.03),
           ("insurance", "self-pay", 40, 35, False, None, None),
           ("language", "en", 2250, 2100, True, 0.75, 0.01), ("language", "es", 50, 45, False, None, None)]
 ATTRS = ["age_band", "sex", "insurance", "language"]
@@ -147,7 +148,7 @@ def test_fairness_finds_the_significant_gap_the_widest_gap_hides() -> None:
     fair = M.fairness_tests(table, bound=0.10, alpha=0.05, attributes=ATTRS)
     assert [(f["group"], f["high_value"], f["low_value"]) for f in fair["failures"]] == [("sex", "F", "M")]
     assert fair["failures"][0]["gap"] - M.Z95 * fair["failures"][0]["se"] == pytest.approx(0.128, abs=1e-3)
-    age = [r for r in fair["pairs"] if r["group"] == "age_band" and r["high_value"] == "18-34" and r["low_value"] == "65+"]
+    age = [r for r in fair["pairs"] if (r["group"], r["high_value"], r["low_value"]) == ("age_band", "18-34", "65+")]
     assert len(age) == 1 and not age[0]["significant"]
     assert fair["tests"] == 3 + 1 + 1   # every pair within an attribute: age 3, sex 1, insurance 1; language none
     # too small is reported, not passed
@@ -175,8 +176,9 @@ def test_holm_corrects_for_the_number_of_pairwise_tests() -> None:
     alone = M.fairness_tests(_table(sex), 0.10, 0.05, ["sex"])
     assert len(alone["failures"]) == 1 and 0.02 < alone["failures"][0]["p"] < 0.05
     # ... but among eight pairwise tests it is not significant at family-wise 0.05
-    others = [("age_band", v, 900, 900, True, 0.75 + d, 0.01) for v, d in (("a", 0), ("b", 0.01), ("c", 0.02))]
-    others += [("insurance", v, 900, 900, True, 0.75 + d, 0.01) for v, d in (("x", 0), ("y", 0.01), ("z", 0.02))]
+    steps = (0.0, 0.01, 0.02)
+    others = [("age_band", v, 900, 900, True, 0.75 + d, 0.01) for v, d in zip("abc", steps)]
+    others += [("insurance", v, 900, 900, True, 0.75 + d, 0.01) for v, d in zip("xyz", steps)]
     others += [("language", v, 900, 900, True, 0.75, 0.01) for v in ("en", "es")]
     many = M.fairness_tests(_table(sex + others), 0.10, 0.05)
     assert many["tests"] == 8 and many["failures"] == []

@@ -384,8 +384,9 @@ def _floor_check(settings: Settings, target: TargetSpec, window: pd.DataFrame, f
         text = (f"floor: {name} {abs(drop):.4f} {worse} than v{v} ({who}) on the same rows "
                 f"(paired {'DeLong' if binary else 'per-row'} SE {r['se']:.4f}, patients as clusters)")
         if failed:
-            lines.append(f"FAIL {text}: more than gate.floor_max_{'auc_drop' if binary else 'logloss_rise'} "
-                         f"{margin} and significantly so (one-sided {1 - g.floor_alpha:.0%} lower bound {bound:.4f} > 0)")
+            setting = f"gate.floor_max_{'auc_drop' if binary else 'logloss_rise'}"
+            lines.append(f"FAIL {text}: more than {setting} {margin} and significantly so "
+                         f"(one-sided {1 - g.floor_alpha:.0%} lower bound {bound:.4f} > 0)")
         else:
             lines.append(f"ok {text} (refused only when worse by more than {margin} and significantly)")
         ok &= not failed
