@@ -70,12 +70,28 @@ class MlflowSettings(_Section):
 
 
 class GateSettings(_Section):
-    """Promotion gate bounds: a challenger may be at most this much worse than the champion."""
+    """Promotion gate bounds (``training/gate.py``, docs/models.md): how much worse than the champion,
+    and than the floor of past champions, a challenger may be, and when a subgroup gap refuses it."""
 
-    max_auc_drop: float = 0.005
-    max_logloss_rise: float = 0.005
-    max_ece: float = 0.03
-    max_subgroup_auc_gap: float = 0.10
+    max_auc_drop: float = Field(0.005, ge=0)
+    max_logloss_rise: float = Field(0.005, ge=0)
+    max_ece: float = Field(0.03, ge=0)
+    #: challenger ECE may exceed the champion's on the same window by at most this (unless it is within the
+    #: window's noise floor of a perfectly calibrated model)
+    max_ece_rise: float = Field(0.01, ge=0)
+    max_subgroup_auc_gap: float = Field(0.10, ge=0)
+    #: family-wise error of "this subgroup gap is above the bound", Holm over every pairwise test
+    fairness_alpha: float = Field(0.05, gt=0, lt=1)
+    #: the attributes whose subgroups are compared (``group_<name>`` columns); a missing one is reported
+    fairness_attributes: tuple[str, ...] = ("age_band", "sex", "insurance", "language")
+    #: fewer labelled rows than this in the comparison window: promotion refused (subgroups cannot be scored)
+    min_window_rows: int = Field(200, ge=1)
+    #: the floor: the first promoted champion and the best of the last N champions
+    floor_last_n: int = Field(5, ge=1)
+    #: refused when worse than a floor model by more than this, and significantly so (paired test, ``floor_alpha``)
+    floor_max_auc_drop: float = Field(0.01, ge=0)
+    floor_max_logloss_rise: float = Field(0.01, ge=0)
+    floor_alpha: float = Field(0.05, gt=0, lt=1)
 
 
 class Effects(_Section):

@@ -278,20 +278,22 @@ def _tag_version(settings: Settings, target: str, version: str, tags: dict[str, 
 
 
 def _gate(ctx: Context) -> StageResult:
-    from training.gate import GateError, promote
+    from training.gate import promote_safely
 
     s = ctx.settings
-    decisions, texts = {}, []
-    for t in ctx.opts.targets:
-        try:
-            d = promote(s, t, tf=ctx.frames.pop(t, None), baselines=ctx.baselines.pop(t, None))
-        except GateError as exc:
-            raise StageFailed("gate", f"{t}: {exc}") from None
+    decisions, texts, errors = {}, [], []
+    for t in ctx.opts.targets:   # one target's failure is its decision; the others are still gated
+        d = promote_safely(s, t, tf=ctx.frames.pop(t, None), baselines=ctx.baselines.pop(t, None))
+        if d.error is not None:
+            errors.append(f"{t}: {d.error}")
         decisions[t] = {"promoted": d.promoted, "challenger": d.challenger, "champion_before": d.champion_before,
-                        "reasons": d.reasons, "run_id": d.run_id}
+                        "reasons": d.reasons, "run_id": d.run_id, "error": d.error}
         texts.append(d.describe())
         log.info("gate: %s", d.describe().splitlines()[0])
-    summary = "; ".join(f"{t} v{d['challenger']} {'promoted' if d['promoted'] else 'refused'}" for t, d in decisions.items())
+    summary = "; ".join(f"{t} gate error" if d["error"] else
+                        f"{t} v{d['challenger']} {'promoted' if d['promoted'] else 'refused'}" for t, d in decisions.items())
+    if errors:
+        raise StageFailed("gate", "; ".join(errors) + f" (every target was gated: {summary})")
     return StageResult("gate", "ran", summary=summary, outputs={"decisions": decisions, "text": "\n".join(texts)})
 
 

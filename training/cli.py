@@ -36,9 +36,11 @@ def promote(
     target: TargetOpt = "all",
     strict: Annotated[bool, typer.Option(help="Exit 1 when a challenger is refused.")] = False,
 ) -> None:
-    """Score challenger and champion on the same recent window; move 'champion' only if the gate passes."""
-    from training.gate import GateError
-    from training.gate import promote as run_gate
+    """Score challenger and champion on the same recent window; move 'champion' only if the gate passes.
+
+    Every target is gated even when another one fails: a failure is printed as that target's decision and the
+    command exits 2 once all are done."""
+    from training.gate import promote_safely
     from training.targets import expand
 
     s = settings_or_exit()
@@ -46,14 +48,15 @@ def promote(
         targets = expand(target)
     except ValueError as exc:
         fail(str(exc))
-    refused = False
+    refused, errors = False, []
     for t in targets:
-        try:
-            decision = run_gate(s, t)
-        except GateError as exc:
-            fail(str(exc))
+        decision = promote_safely(s, t)
         typer.echo(decision.describe())
         refused |= not decision.promoted
+        if decision.error is not None:
+            errors.append(f"{t}: {decision.error}")
+    if errors:
+        fail("the gate could not decide for " + "; ".join(errors))
     if strict and refused:
         raise typer.Exit(code=1)
 

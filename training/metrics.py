@@ -178,7 +178,10 @@ def subgroup_table(kind: str, y: np.ndarray, p: np.ndarray, groups: pd.DataFrame
 
 def largest_gap(table: pd.DataFrame, metric: str = "auc") -> dict:
     """The widest gap in ``metric`` between two scored values of the same group column, with its
-    standard error (Hanley-McNeil, the two AUCs independent) and one-sided 95% lower bound."""
+    standard error (Hanley-McNeil, the two AUCs independent) and one-sided 95% lower bound.
+
+    Descriptive only (model card, training summary): the widest raw gap is not the most significant
+    one, so the gate decides with ``fairness_tests`` over every pair instead."""
     best = {"group": None, "gap": 0.0, "low": None, "high": None, "se": 0.0, "gap_lower": 0.0}
     if table.empty or metric not in table:
         return best
@@ -193,6 +196,166 @@ def largest_gap(table: pd.DataFrame, metric: str = "auc") -> dict:
             best = {"group": group, "gap": gap, "low": _describe(lo, metric), "high": _describe(hi, metric), "se": se,
                     "gap_lower": gap - 1.645 * se}
     return best
+
+
+Z95 = 1.6448536269514722   # one-sided 95% normal quantile
+
+
+def _norm_sf(z: float) -> float:
+    """P(Z > z) for a standard normal (no scipy import for one function)."""
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def holm(pvalues: np.ndarray, alpha: float) -> np.ndarray:
+    """Holm's step-down rejections at family-wise error ``alpha``: the k-th smallest p-value
+    (k = 0..m-1) is rejected while it is at most alpha / (m - k). Controls false "significant gap"
+    claims over the whole family without Bonferroni's loss of power."""
+    p = np.asarray(pvalues, dtype=float)
+    reject = np.zeros(len(p), dtype=bool)
+    for k, i in enumerate(np.argsort(p, kind="stable")):
+        if not p[i] <= alpha / (len(p) - k):
+            break
+        reject[i] = True
+    return reject
+
+
+def pairwise_gaps(table: pd.DataFrame, bound: float, metric: str = "auc") -> pd.DataFrame:
+    """Every pair of scored values within each group column: gap (higher minus lower ``metric``),
+    its standard error (the subgroups' own, patient-level, taken as independent: disjoint rows),
+    and the one-sided p-value of "the true gap exceeds ``bound``" against the null gap = bound."""
+    cols = ["group", "high", "low", "high_value", "low_value", "gap", "se", "z", "p"]
+    rows = []
+    if table.empty or metric not in table:
+        return pd.DataFrame(columns=cols)
+    for group, part in table[table["scored"].astype(bool)].groupby("group", sort=False):
+        recs = part.dropna(subset=[metric]).sort_values([metric, "value"], ascending=[False, True]).to_dict("records")
+        for i, hi in enumerate(recs):
+            for lo in recs[i + 1:]:
+                gap = float(hi[metric] - lo[metric])
+                se = float(np.sqrt(np.nansum([hi.get("auc_se", np.nan) ** 2, lo.get("auc_se", np.nan) ** 2])))
+                z = (gap - bound) / se if se > 0 else (math.inf if gap > bound else -math.inf)
+                rows.append({"group": group, "high": _describe(pd.Series(hi), metric),
+                             "low": _describe(pd.Series(lo), metric), "high_value": str(hi["value"]),
+                             "low_value": str(lo["value"]), "gap": gap, "se": se, "z": float(z), "p": _norm_sf(z)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def fairness_tests(table: pd.DataFrame, bound: float, alpha: float = 0.05, attributes: list[str] | None = None,
+                   champion: pd.DataFrame | None = None, metric: str = "auc") -> dict:
+    """The gate's subgroup rule, as a pure function of subgroup tables (``subgroup_table``'s rows).
+
+    Every pair of scored subgroups within every attribute is tested one-sided against ``bound``;
+    Holm over all of those tests decides which gaps are significantly above it. A significant gap is
+    *covered* when ``champion`` (the champion's table on the same rows) shows a gap on the same
+    attribute and the same pair, in the same direction, at least as wide: the challenger did not
+    open or widen it. ``failures`` are the significant pairs not covered.
+
+    Subgroups too small to score, and attributes with fewer than two scored subgroups (or absent),
+    come back in ``not_scored``: they are reported, never counted as a pass.
+    """
+    attributes = list(attributes) if attributes is not None else (
+        sorted(set(table["group"])) if not table.empty else [])
+    present = set(table["group"]) if not table.empty else set()
+    not_scored: list[str] = []
+    for a in attributes:
+        if a not in present:
+            not_scored.append(f"{a}: no such column in the data")
+            continue
+        part = table[table["group"] == a]
+        small = part[~part["scored"].astype(bool)]
+        for _, r in small.iterrows():
+            pats = r.get("patients")
+            who = f"n={int(r['n'])}" + (f", {int(pats)} patients" if pats is not None and pd.notna(pats) else "")
+            not_scored.append(f"{a}={r['value']} ({who})")
+        if int(part["scored"].astype(bool).sum()) < 2:
+            not_scored.append(f"{a}: fewer than two subgroups large enough, no gap tested")
+    scope = table[table["group"].isin(attributes)] if not table.empty else table
+    pairs = pairwise_gaps(scope, bound, metric)
+    pairs["significant"] = holm(pairs["p"].to_numpy(), alpha) if len(pairs) else np.zeros(0, dtype=bool)
+    champ_auc = ({(str(r["group"]), str(r["value"])): r.get(metric) for r in champion.to_dict("records")
+                  if bool(r.get("scored"))} if champion is not None and not champion.empty else {})
+    champ_gaps = []
+    for r in pairs.to_dict("records"):
+        hi, lo = champ_auc.get((r["group"], r["high_value"])), champ_auc.get((r["group"], r["low_value"]))
+        ok = hi is not None and lo is not None and pd.notna(hi) and pd.notna(lo)
+        champ_gaps.append(float(hi - lo) if ok else None)
+    pairs["champion_gap"] = pd.Series(champ_gaps, index=pairs.index, dtype=object)
+    pairs["covered"] = [bool(s and c is not None and c >= g) for s, c, g in
+                        zip(pairs["significant"], pairs["champion_gap"], pairs["gap"])]
+    records = pairs.to_dict("records")
+    failures = [r for r in records if r["significant"] and not r["covered"]]
+    largest = max(records, key=lambda r: r["gap"]) if records else None
+    return {"bound": bound, "alpha": alpha, "tests": len(records), "pairs": records, "failures": failures,
+            "covered": [r for r in records if r["covered"]], "largest": largest, "not_scored": not_scored,
+            "attributes": attributes}
+
+
+def _cluster_ids(clusters: np.ndarray | None, n: int) -> np.ndarray:
+    return np.arange(n) if clusters is None else pd.factorize(np.asarray(clusters))[0]
+
+
+def _placements(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components: for each positive, the share of negatives it outranks (ties
+    half); for each negative, the share of positives that outrank it. Their means are the AUC."""
+    pos, neg = np.sort(s[y == 1]), np.sort(s[y == 0])
+    sp, sn = s[y == 1], s[y == 0]
+    v10 = (np.searchsorted(neg, sp, "left") + 0.5 * (np.searchsorted(neg, sp, "right")
+                                                     - np.searchsorted(neg, sp, "left"))) / len(neg)
+    above = len(pos) - np.searchsorted(pos, sn, "right")
+    ties = np.searchsorted(pos, sn, "right") - np.searchsorted(pos, sn, "left")
+    v01 = (above + 0.5 * ties) / len(pos)
+    return v10, v01
+
+
+def paired_auc_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray,
+                          clusters: np.ndarray | None = None) -> dict:
+    """AUC(a) - AUC(b) on the same rows with a paired DeLong standard error, clustered by patient
+    (Obuchowski 1997): rows of one patient are summed before the variance, so twelve monthly rows
+    of one patient count as one piece of evidence, as in ``subgroup_table``."""
+    y = np.asarray(y).astype(int)
+    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    if n_pos < 2 or n_neg < 2:
+        return {"diff": float("nan"), "se": float("nan"), "a": float("nan"), "b": float("nan"), "n": len(y)}
+    a10, a01 = _placements(y, np.asarray(p_a, dtype=float))
+    b10, b01 = _placements(y, np.asarray(p_b, dtype=float))
+    d10, d01 = a10 - b10, a01 - b01
+    theta = float(d10.mean())
+    cl = _cluster_ids(clusters, len(y))
+    k = int(cl.max()) + 1
+    m_k = np.bincount(cl[y == 1], minlength=k)
+    n_k = np.bincount(cl[y == 0], minlength=k)
+    r10 = np.bincount(cl[y == 1], weights=d10, minlength=k) - m_k * theta
+    r01 = np.bincount(cl[y == 0], weights=d01, minlength=k) - n_k * theta
+    f = k / (k - 1) if k > 1 else float("nan")
+    var = f * (np.sum(r10 ** 2) / n_pos ** 2 + np.sum(r01 ** 2) / n_neg ** 2 + 2 * np.sum(r10 * r01) / (n_pos * n_neg))
+    return {"diff": theta, "se": float(np.sqrt(max(var, 0.0))), "a": float(a10.mean()), "b": float(b10.mean()),
+            "n": int(len(y)), "clusters": k}
+
+
+def paired_logloss_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray,
+                              clusters: np.ndarray | None = None) -> dict:
+    """Log loss(a) - log loss(b) on the same rows (positive: a is worse), with a cluster-robust
+    standard error of the mean per-row difference (patients as clusters)."""
+    y = np.asarray(y).astype(int)
+
+    def row_loss(p: np.ndarray) -> np.ndarray:
+        p = np.asarray(p, dtype=float)
+        if p.ndim == 1:
+            p = np.clip(p, EPS, 1 - EPS)
+            return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+        p = np.clip(p, EPS, 1.0)
+        p = p / p.sum(axis=1, keepdims=True)
+        return -np.log(p[np.arange(len(y)), y])
+
+    d = row_loss(p_a) - row_loss(p_b)
+    if len(d) < 2:
+        return {"diff": float("nan"), "se": float("nan"), "n": len(d)}
+    theta = float(d.mean())
+    cl = _cluster_ids(clusters, len(y))
+    k = int(cl.max()) + 1
+    resid = np.bincount(cl, weights=d, minlength=k) - np.bincount(cl, minlength=k) * theta
+    var = (k / (k - 1)) * np.sum(resid ** 2) / len(d) ** 2 if k > 1 else float("nan")
+    return {"diff": theta, "se": float(np.sqrt(var)), "n": int(len(d)), "clusters": k}
 
 
 def _describe(row: pd.Series, metric: str) -> str:
