@@ -58,6 +58,9 @@ ENGAGEMENT_FEATURES = _engagement_features()
 ACTIVITY_TIMESTAMPS = ["last_completed_ts", "last_no_show_ts", "last_response_ts",
                        *[f"last_response_{c}_ts" for c in MODEL_CHANNELS], "past_due_since_ts", "next_booked_ts"]
 ACTIVITY_FEATURES = VISIT_FEATURES + BILLING_FEATURES + ENGAGEMENT_FEATURES
+#: the feed each stored feature is computed from (a site without that feed has none of them)
+FEED_FEATURES: dict[str, list[str]] = {"patients": PROFILE_FEATURES, "visits": VISIT_FEATURES,
+                                       "billing": BILLING_FEATURES, "engagement": ENGAGEMENT_FEATURES}
 #: int-valued columns (everything else in the snapshots is float)
 INT_COLUMNS = {"sex_code", "language_code", "insurance_code", "has_mobile", "has_email", "portal_enrolled",
                "birth_year"}

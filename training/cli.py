@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -68,8 +68,8 @@ benchmark_app = typer.Typer(help="Benchmarks on public data.", no_args_is_help=T
 def noshow_public(
     csv: Annotated[Path, typer.Argument(help="The public 'Medical Appointment No Shows' CSV (Vitória, 2016).")],
     test_from: Annotated[str, typer.Option(help="First appointment day of the test window (YYYY-MM-DD).")] = "2016-05-31",
-    predictions_out: Annotated[Optional[Path], typer.Option(help="CSV to write AppointmentID,probability for the test window.")] = None,
-    work: Annotated[Optional[Path], typer.Option(help="Folder for the imported feeds (default: a temporary folder).")] = None,
+    predictions_out: Annotated[Path | None, typer.Option(help="CSV to write AppointmentID,probability for the test window.")] = None,
+    work: Annotated[Path | None, typer.Option(help="Folder for the imported feeds (default: a temporary folder).")] = None,
 ) -> None:
     """Train on appointments before --test-from with the honest protocol; score every appointment on or after it."""
     from training.noshow_public import BenchmarkError, run

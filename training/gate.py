@@ -55,6 +55,7 @@ import pandas as pd
 
 from carecast import logs
 from carecast.settings import GateSettings, Settings
+from features.catalog import FEED_FEATURES
 from training import baselines as B
 from training import data, registry, tracking
 from training import metrics as M
@@ -126,25 +127,14 @@ def _score(target: TargetSpec, loaded: registry.LoadedModel, df: pd.DataFrame, f
 
 
 def _feeds_of(columns: list[str]) -> str:
-    """Best effort: which feed each missing feature came from, from the feature lists (empty when unknown). Only
-    on this error path, so the import cost is paid when it helps; ``features.catalog`` is where they are moving."""
-    import importlib
-
-    feeds: dict[str, list[str]] = {}
-    for module in ("features.catalog", "features.build"):
-        try:
-            C = importlib.import_module(module)
-            feeds = {"patients": list(C.PROFILE_FEATURES), "visits": list(C.VISIT_FEATURES),
-                     "billing": list(C.BILLING_FEATURES), "engagement": list(C.ENGAGEMENT_FEATURES)}
-            break
-        except (ImportError, AttributeError):   # moved or changed: try the next, else name the features only
-            continue
+    """Which feed each missing feature came from (the catalog's ``FEED_FEATURES``), in words."""
     found: dict[str, list[str]] = {}
     for c in columns:
-        feed = next((f for f, cols in feeds.items() if c in cols), None)
+        feed = next((f for f, cols in FEED_FEATURES.items() if c in cols), None)
         if feed:
             found.setdefault(feed, []).append(c)
     return "; ".join(f"the {f} feed no longer provides {', '.join(cs)}" for f, cs in found.items())
+
 
 
 def _missing_reason(target: TargetSpec, role: str, exc: MissingFeatures, challenger: str | None) -> str:
