@@ -36,6 +36,9 @@ log = logs.get("features.store.repo")
 # --------------------------------------------------------------------------- repo and store
 
 
+REPO_MODULE = "carecast_repo.py"  # the rendered repo's definitions module; its name must not shadow a package
+
+
 def repo_config(settings: Settings) -> dict[str, Any]:
     """feature_store.yaml as a dict, from settings (everything under the home)."""
     repo = settings.feature_repo_dir
@@ -57,13 +60,26 @@ def repo_config(settings: Settings) -> dict[str, Any]:
 
 
 def render_repo(settings: Settings) -> Path:
+    """Write the home's Feast repo: ``feature_store.yaml`` from settings and ``carecast_repo.py``, the definitions module
+    Feast's CLI imports, which binds the objects of ``feature_repo.definitions`` at module level over this home's
+    snapshot folder (a plain Feast repo: `feast plan` there proposes no change after `carecast features apply`)."""
     repo = settings.feature_repo_dir
     repo.mkdir(parents=True, exist_ok=True)
-    path = repo / "feature_store.yaml"
-    text = "# Rendered from CareCast settings by `carecast features apply`; edit carecast.yaml, not this file.\n"
-    text += yaml.safe_dump(repo_config(settings), sort_keys=False)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+    rendered = "# Rendered from CareCast settings by `carecast features apply`; edit carecast.yaml, not this file.\n"
+    files = {
+        "feature_store.yaml": rendered + yaml.safe_dump(repo_config(settings), sort_keys=False),
+        REPO_MODULE: (
+            '"""The Feast objects of this home, at module level for Feast\'s CLI (`feast plan`, `feast apply`,\n'
+            "`feast ui`, run in this folder). Rendered by `carecast features apply`: edit\n"
+            'features/store/feature_repo/definitions.py or features/catalog.py, not this file."""\n\n'
+            "from features.store.feature_repo.definitions import objects\n\n"
+            f"FEATURE_DIR = {str(settings.feature_dir)!r}\n\n"
+            "globals().update(objects(FEATURE_DIR))  # Feast collects the objects by walking this module's names\n"),
+    }
+    for name, text in files.items():
+        path = repo / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
     return repo
 
 
@@ -71,7 +87,7 @@ _STORES: dict[tuple, Any] = {}
 _SERVICES: dict[tuple, Any] = {}
 
 
-def get_store(settings: Settings) -> "FeatureStore":
+def get_store(settings: Settings) -> FeatureStore:
     """A FeatureStore for these settings (cached per process; building one costs about 0.2 s)."""
     from feast import FeatureStore
 
@@ -82,7 +98,7 @@ def get_store(settings: Settings) -> "FeatureStore":
     return _STORES[key]
 
 
-def store_on_registry_copy(settings: Settings, registry: Path) -> "FeatureStore":
+def store_on_registry_copy(settings: Settings, registry: Path) -> FeatureStore:
     """A FeatureStore like ``get_store``'s but whose registry is the file ``registry`` (a copy of the real one): what
     it records (materialization intervals, view states) goes there, and the caller swaps the file in when the work is
     done (``pipelines.background``), so readers of the real registry never see a file half written."""
@@ -115,13 +131,14 @@ _require_build = require_build  # the name ``apply`` calls (apply belongs to the
 
 
 def apply(settings: Settings) -> None:
-    """Register entities, sources, views and services in the registry under the home."""
+    """Register entities, sources, views and services in the registry under the home: the objects the rendered repo's
+    definitions module binds (``render_repo``), so Feast's CLI run there agrees with the registry."""
     from features.store.feature_repo.definitions import objects
 
     _require_build(settings)
     with logs.stage(log, "features apply") as info:
         store = get_store(settings)
-        objs = objects(settings.feature_dir)
+        objs = list(objects(settings.feature_dir).values())
         store.apply(objs)
         _SERVICES.clear()
         info["objects"] = len(objs)

@@ -1,4 +1,10 @@
-"""Feast objects for CareCast. Built by a function because the sources live under the CARECAST_HOME."""
+"""Feast objects for CareCast, from the feature catalog.
+
+Built by a function because the file sources live under the home, which is known only from the settings (and this
+module does no I/O at import). The rendered repo of a home (``$CARECAST_HOME/feature_repo``, written by
+``features.store.repo.render_repo``) holds a small module that calls ``objects`` with that home's snapshot folder and
+binds every object at module level, which is what Feast's CLI (`feast plan`, `feast apply`, `feast ui`) reads.
+"""
 
 from __future__ import annotations
 
@@ -51,8 +57,9 @@ def _dtype(col: str) -> Any:
     return Int64 if col in INT_COLUMNS else Float64
 
 
-def objects(feature_dir: Path) -> list[Any]:
-    """Every Feast object of the repo, with file sources under ``feature_dir``."""
+def objects(feature_dir: Path | str) -> dict[str, Any]:
+    """Every Feast object of the repo by the module-level name it takes in the rendered repo, with file sources under
+    ``feature_dir``."""
     profile_src = FileSource(name="patient_profile_source", path=str(Path(feature_dir) / PROFILE_FILE),
                              timestamp_field="event_timestamp", created_timestamp_column="created")
     activity_src = FileSource(name="patient_activity_source", path=str(Path(feature_dir) / ACTIVITY_FILE),
@@ -96,5 +103,11 @@ def objects(feature_dir: Path) -> list[Any]:
         FeatureService(name="carecast_channel", features=list(base),
                        description="Preferred channel per patient at month starts."),
     ]
-    return [PATIENT, APPOINTMENT, APPOINTMENT_REQUEST, PREDICTION_TIME, profile_src, activity_src, profile, activity,
-            patient_recency, appointment_request, *services]
+    return {
+        "patient": PATIENT, "appointment": APPOINTMENT,
+        "appointment_request_source": APPOINTMENT_REQUEST, "prediction_time": PREDICTION_TIME,
+        "patient_profile_source": profile_src, "patient_activity_source": activity_src,
+        "patient_profile": profile, "patient_activity": activity,
+        "patient_recency": patient_recency, "appointment_request": appointment_request,
+        **{s.name: s for s in services},
+    }
