@@ -114,7 +114,7 @@ def main() -> None:
     af = synth_features(ns_cols, n, rng)
     pf = synth_features(p_cols, m, rng)
     pids = np.array([f"P{i:07d}" for i in range(m)], dtype=object)
-    as_of = dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
+    as_of = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
     appts = pd.DataFrame({
         "appointment_id": np.array([f"A{i:08d}" for i in range(n)], dtype=object),
         "patient_id": pids[rng.integers(0, m, n)],

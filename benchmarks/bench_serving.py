@@ -163,7 +163,7 @@ class _Cpu:
     def __init__(self, root: int) -> None:
         self.root = root
 
-    def __enter__(self) -> "_Cpu":
+    def __enter__(self) -> _Cpu:
         self._s0, self._c0 = _tree_cpu_s(self.root), time.process_time()
         return self
 

@@ -392,7 +392,7 @@ def write(settings: Settings, result: Result, opts: ScoreOptions, extra: Mapping
     import pyarrow.parquet as pq
 
     root = settings.risk_list_dir
-    created = dt.datetime.now(dt.timezone.utc)
+    created = dt.datetime.now(dt.UTC)
     stamp = f"{result.as_of:%Y%m%dT%H%M%SZ}-{created:%Y%m%dT%H%M%S%fZ}"
     folder = root / stamp
     tmp = root / f".{stamp}.tmp"

@@ -284,7 +284,7 @@ class _Strict(BaseModel):
 
 
 def _request_models():
-    from serving.schemas import Appointment, Id, TopK  # noqa: F401
+    from serving.schemas import Appointment, Id, TopK
 
     return Appointment, Id, TopK
 
@@ -304,7 +304,7 @@ class OutreachPlanRequest(_Strict):
     top_k: _TopK = 3  # type: ignore[valid-type]
 
     @model_validator(mode="after")
-    def _some(self) -> "OutreachPlanRequest":
+    def _some(self) -> OutreachPlanRequest:
         if not self.appointments and not self.patient_ids:
             raise ValueError("give at least one appointment or patient id")
         return self

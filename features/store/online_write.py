@@ -137,7 +137,7 @@ def _pull_duckdb(path: str, key: str, feats: list[str], ts: str, created: str | 
     def q(c: str) -> str:
         return '"' + c.replace('"', '""') + '"'
 
-    naive = [x.astimezone(dt.timezone.utc).replace(tzinfo=None) for x in (start, end)]
+    naive = [x.astimezone(dt.UTC).replace(tzinfo=None) for x in (start, end)]
     order = f"{q(ts)} DESC" + (f", {q(created)} DESC" if created else "")
     cols = ", ".join(q(c) for c in [key, *feats, ts, *([created] if created else [])])
     src = "read_parquet(?, file_row_number=true)"
