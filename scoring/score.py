@@ -316,7 +316,7 @@ def score_lists(models: Mapping[str, ServedModel], inputs: Inputs, tiers: Mappin
             return {c: bool(reach[i, j] >= 0.5) for j, c in enumerate(REACH)}
 
         def chan_of(i: int) -> dict[str, float]:
-            return dict(zip(classes, p_ch[i].tolist())) if ch else {}
+            return dict(zip(classes, p_ch[i].tolist(), strict=False)) if ch else {}
 
         tele = appts["telehealth"].to_numpy(bool)
         items = [Item(f"a{k}", "no_show", float(p_ns[r]), r_a[k], reach_of(int(a_pat[k])), chan_of(int(a_pat[k])),

@@ -83,7 +83,7 @@ def top_reasons(model: ServedModel, X: np.ndarray, known: Sequence[bool], ex: An
     for i in range(X.shape[0]):
         row = _RowView(model, X[i], index)
         rs = []
-        for j, c in zip(tops[i], contribs[i]):
+        for j, c in zip(tops[i], contribs[i], strict=False):
             name = names[j]
             text = sentence(name, row)
             if not known[i] and name not in REQUEST_FEATURES:
@@ -152,7 +152,7 @@ class Predictor:
                         continue
                     model = self.models.load(target, version)
                     self._install(model)
-                except Exception as exc:  # keep serving the old model; name the model, never data
+                except Exception as exc:  # noqa: BLE001  (keep serving the old model; name the model, never data)
                     log.error("reload of %s failed: %s", TARGETS[target].registered_model, type(exc).__name__)
                     continue
                 log.info("serving %s version %s", model.name, model.version)
@@ -208,7 +208,7 @@ class Predictor:
                 probs, c = all_probs[i], chosen[i]
                 item["channel"] = model.classes[c]
                 item["probability"] = probs[c]
-                item["probabilities"] = dict(zip(model.classes, probs))
+                item["probabilities"] = dict(zip(model.classes, probs, strict=False))
             else:
                 p = probability[i]
                 item["probability"] = p
@@ -223,7 +223,7 @@ class Predictor:
             return
         try:
             self.capture.record(target, model, ids, X, preds, known, appointment_ids)
-        except Exception as exc:  # the store counts its own failures; this is the last guard
+        except Exception as exc:  # noqa: BLE001  (a capture failure never fails a request; the store counts its own failures)
             log.error("prediction capture failed: %s", type(exc).__name__)
 
     def no_show(self, appointments: Sequence[Mapping[str, Any]], top_k: int) -> dict[str, Any]:
@@ -231,7 +231,7 @@ class Predictor:
         ids = [a["patient_id"] for a in appointments]
         X, known = self.features.fetch("no_show", ids, appointments, model.feature_names)
         preds = self._explained(model, X, known, top_k)
-        for a, p in zip(appointments, preds):
+        for a, p in zip(appointments, preds, strict=False):
             p["appointment_id"] = a["appointment_id"]
             p["patient_id"] = a["patient_id"]
         self._capture("no_show", model, ids, X, preds, known, [a["appointment_id"] for a in appointments])
@@ -241,7 +241,7 @@ class Predictor:
         model = self.served(target)
         X, known = self.features.fetch(target, patient_ids, None, model.feature_names)
         preds = self._explained(model, X, known, top_k)
-        for pid, p in zip(patient_ids, preds):
+        for pid, p in zip(patient_ids, preds, strict=False):
             p["patient_id"] = pid
         self._capture(target, model, patient_ids, X, preds, known)
         return {"model": {"name": model.name, "version": model.version}, "predictions": preds}

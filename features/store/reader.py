@@ -494,7 +494,7 @@ class OnlineReader:
         def run() -> None:
             try:
                 self.build_plan(key)
-            except Exception as exc:  # keep the current plan; name the failure, never data
+            except Exception as exc:  # noqa: BLE001  (a background refresh must not die: keep the current plan; name the failure, never data)
                 log.error("feature read plan refresh failed: %s", type(exc).__name__)
                 self.plans[key] = (time.monotonic(), self.plans[key][1])
             finally:
