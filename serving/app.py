@@ -44,7 +44,7 @@ log = logging.getLogger("carecast.serving")
 # health checks and small requests are not held up behind them.
 INLINE_ROWS = 32
 
-_ERRORS = {400: {"model": ErrorResponse, "description": "Malformed JSON."},
+_ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorResponse, "description": "Malformed JSON."},
            401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
            422: {"model": ErrorResponse, "description": "A field breaks a rule; the body names the field and the rule."},
            503: {"model": ErrorResponse, "description": "No champion model loaded yet."}}

@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -221,7 +221,7 @@ def plan(items: Sequence[Item], settings: OutreachSettings | None = None,
     eff = s.effects
     tiers = dict(risk_tiers or DEFAULT_TIERS)
     recs: list[Recommendation] = []
-    wanted: list[tuple[float, float, int, str, list[ReasonIn], str | None]] = []
+    wanted: list[tuple[float, float, int, str, list[ReasonIn], str]] = []
     for i, it in enumerate(items):
         p = float(it.probability)
         if not math.isfinite(p):
@@ -289,19 +289,24 @@ def _request_models():
     return Appointment, Id, TopK
 
 
-_Appointment, _Id, _TopK = _request_models()
+if TYPE_CHECKING:
+    from serving.schemas import Appointment as _Appointment
+    from serving.schemas import Id as _Id
+    from serving.schemas import TopK as _TopK
+else:
+    _Appointment, _Id, _TopK = _request_models()
 
 
 class OutreachPlanRequest(_Strict):
     """Appointments (no-show) and/or patients (churn) to plan outreach for, in one ranking."""
 
-    appointments: list[_Appointment] = Field(default_factory=list,  # type: ignore[valid-type]
+    appointments: list[_Appointment] = Field(default_factory=list,
                                              description="Appointments to plan for (no-show risk).")
-    patient_ids: list[_Id] = Field(default_factory=list,  # type: ignore[valid-type]
+    patient_ids: list[_Id] = Field(default_factory=list,
                                    description="Patients to plan for (risk of leaving the practice).")
     calls_available: int | None = Field(None, ge=0, le=100_000,
                                         description="Coordinator contacts available (default: outreach.calls_per_day).")
-    top_k: _TopK = 3  # type: ignore[valid-type]
+    top_k: _TopK = 3
 
     @model_validator(mode="after")
     def _some(self) -> OutreachPlanRequest:

@@ -33,14 +33,14 @@ class _RowView(Mapping[str, Any]):
 
     __slots__ = ("_model", "_x", "_index")
 
-    def __init__(self, model: ServedModel, x: np.ndarray, index: dict[str, int]) -> None:
+    def __init__(self, model: ServedModel, x: np.ndarray, index: Mapping[str, int]) -> None:
         self._model, self._x, self._index = model, x, index
 
     def __getitem__(self, name: str) -> Any:
         j = self._index[name]
         return display_value(self._model, name, float(self._x[j]))
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return self[name] if name in self._index else default
 
     def __contains__(self, name: object) -> bool:
@@ -66,7 +66,7 @@ def display_value(model: ServedModel, name: str, v: float) -> float | int | str 
     return round(v, 6)
 
 
-def top_reasons(model: ServedModel, X: np.ndarray, known: Sequence[bool], ex: Any,
+def top_reasons(model: ServedModel, X: np.ndarray, known: Sequence[bool] | np.ndarray, ex: Any,
                 index: Mapping[str, int] | None = None) -> list[list[dict[str, Any]]]:
     """Each row's top reasons ``{feature, value, contribution, text}`` from an ``explain`` result.
 
@@ -199,16 +199,18 @@ class Predictor:
         rule = self._tiers[1]
         if model.multiclass:
             assert model.classes is not None and ex.probabilities is not None and ex.chosen is not None
+            classes = model.classes
             all_probs, chosen = ex.probabilities.tolist(), ex.chosen.tolist()
         else:
+            classes = ()
             probability = ex.probability.tolist()
         for i, rs in enumerate(top_reasons(model, X, known, ex, self._index[model.target])):
             item: dict[str, Any] = {"known_patient": known[i], "base_value": base[i], "reasons": rs, "other": other[i]}
             if model.multiclass:
                 probs, c = all_probs[i], chosen[i]
-                item["channel"] = model.classes[c]
+                item["channel"] = classes[c]
                 item["probability"] = probs[c]
-                item["probabilities"] = dict(zip(model.classes, probs, strict=False))
+                item["probabilities"] = dict(zip(classes, probs, strict=False))
             else:
                 p = probability[i]
                 item["probability"] = p
