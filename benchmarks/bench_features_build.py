@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from carecast import logs  # noqa: E402
-from carecast.bench import peak_rss_mb, report  # noqa: E402
-from carecast.settings import load_settings  # noqa: E402
+from carecast import logs
+from carecast.bench import peak_rss_mb, report
+from carecast.settings import load_settings
 
 
 def cpu_s() -> float:

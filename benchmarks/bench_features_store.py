@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from carecast.bench import peak_rss_mb, report  # noqa: E402
-from carecast.settings import load_settings  # noqa: E402
+from carecast.bench import peak_rss_mb, report
+from carecast.settings import load_settings
 from features import catalog
 
 

@@ -31,11 +31,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from carecast.bench import peak_rss_mb, report  # noqa: E402
-from carecast.settings import load_settings  # noqa: E402
-from carecast.targets import MODEL_CHANNELS
-from features.catalog import categorical_columns, feature_columns  # noqa: E402
-from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES  # noqa: E402
+from carecast.bench import peak_rss_mb, report  # noqa: E402  (imported after the sys.path insert above)
+from carecast.settings import load_settings  # noqa: E402  (imported after the sys.path insert above)
+from carecast.targets import MODEL_CHANNELS  # noqa: E402  (imported after the sys.path insert above)
+from features.catalog import categorical_columns, feature_columns  # noqa: E402  (imported after the sys.path insert above)
+from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES  # noqa: E402  (imported after the sys.path insert above)
 
 
 def synth_features(cols: list[str], n: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -114,7 +114,7 @@ def main() -> None:
     af = synth_features(ns_cols, n, rng)
     pf = synth_features(p_cols, m, rng)
     pids = np.array([f"P{i:07d}" for i in range(m)], dtype=object)
-    as_of = dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
+    as_of = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
     appts = pd.DataFrame({
         "appointment_id": np.array([f"A{i:08d}" for i in range(n)], dtype=object),
         "patient_id": pids[rng.integers(0, m, n)],

@@ -70,6 +70,12 @@ def target_info(name: str) -> TargetInfo:
         raise ValueError(f"unknown target '{name}': choose one of {', '.join(TARGETS)}") from None
 
 
+def as_target(name: str) -> Target:
+    """``name`` as a ``Target``, for callers that carry target names as plain strings (an unknown name is
+    ``target_info``'s ValueError, the error every catalog function raises for it anyway)."""
+    return target_info(name).name
+
+
 def expand(name: str) -> list[str]:
     """``all`` -> every target, else the one named (validated)."""
     return list(TARGETS) if name == "all" else [target_info(name).name]

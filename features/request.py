@@ -34,14 +34,14 @@ _DEPT = {v: i for i, v in enumerate(DEPARTMENTS)}
 _VTYPE = {v: i for i, v in enumerate(VISIT_TYPES)}
 
 
-def _floats(col: Sequence[Any] | None, n: int) -> np.ndarray:
+def _floats(col: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
     """A list of numbers/None -> float array (None -> NaN)."""
     if col is None:
         return np.full(n, np.nan)
     return np.asarray(col, dtype=float).reshape(n)
 
 
-def appointment_features(batch: Mapping[str, Sequence[Any]]) -> dict[str, list]:
+def appointment_features(batch: Mapping[str, Sequence[Any] | np.ndarray]) -> dict[str, list]:
     """Pure: request fields (lists) -> appointment features (lists), same length; vectorised with numpy."""
     n = len(batch["scheduled_ts"])
     s = _floats(batch["scheduled_ts"], n)
@@ -62,7 +62,7 @@ def appointment_features(batch: Mapping[str, Sequence[Any]]) -> dict[str, list]:
     }
 
 
-def recency_features(batch: Mapping[str, Sequence[Any]]) -> dict[str, list]:
+def recency_features(batch: Mapping[str, Sequence[Any] | np.ndarray]) -> dict[str, list]:
     """Pure: stored timestamps + ``request_ts`` (+ ``birth_year``) -> days-since features and age, exact at request time.
 
     A missing timestamp gives NaN (never happened), except ``days_past_due`` which is 0 when nothing is past due.

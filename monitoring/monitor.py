@@ -57,7 +57,7 @@ from carecast import logs
 from carecast.clock import utc_timestamp
 from carecast.folders import latest, write_latest
 from carecast.settings import MonitorSettings, Settings
-from carecast.targets import TARGET_NAMES
+from carecast.targets import TARGET_NAMES, as_target
 from features import catalog
 from features.catalog import CATEGORIES, MANIFEST_FILE, categorical_columns
 from features.feeds.files import duckdb_scan
@@ -144,6 +144,7 @@ def point_features(settings: Settings, target: str, points: pd.DataFrame) -> pd.
     """Point-in-time features (the training frame's columns) for prediction points, via the feature store."""
     from features.store import reader
 
+    target = as_target(target)
     if points.empty:
         return pd.DataFrame(columns=[*catalog.feature_columns(target), "event_timestamp", "label"])
     df = reader.historical(settings, target, points.drop(columns=["label"]), engine="asof")
@@ -407,9 +408,9 @@ def run_report(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], categor
         if conf.get("type", "").endswith("ValueDrift"):
             score, thr, method = float(m["value"]), float(conf["threshold"]), str(conf["method"])
             p_value = "p_value" in method or method in _P_VALUE_TESTS
-            drifted = score < thr if p_value else score >= thr
+            over = score < thr if p_value else score >= thr
             rows.append({"feature": conf["column"], "method": method, "score": score if math.isfinite(score) else None,
-                         "threshold": thr, "noise_floor": floors.get(conf["column"]), "drifted": bool(drifted),
+                         "threshold": thr, "noise_floor": floors.get(conf["column"]), "drifted": bool(over),
                          "counted": conf["column"] not in trend})
     n_counted = sum(r["counted"] for r in rows)
     drifted = [r["feature"] for r in rows if r["drifted"] and r["counted"]]
@@ -509,8 +510,8 @@ def drift(settings: Settings, targets: list[str] | None = None, since: dt.dateti
             if len(cur) < 2 or len(ref) < 2:
                 result.skipped[target] = f"too few rows (reference {len(ref)}, current {len(cur)})"
                 continue
-            columns = [c for c in catalog.feature_columns(target) if c in ref.columns and c in cur.columns]
-            cats = [c for c in catalog.categorical_columns(target) if c in columns]
+            columns = [c for c in catalog.feature_columns(as_target(target)) if c in ref.columns and c in cur.columns]
+            cats = [c for c in catalog.categorical_columns(as_target(target)) if c in columns]
             job = (ref, cur, columns, cats, cfg, folder / f"{target}.html", folder / f"{target}.json")
             if pool is None and cfg.report_workers > 1 and len(targets) > 1:
                 pool = _report_pool(cfg.report_workers)
@@ -656,7 +657,7 @@ def performance(settings: Settings, target: str = "no_show", since: dt.datetime 
             df = point_features(settings, target, pts)
             loaded = registry.load(settings, target, version=str(mv.version))
 
-            frame_cats = categorical_columns(target)
+            frame_cats = categorical_columns(as_target(target))
             X = data.features(data.recode(df, frame_cats, loaded.meta.get("categorical_columns", {})),
                               loaded.meta["feature_columns"])
             p = predict(loaded.booster, X)

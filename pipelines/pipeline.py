@@ -49,7 +49,7 @@ from typing import Any
 from carecast import logs
 from carecast.clock import utc_or_none
 from carecast.settings import Settings
-from carecast.targets import TARGET_NAMES
+from carecast.targets import TARGET_NAMES, as_target
 from features.feeds.validate import FeedError, validate_feeds
 from monitoring import monitor
 from pipelines import background
@@ -112,7 +112,7 @@ class PipelineRun:
 
     def describe(self) -> str:
         lines = [f"{s.stage:>9}: {s.status:<7} {s.seconds:7.1f}s  {s.summary}" for s in self.stages]
-        head = "pipeline finished" if self.ok else f"pipeline STOPPED at stage '{self.failed.stage}'"
+        head = "pipeline finished" if self.failed is None else f"pipeline STOPPED at stage '{self.failed.stage}'"
         lines.append(f"{head} in {self.seconds:.1f}s" + (f"; MLflow run {self.mlflow_run_id}" if self.mlflow_run_id else ""))
         return "\n".join(lines)
 
@@ -247,12 +247,12 @@ def _train(ctx: Context) -> StageResult:
     versions, reasons = {}, {}
     for t in ctx.opts.targets:
         why = ["new data (the feature build changed)"]
-        if t in flagged:
+        if last is not None and t in flagged:   # flagged is empty without a last summary
             why.append(f"the last drift check ({last['created_at']}) flagged drift")
         if ctx.champions_before.get(t) is None:
             why.append("no champion yet")
         try:
-            tf = training_frame(s, t)
+            tf = training_frame(s, as_target(t))
             ctx.frames[t] = tf
             r = train_target(s, t, tf=tf, plots_on=ctx.opts.plots)
             ctx.baselines[t] = r.pop("fitted_baselines", None)
@@ -328,8 +328,7 @@ def _drift(ctx: Context) -> StageResult:
 
 def _drift_versions(ctx: Context) -> dict[str, str]:
     now = _champions(ctx.settings, ctx.opts.targets)
-    return {t: (ctx.champions_before.get(t) or now.get(t)) for t in ctx.opts.targets
-            if (ctx.champions_before.get(t) or now.get(t))}
+    return {t: v for t in ctx.opts.targets if (v := ctx.champions_before.get(t) or now.get(t))}
 
 
 RUNNERS: dict[str, Callable[[Context], StageResult]] = {
@@ -442,6 +441,7 @@ def _finish_background(settings: Settings, ctx: Context, result: PipelineRun, sa
     fail it: the run reports it (the earliest failed stage) and the next run does that stage again."""
     for stage, work in list(ctx.background.items()):
         res = result.stage(stage)
+        assert res is not None, stage  # a stage left work in the background only after it recorded its result
         out = work.wait()
         del ctx.background[stage]
         label = f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}"
@@ -492,9 +492,9 @@ def _record_mlflow(settings: Settings, result: PipelineRun, opts: PipelineOption
     gate = ctx.outputs.get("gate", {})
     drift = ctx.outputs.get("drift", {})
     for t in opts.targets:
-        if result.stage("train") and result.stage("train").status == "ran" and t in train.get("versions", {}):
+        if (st := result.stage("train")) is not None and st.status == "ran" and t in train.get("versions", {}):
             tags[f"retrain.{t}"] = f"v{train['versions'][t]}: {train['reasons'][t]}"
-        if result.stage("gate") and result.stage("gate").status == "ran" and t in gate.get("decisions", {}):
+        if (st := result.stage("gate")) is not None and st.status == "ran" and t in gate.get("decisions", {}):
             d = gate["decisions"][t]
             tags[f"gate.{t}"] = f"v{d['challenger']} {'promoted' if d['promoted'] else 'refused'}"
             tags[f"gate.{t}.reasons"] = " | ".join(d["reasons"])[:4900]

@@ -52,7 +52,7 @@ def run_cmd(
                            strict=strict, plots=plots, since=utc(since))
     result = run(s, opts, progress=lambda m: typer.echo(m))
     typer.echo(result.describe())
-    if not result.ok:
+    if result.failed is not None:   # not result.ok
         typer.echo(f"error: stage '{result.failed.stage}' failed: {result.failed.summary}", err=True)
         raise typer.Exit(code=1)
     drift = result.stage("drift")

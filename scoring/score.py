@@ -278,13 +278,13 @@ def score_lists(models: Mapping[str, ServedModel], inputs: Inputs, tiers: Mappin
     # probabilities NaN, and the manifest says why; the other lists are still worth a coordinator's day.
     with logs.stage(log, "score: predict") as info:
         X_ns = _matrix(inputs.appointment_features, ns) if ns else None
-        p_ns = predict(ns, X_ns, opts.chunk_rows, "appointments") if ns else np.full(len(appts), np.nan)
+        p_ns = predict(ns, X_ns, opts.chunk_rows, "appointments") if ns and X_ns is not None else np.full(len(appts), np.nan)
         classes = list((ch.classes if ch else None) or MODEL_CHANNELS)
         p_ch = (predict(ch, _matrix(inputs.patient_features, ch), opts.chunk_rows, "patients (channel)") if ch
                 else np.full((len(pats), len(classes)), np.nan))
         X_cm = (_matrix(inputs.patient_features.iloc[act_idx] if len(act_idx) < len(pats) else inputs.patient_features, cm)
                 if cm else None)
-        p_cm = predict(cm, X_cm, opts.chunk_rows, "patients (churn)") if cm else np.full(len(act_idx), np.nan)
+        p_cm = predict(cm, X_cm, opts.chunk_rows, "patients (churn)") if cm and X_cm is not None else np.full(len(act_idx), np.nan)
         info["appointments"] = len(p_ns) if ns else 0
         info["patients"] = len(p_ch) if ch else 0
         info["active"] = len(p_cm) if cm else 0
@@ -297,9 +297,9 @@ def score_lists(models: Mapping[str, ServedModel], inputs: Inputs, tiers: Mappin
     pat_rows = act_idx[sel_p]
     with logs.stage(log, "score: explain the lists") as info:
         r_a = (explain_rows(ns, X_ns[sel_a], inputs.appointment_known[sel_a], opts.top_k, opts.chunk_rows // 4 or 1,
-                            "appointments") if ns else [])
+                            "appointments") if ns and X_ns is not None else [])
         r_p = (explain_rows(cm, X_cm[sel_p], inputs.patient_known[pat_rows], opts.top_k, opts.chunk_rows // 4 or 1,
-                            "patients") if cm else [])
+                            "patients") if cm and X_cm is not None else [])
         info["appointments"] = len(sel_a)
         info["patients"] = len(sel_p)
     secs["explain"] = time.perf_counter() - t
@@ -316,7 +316,7 @@ def score_lists(models: Mapping[str, ServedModel], inputs: Inputs, tiers: Mappin
             return {c: bool(reach[i, j] >= 0.5) for j, c in enumerate(REACH)}
 
         def chan_of(i: int) -> dict[str, float]:
-            return dict(zip(classes, p_ch[i].tolist())) if ch else {}
+            return dict(zip(classes, p_ch[i].tolist(), strict=False)) if ch else {}
 
         tele = appts["telehealth"].to_numpy(bool)
         items = [Item(f"a{k}", "no_show", float(p_ns[r]), r_a[k], reach_of(int(a_pat[k])), chan_of(int(a_pat[k])),
@@ -392,7 +392,7 @@ def write(settings: Settings, result: Result, opts: ScoreOptions, extra: Mapping
     import pyarrow.parquet as pq
 
     root = settings.risk_list_dir
-    created = dt.datetime.now(dt.timezone.utc)
+    created = dt.datetime.now(dt.UTC)
     stamp = f"{result.as_of:%Y%m%dT%H%M%SZ}-{created:%Y%m%dT%H%M%S%fZ}"
     folder = root / stamp
     tmp = root / f".{stamp}.tmp"
@@ -428,7 +428,8 @@ def load_models(settings: Settings) -> tuple[dict[str, ServedModel], dict[str, s
     from serving.model_source import MlflowModelSource, ModelNotAvailable
 
     source = MlflowModelSource(settings.tracking_uri, settings.mlflow.registry_uri)
-    out, missing = {}, {}
+    out: dict[str, ServedModel] = {}
+    missing: dict[str, str] = {}
     for target in TARGET_NAMES:
         try:
             out[target] = source.load(target)

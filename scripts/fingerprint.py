@@ -104,7 +104,7 @@ def _requests(world: Path) -> list[tuple[str, dict]]:
                 "telehealth": bool(v["telehealth"])}
         reqs.append(("/v1/no-show", {"appointments": [appt], "top_k": 3}))
     for i in range(10):
-        reqs.append(("/v1/churn", {"patient_ids": ["P-NOT-IN-WORLD-%d" % i], "top_k": 3}))
+        reqs.append(("/v1/churn", {"patient_ids": [f"P-NOT-IN-WORLD-{i}"], "top_k": 3}))
     for i in range(10):
         v = booked.iloc[i]
         reqs.append(("/v1/outreach-plan", {"appointments": [{
@@ -132,7 +132,7 @@ def _answers(world: Path, env: dict[str, str]) -> list[dict]:
             try:
                 if urllib.request.urlopen(base + "/readyz", timeout=2).status == 200:
                     break
-            except Exception:
+            except Exception:  # noqa: BLE001  (any failure while the server starts means: not ready yet)
                 time.sleep(0.5)
         else:
             raise SystemExit("the server never became ready (see serve.log)")

@@ -44,7 +44,7 @@ log = logging.getLogger("carecast.serving")
 # health checks and small requests are not held up behind them.
 INLINE_ROWS = 32
 
-_ERRORS = {400: {"model": ErrorResponse, "description": "Malformed JSON."},
+_ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorResponse, "description": "Malformed JSON."},
            401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
            422: {"model": ErrorResponse, "description": "A field breaks a rule; the body names the field and the rule."},
            503: {"model": ErrorResponse, "description": "No champion model loaded yet."}}
@@ -132,7 +132,7 @@ def build_app(runtime: Runtime | None = None) -> FastAPI:
             return _json({"error": "feature store unavailable", "detail": [
                 {"field": "features", "rule": "the online feature store did not answer; retry later",
                  "type": "feature_store_unavailable"}]}, 503)
-        except Exception as exc:  # log the kind of failure only: messages can carry ids or values
+        except Exception as exc:  # noqa: BLE001  (answer 500 rather than crash; log the kind of failure only: messages can carry ids or values)
             log.error("prediction failed: %s", type(exc).__name__)
             return _json({"error": "internal error"}, 500)
         return _json(result)

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from carecast.settings import CaptureSettings  # noqa: F401  (re-exported)
+from carecast.settings import CaptureSettings
 
 log = logging.getLogger("carecast.capture")
 
@@ -334,7 +334,7 @@ def purge(settings: Any, older_than_days: float, now: dt.datetime | None = None)
     path = db_path(settings)
     if not path.exists():
         return 0
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     cut = now.timestamp() - older_than_days * 86400.0
     con = connect(path)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -36,8 +36,8 @@ def serve_command(settings: Settings, port: int | None = None, bento: str | None
 
 
 def serve(
-    port: Annotated[Optional[int], typer.Option(help="Port to listen on (default: serving.port, 3000).")] = None,
-    bento: Annotated[Optional[str], typer.Option(help="Serve a built Bento by tag (e.g. carecast:latest) instead of the source tree.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default: serving.port, 3000).")] = None,
+    bento: Annotated[str | None, typer.Option(help="Serve a built Bento by tag (e.g. carecast:latest) instead of the source tree.")] = None,
 ) -> None:
     """Start the prediction API (BentoML) on serving.host (127.0.0.1 unless configured)."""
     s = settings_or_exit()

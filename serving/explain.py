@@ -51,7 +51,7 @@ def _needs_feature_info(booster: xgb.Booster) -> bool:
     return hit
 
 
-_FEATURE_INFO: "weakref.WeakKeyDictionary[xgb.Booster, bool]" = weakref.WeakKeyDictionary()
+_FEATURE_INFO: weakref.WeakKeyDictionary[xgb.Booster, bool] = weakref.WeakKeyDictionary()
 
 
 def contributions(booster: xgb.Booster, X: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -221,7 +221,7 @@ def plan(items: Sequence[Item], settings: OutreachSettings | None = None,
     eff = s.effects
     tiers = dict(risk_tiers or DEFAULT_TIERS)
     recs: list[Recommendation] = []
-    wanted: list[tuple[float, float, int, str, list[ReasonIn], str | None]] = []
+    wanted: list[tuple[float, float, int, str, list[ReasonIn], str]] = []
     for i, it in enumerate(items):
         p = float(it.probability)
         if not math.isfinite(p):
@@ -262,7 +262,7 @@ def plan(items: Sequence[Item], settings: OutreachSettings | None = None,
                  f"{ACTION_WORDS[cand].lower()} by {CHANNEL_WORDS[cand_channel]}"
                  f"{' because ' + driven + ' reasons drive the risk' if driven != 'risk' else ''}"
                  f" (coordinator slot {rank} of {cap})")
-    for extra, p, i, cand, drivers, cand_channel in wanted[cap:]:
+    for _extra, _p, i, cand, _drivers, _cand_channel in wanted[cap:]:
         r = recs[i]
         r.why += f"; {ACTION_WORDS[cand].lower()} advised but beyond today's {cap} coordinator slots"
     return recs
@@ -284,27 +284,32 @@ class _Strict(BaseModel):
 
 
 def _request_models():
-    from serving.schemas import Appointment, Id, TopK  # noqa: F401
+    from serving.schemas import Appointment, Id, TopK
 
     return Appointment, Id, TopK
 
 
-_Appointment, _Id, _TopK = _request_models()
+if TYPE_CHECKING:
+    from serving.schemas import Appointment as _Appointment
+    from serving.schemas import Id as _Id
+    from serving.schemas import TopK as _TopK
+else:
+    _Appointment, _Id, _TopK = _request_models()
 
 
 class OutreachPlanRequest(_Strict):
     """Appointments (no-show) and/or patients (churn) to plan outreach for, in one ranking."""
 
-    appointments: list[_Appointment] = Field(default_factory=list,  # type: ignore[valid-type]
+    appointments: list[_Appointment] = Field(default_factory=list,
                                              description="Appointments to plan for (no-show risk).")
-    patient_ids: list[_Id] = Field(default_factory=list,  # type: ignore[valid-type]
+    patient_ids: list[_Id] = Field(default_factory=list,
                                    description="Patients to plan for (risk of leaving the practice).")
     calls_available: int | None = Field(None, ge=0, le=100_000,
                                         description="Coordinator contacts available (default: outreach.calls_per_day).")
-    top_k: _TopK = 3  # type: ignore[valid-type]
+    top_k: _TopK = 3
 
     @model_validator(mode="after")
-    def _some(self) -> "OutreachPlanRequest":
+    def _some(self) -> OutreachPlanRequest:
         if not self.appointments and not self.patient_ids:
             raise ValueError("give at least one appointment or patient id")
         return self
@@ -347,7 +352,7 @@ def reasons_in(reasons: Sequence[Mapping[str, Any]]) -> list[ReasonIn]:
 def to_response_rows(items: Sequence[tuple[str, str | None, str]], recs: Sequence[Recommendation]) -> list[dict]:
     """``items``: (kind, appointment_id, patient_id) per recommendation, same order."""
     out = []
-    for (kind, aid, pid), r in zip(items, recs):
+    for (kind, aid, pid), r in zip(items, recs, strict=False):
         out.append({"kind": kind, "appointment_id": aid, "patient_id": pid, "target": r.target,
                     "probability": r.probability, "risk_tier": r.risk_tier, "action": r.action,
                     "action_label": r.action_label, "channel": r.channel, "expected_benefit": r.expected_benefit,
@@ -387,14 +392,14 @@ def plan_request(predictor: Any, body: OutreachPlanRequest, settings: OutreachSe
     models: dict[str, dict[str, str]] = {}
     ch = predictor.patients("channel", pids_all, 0)
     models["channel"] = ch["model"]
-    chan = {pid: p.get("probabilities", {}) for pid, p in zip(pids_all, ch["predictions"])}
-    reach = dict(zip(pids_all, reachability(predictor, pids_all)))
+    chan = {pid: p.get("probabilities", {}) for pid, p in zip(pids_all, ch["predictions"], strict=False)}
+    reach = dict(zip(pids_all, reachability(predictor, pids_all), strict=False))
     items: list[Item] = []
     ids: list[tuple[str, str | None, str]] = []
     if appts:
         ns = predictor.no_show(appts, top_k)
         models["no_show"] = ns["model"]
-        for i, (a, p) in enumerate(zip(appts, ns["predictions"])):
+        for i, (a, p) in enumerate(zip(appts, ns["predictions"], strict=False)):
             pid = a["patient_id"]
             items.append(Item(f"a{i}", "no_show", p["probability"], reasons_in(p["reasons"]), reach[pid], chan[pid],
                               bool(a.get("telehealth"))))
@@ -402,7 +407,7 @@ def plan_request(predictor: Any, body: OutreachPlanRequest, settings: OutreachSe
     if body.patient_ids:
         cr = predictor.patients("churn", list(body.patient_ids), top_k)
         models["churn"] = cr["model"]
-        for i, (pid, p) in enumerate(zip(body.patient_ids, cr["predictions"])):
+        for i, (pid, p) in enumerate(zip(body.patient_ids, cr["predictions"], strict=False)):
             items.append(Item(f"p{i}", "churn", p["probability"], reasons_in(p["reasons"]), reach[pid], chan[pid]))
             ids.append(("patient", None, pid))
     cap = s.calls_per_day if body.calls_available is None else body.calls_available

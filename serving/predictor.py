@@ -33,14 +33,14 @@ class _RowView(Mapping[str, Any]):
 
     __slots__ = ("_model", "_x", "_index")
 
-    def __init__(self, model: ServedModel, x: np.ndarray, index: dict[str, int]) -> None:
+    def __init__(self, model: ServedModel, x: np.ndarray, index: Mapping[str, int]) -> None:
         self._model, self._x, self._index = model, x, index
 
     def __getitem__(self, name: str) -> Any:
         j = self._index[name]
         return display_value(self._model, name, float(self._x[j]))
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         return self[name] if name in self._index else default
 
     def __contains__(self, name: object) -> bool:
@@ -66,7 +66,7 @@ def display_value(model: ServedModel, name: str, v: float) -> float | int | str 
     return round(v, 6)
 
 
-def top_reasons(model: ServedModel, X: np.ndarray, known: Sequence[bool], ex: Any,
+def top_reasons(model: ServedModel, X: np.ndarray, known: Sequence[bool] | np.ndarray, ex: Any,
                 index: Mapping[str, int] | None = None) -> list[list[dict[str, Any]]]:
     """Each row's top reasons ``{feature, value, contribution, text}`` from an ``explain`` result.
 
@@ -83,7 +83,7 @@ def top_reasons(model: ServedModel, X: np.ndarray, known: Sequence[bool], ex: An
     for i in range(X.shape[0]):
         row = _RowView(model, X[i], index)
         rs = []
-        for j, c in zip(tops[i], contribs[i]):
+        for j, c in zip(tops[i], contribs[i], strict=False):
             name = names[j]
             text = sentence(name, row)
             if not known[i] and name not in REQUEST_FEATURES:
@@ -152,7 +152,7 @@ class Predictor:
                         continue
                     model = self.models.load(target, version)
                     self._install(model)
-                except Exception as exc:  # keep serving the old model; name the model, never data
+                except Exception as exc:  # noqa: BLE001  (keep serving the old model; name the model, never data)
                     log.error("reload of %s failed: %s", TARGETS[target].registered_model, type(exc).__name__)
                     continue
                 log.info("serving %s version %s", model.name, model.version)
@@ -199,16 +199,18 @@ class Predictor:
         rule = self._tiers[1]
         if model.multiclass:
             assert model.classes is not None and ex.probabilities is not None and ex.chosen is not None
+            classes = model.classes
             all_probs, chosen = ex.probabilities.tolist(), ex.chosen.tolist()
         else:
+            classes = ()
             probability = ex.probability.tolist()
         for i, rs in enumerate(top_reasons(model, X, known, ex, self._index[model.target])):
             item: dict[str, Any] = {"known_patient": known[i], "base_value": base[i], "reasons": rs, "other": other[i]}
             if model.multiclass:
                 probs, c = all_probs[i], chosen[i]
-                item["channel"] = model.classes[c]
+                item["channel"] = classes[c]
                 item["probability"] = probs[c]
-                item["probabilities"] = dict(zip(model.classes, probs))
+                item["probabilities"] = dict(zip(classes, probs, strict=False))
             else:
                 p = probability[i]
                 item["probability"] = p
@@ -223,7 +225,7 @@ class Predictor:
             return
         try:
             self.capture.record(target, model, ids, X, preds, known, appointment_ids)
-        except Exception as exc:  # the store counts its own failures; this is the last guard
+        except Exception as exc:  # noqa: BLE001  (a capture failure never fails a request; the store counts its own failures)
             log.error("prediction capture failed: %s", type(exc).__name__)
 
     def no_show(self, appointments: Sequence[Mapping[str, Any]], top_k: int) -> dict[str, Any]:
@@ -231,7 +233,7 @@ class Predictor:
         ids = [a["patient_id"] for a in appointments]
         X, known = self.features.fetch("no_show", ids, appointments, model.feature_names)
         preds = self._explained(model, X, known, top_k)
-        for a, p in zip(appointments, preds):
+        for a, p in zip(appointments, preds, strict=False):
             p["appointment_id"] = a["appointment_id"]
             p["patient_id"] = a["patient_id"]
         self._capture("no_show", model, ids, X, preds, known, [a["appointment_id"] for a in appointments])
@@ -241,7 +243,7 @@ class Predictor:
         model = self.served(target)
         X, known = self.features.fetch(target, patient_ids, None, model.feature_names)
         preds = self._explained(model, X, known, top_k)
-        for pid, p in zip(patient_ids, preds):
+        for pid, p in zip(patient_ids, preds, strict=False):
             p["patient_id"] = pid
         self._capture(target, model, patient_ids, X, preds, known)
         return {"model": {"name": model.name, "version": model.version}, "predictions": preds}

@@ -51,7 +51,7 @@ class Appointment(_Strict):
     telehealth: StrictBool
 
     @model_validator(mode="after")
-    def _order(self) -> "Appointment":
+    def _order(self) -> Appointment:
         sched, booked = self.scheduled_at, self.booked_at
         if (sched.tzinfo is None) != (booked.tzinfo is None):
             raise ValueError("scheduled_at and booked_at must both carry a time zone or both not")

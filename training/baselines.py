@@ -55,6 +55,7 @@ class Prevalence:
         return self
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
+        assert self.rates is not None, "fit before predict"
         return _as_proba(self.kind, np.tile(self.rates, (len(X), 1)))
 
 

@@ -9,18 +9,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from carecast.settings import Settings
 from carecast.targets import MODEL_META_FILE
 from training import tracking
 from training.targets import spec
 
+if TYPE_CHECKING:
+    import xgboost as xgb
+
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 
 
 @dataclass
 class LoadedModel:
-    booster: object
+    booster: xgb.Booster
     meta: dict
     version: str
     run_id: str

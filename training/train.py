@@ -100,7 +100,8 @@ class FittedBaselines:
 
     def test_evaluation(self, target: str, tf: object, rows: np.ndarray, p: np.ndarray) -> dict | None:
         """Train's ``evaluate`` of the test rows, if ``rows`` are those rows and ``p`` the very predictions."""
-        if self.test_eval is None or not self.same_test_rows(target, tf, rows) or not np.array_equal(p, self.test_p):
+        if (self.test_eval is None or not self.same_test_rows(target, tf, rows) or self.test_p is None
+                or not np.array_equal(p, self.test_p)):
             return None
         return self.test_eval
 

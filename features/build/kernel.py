@@ -82,7 +82,7 @@ def snapshot_features(snap_pk: np.ndarray, snap_ts: np.ndarray, src: dict[str, d
         jit as snapshot_jit,  # numba: imported on first use, not with this module
     )
 
-    k = snapshot_jit.run(c(snap_pk, np.int64), c(snap_ts, np.int64), -1 if keep_us is None else int(keep_us),
+    k = snapshot_jit.run(c(snap_pk, np.int64), c(snap_ts, np.int64), -1 if keep_us is None else int(keep_us),  # type: ignore[call-arg]  # numba's Dispatcher stub does not know the jitted parameters
                          keep_us is not None, np.array(WINDOWS, dtype=np.int64),
                          c(V["pk"], np.int32), c(V["ts_us"], np.int64), c(V["outcome"], np.int8), c(V["dept"], np.int8),
                          c(B["pk"], np.int32), c(B["ts_us"], np.int64), b_amt, b_cents, b_whole, c(B["plan"], np.int8),

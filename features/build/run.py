@@ -656,7 +656,7 @@ def _no_show_labels(con: duckdb.DuckDBPyConnection, data: Path, out: Path,
 
 
 def compute_defaults(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.datetime,
-                     latest: Path | None = None) -> dict[str, float]:
+                     latest: Path | None = None) -> dict[str, float | None]:
     """Medians (numeric) and modes (codes and flags) over every patient's latest snapshot, for unknown patients.
     ``latest``: a file holding just the snapshots at the latest time (the build writes one), else the activity file.
     numpy on the fetched columns, two columns at a time (pandas took 12 s, mostly one core, at 1.6M patients)."""

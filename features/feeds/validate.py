@@ -251,7 +251,8 @@ def _parse_text(s: pd.Series, col: Column) -> tuple[pd.Series, list[tuple[str, p
         return num.where(~bad), fails
     if col.kind == "bool":
         low = s.str.strip().str.lower()
-        val = pd.Series(np.where(low.isin(TRUE_TEXT), True, np.where(low.isin(FALSE_TEXT), False, None)),
+        # numpy's stubs take no None as a where() value; an object array of True/False/None is the point here
+        val = pd.Series(np.where(low.isin(TRUE_TEXT), True, np.where(low.isin(FALSE_TEXT), False, None)),  # type: ignore[call-overload]
                         index=s.index, dtype=object)
         return val, [(f"{col.name}: not a boolean", given & val.isna())]
     ts = pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601")

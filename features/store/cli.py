@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,8 +20,8 @@ _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 
 @app.command()
 def build(
-    data: Annotated[Optional[Path], typer.Option(help="Folder of validated feeds (default: $CARECAST_HOME/validated).")] = None,
-    as_of: Annotated[Optional[dt.datetime], typer.Option(formats=_DATE_FORMATS, help="Build as of this UTC time; later events are ignored (default: the latest event time in the feeds).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Folder of validated feeds (default: $CARECAST_HOME/validated).")] = None,
+    as_of: Annotated[dt.datetime | None, typer.Option(formats=_DATE_FORMATS, help="Build as of this UTC time; later events are ignored (default: the latest event time in the feeds).")] = None,
 ) -> None:
     """Compute patient feature snapshots, label tables and population defaults with DuckDB."""
     from features.build.run import build_features
@@ -52,9 +52,9 @@ def apply() -> None:
 
 @app.command()
 def materialize(
-    start: Annotated[Optional[dt.datetime], typer.Option(formats=_DATE_FORMATS, help="Earliest snapshot time to consider, UTC (default: 1970-01-01).")] = None,
-    end: Annotated[Optional[dt.datetime], typer.Option(formats=_DATE_FORMATS, help="Latest snapshot time, UTC (default: the build's as-of time).")] = None,
-    method: Annotated[Optional[str], typer.Option(help="bulk (the same rows as Feast's materialize, written in bulk) or feast (Feast's own materialize); default: online_store.materialize_method.")] = None,
+    start: Annotated[dt.datetime | None, typer.Option(formats=_DATE_FORMATS, help="Earliest snapshot time to consider, UTC (default: 1970-01-01).")] = None,
+    end: Annotated[dt.datetime | None, typer.Option(formats=_DATE_FORMATS, help="Latest snapshot time, UTC (default: the build's as-of time).")] = None,
+    method: Annotated[str | None, typer.Option(help="bulk (the same rows as Feast's materialize, written in bulk) or feast (Feast's own materialize); default: online_store.materialize_method.")] = None,
 ) -> None:
     """Load each patient's latest snapshot between --start and --end into the online store (SQLite or Redis)."""
     from features.store import repo as store

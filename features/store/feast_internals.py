@@ -242,7 +242,8 @@ def _by_distinct(values: np.ndarray, value_type: Any) -> tuple[list[bytes], list
     from feast.type_map import python_values_to_proto_values
 
     uniq, inverse = np.unique(values, return_inverse=True)
-    protos = python_values_to_proto_values(uniq, value_type)
+    # Feast annotates a list but only iterates it: the numpy scalars are what it converts today (no .tolist())
+    protos = python_values_to_proto_values(uniq, value_type)  # type: ignore[arg-type]
     ublobs = [p.SerializeToString() for p in protos]
     utexts = [extract_text_and_num(p, False)[0] for p in protos]
     inv = inverse.ravel().tolist()

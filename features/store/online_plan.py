@@ -18,7 +18,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -302,7 +302,7 @@ class OnlinePlan:
         inverse = np.fromiter((unique.setdefault(p, len(unique)) for p in patient_ids), dtype=np.intp, count=n)
         uvalues, upresent = self.read(list(unique))
         values, present = uvalues[inverse], upresent[inverse]
-        known = present[:, self.known_columns].any(axis=1)
+        known = cast(np.ndarray, present[:, self.known_columns].any(axis=1))  # 2-D any over rows: an array
         outputs: list[dict[str, Any]] = []
         for o in self.odfvs:
             inputs: dict[str, Any] = {"patient_id": list(patient_ids)}

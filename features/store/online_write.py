@@ -99,7 +99,7 @@ def plan(fs: Any) -> list[ViewPlan]:
         if len(keys) != 1 or keys[0].dtype.to_value_type() != ValueType.STRING:
             raise Unsupported(f"view {fv.name}: entity key is not one string")
         feats = [(f.name, f.dtype.to_value_type()) for f in fv.features]
-        for name, vt in feats:
+        for _name, vt in feats:
             if vt not in (ValueType.DOUBLE, ValueType.FLOAT, ValueType.INT64):
                 raise Unsupported(f"view {fv.name}: feature of type {vt.name}")
         out.append(ViewPlan(fv=fv, join_key=keys[0].name, features=feats, timestamp_field=src.timestamp_field,
@@ -137,7 +137,7 @@ def _pull_duckdb(path: str, key: str, feats: list[str], ts: str, created: str | 
     def q(c: str) -> str:
         return '"' + c.replace('"', '""') + '"'
 
-    naive = [x.astimezone(dt.timezone.utc).replace(tzinfo=None) for x in (start, end)]
+    naive = [x.astimezone(dt.UTC).replace(tzinfo=None) for x in (start, end)]
     order = f"{q(ts)} DESC" + (f", {q(created)} DESC" if created else "")
     cols = ", ".join(q(c) for c in [key, *feats, ts, *([created] if created else [])])
     src = "read_parquet(?, file_row_number=true)"
@@ -259,7 +259,7 @@ def write_redis(fs: Any, vp: ViewPlan, parts: Iterator[Chunk], progress: Callabl
                     if seen and nanos <= seen:
                         continue
                 args: list[bytes] = [ts_field, blob]
-                for f, col in zip(vp.redis_fields, c.blobs):
+                for f, col in zip(vp.redis_fields, c.blobs, strict=False):
                     args += (f, col[i])
                 pipe.execute_command("HSET", k, *args)
             pipe.execute()
@@ -305,7 +305,9 @@ def materialize(fs: Any, start: dt.datetime, end: dt.datetime) -> dict[str, int]
             total = table.num_rows
             last = [time.perf_counter()]
 
-            def progress(done: int) -> None:
+            # the loop's values bound as defaults: the writer calls this only within this iteration
+            def progress(done: int, last: list[float] = last, total: int = total, fv: Any = fv,
+                         t0: float = t0) -> None:
                 if time.perf_counter() - last[0] >= 10 or done == total:
                     last[0] = time.perf_counter()
                     log.info("online write %s: %d/%d entities, %.1fs", fv.name, done, total,

@@ -30,7 +30,7 @@ import pandas as pd
 
 from carecast import logs
 from carecast.settings import Settings
-from carecast.targets import Target, target_info
+from carecast.targets import Target, as_target, target_info
 from features.catalog import (
     ACTIVITY_FILE,
     ACTIVITY_TIMESTAMPS,
@@ -415,7 +415,7 @@ class OnlineReader:
         plan = self._plan(target, names)
         if plan is None:
             return self.fetch_reference(target, patient_ids, requests, names)
-        X, known = plan.fetch(list(patient_ids), _request_rows(target, patient_ids, requests))
+        X, known = plan.fetch(list(patient_ids), _request_rows(as_target(target), patient_ids, requests))
         cols = self._columns.get(names)
         if cols is None:
             cols = self._columns[names] = _Columns.of(names)
@@ -426,7 +426,7 @@ class OnlineReader:
                         requests: Sequence[Mapping[str, Any]] | None,
                         feature_names: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
         """Through ``online_features`` (Feast's own online read and on-demand views)."""
-        frame, known = online_features(self.settings, target, list(patient_ids),
+        frame, known = online_features(self.settings, as_target(target), list(patient_ids),
                                        [dict(r) for r in requests] if requests is not None else None)
         names = list(feature_names)
         cols = list(frame.columns)
@@ -450,7 +450,8 @@ class OnlineReader:
 
     def build_plan(self, key: tuple[str, tuple[str, ...]]) -> OnlinePlan | None:
         """Build (or rebuild) the plan for (target, feature names); None where Feast's own read is needed."""
-        target, names = key
+        name, names = key
+        target = as_target(name)
         now = time.monotonic()
         available = feature_columns(target)
         missing = [n for n in names if n not in available]
@@ -494,7 +495,7 @@ class OnlineReader:
         def run() -> None:
             try:
                 self.build_plan(key)
-            except Exception as exc:  # keep the current plan; name the failure, never data
+            except Exception as exc:  # noqa: BLE001  (a background refresh must not die: keep the current plan; name the failure, never data)
                 log.error("feature read plan refresh failed: %s", type(exc).__name__)
                 self.plans[key] = (time.monotonic(), self.plans[key][1])
             finally:

@@ -167,9 +167,9 @@ def materialize(settings: Settings, start: dt.datetime | None = None, end: dt.da
     method = method or settings.online_store.materialize_method
     if method not in ("bulk", "feast"):
         raise ValueError(f"method must be 'bulk' or 'feast', not {method!r}")
-    start = start or dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    start = start or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     end = end or dt.datetime.fromisoformat(manifest["as_of"]) + dt.timedelta(seconds=1)
-    start, end = (x if x.tzinfo else x.replace(tzinfo=dt.timezone.utc) for x in (start, end))
+    start, end = (x if x.tzinfo else x.replace(tzinfo=dt.UTC) for x in (start, end))
     with logs.stage(log, "features materialize") as info:
         c0 = _cpu_s()
         store = feature_store if feature_store is not None else get_store(settings)

@@ -257,10 +257,10 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
     t = time.perf_counter()
     with logs.stage(log, "write engagement") as info:
         ea = E["appt"].astype(np.int64)
-        keep = np.flatnonzero((E["t"] <= today) & (E["t"] >= start) & ((ea < 0) | (rank[np.maximum(ea, 0)] >= 0)))
+        e_keep = np.flatnonzero((E["t"] <= today) & (E["t"] >= start) & ((ea < 0) | (rank[np.maximum(ea, 0)] >= 0)))
         del ea
-        e_order = keep[np.lexsort((E["pat"][keep], E["t"][keep]))]
-        del keep
+        e_order = e_keep[np.lexsort((E["pat"][e_keep], E["t"][e_keep]))]
+        del e_keep
 
         write_chunked(out, "engagement", len(e_order), _engagement_chunks(E, e_order, pid_arrow, rank))
         info["rows"] = len(e_order)
@@ -290,6 +290,7 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
                 if churn_w is None:
                     churn_w = pq.ParquetWriter(out / "truth" / "churn.parquet", churn_t.schema)
                     channel_w = pq.ParquetWriter(out / "truth" / "channel.parquet", channel_t.schema)
+                assert channel_w is not None  # opened with churn_w
                 churn_w.write_table(churn_t)
                 channel_w.write_table(channel_t)
                 n_snap += len(pats)

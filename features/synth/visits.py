@@ -183,8 +183,8 @@ def simulate(rng: np.random.Generator, P: Patients, ev: Events, *, start: float,
                 eta=eta[stop], nu=1.0 / gap_mean[go][~fits], p=last_p[stop], sched=np.full(len(stop), np.nan),
                 pc=np.zeros(len(stop)), w0=booked[~fits])
         if not fits.all():
-            i, booked, age, vtype, dept, tele, lead, slot, sched, dow = (
-                x[fits] for x in (i, booked, age, vtype, dept, tele, lead, slot, sched, dow))
+            i, booked, age, vtype, dept = i[fits], booked[fits], age[fits], vtype[fits], dept[fits]
+            tele, lead, slot, sched, dow = tele[fits], lead[fits], slot[fits], sched[fits], dow[fits]
         m = len(i)
         if m == 0:
             break

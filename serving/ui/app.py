@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from serving.ui import auth
@@ -152,7 +152,7 @@ def create_ui_app(settings: Any, api_keys: list[str] | None = None, store: Store
 
         return view, export
 
-    routes = [Route("/", home), Route("/login", login_page, methods=["GET"]), Route("/login", login, methods=["POST"]),
+    routes: list[BaseRoute] = [Route("/", home), Route("/login", login_page, methods=["GET"]), Route("/login", login, methods=["POST"]),
               Route("/logout", logout, methods=["POST"])]
     for name in LISTS:
         view, export = listing(name)
