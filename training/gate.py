@@ -174,6 +174,7 @@ def _finish(settings: Settings, client, target: TargetSpec, decision: Decision, 
     if decision.promoted:
         if champ_v is not None:
             registry.set_alias(settings, target.name, registry.PREVIOUS, champ_v.version)
+        assert decision.challenger is not None  # a promotion always names the version it promotes
         registry.set_alias(settings, target.name, registry.CHAMPION, decision.challenger)
         registry.delete_alias(settings, target.name, registry.CHALLENGER)
     log.info("%s: gate %s", target.name, "promoted" if decision.promoted else "refused")
@@ -430,7 +431,7 @@ def _record(settings: Settings, client, target: TargetSpec, d: Decision) -> None
     import mlflow
 
     exp = tracking.experiment_id(settings, target)
-    flat = {}
+    flat: dict[str, float] = {}
     for who in ("challenger", "champion"):
         flat |= {f"{who}_{k}": v for k, v in d.figures.get(who, {}).items() if isinstance(v, (int, float))}
         if f"{who}_gap" in d.figures:

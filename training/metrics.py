@@ -8,6 +8,7 @@ in the gate and the oracle.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -182,7 +183,7 @@ def largest_gap(table: pd.DataFrame, metric: str = "auc") -> dict:
 
     Descriptive only (model card, training summary): the widest raw gap is not the most significant
     one, so the gate decides with ``fairness_tests`` over every pair instead."""
-    best = {"group": None, "gap": 0.0, "low": None, "high": None, "se": 0.0, "gap_lower": 0.0}
+    best: dict[str, Any] = {"group": None, "gap": 0.0, "low": None, "high": None, "se": 0.0, "gap_lower": 0.0}
     if table.empty or metric not in table:
         return best
     for group, part in table[table["scored"]].groupby("group"):
@@ -278,10 +279,10 @@ def fairness_tests(table: pd.DataFrame, bound: float, alpha: float = 0.05, attri
     for r in pairs.to_dict("records"):
         hi, lo = champ_auc.get((r["group"], r["high_value"])), champ_auc.get((r["group"], r["low_value"]))
         ok = hi is not None and lo is not None and pd.notna(hi) and pd.notna(lo)
-        champ_gaps.append(float(hi - lo) if ok else None)
+        champ_gaps.append(float(hi - lo) if ok and hi is not None and lo is not None else None)
     pairs["champion_gap"] = pd.Series(champ_gaps, index=pairs.index, dtype=object)
     pairs["covered"] = [bool(s and c is not None and c >= g) for s, c, g in
-                        zip(pairs["significant"], pairs["champion_gap"], pairs["gap"])]
+                        zip(pairs["significant"], pairs["champion_gap"], pairs["gap"], strict=False)]
     records = pairs.to_dict("records")
     failures = [r for r in records if r["significant"] and not r["covered"]]
     largest = max(records, key=lambda r: r["gap"]) if records else None
@@ -364,5 +365,5 @@ def _describe(row: pd.Series, metric: str) -> str:
     return f"{row['value']} ({row[metric]:.3f}, {who})"
 
 
-def fmt(value: float) -> str:
+def fmt(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"

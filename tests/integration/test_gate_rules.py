@@ -42,7 +42,7 @@ def test_a_slide_of_small_drops_is_refused_at_the_floor(home: Path) -> None:
     *slide, last = decisions
     assert all(d.promoted for d in slide), "\n".join(d.describe() for d in slide)
     aucs = [d.figures["challenger"]["auc"] for d in decisions]
-    assert all(0 < a - b < s.gate.max_auc_drop for a, b in zip(aucs, aucs[1:])), aucs      # small drops, each
+    assert all(0 < a - b < s.gate.max_auc_drop for a, b in zip(aucs, aucs[1:], strict=False)), aucs      # small drops, each
     assert not last.promoted and [r.split(":")[0] for r in _fails(last)] == ["FAIL floor"], last.describe()
     assert any(r.startswith("ok AUC") for r in last.reasons)          # the champion rule alone would promote it
     assert "than v1 (first champion" in _fails(last)[0] and "significantly" in _fails(last)[0]

@@ -182,8 +182,8 @@ def test_holm_corrects_for_the_number_of_pairwise_tests() -> None:
     assert len(alone["failures"]) == 1 and 0.02 < alone["failures"][0]["p"] < 0.05
     # ... but among eight pairwise tests it is not significant at family-wise 0.05
     steps = (0.0, 0.01, 0.02)
-    others = [("age_band", v, 900, 900, True, 0.75 + d, 0.01) for v, d in zip("abc", steps)]
-    others += [("insurance", v, 900, 900, True, 0.75 + d, 0.01) for v, d in zip("xyz", steps)]
+    others = [("age_band", v, 900, 900, True, 0.75 + d, 0.01) for v, d in zip("abc", steps, strict=False)]
+    others += [("insurance", v, 900, 900, True, 0.75 + d, 0.01) for v, d in zip("xyz", steps, strict=False)]
     others += [("language", v, 900, 900, True, 0.75, 0.01) for v in ("en", "es")]
     many = M.fairness_tests(_table(sex + others), 0.10, 0.05)
     assert many["tests"] == 8 and many["failures"] == []
