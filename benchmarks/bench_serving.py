@@ -39,6 +39,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from carecast.bench import report  # noqa: E402
 from carecast.settings import load_settings  # noqa: E402
+from carecast.targets import TARGET_NAMES  # noqa: E402  (after the sys.path line above)
 
 KEY = "bench-key-0123456789"
 SEQUENTIAL = int(os.environ.get("BENCH_SEQUENTIAL", "1000"))
@@ -55,7 +56,7 @@ def _real_home_ready(settings) -> bool:
         if not (settings.feature_dir / "manifest.json").exists() or not settings.mlflow_db.exists():
             return False
         src = MlflowModelSource(settings.tracking_uri)
-        return all(src.champion_version(t) for t in ("no_show", "churn", "channel"))
+        return all(src.champion_version(t) for t in TARGET_NAMES)
     except Exception:  # noqa: BLE001  (any failure to reach a ready home means: serve the stand-in)
         return False
 
