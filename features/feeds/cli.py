@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -72,9 +73,14 @@ def import_noshow(
     out: Annotated[Path, typer.Option(help="Folder for the four feeds made from it.")],
 ) -> None:
     """Map the public no-show dataset into the four feeds; quirky rows are quarantined with the rule."""
+    _run_import(run_import, csv, out)
+
+
+def _run_import(importer: Callable[..., Any], *args: Path) -> None:
+    """Run an importer and print its summary; a ``FeedError`` is the one-line error (exit 2)."""
     settings_or_exit()  # configures logging for the per-stage progress lines
     try:
-        summary = run_import(csv, out)
+        summary = importer(*args)
     except FeedError as exc:
         fail(str(exc))
     typer.echo(summary.describe())
@@ -91,12 +97,7 @@ def import_site(
     Exit codes: 0 imported (quarantined rows are counted in the summary); 2 the mapping or a source file is wrong."""
     from features.feeds.mapping import import_mapped
 
-    settings_or_exit()  # configures logging for the per-stage progress lines
-    try:
-        summary = import_mapped(mapping, src, out)
-    except FeedError as exc:
-        fail(str(exc))
-    typer.echo(summary.describe())
+    _run_import(import_mapped, mapping, src, out)
 
 
 @app.command("import-fhir")
@@ -110,12 +111,7 @@ def import_fhir(
     Exit codes: 0 imported (quarantined resources are counted in the summary); 2 nothing readable in SRC."""
     from features.feeds.fhir import import_fhir as run_fhir
 
-    settings_or_exit()
-    try:
-        summary = run_fhir(src, out)
-    except FeedError as exc:
-        fail(str(exc))
-    typer.echo(summary.describe())
+    _run_import(run_fhir, src, out)
 
 
 @app.command("contracts-doc")
