@@ -147,10 +147,12 @@ def test_naive_timestamps_are_read_as_utc_and_int_with_float_storage_passes(tmp_
 
 
 def test_missing_feed_is_a_feed_error(tmp_path: Path) -> None:
-    src = write({k: v for k, v in world().items() if k != "billing"}, tmp_path / "src")
-    with pytest.raises(FeedError, match=r"billing\.parquet: feed 'billing' not found"):
+    src = write({k: v for k, v in world().items() if k != "visits"}, tmp_path / "src")
+    with pytest.raises(FeedError, match=r"visits\.parquet: feed 'visits' not found"):
         validate_feeds(src, tmp_path / "out", tmp_path / "q")
     assert not (tmp_path / "out").exists()  # nothing written before the structure is known good
+    summary = json.loads((tmp_path / "q" / "summary.json").read_text())
+    assert summary["ok"] is False and "visits" in summary["error"]
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
