@@ -67,7 +67,7 @@ class ValidationSettings(_Section):
     relative to the validation run's clock, or to the feed's own bulk when the feed runs ahead of the clock."""
 
     #: a recorded time (booked, status, billed, paid, occurred, registered) later than this many days past the
-    #: anchor (the later of the clock and the column's 99th percentile) is quarantined
+    #: clock is quarantined (past the column's 99th percentile when its median is ahead of the clock)
     max_future_days: int = Field(2, ge=0)
     #: the same for planned times (``scheduled_at``, ``due_at``): appointments are booked months ahead
     max_planned_days: int = Field(730, ge=0)

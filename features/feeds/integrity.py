@@ -161,18 +161,22 @@ class Bounds:
 
 def bounds(feed: str, column: str, values: pd.Series, rules: ValidationSettings, now: dt.datetime) -> Bounds:
     """Plausible range of ``column``: no earlier than ``max_past_years`` before the clock; no later than
-    ``max_future_days`` (planned times: ``max_planned_days``) past the anchor, the later of the clock and the
-    column's 99th percentile. The percentile lets a feed that runs ahead of the clock (a world generated for a
-    later date) pass, while a handful of rows far ahead of the rest cannot move it."""
-    clock = pd.Timestamp(now).tz_convert("UTC") if pd.Timestamp(now).tzinfo else pd.Timestamp(now, tz="UTC")
+    ``max_future_days`` (planned times: ``max_planned_days``) past the anchor. The anchor is the clock; only when the
+    column's median is itself ahead of the clock (a world generated for a later date) is it the column's 99th
+    percentile. A handful of rows far ahead cannot move a median, so they cannot move the anchor."""
+    stamp = pd.Timestamp(now)
+    clock = stamp.tz_convert("UTC") if stamp.tzinfo else stamp.tz_localize("UTC")
     known = values.dropna()
     anchor = clock
-    if len(known):
-        q = known.quantile(0.99)
-        anchor = max(anchor, q if q.tzinfo else q.tz_localize("UTC"))
+    if len(known) and _utc(known.median()) > clock:
+        anchor = max(clock, _utc(known.quantile(0.99)))
     ahead = rules.max_planned_days if column in PLANNED_COLUMNS.get(feed, ()) else rules.max_future_days
     return Bounds(earliest=clock - pd.DateOffset(years=rules.max_past_years),
                   latest=(anchor + pd.Timedelta(days=ahead)).ceil("D"))
+
+
+def _utc(t: pd.Timestamp) -> pd.Timestamp:
+    return t.tz_convert("UTC") if t.tzinfo else t.tz_localize("UTC")
 
 
 def plausibility_checks(feed: str, contract: Contract, typed: pd.DataFrame, rules: ValidationSettings,

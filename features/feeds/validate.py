@@ -76,7 +76,8 @@ QUARANTINE_RULES = (
     "the optional columns of patients (all but patient_id and birth_year) and visits (provider_id, telehealth), "
     "read as empty; `VALIDATED/presence.json` records what was absent and the build copies it into its manifest.",
     "Plausibility: a time later than `validation.max_future_days` (planned times scheduled_at and due_at: "
-    "`validation.max_planned_days`) past the later of the clock and the column's 99th percentile, or more than "
+    "`validation.max_planned_days`) past the clock (past the column's 99th percentile instead when the column's "
+    "median is itself ahead of the clock: a world generated for a later date), or more than "
     "`validation.max_past_years` before the clock (`col: after DATE, implausibly far in the future`); an "
     "infinite number (`col: not a finite number`, parquet and CSV alike); a control character such as NUL in "
     "any text (`col: control character in text`; a CSV holding NUL bytes is read by the parser that keeps them).",
