@@ -181,7 +181,7 @@ def _utc(t: pd.Timestamp) -> pd.Timestamp:
 
 def plausibility_checks(feed: str, contract: Contract, typed: pd.DataFrame, rules: ValidationSettings,
                         now: dt.datetime) -> list[tuple[str, pd.Series]]:
-    """Row-level (reason, mask) pairs: timestamps outside ``bounds``, infinite numbers, control characters in text."""
+    """Row-level (reason, mask) pairs: timestamps outside ``bounds``, infinite numbers, control characters in ids."""
     checks: list[tuple[str, pd.Series]] = []
     for col in contract.columns:
         s = typed[col.name]
@@ -192,7 +192,7 @@ def plausibility_checks(feed: str, contract: Contract, typed: pd.DataFrame, rule
         elif col.kind == "float":
             checks.append((f"{col.name}: not a finite number",
                            pd.Series(np.isinf(s.to_numpy(dtype="float64", na_value=np.nan)), index=s.index)))
-        elif col.kind == "string":
+        elif col.kind == "string" and col.name.endswith("_id"):   # codes are held to their allowed lists
             checks.append((f"{col.name}: control character in text", pd.Series(control_characters(s), index=s.index)))
     return checks
 

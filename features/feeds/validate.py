@@ -80,7 +80,7 @@ QUARANTINE_RULES = (
     "median is itself ahead of the clock: a world generated for a later date), or more than "
     "`validation.max_past_years` before the clock (`col: after DATE, implausibly far in the future`); an "
     "infinite number (`col: not a finite number`, parquet and CSV alike); a control character such as NUL in "
-    "any text (`col: control character in text`; a CSV holding NUL bytes is read by the parser that keeps them).",
+    "an id (`col: control character in text`; a CSV holding NUL bytes is read by the parser that keeps them).",
     "A parquet folder's parts share one schema: a later part with another column or type is a structural error "
     "naming that part and column.",
     "All or nothing: feeds and quarantine are written to staging folders and moved in only when every feed "
@@ -392,10 +392,10 @@ def _swap_in(stage: Path, folder: Path) -> None:
     shutil.rmtree(stage, ignore_errors=True)
 
 
-def _write(folder: Path, feed: str, df: pd.DataFrame, contract: Contract) -> None:
-    """Write a validated or quarantined feed; an empty one, or one with absent columns, in the contract's types."""
-    schema = integrity.arrow_schema(contract) if df.empty or any(
-        df[c].dtype == object and df[c].isna().all() for c in contract.column_names if c in df) else None
+def _write(folder: Path, feed: str, df: pd.DataFrame, contract: Contract, absent: Sequence[str] = ()) -> None:
+    """Write a validated feed; an empty one, or one with absent columns, in the contract's types (pandas has no
+    type for an all-null text column)."""
+    schema = integrity.arrow_schema(contract) if df.empty or absent else None
     feeds_io.write_feed(df, folder, feed, schema=schema)
 
 
@@ -466,7 +466,7 @@ def _validate(src: Path, out: Path, quarantine: Path, rules: ValidationSettings,
                 quarantined["reason"] = text
                 if len(raw) != len(loaded) + len(quarantined):
                     raise RuntimeError(f"{feed}: rows read != loaded + quarantined")
-                _write(stage_out, feed, loaded, contract)
+                _write(stage_out, feed, loaded, contract, source.absent)
                 feeds_io.write_feed(quarantined, stage_q, feed)
                 info.update(read=len(raw), loaded=len(loaded), quarantined=len(quarantined), rules_broken=len(counts),
                             absent_columns=len(source.absent))
