@@ -11,22 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
+from test_features_support import synth_feeds as synth
 
 from carecast.settings import load_settings
-from pipelines.cli import app
-
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def synth_feeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synth") / "feeds"
-    home = tmp_path_factory.mktemp("synth-home")
-    res = runner.invoke(app, ["data", "synth", "--patients", "600", "--seed", "7", "--out", str(out)],
-                        env={"CARECAST_HOME": str(home)})
-    assert res.exit_code == 0, res.output
-    return out
+    return synth(tmp_path_factory, 600)
 
 
 def _site(src: Path, dst: Path, without: tuple[str, ...], patient_columns: list[str] | None = None) -> Path:
