@@ -181,19 +181,32 @@ def _utc(t: pd.Timestamp) -> pd.Timestamp:
 
 def plausibility_checks(feed: str, contract: Contract, typed: pd.DataFrame, rules: ValidationSettings,
                         now: dt.datetime) -> list[tuple[str, pd.Series]]:
-    """Row-level (reason, mask) pairs: timestamps outside ``bounds``, infinite numbers, control characters in ids."""
+    """Row-level (reason, mask) pairs: timestamps outside ``bounds``, infinite numbers, control characters in ids.
+    A rule no row breaks adds no mask (one min/max decides it): the common case costs a reduction per column."""
     checks: list[tuple[str, pd.Series]] = []
+    clock = _utc(pd.Timestamp(now))
     for col in contract.columns:
         s = typed[col.name]
         if col.kind == "timestamp":
-            b = bounds(feed, col.name, s, rules, now)
-            checks.append((f"{col.name}: after {b.latest:%Y-%m-%d}, implausibly far in the future", s > b.latest))
-            checks.append((f"{col.name}: before {b.earliest:%Y-%m-%d}, implausibly far in the past", s < b.earliest))
+            lo, hi = s.min(), s.max()
+            if pd.isna(lo):
+                continue
+            ahead = rules.max_planned_days if col.name in PLANNED_COLUMNS.get(feed, ()) else rules.max_future_days
+            earliest = clock - pd.DateOffset(years=rules.max_past_years)
+            if hi > (clock + pd.Timedelta(days=ahead)).ceil("D"):   # the anchor is never before the clock
+                latest = bounds(feed, col.name, s, rules, now).latest
+                if hi > latest:
+                    checks.append((f"{col.name}: after {latest:%Y-%m-%d}, implausibly far in the future", s > latest))
+            if lo < earliest:
+                checks.append((f"{col.name}: before {earliest:%Y-%m-%d}, implausibly far in the past", s < earliest))
         elif col.kind == "float":
-            checks.append((f"{col.name}: not a finite number",
-                           pd.Series(np.isinf(s.to_numpy(dtype="float64", na_value=np.nan)), index=s.index)))
+            inf = np.isinf(s.to_numpy(dtype="float64", na_value=np.nan))
+            if inf.any():
+                checks.append((f"{col.name}: not a finite number", pd.Series(inf, index=s.index)))
         elif col.kind == "string" and col.name.endswith("_id"):   # codes are held to their allowed lists
-            checks.append((f"{col.name}: control character in text", pd.Series(control_characters(s), index=s.index)))
+            hit = control_characters(s)
+            if hit.any():
+                checks.append((f"{col.name}: control character in text", pd.Series(hit, index=s.index)))
     return checks
 
 
