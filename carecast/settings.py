@@ -62,6 +62,26 @@ class FeaturesSettings(_Section):
     asof_above_rows: int = Field(10_000, ge=0)
 
 
+class ValidationSettings(_Section):
+    """``validation:`` section: when a feed's timestamp is implausible (``features/feeds/integrity.py``). Bounds are
+    relative to the validation run's clock, or to the feed's own bulk when the feed runs ahead of the clock."""
+
+    #: a recorded time (booked, status, billed, paid, occurred, registered) later than this many days past the
+    #: clock is quarantined (past the column's 99th percentile when its median is ahead of the clock)
+    max_future_days: int = Field(2, ge=0)
+    #: the same for planned times (``scheduled_at``, ``due_at``): appointments are booked months ahead
+    max_planned_days: int = Field(730, ge=0)
+    #: any time more than this many years before the clock is quarantined (1900 and 1970 placeholder dates)
+    max_past_years: int = Field(50, ge=1)
+
+
+class PipelineSettings(_Section):
+    """``pipeline:`` section: when the pipeline refuses to promote or replace the risk lists (``--force`` overrides)."""
+
+    #: the build's as-of time may move forward by at most this many days since the last run (never backwards)
+    max_as_of_jump_days: int = Field(366, ge=1)
+
+
 class MlflowSettings(_Section):
     """MLflow tracking: a SQLite file under the home by default, or a real server."""
 
@@ -210,6 +230,8 @@ class Settings(_Section):
     synth: SynthSettings = SynthSettings()
     online_store: OnlineStoreSettings = OnlineStoreSettings()
     features: FeaturesSettings = FeaturesSettings()
+    validation: ValidationSettings = ValidationSettings()
+    pipeline: PipelineSettings = PipelineSettings()
     mlflow: MlflowSettings = MlflowSettings()
     gate: GateSettings = GateSettings()
     serving: ServingSettings = ServingSettings()

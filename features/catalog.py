@@ -61,6 +61,11 @@ ACTIVITY_FEATURES = VISIT_FEATURES + BILLING_FEATURES + ENGAGEMENT_FEATURES
 #: the feed each stored feature is computed from (a site without that feed has none of them)
 FEED_FEATURES: dict[str, list[str]] = {"patients": PROFILE_FEATURES, "visits": VISIT_FEATURES,
                                        "billing": BILLING_FEATURES, "engagement": ENGAGEMENT_FEATURES}
+#: profile features -> the patients column each is computed from (a site may leave those columns out)
+PROFILE_SOURCES: dict[str, str] = {"birth_year": "birth_year", "sex_code": "sex", "language_code": "preferred_language",
+                                   "insurance_code": "insurance_type", "distance_km": "distance_km",
+                                   "has_mobile": "has_mobile", "has_email": "has_email",
+                                   "portal_enrolled": "portal_enrolled"}
 #: int-valued columns (everything else in the snapshots is float)
 INT_COLUMNS = {"sex_code", "language_code", "insurance_code", "has_mobile", "has_email", "portal_enrolled",
                "birth_year"}

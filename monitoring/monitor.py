@@ -245,6 +245,9 @@ class TargetDrift:
     seconds: float
     mlflow_run_id: str | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds: reference, current, report, save
+    #: feature -> why it was not compared (empty in the reference or the current rows: a feed or column the site
+    #: does not send); reported, never counted as drifted or as stable
+    not_compared: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         word = "DRIFT" if self.flagged else "no drift"
@@ -471,6 +474,21 @@ def _record_mlflow(settings: Settings, target: str, mv: Any, td: TargetDrift, fi
     return run_id
 
 
+def comparable_columns(ref: pd.DataFrame, cur: pd.DataFrame, features: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The features drift can compare, and why each other one is not: a column with no value in the reference or in
+    the current rows (a feed or column the site does not send) has no distribution to compare (Evidently raises on
+    it). A constant column is compared: its distance is 0 unless the other side moved."""
+    columns, skipped = [], {}
+    for c in features:
+        if c not in ref.columns or c not in cur.columns:
+            skipped[c] = "missing from the " + ("reference" if c not in ref.columns else "current rows")
+        elif not ref[c].notna().any() or not cur[c].notna().any():
+            skipped[c] = "empty in the " + ("reference" if not ref[c].notna().any() else "current rows")
+        else:
+            columns.append(c)
+    return columns, skipped
+
+
 def drift(settings: Settings, targets: list[str] | None = None, since: dt.datetime | None = None,
           record: bool = True, versions: dict[str, str] | None = None) -> DriftResult:
     """Drift reports for each target that has a champion (see the module doc). ``versions`` names the
@@ -488,7 +506,7 @@ def drift(settings: Settings, targets: list[str] | None = None, since: dt.dateti
     folder = root / f"{created:%Y%m%dT%H%M%S%fZ}"
     folder.mkdir(parents=True, exist_ok=True)
     result = DriftResult(folder=folder, flagged=False)
-    pending: list[tuple[str, Any, pd.DataFrame, pd.DataFrame, str, str, dict[str, float], Any]] = []
+    pending: list[tuple[str, Any, pd.DataFrame, pd.DataFrame, str, str, dict[str, float], Any, dict[str, str]]] = []
     pool = None
     try:
         for target in targets:
@@ -510,15 +528,17 @@ def drift(settings: Settings, targets: list[str] | None = None, since: dt.dateti
             if len(cur) < 2 or len(ref) < 2:
                 result.skipped[target] = f"too few rows (reference {len(ref)}, current {len(cur)})"
                 continue
-            columns = [c for c in catalog.feature_columns(as_target(target)) if c in ref.columns and c in cur.columns]
+            columns, not_compared = comparable_columns(ref, cur, catalog.feature_columns(as_target(target)))
+            if not_compared:
+                log.info("drift %s: %d feature(s) not compared (empty)", target, len(not_compared))
             cats = [c for c in catalog.categorical_columns(as_target(target)) if c in columns]
             job = (ref, cur, columns, cats, cfg, folder / f"{target}.html", folder / f"{target}.json")
             if pool is None and cfg.report_workers > 1 and len(targets) > 1:
                 pool = _report_pool(cfg.report_workers)
             # in a worker, this report runs while the next target's frames are read here
             outcome = pool.submit(report_files, *job) if pool is not None else report_files(*job)
-            pending.append((target, mv, ref, cur, ref_src, cur_src, timings, outcome))
-        for target, mv, ref, cur, ref_src, cur_src, timings, outcome in pending:
+            pending.append((target, mv, ref, cur, ref_src, cur_src, timings, outcome, not_compared))
+        for target, mv, ref, cur, ref_src, cur_src, timings, outcome, not_compared in pending:
             rows, drifted, share, t_report, t_save = outcome.result() if pool is not None else outcome
             timings |= {"report": t_report, "save": t_save}
             td = TargetDrift(target=target, model={"name": mv.name, "version": str(mv.version)},
@@ -527,7 +547,8 @@ def drift(settings: Settings, targets: list[str] | None = None, since: dt.dateti
                              reference={"rows": len(ref), "source": ref_src},
                              current={"rows": len(cur), "source": cur_src, "since": since_ts.isoformat()},
                              html=str(folder / f"{target}.html"), json=str(folder / f"{target}.json"),
-                             seconds=sum(timings.values()), timings={k: round(v, 2) for k, v in timings.items()})
+                             seconds=sum(timings.values()), timings={k: round(v, 2) for k, v in timings.items()},
+                             not_compared=not_compared)
             log.info("drift %s: share=%.3f drifted=%d flagged=%s (report %.1fs)", target, share, len(drifted),
                      td.flagged, t_report)
             if record:

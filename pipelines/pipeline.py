@@ -21,7 +21,12 @@ Stages:
   reference sample for drift monitoring is logged with its run (``monitoring.monitor.log_reference``). The
   reason (new data; drift flagged by the last check) is recorded.
 * ``gate``: challenger vs champion on the same recent window (``training.gate``); the decision and
-  reasons go to MLflow (a ``promote-v<N>`` run and tags on the version).
+  reasons go to MLflow (a ``promote-v<N>`` run and tags on the version). A target ``train`` skipped (it cannot
+  be learned from the feeds the site sends: ``training.data.skip_reason``) is not gated; the reason is in the run
+  summary and tagged ``skipped.<target>`` on the pipeline's MLflow run.
+* Guards (``--force`` overrides): neither ``gate`` nor ``score`` runs when the build's as-of time went backwards
+  from the lists now served, or jumped more than ``pipeline.max_as_of_jump_days`` past them; ``score`` does not
+  replace lists that hold rows with empty ones. The stage fails with the reason; champions and lists stay.
 * ``score``: the risk lists as of the build's as-of time (``scoring.score``), when every target has a
   champion (skipped, with the reason, otherwise).
 * ``drift``: Evidently drift report of the recent features against the champion that was serving when
@@ -202,7 +207,7 @@ def _validate(ctx: Context) -> StageResult:
     s = ctx.settings
     src = ctx.opts.feeds or s.feeds_dir
     try:
-        report = validate_feeds(src, s.validated_dir, s.quarantine_dir)
+        report = validate_feeds(src, s.validated_dir, s.quarantine_dir, s.validation)
     except FeedError as exc:
         raise StageFailed("validate", str(exc), "fix the feed named above and re-run") from None
     counts = report.counts
@@ -238,14 +243,19 @@ def _features(ctx: Context) -> StageResult:
 
 def _train(ctx: Context) -> StageResult:
     from features.store.reader import training_frame
-    from training.data import FrameError
+    from training.data import FrameError, build_manifest, skip_reason
     from training.train import train_target
 
     s = ctx.settings
     last = monitor.latest_summary(s)
     flagged = sorted(t for t, d in (last or {}).get("targets", {}).items() if d.get("flagged"))
-    versions, reasons = {}, {}
+    versions, reasons, skipped = {}, {}, {}
+    manifest = build_manifest(s)
     for t in ctx.opts.targets:
+        if (skip := skip_reason(t, manifest)) is not None:   # the others are still trained
+            skipped[t] = skip
+            log.warning("train: %s skipped: %s", t, skip)
+            continue
         why = ["new data (the feature build changed)"]
         if last is not None and t in flagged:   # flagged is empty without a last summary
             why.append(f"the last drift check ({last['created_at']}) flagged drift")
@@ -264,8 +274,13 @@ def _train(ctx: Context) -> StageResult:
             log.warning("%s: reference sample not logged: %s", t, type(exc).__name__)
         _tag_version(s, t, r["version"], {"retrain.reason": "; ".join(why)})
         versions[t], reasons[t] = r["version"], "; ".join(why)
-    return StageResult("train", "ran", summary=", ".join(f"{t} v{v}" for t, v in versions.items()) + " -> challenger",
-                       outputs={"versions": versions, "reasons": reasons})
+    if not versions:
+        raise StageFailed("train", "no target can be learned from these feeds: " + "; ".join(
+            f"{t} {why}" for t, why in skipped.items()), "send the feeds or history named above")
+    summary = ", ".join(f"{t} v{v}" for t, v in versions.items()) + " -> challenger"
+    summary += "".join(f"; {t} skipped: {why}" for t, why in skipped.items())
+    return StageResult("train", "ran", summary=summary,
+                       outputs={"versions": versions, "reasons": reasons, "skipped": skipped})
 
 
 def _tag_version(settings: Settings, target: str, version: str, tags: dict[str, str]) -> None:
@@ -281,8 +296,11 @@ def _gate(ctx: Context) -> StageResult:
     from training.gate import promote_safely
 
     s = ctx.settings
+    if (refusal := as_of_refusal(ctx)) is not None:
+        raise StageFailed("gate", f"not promoting: {refusal}", "re-run with --force to accept this as-of time")
+    skipped = ctx.outputs.get("train", {}).get("skipped", {})
     decisions, texts, errors = {}, [], []
-    for t in ctx.opts.targets:   # one target's failure is its decision; the others are still gated
+    for t in (t for t in ctx.opts.targets if t not in skipped):   # one target's failure is its decision
         d = promote_safely(s, t, tf=ctx.frames.pop(t, None), baselines=ctx.baselines.pop(t, None))
         if d.error is not None:
             errors.append(f"{t}: {d.error}")
@@ -292,9 +310,11 @@ def _gate(ctx: Context) -> StageResult:
         log.info("gate: %s", d.describe().splitlines()[0])
     summary = "; ".join(f"{t} gate error" if d["error"] else
                         f"{t} v{d['challenger']} {'promoted' if d['promoted'] else 'refused'}" for t, d in decisions.items())
+    summary += "".join(f"; {t} not trained ({why})" for t, why in skipped.items())
     if errors:
         raise StageFailed("gate", "; ".join(errors) + f" (every target was gated: {summary})")
-    return StageResult("gate", "ran", summary=summary, outputs={"decisions": decisions, "text": "\n".join(texts)})
+    return StageResult("gate", "ran", summary=summary, outputs={"decisions": decisions, "text": "\n".join(texts),
+                                                                "skipped": skipped})
 
 
 def _score(ctx: Context) -> StageResult:
@@ -305,12 +325,61 @@ def _score(ctx: Context) -> StageResult:
     if all(v is None for v in champs.values()):
         return StageResult("score", "skipped", summary="no champion yet: nothing to score")
     as_of = dt.datetime.fromisoformat(json.loads((s.feature_dir / "manifest.json").read_text())["as_of"])
+    if (refusal := as_of_refusal(ctx)) is not None:
+        raise StageFailed("score", f"not replacing the risk lists: {refusal}",
+                          "re-run with --force to accept this as-of time")
     try:
-        r = run(s, as_of, ScoreOptions(days=ctx.opts.score_days))
+        r = run(s, as_of, ScoreOptions(days=ctx.opts.score_days), refuse=None if ctx.opts.force else empty_lists_refusal)
     except (ScoreError, FileNotFoundError) as exc:
         raise StageFailed("score", str(exc)) from None
     return StageResult("score", "ran", summary=r.describe().split("; written")[0],
                        outputs={"folder": str(r.folder), "counts": r.counts, "champions": champs})
+
+
+def _last_lists(settings: Settings) -> dict | None:
+    """The manifest of the risk lists now served (``risk_lists/LATEST``), or None."""
+    from scoring.score import MANIFEST, latest_folder
+
+    folder = latest_folder(settings.risk_list_dir)
+    return json.loads((folder / MANIFEST).read_text()) if folder is not None else None
+
+
+def as_of_change_refusal(last: dt.datetime | None, new: dt.datetime, max_jump_days: int) -> str | None:
+    """Why a run as of ``new`` must not replace what was served as of ``last`` (None: it may): the as-of time went
+    backwards, or jumped more than ``max_jump_days`` ahead (``pipeline.max_as_of_jump_days``)."""
+    if last is None:
+        return None
+    if new < last:
+        return f"the as-of time went backwards, from {last:%Y-%m-%d %H:%M} (the lists now served) to {new:%Y-%m-%d %H:%M}"
+    if new - last > dt.timedelta(days=max_jump_days):
+        return (f"the as-of time jumped {(new - last).days:,} days, from {last:%Y-%m-%d %H:%M} (the lists now served) "
+                f"to {new:%Y-%m-%d %H:%M}, more than pipeline.max_as_of_jump_days ({max_jump_days})")
+    return None
+
+
+def as_of_refusal(ctx: Context) -> str | None:
+    """``as_of_change_refusal`` for this run's build against the lists now served; None under ``--force``."""
+    s = ctx.settings
+    path = s.feature_dir / "manifest.json"
+    last = _last_lists(s)
+    if ctx.opts.force or last is None or not path.exists():
+        return None
+    new = dt.datetime.fromisoformat(json.loads(path.read_text())["as_of"])
+    return as_of_change_refusal(dt.datetime.fromisoformat(last["as_of"]), new, s.pipeline.max_as_of_jump_days)
+
+
+def empty_lists_refusal(settings: Settings, counts: dict[str, Any]) -> str | None:
+    """Why lists with these ``counts`` must not replace the ones served (None: they may): they would be empty while
+    the served ones are not."""
+    last = _last_lists(settings)
+    listed = ("appointments_listed", "patients_listed")
+    if last is None or sum(counts.get(k, 0) for k in listed) > 0:
+        return None
+    before = sum(last.get("counts", {}).get(k, 0) for k in listed)
+    if before == 0:
+        return None
+    return (f"the new lists would be empty while the lists now served (as of {last['as_of']}) hold {before:,} rows; "
+            "re-run with --force to accept empty lists")
 
 
 def _drift(ctx: Context) -> StageResult:
@@ -489,6 +558,8 @@ def _record_mlflow(settings: Settings, result: PipelineRun, opts: PipelineOption
     train = ctx.outputs.get("train", {})
     gate = ctx.outputs.get("gate", {})
     drift = ctx.outputs.get("drift", {})
+    for t, why in train.get("skipped", {}).items():
+        tags[f"skipped.{t}"] = why[:4900]
     for t in opts.targets:
         if (st := result.stage("train")) is not None and st.status == "ran" and t in train.get("versions", {}):
             tags[f"retrain.{t}"] = f"v{train['versions'][t]}: {train['reasons'][t]}"

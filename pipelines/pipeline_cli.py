@@ -27,7 +27,7 @@ def run_cmd(
     as_of: Annotated[dt.datetime | None, typer.Option("--as-of", formats=_FORMATS, help="Build features as of this UTC time (default: the latest event in the feeds).")] = None,
     from_stage: Annotated[str | None, typer.Option("--from", help="Re-run from this stage on: validate, features, train, gate, score or drift.")] = None,
     until: Annotated[str | None, typer.Option("--until", help="Stop after this stage.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Re-run every stage, even those whose inputs did not change.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Re-run every stage, even those whose inputs did not change; and promote and replace the risk lists even when the as-of time went backwards or jumped far ahead, or the new lists are empty while the served ones are not.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop when the validate stage quarantines any row.")] = False,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Log ROC, reliability and SHAP plots with each model.")] = True,
     since: Annotated[dt.datetime | None, typer.Option(formats=_FORMATS, help="Drift: current data from this UTC date (default: as-of minus monitor.recent_days).")] = None,

@@ -443,8 +443,10 @@ def load_models(settings: Settings) -> tuple[dict[str, ServedModel], dict[str, s
 def run(settings: Settings, as_of: dt.datetime, opts: ScoreOptions = ScoreOptions(),
         models: Mapping[str, ServedModel] | None = None, outreach: OutreachSettings | None = None,
         calls_available: int | None = None, data: Path | None = None,
-        progress: Callable[[str], None] | None = None) -> Result:
-    """Load the champions and inputs, score, explain, plan and write; return what was written."""
+        progress: Callable[[str], None] | None = None,
+        refuse: Callable[[Settings, dict[str, Any]], str | None] | None = None) -> Result:
+    """Load the champions and inputs, score, explain, plan and write; return what was written. ``refuse(settings,
+    counts)``: a reason not to replace the lists now served with these (``ScoreError``, nothing written)."""
     from serving.outreach import from_settings
 
     t0 = time.perf_counter()
@@ -463,6 +465,8 @@ def run(settings: Settings, as_of: dt.datetime, opts: ScoreOptions = ScoreOption
     result = score_lists(models, inputs, tiers, opts, outreach, calls_available)
     result.seconds = {"load": load_s, **result.seconds}
     result.missing = dict(missing)
+    if refuse is not None and (why := refuse(settings, result.counts)) is not None:
+        raise ScoreError(f"risk lists not replaced: {why}")
     t = time.perf_counter()
     with logs.stage(log, "score: write risk lists"):
         result.folder = write(settings, result, opts, {"risk_tiers": tiers, "features_as_of": inputs.features_as_of,

@@ -147,3 +147,17 @@ def random_world(out: Path, patients: int = 300, seed: int = 3, start: str = "20
         appointment_id=None))
     assert set(BILLING_STATUSES) >= set(bstatus)
     return write(feeds, out)
+
+
+def synth_feeds(tmp_path_factory, patients: int, seed: int = 7) -> Path:
+    """Synthetic feeds written by `carecast data synth` in a home of their own (for module-scoped fixtures)."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    out = tmp_path_factory.mktemp("synth") / "feeds"
+    home = tmp_path_factory.mktemp("synth-home")
+    res = CliRunner().invoke(app, ["data", "synth", "--patients", str(patients), "--seed", str(seed), "--out", str(out)],
+                             env={"CARECAST_HOME": str(home)})
+    assert res.exit_code == 0, res.output
+    return out

@@ -7,6 +7,7 @@ Only attributes of the frame are used (``frame``, ``feature_columns``, ``categor
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,58 @@ class Frame:
     categorical_columns: dict[str, list[str]] = field(default_factory=dict)
     feature_service: str = "manual"
     snapshot_hash: str = "none"
+
+
+def build_manifest(settings: Settings) -> dict:
+    """The feature build's manifest (as-of time, labels, history length, which feeds and columns were present)."""
+    from features.catalog import MANIFEST_FILE
+
+    path = settings.feature_dir / MANIFEST_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def skip_reason(target_name: str, manifest: dict) -> str | None:
+    """Why ``target_name`` cannot be learned from what the site sent (None: it can): its label's feed is absent, or
+    no prediction point has a label (saying when the history is shorter than the label's horizon)."""
+    from carecast.targets import target_info
+    from features.build.labels import LABEL_FEEDS
+    from features.feeds.integrity import Presence
+
+    info = target_info(target_name)
+    presence = Presence.from_dict(manifest.get("presence", {}))
+    feed = LABEL_FEEDS[info.name]
+    if feed in presence.absent_feeds:
+        return f"needs the {feed} feed, which this site does not send (its labels come from it)"
+    labelled = (manifest.get("labels") or {}).get(info.name)
+    if labelled == 0:
+        days = manifest.get("history_days")
+        if days is not None and days < info.horizon_days:
+            return (f"no labelled rows: the history covers {days:.0f} days, shorter than the {info.horizon_days}-day "
+                    "label horizon")
+        return "no labelled rows in the feature build"
+    return None
+
+
+def usable_features(columns: list[str], df: pd.DataFrame, manifest: dict) -> tuple[list[str], dict[str, str]]:
+    """The feature columns a model can learn from on this site, and why each other one is left out: it comes from a
+    feed or patients column the site does not send (``features/catalog.py``: ``FEED_FEATURES``,
+    ``PROFILE_SOURCES``), or it holds no value in the training frame."""
+    from features.catalog import FEED_FEATURES, PROFILE_SOURCES
+    from features.feeds.integrity import Presence
+
+    presence = Presence.from_dict(manifest.get("presence", {}))
+    dropped: dict[str, str] = {}
+    for feed in presence.absent_feeds:
+        for c in FEED_FEATURES.get(feed, []):
+            dropped[c] = f"the {feed} feed is absent"
+    absent_cols = set(presence.columns_absent.get("patients", []))
+    for c, src in PROFILE_SOURCES.items():
+        if src in absent_cols:
+            dropped[c] = f"patients column {src} is absent"
+    for c in columns:
+        if c not in dropped and c in df.columns and not df[c].notna().any():
+            dropped[c] = "no value in the training frame"
+    return [c for c in columns if c not in dropped], {c: r for c, r in dropped.items() if c in columns}
 
 
 def load_frame(settings: Settings, target: TargetSpec):

@@ -138,7 +138,10 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
         df = data.check(tf, target)
         info["rows"] = len(df)
     load_s = time.perf_counter() - t0
-    feats = list(tf.feature_columns)
+    feats, left_out = data.usable_features(list(tf.feature_columns), df, data.build_manifest(settings))
+    if left_out:
+        log.info("%s: %d feature(s) left out: %s", target.name, len(left_out),
+                 "; ".join(sorted({r for r in left_out.values()})))
     cats = {k: list(v) for k, v in (tf.categorical_columns or {}).items() if k in feats}
     held = target.val_entity_frac > 0 and "patient_id" in df.columns
     sp = split(df) if split is not None else time_split(df["event_timestamp"], target.horizon_days,
@@ -178,7 +181,7 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
         "target": target.name, "registered_model": target.registered_model,
         "feature_service": tf.feature_service, "snapshot_hash": tf.snapshot_hash,
         "git_commit": tracking.git_commit(), "split": sp.describe(), "windows": sp.window_tags(),
-        "purge_days": sp.purge_days, "features": feats, "categorical_columns": cats,
+        "purge_days": sp.purge_days, "features": feats, "features_left_out": left_out, "categorical_columns": cats,
         "shape": asdict(shape), "best_iteration": fitted.best_iteration, "n_trees": n_trees(booster),
         "calibration": fitted.calibration.as_dict(), "fit_seconds": fitted.fit_seconds,
         "load_seconds": load_s, "shap_rows_per_s": shap_rate, "predict_rows_per_s": predict_rate,
@@ -205,6 +208,7 @@ def model_meta(target: TargetSpec, result: dict) -> dict:
     return {
         "target": target.name, "kind": target.kind, "registered_model": target.registered_model,
         "classes": list(target.classes), "feature_columns": result["features"],
+        "features_left_out": result.get("features_left_out", {}),
         "categorical_columns": result["categorical_columns"], "input_dtype": "float32",
         "missing": "NaN", "output": "probability" if target.kind == "binary" else "class probabilities",
         "calibration": result["calibration"],

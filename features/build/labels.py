@@ -33,6 +33,8 @@ import pyarrow as pa
 
 from carecast.targets import TARGET_NAMES, target_info
 
+#: the feed each target's label is read from: a site without it cannot learn the target
+LABEL_FEEDS = {"no_show": "visits", "churn": "visits", "channel": "engagement"}
 NO_SHOW_LEAD = dt.timedelta(hours=72)
 CHURN_HORIZON_DAYS = 365
 CHURN_LOOKBACK_DAYS = 730

@@ -74,6 +74,7 @@ from features.feeds.contracts import (
     SEXES,
 )
 from features.feeds.files import duckdb_scan as _scan
+from features.feeds.integrity import read_presence
 from features.request import recency_features
 
 log = logs.get("features.build.run")
@@ -135,14 +136,38 @@ def load_feeds(con: duckdb.DuckDBPyConnection, data: Path, as_of: dt.datetime | 
     id in the event feeds: its first and last event time, ``_patient_events_sql``); return the as-of time."""
     _feed_views(con, data, scans)
     con.execute(f"CREATE OR REPLACE TEMP TABLE pev AS {_patient_events_sql()}")
-    if as_of is None:   # the latest known-event time: GREATEST and MAX skip NULLs
-        row = con.execute("""SELECT GREATEST((SELECT MAX(last_ts) FROM pev),
-            (SELECT MAX(registered_at) FROM p))""").fetchall()[0]
-        as_of = row[0]
+    if as_of is None:
+        as_of = robust_as_of(con)
     else:
         as_of = as_of.astimezone(dt.UTC).replace(tzinfo=None) if as_of.tzinfo else as_of
     assert as_of is not None, "feeds are empty"
     return as_of
+
+
+#: the default as-of time ignores at most this many patients (or this share of them, if more) whose latest events lie
+#: more than ``AS_OF_GAP_DAYS`` beyond every other patient's: a few outlying rows cannot move it
+AS_OF_OUTLIERS, AS_OF_OUTLIER_SHARE, AS_OF_GAP_DAYS = 5, 0.001, 30
+
+
+def robust_as_of(con: duckdb.DuckDBPyConnection) -> dt.datetime:
+    """The latest known-event time (visits, statements, engagement, registrations) over ``pev`` and ``p``, less
+    outliers: sorted latest per patient, descending, the times above the lowest gap of more than ``AS_OF_GAP_DAYS``
+    among the top few (``AS_OF_OUTLIERS``, or ``AS_OF_OUTLIER_SHARE`` of the patients) are left out."""
+    n = con.execute("SELECT COUNT(*) FROM pev").fetchall()[0][0]
+    k = max(AS_OF_OUTLIERS, math.ceil(AS_OF_OUTLIER_SHARE * n))
+    top = [r[0] for r in con.execute(f"""SELECT t FROM (SELECT patient_id, MAX(t) AS t FROM (
+            SELECT patient_id, last_ts AS t FROM pev UNION ALL SELECT patient_id, registered_at FROM p)
+            WHERE t IS NOT NULL GROUP BY patient_id) ORDER BY t DESC LIMIT {k + 1}""").fetchall()]
+    if not top:
+        raise ValueError("the feeds hold no event and no registration time: nothing to build as of")
+    cut = 0
+    for i in range(min(k, len(top) - 1)):
+        if top[i] - top[i + 1] > dt.timedelta(days=AS_OF_GAP_DAYS):
+            cut = i + 1
+    if cut:
+        log.warning("features build: as-of time: %d patient(s) whose latest events lie more than %d days beyond "
+                    "everyone else's are ignored (latest kept: %s)", cut, AS_OF_GAP_DAYS, top[cut].isoformat())
+    return top[cut]
 
 
 def _feed_views(con: duckdb.DuckDBPyConnection, data: Path, scans: dict[str, str] | None = None) -> None:
@@ -630,8 +655,11 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
         info["columns"] = len(defaults)
     snapshot_hash = _file_hash(out / PROFILE_FILE, out / ACTIVITY_FILE)
     as_of_utc = as_of_ts.replace(tzinfo=dt.UTC)
+    first = con.execute(f"SELECT MIN(first_ts) FROM pev WHERE first_ts <= {lit}").fetchall()[0][0]
     manifest = {"as_of": as_of_utc.isoformat(), "patients": patients, "snapshots": snapshots,
                 "events": events, "labels": label_rows, "snapshot_hash": snapshot_hash,
+                "history_days": round((as_of_ts - first).total_seconds() / 86400, 1) if first is not None else 0.0,
+                "presence": read_presence(Path(data)).to_dict(),
                 "data": str(Path(data).resolve()),
                 "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 SUFFIXES = (".parquet", ".csv")
 
@@ -44,15 +45,17 @@ def read_feed(folder: Path, feed: str) -> pd.DataFrame:
     return pd.read_parquet(p)
 
 
-def write_feed(df: pd.DataFrame, folder: Path, feed: str, rows_per_part: int = 2_000_000) -> Path:
-    """Write a feed as one parquet file, or as a folder of parts when it is large."""
+def write_feed(df: pd.DataFrame, folder: Path, feed: str, rows_per_part: int = 2_000_000,
+               schema: pa.Schema | None = None) -> Path:
+    """Write a feed as one parquet file, or as a folder of parts when it is large. ``schema``: the arrow types to
+    write (an empty frame or an all-null text column has none of its own)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{feed}.parquet"
     if len(df) <= rows_per_part:
-        df.to_parquet(target, index=False)
+        df.to_parquet(target, index=False, schema=schema)
         return target
     target.mkdir(exist_ok=True)
     for i, start in enumerate(range(0, len(df), rows_per_part)):
-        df.iloc[start:start + rows_per_part].to_parquet(target / f"part-{i:04d}.parquet", index=False)
+        df.iloc[start:start + rows_per_part].to_parquet(target / f"part-{i:04d}.parquet", index=False, schema=schema)
     return target

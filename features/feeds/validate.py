@@ -19,6 +19,11 @@ Rules chosen here (docs/data-contracts.md repeats them, generated from ``QUARANT
 * Cross-feed rules run in the order patients -> visits -> billing -> engagement against the rows
   *loaded* so far, so the visits of a quarantined patient are quarantined too.
 * Invariant, checked in code per feed: rows read = rows loaded + rows quarantined.
+* Optional feeds and columns, plausibility (timestamps, infinite numbers, control characters) and one schema
+  across a parquet folder's parts: ``features/feeds/integrity.py``.
+* Nothing is written in place: the feeds and quarantine go to staging folders beside ``out`` and ``quarantine``
+  and are moved in, file by file, only when every feed succeeded; a failed run leaves the last validated feeds
+  untouched and says so in ``quarantine/summary.json`` (``ok: false``).
 
 Everything is vectorised (pandas), so the cost grows with rows, not with Python loops over rows.
 Logs carry counts, column and rule names only, never identifiers or values.
@@ -26,8 +31,10 @@ Logs carry counts, column and rule names only, never identifiers or values.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +46,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from carecast import logs
+from carecast.settings import ValidationSettings
 from features.feeds import files as feeds_io
+from features.feeds import integrity
 from features.feeds.contracts import CONTRACTS, FEEDS, Column, Contract
 
 log = logs.get("validate")
@@ -63,6 +72,20 @@ QUARANTINE_RULES = (
     "file order kept, later ones `duplicate <key>`), and every rule above.",
     "Cross-feed rules run in the order patients, visits, billing, engagement against the rows already "
     "loaded, so the visits of a quarantined patient are quarantined too.",
+    "Optional: a site may send no billing or no engagement feed (validated as an empty feed), and leave out "
+    "the optional columns of patients (all but patient_id and birth_year) and visits (provider_id, telehealth), "
+    "read as empty; `VALIDATED/presence.json` records what was absent and the build copies it into its manifest.",
+    "Plausibility: a time later than `validation.max_future_days` (planned times scheduled_at and due_at: "
+    "`validation.max_planned_days`) past the clock (past the column's 99th percentile instead when the column's "
+    "median is itself ahead of the clock: a world generated for a later date), or more than "
+    "`validation.max_past_years` before the clock (`col: after DATE, implausibly far in the future`); an "
+    "infinite number (`col: not a finite number`, parquet and CSV alike); a control character such as NUL in "
+    "an id (`col: control character in text`; a CSV holding NUL bytes is read by the parser that keeps them).",
+    "A parquet folder's parts share one schema: a later part with another column or type is a structural error "
+    "naming that part and column.",
+    "All or nothing: feeds and quarantine are written to staging folders and moved in only when every feed "
+    "succeeded; a run that fails leaves the last validated feeds as they were and `QUARANTINE/summary.json` "
+    "says `ok: false` with the error (the last successful summary under `last_success`).",
     "Bad rows go to `QUARANTINE/<feed>.parquet` with their original columns (CSV: the original text) "
     "and a `reason` column naming every rule broken, '; '-joined; `QUARANTINE/summary.json` holds "
     "the counts per feed and rule. Per feed, rows read = rows loaded + rows quarantined, always.",
@@ -110,19 +133,25 @@ class ValidationReport:
             for reason, n in sorted(f.reasons.items(), key=lambda kv: -kv[1])[:top]:
                 lines.append(f"      {n:>9,}  {reason}")
         lines.append(f"  total quarantined: {self.quarantined:,}")
+        if self.presence.describe() != integrity.Presence().describe():
+            lines.append(f"  absent: {self.presence.describe()}")
         return "\n".join(lines)
 
+    presence: integrity.Presence = field(default_factory=integrity.Presence)
+
     def to_dict(self) -> dict:
-        return {"out": str(self.out), "quarantined": self.quarantined,
-                "feeds": {n: f.to_dict() for n, f in self.feeds.items()}}
+        return {"ok": True, "out": str(self.out), "quarantined": self.quarantined,
+                "feeds": {n: f.to_dict() for n, f in self.feeds.items()}, "presence": self.presence.to_dict()}
 
 
 # ---------------------------------------------------------------- structure
 
 
-def check_columns(label: str, present: Sequence[str], expected: Sequence[str], allow_extra: bool = False) -> None:
-    """Raise ``FeedError`` for a missing column (suggesting a misnamed one) or an extra one."""
-    missing = [c for c in expected if c not in present]
+def check_columns(label: str, present: Sequence[str], expected: Sequence[str], allow_extra: bool = False,
+                  optional: Sequence[str] = ()) -> None:
+    """Raise ``FeedError`` for a missing column (suggesting a misnamed one) or an extra one; ``optional`` columns
+    may be missing."""
+    missing = [c for c in expected if c not in present and c not in optional]
     extra = [c for c in present if c not in expected]
     if missing:
         col = missing[0]
@@ -161,11 +190,17 @@ class _Source:
     feed: str
     path: Path
     label: str
+    #: optional columns the site left out (read as null)
+    absent: list[str] = field(default_factory=list)
 
 
-def _locate(src: Path, contract: Contract) -> _Source:
-    """Find the feed and check its columns and (parquet) types without reading the data."""
+def _locate(src: Path, contract: Contract) -> _Source | None:
+    """Find the feed and check its columns and (parquet) types without reading the data (None: an optional feed the
+    site does not send)."""
     path = feeds_io.feed_path(src, contract.feed)
+    optional = integrity.OPTIONAL_COLUMNS.get(contract.feed, ())
+    if path is None and contract.feed in integrity.OPTIONAL_FEEDS:
+        return None
     if path is None:
         raise FeedError(f"{Path(src) / (contract.feed + '.parquet')}: feed '{contract.feed}' not found "
                         f"(expected {contract.feed}.parquet, a folder of parquet parts, or {contract.feed}.csv)")
@@ -175,18 +210,22 @@ def _locate(src: Path, contract: Contract) -> _Source:
             header = pd.read_csv(path, nrows=0, dtype=str).columns.tolist()
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
             raise _unreadable(label, exc) from None
-        check_columns(label, header, contract.column_names)
-        return _Source(contract.feed, path, label)
+        check_columns(label, header, contract.column_names, optional=optional)
+        return _Source(contract.feed, path, label, [c for c in optional if c not in header])
+    if path.is_dir() and (mismatch := integrity.check_parts(path)) is not None:
+        raise FeedError(mismatch)
     try:
         schema = pads.dataset(path, format="parquet").schema
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise _unreadable(label, exc) from None
-    check_columns(label, schema.names, contract.column_names)
+    check_columns(label, schema.names, contract.column_names, optional=optional)
     for col in contract.columns:
+        if col.name not in schema.names:
+            continue
         t = schema.field(col.name).type
         if not _arrow_fits(col.kind, t):
             raise FeedError(f"{label}: column '{col.name}': expected {col.kind}, found {t}")
-    return _Source(contract.feed, path, label)
+    return _Source(contract.feed, path, label, [c for c in optional if c not in schema.names])
 
 
 # ---------------------------------------------------------------- reading and typing
@@ -200,16 +239,21 @@ def _to_utc(s: pd.Series) -> pd.Series:
 
 def _read(source: _Source, contract: Contract) -> tuple[pd.DataFrame, pd.DataFrame, list[tuple[str, pd.Series]]]:
     """Return (original rows, rows in contract dtypes, row-level parse failures)."""
-    names = contract.column_names
+    names = [c for c in contract.column_names if c not in source.absent]
     failures: list[tuple[str, pd.Series]] = []
     if source.path.suffix == ".csv":
+        # pandas' C parser cuts a cell at a NUL byte (the id silently becomes another): the Python parser keeps it
+        engine = "python" if integrity.has_nul(source.path) else "c"
         try:
-            raw = pd.read_csv(source.path, dtype=str, keep_default_na=False, na_values=[""])  # no usecols: it hides lines with extra fields
+            raw = pd.read_csv(source.path, dtype=str, keep_default_na=False, na_values=[""], engine=engine)  # no usecols: it hides lines with extra fields
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
             raise _unreadable(source.label, exc) from None
         raw = raw[names]
         typed = pd.DataFrame(index=raw.index)
         for col in contract.columns:
+            if col.name in source.absent:
+                typed[col.name] = integrity.empty_column(col.kind, raw.index)
+                continue
             typed[col.name], fails = _parse_text(raw[col.name], col)
             failures.extend(fails)
         return raw, typed, failures
@@ -220,6 +264,9 @@ def _read(source: _Source, contract: Contract) -> tuple[pd.DataFrame, pd.DataFra
     raw = raw.reset_index(drop=True)
     typed = raw.copy(deep=False)  # shares the columns that need no conversion: one copy of the data, not two
     for col in contract.columns:
+        if col.name in source.absent:
+            typed[col.name] = integrity.empty_column(col.kind, raw.index)
+            continue
         s = raw[col.name]
         if isinstance(s.dtype, pd.CategoricalDtype):
             s = s.astype(object)
@@ -322,41 +369,118 @@ def _final_dtypes(typed: pd.DataFrame, bad: np.ndarray, contract: Contract) -> p
     return df
 
 
-def _replace(folder: Path, feed: str, df: pd.DataFrame) -> None:
-    target = folder / f"{feed}.parquet"
-    if target.is_dir():
-        shutil.rmtree(target)
-    elif target.exists():
-        target.unlink()
-    feeds_io.write_feed(df, folder, feed)
+def _staging(folder: Path) -> Path:
+    """An empty staging folder beside ``folder`` (same file system, so moving a file in is one rename)."""
+    stage = folder.parent / f".{folder.name}.staging-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    return stage
 
 
-def validate_feeds(src: Path, out: Path, quarantine: Path) -> ValidationReport:
-    """Validate all four feeds in ``src``; write good rows to ``out`` and bad rows to ``quarantine``."""
+def _swap_in(stage: Path, folder: Path) -> None:
+    """Move every entry of ``stage`` into ``folder``, replacing what is there (a parquet file or folder, or the old
+    CSV-less layout); then remove ``stage``. Each move is one rename."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(p for p in stage.iterdir() if not p.name.startswith(".old-")):
+        target = folder / entry.name
+        if target.is_dir() or (target.exists() and entry.is_dir()):
+            old = stage / f".old-{entry.name}"
+            target.rename(old)
+            entry.rename(target)
+        else:
+            entry.replace(target)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def _write(folder: Path, feed: str, df: pd.DataFrame, contract: Contract, absent: Sequence[str] = ()) -> None:
+    """Write a validated feed; an empty one, or one with absent columns, in the contract's types (pandas has no
+    type for an all-null text column)."""
+    schema = integrity.arrow_schema(contract) if df.empty or absent else None
+    feeds_io.write_feed(df, folder, feed, schema=schema)
+
+
+def _empty_feed(contract: Contract) -> pd.DataFrame:
+    """A sent-nothing feed in the contract's dtypes (the build and every reader see the usual columns, no rows)."""
+    index = pd.RangeIndex(0)
+    return pd.DataFrame({c.name: integrity.empty_column(c.kind, index) for c in contract.columns})
+
+
+def _record_failure(quarantine: Path, error: str) -> None:
+    """``summary.json`` of a failed run: it says so and keeps the last successful summary, since the validated feeds
+    are still that run's."""
+    path = quarantine / "summary.json"
+    last = None
+    if path.exists():
+        try:
+            prev = json.loads(path.read_text())
+            last = prev.get("last_success") if prev.get("ok") is False else prev
+        except ValueError:
+            last = None
+    quarantine.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"ok": False, "error": error, "failed_at": dt.datetime.now(dt.UTC).isoformat(
+        timespec="seconds"), "validated": "unchanged (the last successful run's feeds)", "last_success": last},
+        indent=2) + "\n")
+
+
+def validate_feeds(src: Path, out: Path, quarantine: Path, rules: ValidationSettings | None = None,
+                   now: dt.datetime | None = None) -> ValidationReport:
+    """Validate the feeds in ``src``; write good rows to ``out`` and bad rows to ``quarantine``, all or nothing.
+
+    ``rules``: the plausibility bounds (``settings.validation``); ``now``: the clock they are relative to."""
     src, out, quarantine = Path(src), Path(out), Path(quarantine)
     if out.resolve() == src.resolve() or quarantine.resolve() in (src.resolve(), out.resolve()):
         raise FeedError(f"{out}: the output, quarantine and source folders must all differ")
+    try:
+        return _validate(src, out, quarantine, rules or ValidationSettings(), now or dt.datetime.now(dt.UTC))
+    except FeedError as exc:
+        _record_failure(quarantine, str(exc))
+        raise
+
+
+def _validate(src: Path, out: Path, quarantine: Path, rules: ValidationSettings, now: dt.datetime) -> ValidationReport:
     sources = {feed: _locate(src, CONTRACTS[feed]) for feed in FEEDS}  # structure first: fail before writing
+    presence = integrity.Presence(feeds={f: s is not None for f, s in sources.items()},
+                                  columns_absent={f: s.absent for f, s in sources.items() if s is not None and s.absent})
     needed = {n for c in CONTRACTS.values() for r in c.rules for n in r.needs}
     loaded_frames: dict[str, pd.DataFrame] = {}
     reports: dict[str, FeedReport] = {}
-    for feed in FEEDS:
-        contract = CONTRACTS[feed]
-        with logs.stage(log, f"validate {feed}") as info:
-            raw, typed, failures = _read(sources[feed], contract)
-            bad, text, counts = join_reasons(len(raw), _checks(raw, typed, contract, loaded_frames, failures))
-            loaded = _final_dtypes(typed, bad, contract)
-            quarantined = raw[bad].reset_index(drop=True)
-            quarantined["reason"] = text
-            if len(raw) != len(loaded) + len(quarantined):
-                raise RuntimeError(f"{feed}: rows read != loaded + quarantined")
-            _replace(out, feed, loaded)
-            _replace(quarantine, feed, quarantined)
-            info.update(read=len(raw), loaded=len(loaded), quarantined=len(quarantined), rules_broken=len(counts))
-        reports[feed] = FeedReport(feed, sources[feed].label, len(raw), len(loaded), len(quarantined), counts)
-        if feed in needed:
-            loaded_frames[feed] = loaded
-        del raw, typed, quarantined
-    report = ValidationReport(reports, out, quarantine)
-    (quarantine / "summary.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    stage_out, stage_q = _staging(out), _staging(quarantine)
+    try:
+        for feed in FEEDS:
+            source = sources[feed]
+            if source is None:
+                contract = CONTRACTS[feed]
+                _write(stage_out, feed, _empty_feed(contract), contract)
+                reports[feed] = FeedReport(feed, "absent (optional feed)", 0, 0, 0)
+                log.info("validate %s: absent (optional feed): validated as an empty feed", feed)
+                if feed in needed:
+                    loaded_frames[feed] = _empty_feed(contract)
+                continue
+            contract = integrity.effective_contract(CONTRACTS[feed], source.absent)
+            with logs.stage(log, f"validate {feed}") as info:
+                raw, typed, failures = _read(source, contract)
+                failures += integrity.plausibility_checks(feed, contract, typed, rules, now)
+                bad, text, counts = join_reasons(len(raw), _checks(raw, typed, contract, loaded_frames, failures))
+                loaded = _final_dtypes(typed, bad, contract)
+                quarantined = raw[bad].reset_index(drop=True)
+                quarantined["reason"] = text
+                if len(raw) != len(loaded) + len(quarantined):
+                    raise RuntimeError(f"{feed}: rows read != loaded + quarantined")
+                _write(stage_out, feed, loaded, contract, source.absent)
+                feeds_io.write_feed(quarantined, stage_q, feed)
+                info.update(read=len(raw), loaded=len(loaded), quarantined=len(quarantined), rules_broken=len(counts),
+                            absent_columns=len(source.absent))
+            reports[feed] = FeedReport(feed, source.label, len(raw), len(loaded), len(quarantined), counts)
+            if feed in needed:
+                loaded_frames[feed] = loaded
+            del raw, typed, quarantined
+        report = ValidationReport(reports, out, quarantine, presence)
+        integrity.write_presence(stage_out, presence)
+        (stage_q / "summary.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(stage_out, ignore_errors=True)
+        shutil.rmtree(stage_q, ignore_errors=True)
+        raise
+    _swap_in(stage_out, out)
+    _swap_in(stage_q, quarantine)
     return report

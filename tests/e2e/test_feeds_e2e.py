@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_features_support import synth_feeds as synth
 from typer.testing import CliRunner
 
 from features.feeds import files as feeds_io
@@ -22,12 +23,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def synth_feeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synth") / "feeds"
-    home = tmp_path_factory.mktemp("home")
-    result = runner.invoke(app, ["data", "synth", "--patients", "400", "--seed", "7", "--out", str(out)],
-                           env={"CARECAST_HOME": str(home)})
-    assert result.exit_code == 0, result.output
-    return out
+    return synth(tmp_path_factory, 400)
 
 
 def _validate(src: Path, home: Path) -> tuple[int, str]:

@@ -164,3 +164,28 @@ def test_identical_builds_write_identical_files(tmp_path: Path) -> None:
         files[run]["hash"] = json.loads((s.feature_dir / "manifest.json").read_text())["snapshot_hash"].encode()
     assert files["a"].keys() == files["b"].keys() and len(files["a"]) > 3
     assert [k for k in files["a"] if files["a"][k] != files["b"][k]] == []
+
+
+def test_a_few_outlying_patients_cannot_move_the_default_as_of() -> None:
+    """The as-of time ignores at most a few patients whose latest events lie far beyond everyone else's."""
+    import datetime as dt
+
+    import duckdb
+
+    from features.build.run import robust_as_of
+
+    con = duckdb.connect()
+    base = dt.datetime(2026, 5, 31, 12)
+    rows = [(f"P{i}", base - dt.timedelta(hours=i)) for i in range(200)]
+    con.execute("CREATE TABLE p (patient_id VARCHAR, registered_at TIMESTAMP)")
+    con.execute("CREATE TABLE pev (patient_id VARCHAR, first_ts TIMESTAMP, last_ts TIMESTAMP)")
+    con.executemany("INSERT INTO pev VALUES (?, ?, ?)", [(pid, t - dt.timedelta(days=300), t) for pid, t in rows])
+    con.execute("INSERT INTO p VALUES ('P0', '2024-01-01')")
+    assert robust_as_of(con) == base
+    con.executemany("INSERT INTO pev VALUES (?, ?, ?)",
+                    [(f"X{i}", base, dt.datetime(2099, 1, 1)) for i in range(3)])   # three outlying patients
+    con.execute("INSERT INTO p VALUES ('Y', '2098-06-01')")                          # and one registration
+    assert robust_as_of(con) == base
+    con.executemany("INSERT INTO pev VALUES (?, ?, ?)",                              # but the bulk does move it
+                    [(f"Z{i}", base, base + dt.timedelta(days=40, hours=i)) for i in range(20)])
+    assert robust_as_of(con) == base + dt.timedelta(days=40, hours=19)

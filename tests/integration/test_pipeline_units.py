@@ -173,3 +173,21 @@ def test_background_materialize_swaps_the_registry_copy_in_or_reports_the_error(
     out = background.materialize(s).wait()
     assert not out.ok and "RuntimeError: redis went away" in out.summary and registry.read_bytes() == b"after"
     assert sorted(p.name for p in registry.parent.iterdir()) == [registry.name]
+
+
+def test_empty_lists_do_not_replace_lists_that_hold_rows(home: Path) -> None:
+    import json
+
+    from carecast.folders import write_latest
+
+    s = load_settings()
+    empty = {"appointments_listed": 0, "patients_listed": 0}
+    assert P.empty_lists_refusal(s, empty) is None   # nothing served yet
+    folder = s.risk_list_dir / "20260531T000000Z-1"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"as_of": "2026-05-31T00:00:00+00:00",
+                                                      "counts": {"appointments_listed": 11, "patients_listed": 4}}))
+    write_latest(s.risk_list_dir, folder)
+    why = P.empty_lists_refusal(s, empty)
+    assert why is not None and "would be empty" in why and "15 rows" in why and "--force" in why
+    assert P.empty_lists_refusal(s, {"appointments_listed": 1, "patients_listed": 0}) is None

@@ -147,10 +147,12 @@ def test_naive_timestamps_are_read_as_utc_and_int_with_float_storage_passes(tmp_
 
 
 def test_missing_feed_is_a_feed_error(tmp_path: Path) -> None:
-    src = write({k: v for k, v in world().items() if k != "billing"}, tmp_path / "src")
-    with pytest.raises(FeedError, match=r"billing\.parquet: feed 'billing' not found"):
+    src = write({k: v for k, v in world().items() if k != "visits"}, tmp_path / "src")
+    with pytest.raises(FeedError, match=r"visits\.parquet: feed 'visits' not found"):
         validate_feeds(src, tmp_path / "out", tmp_path / "q")
     assert not (tmp_path / "out").exists()  # nothing written before the structure is known good
+    summary = json.loads((tmp_path / "q" / "summary.json").read_text())
+    assert summary["ok"] is False and "visits" in summary["error"]
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
@@ -398,3 +400,137 @@ def test_csv_line_with_extra_fields_is_not_silently_truncated(tmp_path: Path) ->
         fh.write("e9,p1,2024-01-01T00:00:00Z,sms,outbound,reminder,delivered,a1,surplus\n")
     with pytest.raises(FeedError, match=r"engagement\.csv: not a readable CSV file .*Expected 8 fields"):
         validate_feeds(src, tmp_path / "out", tmp_path / "q")
+
+
+# ---------------------------------------------------------------- optional feeds, plausibility, integrity (issue 15)
+
+CLOCK = pd.Timestamp("2024-07-01", tz="UTC").to_pydatetime()
+
+
+def test_absent_optional_feeds_and_columns_are_validated_empty_and_recorded(tmp_path: Path) -> None:
+    frames = world()
+    frames["patients"] = frames["patients"][["patient_id", "birth_year"]]
+    src = write({k: v for k, v in frames.items() if k in ("patients", "visits")}, tmp_path / "src")
+    report = validate_feeds(src, tmp_path / "out", tmp_path / "q", now=CLOCK)
+    assert report.quarantined == 0 and report.counts["billing"] == {"read": 0, "loaded": 0, "quarantined": 0}
+    presence = json.loads((tmp_path / "out" / "presence.json").read_text())
+    assert presence["feeds"] == {"patients": True, "visits": True, "billing": False, "engagement": False}
+    assert "sex" in presence["columns_absent"]["patients"] and "birth_year" not in presence["columns_absent"]["patients"]
+    billing = pq.read_schema(tmp_path / "out" / "billing.parquet")
+    assert billing.names == CONTRACTS["billing"].column_names and billing.field("patient_id").type == pa.string()
+    patients = pq.read_table(tmp_path / "out" / "patients.parquet")
+    assert patients.schema.field("sex").type == pa.string() and patients.column("sex").null_count == 3
+    assert "no billing feed" in report.describe()
+
+
+def test_far_future_and_far_past_times_are_quarantined_and_cannot_move_the_bulk(tmp_path: Path) -> None:
+    frames = world()
+    eng = frames["engagement"]
+    extra = eng.iloc[[0, 0, 0, 2]].assign(event_id=["e2099a", "e2099b", "e2099c", "e1900"],
+                                          occurred_at=[utc("2099-01-01")] * 3 + [utc("1900-01-01")])
+    frames["engagement"] = pd.concat([eng, extra], ignore_index=True)
+    report = validate_feeds(write(frames, tmp_path / "src"), tmp_path / "out", tmp_path / "q", now=CLOCK)
+    q = pd.read_parquet(tmp_path / "q" / "engagement.parquet")
+    assert sorted(q["event_id"]) == ["e1900", "e2099a", "e2099b", "e2099c"]
+    future = q.loc[q["event_id"] == "e2099a", "reason"].iloc[0]
+    assert future == "occurred_at: after 2024-07-03, implausibly far in the future"
+    assert "implausibly far in the past" in q.loc[q["event_id"] == "e1900", "reason"].iloc[0]
+    assert report.counts["engagement"] == {"read": 7, "loaded": 3, "quarantined": 4}
+
+
+def test_planned_times_may_lie_ahead_and_a_feed_ahead_of_the_clock_passes(tmp_path: Path) -> None:
+    frames = world()
+    frames["visits"].loc[2, "scheduled_at"] = utc("2025-06-01 10:00")   # a year ahead of the clock: planned
+    report = validate_feeds(write(frames, tmp_path / "src"), tmp_path / "out", tmp_path / "q", now=CLOCK)
+    assert report.quarantined == 0
+    # a world generated for a later date (its median ahead of the clock): its own bulk is the anchor
+    eng = frames["engagement"]
+    frames["engagement"] = pd.concat([eng.iloc[[0]]] * 300, ignore_index=True).assign(
+        event_id=[f"e{i}" for i in range(300)],
+        occurred_at=pd.date_range("2024-06-01", "2024-10-01", periods=300, tz="UTC"))
+    report = validate_feeds(write(frames, tmp_path / "src2"), tmp_path / "out2", tmp_path / "q2", now=CLOCK)
+    assert report.quarantined == 0
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf")])
+def test_infinite_amounts_in_parquet_are_quarantined(tmp_path: Path, value: float) -> None:
+    frames = world()
+    frames["billing"].loc[0, "amount"] = value
+    report = run(tmp_path, frames)
+    q = quarantined(tmp_path, "billing")
+    assert list(q["statement_id"]) == ["s1"] and "amount: not a finite number" in q["reason"].iloc[0]
+    assert report.counts["billing"]["loaded"] == 1
+    assert_balanced(report)
+
+
+def test_nul_in_a_csv_id_is_quarantined_not_cut(tmp_path: Path) -> None:
+    frames = world()
+    src = write(frames, tmp_path / "src", "csv")
+    text = (src / "visits.csv").read_text().replace("a2,p2,", "a2,p2\x00p1,", 1)   # the id would read as p2
+    (src / "visits.csv").write_text(text)
+    report = validate_feeds(src, tmp_path / "out", tmp_path / "q", now=CLOCK)
+    q = pd.read_parquet(tmp_path / "q" / "visits.parquet")
+    assert list(q["appointment_id"]) == ["a2"] and q["patient_id"].iloc[0] == "p2\x00p1"
+    assert "patient_id: control character in text" in q["reason"].iloc[0]
+    loaded = feeds_io.read_feed(tmp_path / "out", "visits")
+    assert "a2" not in set(loaded["appointment_id"]) and report.counts["visits"]["quarantined"] == 1
+
+
+def test_parquet_folder_with_a_mismatched_later_part_is_refused(tmp_path: Path) -> None:
+    frames = world()
+    src = write({k: v for k, v in frames.items() if k != "billing"}, tmp_path / "src")
+    feeds_io.write_feed(frames["billing"], src, "billing", rows_per_part=1)
+    frames["billing"].iloc[1:].assign(note="x").to_parquet(src / "billing.parquet" / "part-0001.parquet")
+    with pytest.raises(FeedError, match=r"part-0001\.parquet: column 'note' is not in the folder's first part"):
+        validate_feeds(src, tmp_path / "out", tmp_path / "q", now=CLOCK)
+    frames["billing"].iloc[1:].assign(amount="80.0").to_parquet(src / "billing.parquet" / "part-0001.parquet")
+    with pytest.raises(FeedError, match=r"part-0001\.parquet: column 'amount': string, but double"):
+        validate_feeds(src, tmp_path / "out", tmp_path / "q", now=CLOCK)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_feed_failing_mid_run_leaves_the_last_validated_feeds_untouched(tmp_path: Path) -> None:
+    src = write(world(), tmp_path / "src")
+    validate_feeds(src, tmp_path / "out", tmp_path / "q", now=CLOCK)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    frames = world()
+    frames["patients"] = pd.concat([frames["patients"]] * 2000, ignore_index=True).assign(
+        patient_id=lambda d: [f"p{i + 1}" for i in range(len(d))])   # a different world, if it were loaded
+    big = pd.concat([frames["engagement"]] * 3000, ignore_index=True).assign(
+        event_id=lambda d: [f"e{i}" for i in range(len(d))])
+    write({"patients": frames["patients"], "engagement": big}, src)
+    path = src / "engagement.parquet"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3: len(raw) // 3 + len(raw) // 4] = b"\xff" * (len(raw) // 4)   # data pages broken, footer intact
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FeedError, match=r"engagement\.parquet: not a readable parquet file"):
+        validate_feeds(src, tmp_path / "out", tmp_path / "q", now=CLOCK)   # patients, visits, billing read first
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    summary = json.loads((tmp_path / "q" / "summary.json").read_text())
+    assert summary["ok"] is False and "engagement.parquet" in summary["error"]
+    assert summary["last_success"]["feeds"]["patients"]["loaded"] == 3
+    assert not list(tmp_path.glob(".*staging*"))
+
+
+def test_skip_reasons_name_what_is_missing() -> None:
+    from training.data import skip_reason
+
+    no_engagement = {"presence": {"feeds": {"engagement": False}}, "labels": {"channel": 0, "churn": 10},
+                     "history_days": 900}
+    assert "needs the engagement feed" in skip_reason("channel", no_engagement)
+    assert skip_reason("churn", no_engagement) is None
+    short = {"labels": {"no_show": 5000, "churn": 0, "channel": 0}, "history_days": 42.0}
+    assert skip_reason("churn", short) == ("no labelled rows: the history covers 42 days, shorter than the 365-day "
+                                           "label horizon")
+    assert skip_reason("no_show", short) is None
+
+
+def test_as_of_guard_refuses_backwards_and_far_jumps() -> None:
+    from pipelines.pipeline import as_of_change_refusal
+
+    last = pd.Timestamp("2026-05-31", tz="UTC").to_pydatetime()
+    assert as_of_change_refusal(last, last + pd.Timedelta(days=1), 366) is None
+    assert as_of_change_refusal(None, last, 366) is None
+    assert "went backwards" in as_of_change_refusal(last, last - pd.Timedelta(days=1), 366)
+    far = as_of_change_refusal(last, pd.Timestamp("2099-01-01", tz="UTC").to_pydatetime(), 366)
+    assert "jumped" in far and "max_as_of_jump_days (366)" in far
