@@ -41,7 +41,8 @@ def test_score_synthetic_world_end_to_end(home: Path, carecast_ok, monkeypatch: 
     decided = ok("promote", "--target", "all")
     for t in TARGETS:
         assert f"{t}: challenger v1 vs champion none" in decided and "FAIL" not in decided, decided
-        assert str(registry.version_by_alias(s, t, registry.CHAMPION).version) == "1", decided
+        champion = registry.version_by_alias(s, t, registry.CHAMPION)
+        assert champion is not None and str(champion.version) == "1", decided
 
     out = ok("score", "--as-of", AS_OF, "--days", "14", "--calls", "5")
     assert "scored" in out and "written to" in out
