@@ -11,11 +11,11 @@ Two sources give the same ``ServedModel``:
 Besides the booster a model carries its feature list, the integer codes of its categorical
 features (``{feature: [label for code 0, 1, ...]}``), its class labels (channel) and an optional
 post-hoc calibration affine in the margin (``slope``, ``intercept``) that explanations fold in.
-They are read, first found wins, from: ``extra_files/carecast_model.json`` inside the logged model
-(what ``training/train.py`` writes: ``feature_columns``, ``categorical_columns``, ``classes``,
-``kind``, ``calibration``); the model's MLmodel ``metadata``; JSON files inside the logged model
-folder or among the run's artifacts (``categories.json``, ``features.json``, ``calibration.json``,
-``classes.json``: the layout the serving tests use).
+They are read from ``extra_files/carecast_model.json`` inside the logged model, which is what
+``training/train.py`` writes (``feature_columns``, ``categorical_columns``, ``classes``, ``kind``,
+``calibration``), then the model's MLmodel ``metadata``; a snapshot carries the same as
+``features``, ``categories``, ``classes`` and ``calibration``. There is no other layout: the tests
+register models through training's own code.
 
 Calibration: training folds its Platt/temperature calibration into the booster itself (leaf values
 and base score), so the booster's margin already is the calibrated log-odds and its TreeSHAP
@@ -37,10 +37,6 @@ import xgboost as xgb
 from carecast.targets import MODEL_CHANNELS, MODEL_META_FILE, TARGETS
 
 ALIAS = "champion"
-CATEGORY_FILES = ("categories.json", "categorical_mapping.json", "category_mapping.json")
-FEATURE_FILES = ("features.json", "feature_names.json", "feature_list.json")
-CALIBRATION_FILES = ("calibration.json",)
-CLASS_FILES = ("classes.json",)
 
 
 class ModelNotAvailable(RuntimeError):
@@ -102,19 +98,15 @@ def _meta_value(meta: dict[str, Any], *keys: str) -> Any:
 
 def build(target: str, name: str, version: str, booster: xgb.Booster, meta: dict[str, Any]) -> ServedModel:
     """Assemble a ``ServedModel`` from a booster and the metadata found next to it."""
-    features = _meta_value(meta, "feature_columns", "features", "feature_names", "feature_list") or booster.feature_names
+    features = _meta_value(meta, "feature_columns", "features") or booster.feature_names
     if not features:
         raise ModelNotAvailable(f"{name} v{version}: the model names no features")
     features = tuple(str(f) for f in features)
     if booster.feature_names and tuple(booster.feature_names) != features:
         raise ModelNotAvailable(f"{name} v{version}: feature list artifact disagrees with the booster's features")
-    raw_cats = _meta_value(meta, "categorical_columns", "categories", "categorical_mapping", "category_mapping") or {}
-    categories: dict[str, tuple[str, ...]] = {}
-    for feat, labels in raw_cats.items():
-        if isinstance(labels, dict):  # {label: code}
-            labels = [lab for lab, _ in sorted(labels.items(), key=lambda kv: int(kv[1]))]
-        categories[str(feat)] = tuple(str(x) for x in labels)
-    classes = _meta_value(meta, "classes", "class_labels")
+    raw_cats = _meta_value(meta, "categorical_columns", "categories") or {}
+    categories = {str(feat): tuple(str(x) for x in labels) for feat, labels in raw_cats.items()}
+    classes = _meta_value(meta, "classes")
     if classes is None and target == "channel":
         classes = categories.get("channel") or categories.get("label") or MODEL_CHANNELS
     if meta.get("kind") == "binary" or target != "channel":
@@ -133,20 +125,11 @@ def build(target: str, name: str, version: str, booster: xgb.Booster, meta: dict
                        batch_booster=batch_booster)
 
 
-def _read_json_files(folder: Path, meta: dict[str, Any]) -> None:
+def _read_training_meta(folder: Path, meta: dict[str, Any]) -> None:
     training_meta = folder / "extra_files" / MODEL_META_FILE
     if training_meta.is_file():
         for k, v in json.loads(training_meta.read_text()).items():
             meta.setdefault(k, v)
-    for key, names in (("categories", CATEGORY_FILES), ("features", FEATURE_FILES),
-                       ("calibration", CALIBRATION_FILES), ("classes", CLASS_FILES)):
-        if meta.get(key) is not None:
-            continue
-        for n in names:
-            p = folder / n
-            if p.is_file():
-                meta[key] = json.loads(p.read_text())
-                break
 
 
 class MlflowModelSource:
@@ -179,7 +162,6 @@ class MlflowModelSource:
         version = version or self.champion_version(target)
         if version is None:
             raise ModelNotAvailable(f"{name}: no '{ALIAS}' alias in the registry")
-        mv = self.client.get_model_version(name, version)
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.registry_uri)  # `models:/` URIs resolve through the global one
         with tempfile.TemporaryDirectory(prefix="carecast-model-") as tmp:
@@ -196,18 +178,9 @@ class MlflowModelSource:
                 mlmeta = mlmeta.get("carecast", mlmeta) if isinstance(mlmeta.get("carecast"), dict) else mlmeta
             else:
                 mlmeta = {}
-            _read_json_files(local, meta)
+            _read_training_meta(local, meta)
             for k, v in mlmeta.items():
                 meta.setdefault(k, v)
-            if mv.run_id and meta.get("feature_columns") is None and any(
-                    meta.get(k) is None for k in ("categories", "features")):
-                names = {a.path for a in self.client.list_artifacts(mv.run_id)}
-                wanted = [n for n in (*CATEGORY_FILES, *FEATURE_FILES, *CALIBRATION_FILES, *CLASS_FILES) if n in names]
-                run_dir = Path(tmp) / "run"
-                run_dir.mkdir()
-                for n in wanted:
-                    self.client.download_artifacts(mv.run_id, n, str(run_dir))
-                _read_json_files(run_dir, meta)
         return build(target, name, str(version), booster, meta)
 
 

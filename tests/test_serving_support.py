@@ -1,6 +1,6 @@
 """Shared pieces for the serving tests (no tests here): real small XGBoost models trained on
-generated data and registered in a real MLflow SQLite registry under a CARECAST_HOME, and an
-in-memory feature source with known patients and population defaults.
+generated data by training's own ``train_target`` and registered in a real MLflow SQLite registry under
+a CARECAST_HOME, and an in-memory feature source with known patients and population defaults.
 
 The in-memory source stands in for the Feast store only until ``features/store/repo.py`` lands; the
 models and registry are real.
@@ -92,32 +92,41 @@ def train(target: str, seed: int = 0, trees: int = 40, depth: int = 4):
     return clf
 
 
-def register(home: Path, target: str, seed: int = 0, trees: int = 40, depth: int = 4,
-             calibration: dict | None = None) -> str:
-    """Train, log (native xgboost flavour) and register one model; move ``champion`` to it."""
-    import mlflow
-    import mlflow.xgboost
-    from mlflow import MlflowClient
+def training_frame(target: str, seed: int = 0, n: int = 3000):
+    """``training_data`` as a training frame: prediction points over 400 days (no-show, daily) or 1,300
+    days (churn, channel: monthly snapshots, as the store makes them), codes for the categoricals."""
+    import pandas as pd
 
-    from carecast.targets import TARGETS
+    from training.data import Frame
 
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)  # a training test in this process may have pointed it at another home
-    client = MlflowClient(uri, registry_uri=uri)
-    exp = client.get_experiment_by_name("carecast-serving-tests")
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        "carecast-serving-tests", artifact_location=(home / "mlartifacts").as_uri())
-    clf = train(target, seed, trees, depth)
-    with mlflow.start_run(experiment_id=exp_id):
-        info = mlflow.xgboost.log_model(clf, name="model", registered_model_name=TARGETS[target].registered_model,
-                                        pip_requirements=["xgboost-cpu==3.2.0"])
-        mlflow.log_dict(CATEGORIES if target == "no_show" else {}, "categories.json")
-        mlflow.log_dict(FEATURES[target], "features.json")
-        if calibration:
-            mlflow.log_dict(calibration, "calibration.json")
-    version = str(info.registered_model_version)
-    client.set_registered_model_alias(TARGETS[target].registered_model, "champion", version)
+    X, y = training_data(target, seed, n)
+    rng = np.random.default_rng(seed + 1000)
+    offsets = np.sort(rng.integers(0, 400 if target == "no_show" else 1300, n))
+    ts = pd.Timestamp("2023-01-01", tz="UTC") + pd.to_timedelta(offsets, unit="D")
+    if target != "no_show":
+        ts = ts.tz_localize(None).to_period("M").to_timestamp().tz_localize("UTC")
+    frame = pd.DataFrame(X, columns=FEATURES[target])
+    frame.insert(0, "patient_id", [f"P{i:06d}" for i in rng.integers(0, n // 3, n)])
+    frame.insert(1, "event_timestamp", ts)
+    frame["label"] = y
+    cats = {k: v for k, v in CATEGORIES.items() if k in FEATURES[target]}
+    return Frame(frame=frame, feature_columns=list(FEATURES[target]), categorical_columns=cats,
+                 feature_service=f"{target}_serving_tests", snapshot_hash=f"seed{seed}")
+
+
+def register(home: Path, target: str, seed: int = 0, trees: int = 40, depth: int = 4) -> str:
+    """Train and register one model through training's own code (``train_target``: booster with its
+    calibration folded in, ``carecast_model.json``, lineage tags), then move ``champion`` to it with
+    ``training.registry`` as the gate does."""
+    from carecast.settings import load_settings
+    from training import registry
+    from training.model import Shape
+    from training.train import train_target
+
+    settings = load_settings(environ={"CARECAST_HOME": str(home)})
+    shape = Shape(max_depth=depth, eta=0.2, num_boost_round=trees, early_stopping_rounds=trees, seed=seed)
+    version = str(train_target(settings, target, tf=training_frame(target, seed), shape=shape, plots_on=False)["version"])
+    registry.set_alias(settings, target, registry.CHAMPION, version)
     return version
 
 
@@ -200,45 +209,15 @@ def build_feature_store(home: Path, patients: int = 150):
 
 
 def register_on_store(settings, target: str, rounds: int = 30, seed: int = 0) -> str:
-    """Train a small booster on the store's training frame and log it the way ``training/train.py`` does:
-    native booster, ``extra_files/carecast_model.json`` (feature columns, categorical codes, classes),
-    registered under the target's name; ``champion`` moved to it."""
-    import json
-    import tempfile
+    """Train on the store's training frame with ``train_target`` (what ``carecast train`` runs) and move
+    ``champion`` to the version it registered, as the gate does."""
+    from training import registry
+    from training.model import Shape
+    from training.train import train_target
 
-    import mlflow
-    import mlflow.xgboost
-    import xgboost as xgb
-    from mlflow import MlflowClient
-
-    from carecast.targets import TARGETS
-    from features.store import reader
-
-    tf = reader.training_frame(settings, target)
-    X = tf.frame[tf.feature_columns].astype("float32")
-    y = tf.frame["label"].to_numpy()
-    multi = target == "channel"
-    params = {"objective": "multi:softprob", "num_class": 4} if multi else {"objective": "binary:logistic"}
-    booster = xgb.train({**params, "max_depth": 4, "eta": 0.2, "nthread": 2, "seed": seed},
-                        xgb.DMatrix(X, label=y), num_boost_round=rounds)
-    uri = settings.tracking_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)  # a training test in this process may have pointed it at another home
-    client = MlflowClient(uri, registry_uri=uri)
-    exp = client.get_experiment_by_name(f"serving-tests-{target}")
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        f"serving-tests-{target}", artifact_location=(settings.home / "mlartifacts").as_uri())
-    meta = {"target": target, "kind": "multiclass" if multi else "binary",
-            "classes": ["sms", "email", "phone", "portal"] if multi else ["negative", "positive"],
-            "feature_columns": tf.feature_columns, "categorical_columns": tf.categorical_columns,
-            "calibration": {"method": "none", "a": 1.0, "b": 0.0}}
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=exp_id):
-        path = Path(tmp) / "carecast_model.json"
-        path.write_text(json.dumps(meta))
-        info = mlflow.xgboost.log_model(booster, name="model", registered_model_name=TARGETS[target].registered_model,
-                                        extra_files=[str(path)], pip_requirements=["xgboost-cpu==3.2.0"])
-    version = str(info.registered_model_version)
-    client.set_registered_model_alias(TARGETS[target].registered_model, "champion", version)
+    shape = Shape(num_boost_round=rounds, early_stopping_rounds=rounds, seed=seed)
+    version = str(train_target(settings, target, shape=shape, plots_on=False)["version"])
+    registry.set_alias(settings, target, registry.CHAMPION, version)
     return version
 
 

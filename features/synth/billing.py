@@ -23,8 +23,14 @@ TYPE_AMOUNT = np.array([1.5, 1.0, 1.2, 3.0, 1.3])       # new_patient follow_up 
 
 @dataclass
 class Statements:
-    """Columnar statements; times are simulated days (inf = never)."""
+    """Columnar statements; times are simulated days (inf = never).
 
+    Only statements the records can show are kept (``since`` = the first recorded day): those of
+    appointments scheduled on or after it, and those sent to collections on or after it (the
+    collection call is recorded). The rest of the burn-in's statements only move balances (the pool).
+    """
+
+    since: float = -np.inf
     pat: list = field(default_factory=list)
     appt: list = field(default_factory=list)
     billed: list = field(default_factory=list)
@@ -38,8 +44,17 @@ class Statements:
     wo_t: list = field(default_factory=list)
     plan: list = field(default_factory=list)
 
+    COLUMNS = ("pat", "appt", "billed", "amount", "resp", "partial_t", "partial_frac", "pay_t", "disp_t", "coll_t",
+               "wo_t", "plan")
+
     def concat(self) -> dict[str, np.ndarray]:
-        return {k: (np.concatenate(v) if v else np.empty(0)) for k, v in self.__dict__.items()}
+        """One array per column; each column's parts are released as it is joined (peak memory)."""
+        out = {}
+        for k in self.COLUMNS:
+            parts = getattr(self, k)
+            out[k] = np.concatenate(parts) if parts else np.empty(0)
+            parts.clear()
+        return out
 
 
 class BalancePool:
@@ -121,10 +136,11 @@ def draw_statements(rng: np.random.Generator, *, pat, appt, visit_t, vtype, tele
     pay_t = np.where(np.isfinite(wo_t) & (pay_t > wo_t), INF, pay_t)
     resp = np.where(owes, resp, 0.0)
 
+    rec = (visit_t >= st.since) | (np.isfinite(coll_t) & (coll_t >= st.since))
     for name, val in (("pat", pat.astype(np.int32)), ("appt", appt.astype(np.int32)), ("billed", billed), ("amount", amount), ("resp", resp),
                       ("partial_t", partial_t), ("partial_frac", partial_frac), ("pay_t", pay_t),
                       ("disp_t", disp_t), ("coll_t", coll_t), ("wo_t", wo_t), ("plan", plan)):
-        getattr(st, name).append(val)
+        getattr(st, name).append(val[rec])
 
     rest = resp * (1 - partial_frac)
     z = np.zeros(n, np.int64)

@@ -27,8 +27,13 @@ RESPONSE_DELAY_H = 4.0           # mean hours to a response, same for every chan
 
 @dataclass
 class Events:
-    """Columnar engagement rows; ``appt`` is -1 when the event concerns no appointment."""
+    """Columnar engagement rows; ``appt`` is -1 when the event concerns no appointment.
 
+    Rows dated before ``since`` (the first recorded day: the burn-in) are never written, so they are
+    not kept: they would hold about a third of the events until the feed is written.
+    """
+
+    since: float = -np.inf
     pat: list = field(default_factory=list)
     t: list = field(default_factory=list)
     channel: list = field(default_factory=list)
@@ -38,17 +43,27 @@ class Events:
     appt: list = field(default_factory=list)
 
     def add(self, pat, t, channel, direction, kind, outcome, appt=None) -> None:
-        n = len(pat)
-        self.pat.append(np.asarray(pat, np.int32))
-        self.t.append(np.asarray(t, np.float64))
-        self.channel.append(np.broadcast_to(np.asarray(channel, np.int8), (n,)).copy())
+        t = np.asarray(t, np.float64)
+        keep = t >= self.since
+        n = int(keep.sum())
+        self.pat.append(np.asarray(pat, np.int32)[keep])
+        self.t.append(t[keep])
+        self.channel.append(np.broadcast_to(np.asarray(channel, np.int8), keep.shape)[keep])
         self.direction.append(np.full(n, direction, np.int8))
         self.kind.append(np.full(n, kind, np.int8))
-        self.outcome.append(np.broadcast_to(np.asarray(outcome, np.int8), (n,)).copy())
-        self.appt.append(np.full(n, -1, np.int32) if appt is None else np.asarray(appt, np.int32))
+        self.outcome.append(np.broadcast_to(np.asarray(outcome, np.int8), keep.shape)[keep])
+        self.appt.append(np.full(n, -1, np.int32) if appt is None else np.asarray(appt, np.int32)[keep])
+
+    COLUMNS = ("pat", "t", "channel", "direction", "kind", "outcome", "appt")
 
     def concat(self) -> dict[str, np.ndarray]:
-        return {k: np.concatenate(v) for k, v in self.__dict__.items()}
+        """One array per column; each column's parts are released as it is joined (peak memory)."""
+        out = {}
+        for k in self.COLUMNS:
+            parts = getattr(self, k)
+            out[k] = np.concatenate(parts)
+            parts.clear()
+        return out
 
 
 def contact(rng: np.random.Generator, P: Patients, ev: Events, *, pat, t, kind: str, rho, positive_outcome: str,

@@ -123,6 +123,28 @@ def _engagement_chunks(E: dict[str, np.ndarray], e_order: np.ndarray, pid_arrow:
     return engagement_chunk
 
 
+def _billing_chunks(S: dict[str, np.ndarray], B: dict[str, np.ndarray], b_order: np.ndarray, pid_arrow: pa.Array,
+                    rank: np.ndarray) -> Callable[[int, int], pa.Table]:
+    """Rows ``lo:hi`` of the billing feed; a factory, so ``generate`` can drop the arrays once written."""
+    def billing_chunk(lo: int, hi: int) -> pa.Table:
+        o = b_order[lo:hi]
+        return pa.table({
+            "statement_id": fmt_ids_arrow("S", np.arange(lo + 1, hi + 1), 9),
+            "patient_id": pid_arrow.take(S["pat"][o]),
+            "appointment_id": fmt_ids_arrow("A", rank[S["appt"][o].astype(np.int64)] + 1, 8),
+            "billed_at": ts_arrow(S["billed"][o]),
+            "due_at": ts_arrow(S["billed"][o] + 30.0),
+            "amount": pa.array(S["amount"][o].astype(np.float64)),
+            "patient_responsibility": pa.array(S["resp"][o].astype(np.float64)),
+            "paid_amount": pa.array(B["paid"][o].astype(np.float64)),
+            "paid_at": ts_arrow(B["paid_at"][o]),
+            "status": pa.array(B["status"][o], type=pa.string()),
+            "status_at": ts_arrow(B["status_at"][o]),
+            "payment_plan": pa.array(S["plan"][o].astype(bool)),
+        })
+    return billing_chunk
+
+
 def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
     """Simulate and write the four feeds plus ``truth/``; deterministic for a given config."""
     cfg.check()
@@ -145,13 +167,14 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
     timed("patients", t)
 
     t = time.perf_counter()
-    ev = Events()
+    ev = Events(since=start)     # the burn-in is simulated but never written: not kept
     with logs.stage(log, "appointments") as info:
         def step(k: int, m: int) -> None:
             if k % 10 == 0:
                 log.debug("appointments: step %d, %d patients booking", k, m)
-        H = simulate(rng, P, ev, start=sim_begin, end=end, today=today, shift=cfg.shift, shift_day=shift_day, log_step=step)
-        info["appointments"] = len(H.visits["appt"])
+        H = simulate(rng, P, ev, start=sim_begin, end=end, today=today, shift=cfg.shift, shift_day=shift_day, log_step=step,
+                     record_from=start)
+        info["appointments"] = H.appointments
         info["statements"] = len(H.statements["pat"])
         info["steps"] = H.steps
     timed("appointments", t)
@@ -196,9 +219,10 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
     t = time.perf_counter()
     V = H.visits
     with logs.stage(log, "write visits") as info:
-        # The records begin at ``start``: appointments scheduled before it (the burn-in) are not written.
-        n_all = len(V["appt"])
-        V = {k: v[V["sched"] >= start] for k, v in V.items()}
+        # The records begin at ``start``: appointments scheduled before it (the burn-in) are not written
+        # (``simulate`` kept none of them).
+        H.visits = {}
+        n_all = H.appointments
         order = np.lexsort((V["pat"], V["booked"]))
         rank = np.full(n_all, -1, np.int64)        # written position of each simulated appointment
         rank[V["appt"][order].astype(np.int64)] = np.arange(len(order))
@@ -234,24 +258,11 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
         B = billing_state(S, today)
         b_order = np.argsort(S["billed"], kind="stable")
 
-        def billing_chunk(lo: int, hi: int) -> pa.Table:
-            o = b_order[lo:hi]
-            return pa.table({
-                "statement_id": fmt_ids_arrow("S", np.arange(lo + 1, hi + 1), 9),
-                "patient_id": pid_arrow.take(S["pat"][o]),
-                "appointment_id": fmt_ids_arrow("A", rank[S["appt"][o].astype(np.int64)] + 1, 8),
-                "billed_at": ts_arrow(S["billed"][o]),
-                "due_at": ts_arrow(S["billed"][o] + 30.0),
-                "amount": pa.array(S["amount"][o].astype(np.float64)),
-                "patient_responsibility": pa.array(S["resp"][o].astype(np.float64)),
-                "paid_amount": pa.array(B["paid"][o].astype(np.float64)),
-                "paid_at": ts_arrow(B["paid_at"][o]),
-                "status": pa.array(B["status"][o], type=pa.string()),
-                "status_at": ts_arrow(B["status_at"][o]),
-                "payment_plan": pa.array(S["plan"][o].astype(bool)),
-            })
-        write_chunked(out, "billing", len(b_order), billing_chunk)
-        info["rows"] = len(b_order)
+        n_billing = len(b_order)
+        write_chunked(out, "billing", n_billing, _billing_chunks(S, B, b_order, pid_arrow, rank))
+        info["rows"] = n_billing
+        H.statements = {}           # written: release them before the engagement feed (peak memory)
+        del s, S, B, b_order, keep
     timed("write billing", t)
 
     t = time.perf_counter()
@@ -311,7 +322,7 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
 
     drawn = (V["status"] != 3) & ~future
     noshow_rate = float((V["status"][drawn] == 2).mean()) if drawn.any() else 0.0
-    counts = {"patients": P.n, "visits": len(order), "billing": len(b_order), "engagement": n_events}
+    counts = {"patients": P.n, "visits": len(order), "billing": n_billing, "engagement": n_events}
     truth_counts = {"noshow": len(order), "churn": n_snap, "channel": n_snap}
     summary = SynthSummary(out=out, counts=counts, truth_counts=truth_counts, noshow_rate=noshow_rate,
                            future_appointments=int(future.sum()), seconds=time.perf_counter() - t0, stages=stages)
@@ -334,5 +345,5 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
     }
     (out / "truth" / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     log.info("synth: %s patients, %s appointments, %s statements, %s events in %.1fs",
-             f"{P.n:,}", f"{len(order):,}", f"{len(b_order):,}", f"{n_events:,}", summary.seconds)
+             f"{P.n:,}", f"{len(order):,}", f"{n_billing:,}", f"{n_events:,}", summary.seconds)
     return summary

@@ -42,32 +42,47 @@ PROVIDERS_PER_DEPT = np.array([6, 2, 2, 3, 2, 3, 2, 2])
 MAX_STEPS = 400
 
 
+def _concat(cols: dict[str, list]) -> dict[str, np.ndarray]:
+    """One array per column; each column's parts are released as it is joined (peak memory)."""
+    return {k: np.concatenate(cols.pop(k)) for k in list(cols)}
+
+
 @dataclass
 class Visits:
+    """Appointments scheduled on or after ``since`` (the first recorded day); the burn-in's are not kept."""
+
+    since: float = -np.inf
     cols: dict[str, list] = field(default_factory=dict)
 
     def add(self, **kw: np.ndarray) -> None:
+        keep = kw["sched"] >= self.since
         for k, v in kw.items():
-            self.cols.setdefault(k, []).append(v)
+            self.cols.setdefault(k, []).append(v[keep])
 
     def concat(self) -> dict[str, np.ndarray]:
-        return {k: np.concatenate(v) for k, v in self.cols.items()}
+        return _concat(self.cols)
 
 
 @dataclass
 class Segments:
-    """Spans of each patient's life with what the churn truth needs about them."""
+    """Spans of each patient's life with what the churn truth needs about them.
 
+    Only spans still open after ``since`` (the first recorded day) are kept: the truth is read at
+    snapshots on or after it, so a span that ended before can never cover one.
+    """
+
+    since: float = -np.inf
     cols: dict[str, list] = field(default_factory=dict)
 
     SMALL = {"pat": np.int32, "kind": np.int8, "eta": np.float32, "nu": np.float32, "p": np.float32, "pc": np.float32}
 
     def add(self, **kw: np.ndarray) -> None:
+        keep = np.asarray(kw["b"]) > self.since
         for k, v in kw.items():
-            self.cols.setdefault(k, []).append(np.asarray(v, dtype=self.SMALL.get(k, np.float64)))
+            self.cols.setdefault(k, []).append(np.asarray(v, dtype=self.SMALL.get(k, np.float64))[keep])
 
     def concat(self) -> dict[str, np.ndarray]:
-        return {k: np.concatenate(v) for k, v in self.cols.items()}
+        return _concat(self.cols)
 
 
 @dataclass
@@ -77,6 +92,7 @@ class History:
     segments: dict[str, np.ndarray]
     depart: np.ndarray          # departure time per patient (inf = never)
     steps: int
+    appointments: int           # simulated (ids 0..appointments-1), including the burn-in's not kept
 
 
 def providers_per_dept(n_patients: int) -> np.ndarray:
@@ -86,7 +102,8 @@ def providers_per_dept(n_patients: int) -> np.ndarray:
 
 
 def simulate(rng: np.random.Generator, P: Patients, ev: Events, *, start: float, end: float, today: float,
-             shift: str | None, shift_day: float, log_step=None) -> History:
+             shift: str | None, shift_day: float, log_step=None, record_from: float = -np.inf) -> History:
+    """Simulate from ``start``; keep only the rows the records from ``record_from`` on can show."""
     n = P.n
     ppd = providers_per_dept(n)
     prov_off = np.concatenate([[0], np.cumsum(ppd)[:-1]])
@@ -111,7 +128,7 @@ def simulate(rng: np.random.Generator, P: Patients, ev: Events, *, start: float,
     age0 = P.age_at(np.full(n, start))
     eta = churn_hazard(streak=streak, n_ns=n_ns, n_coll=pool.n_coll, balance=pool.balance, n_disp=pool.n_disp,
                        e=e, ignored=ignored, age=age0, n_done=n_done, loyalty=P.loyalty, ins=P.ins)
-    vis, st, seg = Visits(), Statements(), Segments()
+    vis, st, seg = Visits(since=record_from), Statements(since=record_from), Segments(since=record_from)
     appt_counter = 0
     steps = 0
     while active.any() and steps < MAX_STEPS:
@@ -261,5 +278,6 @@ def simulate(rng: np.random.Generator, P: Patients, ev: Events, *, start: float,
                               n_done=n_done[i], loyalty=P.loyalty[i], ins=P.ins[i])
         if log_step is not None:
             log_step(steps, m)
-    return History(visits=vis.concat(), statements=st.concat(), segments=seg.concat(), depart=depart, steps=steps)
+    return History(visits=vis.concat(), statements=st.concat(), segments=seg.concat(), depart=depart, steps=steps,
+                   appointments=appt_counter)
 

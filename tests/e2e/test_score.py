@@ -21,22 +21,28 @@ AS_OF = "2026-06-01"
 
 
 @pytest.mark.slow
-def test_score_synthetic_world_end_to_end(home: Path, carecast_ok) -> None:
+def test_score_synthetic_world_end_to_end(home: Path, carecast_ok, monkeypatch: pytest.MonkeyPatch) -> None:
     ok = carecast_ok
+    # On 400 patients the churn and channel models' ECE on the gate's window is about 0.05-0.06: above the
+    # default bound of 0.03 (test_training_e2e requires that refusal). This practice accepts 0.08, and every other
+    # check passes by a clear margin, so with that setting the gate must promote all three.
+    monkeypatch.setenv("CARECAST_GATE__MAX_ECE", "0.08")
     ok("data", "synth", "--patients", "400", "--seed", "7")
     ok("data", "validate", str(home / "feeds"), "--allow-quarantine")
     ok("features", "build")
     ok("features", "apply")
     ok("features", "materialize")
     s = load_settings()
+    assert s.gate.max_ece == 0.08
     from training.train import train_target
 
     for t in TARGETS:   # a small shape keeps the test quick; the CLI path is tested in test_training_e2e
         train_target(s, t, shape=Shape(num_boost_round=40, early_stopping_rounds=10), plots_on=False)
-    ok("promote", "--target", "all")
-    for t in TARGETS:   # the gate may refuse a model of this tiny world: scoring needs a champion anyway
-        if registry.version_by_alias(s, t, registry.CHAMPION) is None:
-            registry.set_alias(s, t, registry.CHAMPION, "1")
+    decided = ok("promote", "--target", "all")
+    for t in TARGETS:
+        assert f"{t}: challenger v1 vs champion none" in decided and "FAIL" not in decided, decided
+        champion = registry.version_by_alias(s, t, registry.CHAMPION)
+        assert champion is not None and str(champion.version) == "1", decided
 
     out = ok("score", "--as-of", AS_OF, "--days", "14", "--calls", "5")
     assert "scored" in out and "written to" in out
@@ -118,7 +124,8 @@ def test_score_synthetic_world_end_to_end(home: Path, carecast_ok) -> None:
     html = c.get("/appointments?size=200").text
     assert appts.appointment_id.iloc[0] in html and f"carecast-no-show v{manifest['models']['no_show']['version']}" in html
 
-    # a target the gate refused: its list is empty and says why; the others are still written
+    # a target without a champion (its alias removed, as after a rollback to none): its list is empty and says
+    # why; the others are still written
     registry.delete_alias(s, "churn", registry.CHAMPION)
     out = ok("score", "--as-of", AS_OF, "--days", "14", "--calls", "5")
     assert "no churn list: no champion" in out

@@ -119,7 +119,10 @@ def test_events_after_the_prediction_point_never_reach_the_row(tmp_path: Path) -
     asof = reader.historical(s, "no_show", entity, engine="asof").set_index("appointment_id")
     assert leaks(asof.loc["P_AFTER_scored"], asof.loc["P_BEFORE_scored"]) == []
     # the request-time features come from the request, identically for both twins
-    assert after["lead_time_days"] == pytest.approx(35 + 10 / 24 + 3) or after["lead_time_days"] > 30
+    # booked 2025-05-01 00:00, scheduled T + 72 h = 2025-06-10 10:00: 40 days and 10 hours
+    lead = (T + 72 * H - pd.Timestamp("2025-05-01", tz="UTC")) / pd.Timedelta(days=1)
+    assert lead == pytest.approx(40 + 10 / 24)
+    assert after["lead_time_days"] == pytest.approx(lead, abs=1e-6) and before["lead_time_days"] == pytest.approx(lead, abs=1e-6)
     assert after["weekday"] == (T + 72 * H).weekday() and after["hour"] == 10
 
 

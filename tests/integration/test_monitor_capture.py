@@ -104,7 +104,8 @@ def test_failures_are_counted_never_raised(tmp_path: Path) -> None:
     assert small.stats()["dropped"] == 2 and small.flush() == 2
 
 
-def test_background_thread_writes_and_record_is_cheap(home: Path) -> None:
+def test_background_thread_writes_every_record(home: Path) -> None:
+    """What record() costs per call is a benchmark figure (benchmarks/), not asserted here."""
     s = load_settings()
     store = capture.PredictionCapture(capture.db_path(s), capture.Pseudonymiser(capture.load_key(s)),
                                       capture.CaptureSettings(flush_seconds=0.05))
@@ -113,11 +114,8 @@ def test_background_thread_writes_and_record_is_cheap(home: Path) -> None:
     preds = _preds(1, rng)
     model = _model()
     n = 2000
-    t = time.perf_counter()
     for i in range(n):
         store.record("no_show", model, [f"P{i}"], X, preds, [True], [f"A{i}"])
-    per_call = (time.perf_counter() - t) / n
-    assert per_call < 1e-3, f"record() took {per_call * 1e6:.0f} us per call"
     deadline = time.time() + 20
     while store.stats()["written"] < n and time.time() < deadline:
         time.sleep(0.05)

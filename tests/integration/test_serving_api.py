@@ -80,13 +80,16 @@ def test_no_show_route_explains_each_appointment(client):
 
 
 def test_no_show_probability_matches_the_registered_model(client, registry):
-    """The served probability is the champion's own predict_proba on the same features."""
-    import mlflow.xgboost
+    """The served probability is the champion's own prediction (training's booster, calibration folded in)
+    on the same features."""
     import numpy as np
 
+    from carecast.settings import load_settings
     from serving.feature_source import request_features
+    from training import registry as training_registry
+    from training.model import predict
 
-    model = mlflow.xgboost.load_model("models:/carecast-no-show/1")
+    model = training_registry.load(load_settings(environ={"CARECAST_HOME": str(registry)}), "no_show", version="1")
     feats = sup.in_memory_features()
     import datetime as dt
 
@@ -95,7 +98,7 @@ def test_no_show_probability_matches_the_registered_model(client, registry):
     X, _ = feats.fetch("no_show", ["P0003"], [req], sup.FEATURES["no_show"])
     import pandas as pd
 
-    expected = model.predict_proba(pd.DataFrame(X, columns=sup.FEATURES["no_show"]))[0, 1]
+    expected = predict(model.booster, pd.DataFrame(X, columns=sup.FEATURES["no_show"]))[0]
     got = client.post("/v1/no-show", json={"appointments": [a]}, headers=AUTH).json()["predictions"][0]
     assert abs(got["probability"] - expected) < 1e-5
     assert int(request_features(req)["lead_time_days"]) == 44  # 2026-05-17 14:00 -> 2026-07-01 09:30
