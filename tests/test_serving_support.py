@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
+from features.synth.codes import DEPARTMENTS, VISIT_TYPES
 
 FEATURES = {
     "no_show": ["no_shows_365", "visits_365", "lead_time_days", "weekday", "hour", "department_code", "visit_type_code",

@@ -30,6 +30,7 @@ class Frame:
     categorical_columns: dict[str, list[str]] = field(default_factory=dict)
     feature_service: str = "manual"
     snapshot_hash: str = "none"
+    vocabulary: dict = field(default_factory=dict)
 
 
 def load_frame(settings: Settings, target: TargetSpec):

@@ -39,7 +39,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from carecast import logs
+from carecast.settings import VocabularySettings
 from features.feeds import files as feeds_io
+from features.feeds import vocabulary as vocab_rule
 from features.feeds.contracts import CONTRACTS, FEEDS, Column, Contract
 
 log = logs.get("validate")
@@ -94,6 +96,8 @@ class ValidationReport:
     feeds: dict[str, FeedReport]
     out: Path
     quarantine_dir: Path
+    #: the site's vocabulary learned (or pinned) from the loaded rows, written to ``out/vocabulary.json``
+    vocabulary: vocab_rule.Vocabulary | None = None
 
     @property
     def quarantined(self) -> int:
@@ -110,6 +114,10 @@ class ValidationReport:
             for reason, n in sorted(f.reasons.items(), key=lambda kv: -kv[1])[:top]:
                 lines.append(f"      {n:>9,}  {reason}")
         lines.append(f"  total quarantined: {self.quarantined:,}")
+        if self.vocabulary is not None:
+            lines.append("  vocabulary: " + "; ".join(
+                f"{c} {len(v)} codes ({self.vocabulary.sources.get(c, 'learned')})"
+                for c, v in self.vocabulary.codes.items()))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -322,6 +330,17 @@ def _final_dtypes(typed: pd.DataFrame, bad: np.ndarray, contract: Contract) -> p
     return df
 
 
+def _learn_vocabulary(counts: dict[str, dict[str, int]], declared: dict[str, tuple[str, ...]],
+                      settings: VocabularySettings | None) -> vocab_rule.Vocabulary:
+    """The vocabulary rule (``features.feeds.vocabulary.resolve``) with the ``vocabulary`` settings, logged as counts."""
+    settings = settings or VocabularySettings()
+    vocab = vocab_rule.resolve(counts, declared, settings.pinned(), settings.min_count, settings.max_codes)
+    for col, codes in vocab.codes.items():
+        folded = sum(n for v, n in counts.get(col, {}).items() if v not in codes)
+        log.info("vocabulary %s: %d codes (%s), %d rows read as other", col, len(codes), vocab.sources[col], folded)
+    return vocab
+
+
 def _replace(folder: Path, feed: str, df: pd.DataFrame) -> None:
     target = folder / f"{feed}.parquet"
     if target.is_dir():
@@ -331,13 +350,26 @@ def _replace(folder: Path, feed: str, df: pd.DataFrame) -> None:
     feeds_io.write_feed(df, folder, feed)
 
 
-def validate_feeds(src: Path, out: Path, quarantine: Path) -> ValidationReport:
-    """Validate all four feeds in ``src``; write good rows to ``out`` and bad rows to ``quarantine``."""
+def _value_counts(loaded: pd.DataFrame, contract: Contract) -> dict[str, dict[str, int]]:
+    """Rows per value of the feed's vocabulary columns (the loaded rows: what features will be built from)."""
+    return {c.name: {str(k): int(n) for k, n in loaded[c.name].value_counts(dropna=True).items()}
+            for c in contract.columns if c.vocabulary}
+
+
+def validate_feeds(src: Path, out: Path, quarantine: Path, vocabulary: VocabularySettings | None = None) -> ValidationReport:
+    """Validate all four feeds in ``src``; write good rows to ``out`` and bad rows to ``quarantine``, and the site's
+    vocabulary (``features.feeds.vocabulary``: learned from the loaded rows, or pinned by ``vocabulary``, the
+    settings' ``vocabulary`` section; None: the defaults) to ``out/vocabulary.json``."""
     src, out, quarantine = Path(src), Path(out), Path(quarantine)
     if out.resolve() == src.resolve() or quarantine.resolve() in (src.resolve(), out.resolve()):
         raise FeedError(f"{out}: the output, quarantine and source folders must all differ")
     sources = {feed: _locate(src, CONTRACTS[feed]) for feed in FEEDS}  # structure first: fail before writing
     needed = {n for c in CONTRACTS.values() for r in c.rules for n in r.needs}
+    try:
+        declared = vocab_rule.read_declared(src)
+    except vocab_rule.VocabularyError as exc:
+        raise FeedError(str(exc)) from None
+    seen: dict[str, dict[str, int]] = {}
     loaded_frames: dict[str, pd.DataFrame] = {}
     reports: dict[str, FeedReport] = {}
     for feed in FEEDS:
@@ -350,6 +382,7 @@ def validate_feeds(src: Path, out: Path, quarantine: Path) -> ValidationReport:
             quarantined["reason"] = text
             if len(raw) != len(loaded) + len(quarantined):
                 raise RuntimeError(f"{feed}: rows read != loaded + quarantined")
+            seen.update(_value_counts(loaded, contract))
             _replace(out, feed, loaded)
             _replace(quarantine, feed, quarantined)
             info.update(read=len(raw), loaded=len(loaded), quarantined=len(quarantined), rules_broken=len(counts))
@@ -357,6 +390,8 @@ def validate_feeds(src: Path, out: Path, quarantine: Path) -> ValidationReport:
         if feed in needed:
             loaded_frames[feed] = loaded
         del raw, typed, quarantined
-    report = ValidationReport(reports, out, quarantine)
+    vocab = _learn_vocabulary(seen, declared, vocabulary)
+    vocab_rule.write(vocab, out, resolved=True)
+    report = ValidationReport(reports, out, quarantine, vocab)
     (quarantine / "summary.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return report

@@ -22,7 +22,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,19 +37,20 @@ from features.catalog import (
     AGE_BANDS,
     APPOINTMENT_FEATURES,
     APPOINTMENT_REQUEST_FIELDS,
-    CATEGORIES,
+    CATEGORY_SOURCES,
     DEFAULTS_FILE,
     GROUP_COLUMNS,
-    PATIENT_FEATURES,
     PROFILE_FILE,
     categorical_columns,
+    categories,
     feature_columns,
+    patient_features,
 )
-from features.feeds.contracts import INSURANCE, LANGUAGES, SEXES
+from features.feeds.vocabulary import Vocabulary
 from features.request import appointment_features, recency_features, to_epoch
 from features.store import feast_internals
 from features.store.online_plan import FeatureMismatch, OnlinePlan
-from features.store.repo import feature_service, get_store, require_build
+from features.store.repo import feature_service, get_store, require_build, vocabulary
 
 log = logs.get("features.store.reader")
 
@@ -99,7 +100,7 @@ class _Columns:
     def of(cls, names: Sequence[str]) -> _Columns:
         names = tuple(names)
         return cls(names, np.flatnonzero([n not in APPOINTMENT_FEATURES for n in names]),
-                   [j for j, n in enumerate(names) if n in CATEGORIES])
+                   [j for j, n in enumerate(names) if n in CATEGORY_SOURCES])
 
 
 def _finish(X: np.ndarray, known: np.ndarray, cols: _Columns, defaults: Mapping[str, float]) -> np.ndarray:
@@ -142,9 +143,11 @@ class TrainingFrame:
     categorical_columns: dict[str, list[str]]
     feature_service: str
     snapshot_hash: str
+    #: the site's vocabulary of the build (``Vocabulary.to_dict``): recorded with every model trained on the frame
+    vocabulary: dict[str, Any] = field(default_factory=dict)
 
 
-def _add_groups(df: pd.DataFrame) -> pd.DataFrame:
+def _add_groups(df: pd.DataFrame, vocab: Vocabulary) -> pd.DataFrame:
     age = df["age_years"]
     band = pd.Series("unknown", index=df.index, dtype=object)
     for lo, hi, name in AGE_BANDS:
@@ -155,9 +158,9 @@ def _add_groups(df: pd.DataFrame) -> pd.DataFrame:
         codes = df[col].fillna(-1).astype(int)
         return codes.map(lambda i: cats[i] if 0 <= i < len(cats) else "unknown")
 
-    df["group_sex"] = decode("sex_code", SEXES)
-    df["group_insurance"] = decode("insurance_code", INSURANCE)
-    df["group_language"] = decode("language_code", LANGUAGES)
+    df["group_sex"] = decode("sex_code", vocab.of("sex"))
+    df["group_insurance"] = decode("insurance_code", vocab.of("insurance_type"))
+    df["group_language"] = decode("language_code", vocab.of("preferred_language"))
     return df
 
 
@@ -263,7 +266,7 @@ def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odf
         # fast on Python ints, slow on numpy scalars); timestamps as arrays
         req = {c: df[c].tolist() if c in ("department", "visit_type", "telehealth") else df[c].to_numpy()
                for c in APPOINTMENT_REQUEST_FIELDS}
-        for k, v in appointment_features(req).items():
+        for k, v in appointment_features(req, categories(vocabulary(settings))).items():
             df[k] = np.asarray(v)
     return df
 
@@ -287,21 +290,23 @@ def training_frame(settings: Settings, target: Target, engine: str = "auto") -> 
         info["rows"] = len(entity)
         info["join"] = join_engine(settings, len(entity), engine)
         df = historical(settings, target, entity, engine=info["join"])
-        fcols = feature_columns(target)
-        for c in CATEGORIES:
+        vocab = vocabulary(settings)
+        fcols = feature_columns(target, vocab)
+        for c in CATEGORY_SOURCES:
             if c in df:
                 df[c] = df[c].fillna(-1).astype("int64")
-        df = _add_groups(df)
+        df = _add_groups(df, vocab)
         ids = ["appointment_id", "patient_id"] if target == "no_show" else ["patient_id"]
         df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
         df = df.sort_values(["event_timestamp", *ids], kind="stable").reset_index(drop=True)
         df = df[[*ids, "event_timestamp", "label", *fcols, *GROUP_COLUMNS]]
         for c in fcols:
-            if c not in CATEGORIES:
+            if c not in CATEGORY_SOURCES:
                 df[c] = df[c].astype("float64")
         info["features"] = len(fcols)
-    return TrainingFrame(frame=df, feature_columns=fcols, categorical_columns=categorical_columns(target),
-                         feature_service=service_name, snapshot_hash=str(manifest["snapshot_hash"]))
+    return TrainingFrame(frame=df, feature_columns=fcols, categorical_columns=categorical_columns(target, vocab),
+                         feature_service=service_name, snapshot_hash=str(manifest["snapshot_hash"]),
+                         vocabulary=vocab.to_dict())
 
 
 # --------------------------------------------------------------------------- as of one time: batch scoring
@@ -340,7 +345,8 @@ def snapshots_as_of(settings: Settings, as_of: dt.datetime) -> pd.DataFrame:
 def unknown_patients(settings: Settings, patient_ids: pd.Index) -> pd.DataFrame:
     """Patient-feature rows for patients with no snapshot: the population defaults, indexed by ``patient_ids``."""
     defaults = population_defaults(settings)
-    return pd.DataFrame({c: defaults.get(c, np.nan) for c in PATIENT_FEATURES}, index=patient_ids)
+    return pd.DataFrame({c: defaults.get(c, np.nan) for c in patient_features(vocabulary(settings))},
+                        index=patient_ids)
 
 
 # --------------------------------------------------------------------------- online: serving
@@ -369,7 +375,7 @@ def online_features(settings: Settings, target: Target, patient_ids: list[str],
         row["patient_id"] = pid
     store = get_store(settings)
     resp = store.get_online_features(features=feature_service(settings, target), entity_rows=rows).to_dict()
-    fcols = feature_columns(target)
+    fcols = feature_columns(target, vocabulary(settings))
     n = len(patient_ids)
     known = np.array([any(resp[k][i] is not None for k in KNOWN_BY) for i in range(n)], dtype=bool)
     nan = float("nan")
@@ -453,7 +459,7 @@ class OnlineReader:
         name, names = key
         target = as_target(name)
         now = time.monotonic()
-        available = feature_columns(target)
+        available = feature_columns(target, vocabulary(self.settings))
         missing = [n for n in names if n not in available]
         if missing:
             raise FeatureMismatch(f"{target}: feature store lacks {', '.join(missing[:5])}")

@@ -239,10 +239,10 @@ def test_negative_amounts_are_quarantined_with_the_bound(tmp_path: Path) -> None
 
 def test_orphans_cascade_from_quarantined_patients(tmp_path: Path) -> None:
     frames = world()
-    frames["patients"].loc[0, "sex"] = "Q"                       # p1 quarantined
+    frames["patients"].loc[0, "sex"] = None                      # p1 quarantined
     frames["engagement"].loc[2, "patient_id"] = "nobody"          # e3 orphan
     report = run(tmp_path, frames)
-    assert quarantined(tmp_path, "patients")["reason"].tolist() == ["sex: not an allowed value"]
+    assert quarantined(tmp_path, "patients")["reason"].tolist() == ["sex: must not be empty"]
     qv = quarantined(tmp_path, "visits")
     assert sorted(qv["appointment_id"]) == ["a1", "a4"]           # p1's visits
     assert set(qv["reason"]) == {"patient_id must exist in patients"}

@@ -25,15 +25,18 @@ from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float32, Float64, Int64, String
 
 from features.catalog import (
-    ACTIVITY_FEATURES,
     ACTIVITY_FILE,
     ACTIVITY_TIMESTAMPS,
     APPOINTMENT_FEATURES,
     INT_COLUMNS,
+    MANIFEST_FILE,
     PROFILE_FEATURES,
     PROFILE_FILE,
     RECENCY_FEATURES,
+    activity_features,
+    categories,
 )
+from features.feeds import vocabulary as vocab_rule
 
 PATIENT = Entity(name="patient", join_keys=["patient_id"], value_type=ValueType.STRING,
                  description="A patient of the practice (pseudonymous id from the feeds).")
@@ -57,9 +60,15 @@ def _dtype(col: str) -> Any:
     return Int64 if col in INT_COLUMNS else Float64
 
 
-def objects(feature_dir: Path | str) -> dict[str, Any]:
+def objects(feature_dir: Path | str, vocab: vocab_rule.Vocabulary | None = None) -> dict[str, Any]:
     """Every Feast object of the repo by the module-level name it takes in the rendered repo, with file sources under
-    ``feature_dir``."""
+    ``feature_dir``. The views follow the site's vocabulary (``vocab``, default: the one the build in ``feature_dir``
+    recorded): its department shares, and the codes the appointment view gives departments and visit types."""
+    vocab = vocab if vocab is not None else vocab_rule.of_manifest(Path(feature_dir) / MANIFEST_FILE)
+    activity_cols = activity_features(vocab)
+    # the codes travel inside the on-demand view (Feast stores its function with what it closes over), so a
+    # served request is coded as the training rows of this build were
+    request_codes = {k: v for k, v in categories(vocab).items() if k in ("department_code", "visit_type_code")}
     profile_src = FileSource(name="patient_profile_source", path=str(Path(feature_dir) / PROFILE_FILE),
                              timestamp_field="event_timestamp", created_timestamp_column="created")
     activity_src = FileSource(name="patient_activity_source", path=str(Path(feature_dir) / ACTIVITY_FILE),
@@ -67,11 +76,11 @@ def objects(feature_dir: Path | str) -> dict[str, Any]:
     profile = FeatureView(
         name="patient_profile", entities=[PATIENT], ttl=NO_TTL, source=profile_src, online=True,
         schema=[Field(name=c, dtype=_dtype(c)) for c in PROFILE_FEATURES],
-        description="Static patient attributes, integer-coded (see features.request.CATEGORIES).")
+        description="Static patient attributes, integer-coded (the build's vocabulary: features.catalog.categories).")
     activity = FeatureView(
         name="patient_activity", entities=[PATIENT], ttl=NO_TTL, source=activity_src, online=True,
         # counts, rates and amounts as float32, what the models read anyway (XGBoost's DMatrix); times as float64
-        schema=[*[Field(name=c, dtype=Float32) for c in ACTIVITY_FEATURES],
+        schema=[*[Field(name=c, dtype=Float32) for c in activity_cols],
                 *[Field(name=c, dtype=Float64) for c in ACTIVITY_TIMESTAMPS]],
         description="Visit, billing and engagement aggregates as of each snapshot (features/build/run.py).")
 
@@ -91,10 +100,10 @@ def objects(feature_dir: Path | str) -> dict[str, Any]:
         description="Lead time, weekday, hour (UTC), department, visit type and telehealth of the appointment.")
     def appointment_request(inputs: dict[str, Any]) -> dict[str, Any]:
         from features.request import appointment_features
-        return appointment_features(inputs)
+        return appointment_features(inputs, request_codes)
 
     patient_cols = [c for c in PROFILE_FEATURES if c != "birth_year"]
-    base = [profile[patient_cols], activity[ACTIVITY_FEATURES], patient_recency]
+    base = [profile[patient_cols], activity[activity_cols], patient_recency]
     services = [
         FeatureService(name="carecast_no_show", features=[*base, appointment_request],
                        description="No-show per appointment: patient history + the appointment request."),
