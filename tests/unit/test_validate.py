@@ -398,3 +398,28 @@ def test_csv_line_with_extra_fields_is_not_silently_truncated(tmp_path: Path) ->
         fh.write("e9,p1,2024-01-01T00:00:00Z,sms,outbound,reminder,delivered,a1,surplus\n")
     with pytest.raises(FeedError, match=r"engagement\.csv: not a readable CSV file .*Expected 8 fields"):
         validate_feeds(src, tmp_path / "out", tmp_path / "q")
+
+
+# ---------------------------------------------------------------- the site's vocabulary
+
+
+def test_departments_are_the_sites_own_learned_or_pinned(tmp_path: Path) -> None:
+    """No department is 'not an allowed value': codes are learned from the loaded rows (or pinned) and written to
+    the validated folder; a pin names the codes and their order, every other value is other."""
+    from carecast.settings import VocabularySettings
+
+    frames = world()
+    frames["visits"]["department"] = ["neurology", "neurology", "Sleep Medicine", "neurology"]
+    src = write(frames, tmp_path / "src")
+    report = validate_feeds(src, tmp_path / "out", tmp_path / "q", VocabularySettings(min_count=2))
+    assert report.quarantined == 0 and report.vocabulary is not None
+    written = json.loads((tmp_path / "out" / "vocabulary.json").read_text())
+    assert written["columns"]["department"] == ["neurology", "other"]   # Sleep Medicine seen once: other
+    assert written["sources"]["department"] == "learned" and written["resolved"] is True
+    assert pd.read_parquet(tmp_path / "out" / "visits.parquet")["department"].tolist() == \
+        frames["visits"]["department"].tolist()                         # the feed keeps the site's values
+    pinned = VocabularySettings(department=["Sleep Medicine", "cardiology"])
+    report = validate_feeds(src, tmp_path / "out2", tmp_path / "q2", pinned)
+    assert report.vocabulary is not None
+    assert report.vocabulary.of("department") == ("Sleep Medicine", "cardiology", "other")
+    assert "department 3 codes (pinned)" in report.describe()

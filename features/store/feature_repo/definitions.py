@@ -21,7 +21,7 @@ from feast import (
     RequestSource,
     ValueType,
 )
-from feast.on_demand_feature_view import on_demand_feature_view
+from feast.on_demand_feature_view import OnDemandFeatureView, on_demand_feature_view
 from feast.types import Float32, Float64, Int64, String
 
 from features.catalog import (
@@ -60,14 +60,24 @@ def _dtype(col: str) -> Any:
     return Int64 if col in INT_COLUMNS else Float64
 
 
+def _appointment_udf(codes: dict[str, list[str]]) -> tuple[Any, str]:
+    """The appointment view's function and its source, with the vocabulary's codes written into the source: Feast
+    rebuilds an on-demand view's function from its source text alone (``feast.transformation.udf_rehydrate``), so
+    codes held in a closure would not survive the registry. The codes are ``repr``'d strings: data, never code."""
+    source = ("def appointment_request(inputs):\n"
+              "    from features.request import appointment_features\n"
+              f"    return appointment_features(inputs, {codes!r})\n")
+    namespace: dict[str, Any] = {"__name__": "__main__"}   # as Feast's decorator leaves its functions, for dill
+    exec(compile(source, "<appointment_request>", "exec"), namespace)
+    return namespace["appointment_request"], source
+
+
 def objects(feature_dir: Path | str, vocab: vocab_rule.Vocabulary | None = None) -> dict[str, Any]:
     """Every Feast object of the repo by the module-level name it takes in the rendered repo, with file sources under
     ``feature_dir``. The views follow the site's vocabulary (``vocab``, default: the one the build in ``feature_dir``
     recorded): its department shares, and the codes the appointment view gives departments and visit types."""
     vocab = vocab if vocab is not None else vocab_rule.of_manifest(Path(feature_dir) / MANIFEST_FILE)
     activity_cols = activity_features(vocab)
-    # the codes travel inside the on-demand view (Feast stores its function with what it closes over), so a
-    # served request is coded as the training rows of this build were
     request_codes = {k: v for k, v in categories(vocab).items() if k in ("department_code", "visit_type_code")}
     profile_src = FileSource(name="patient_profile_source", path=str(Path(feature_dir) / PROFILE_FILE),
                              timestamp_field="event_timestamp", created_timestamp_column="created")
@@ -93,14 +103,13 @@ def objects(feature_dir: Path | str, vocab: vocab_rule.Vocabulary | None = None)
         from features.request import recency_features
         return recency_features(inputs)
 
-    @on_demand_feature_view(
-        sources=[APPOINTMENT_REQUEST],
+    udf, udf_string = _appointment_udf(request_codes)
+    appointment_request = OnDemandFeatureView(
+        name="appointment_request", sources=[APPOINTMENT_REQUEST],
         schema=[Field(name=c, dtype=Float64 if c == "lead_time_days" else Int64) for c in APPOINTMENT_FEATURES],
-        mode="python",
-        description="Lead time, weekday, hour (UTC), department, visit type and telehealth of the appointment.")
-    def appointment_request(inputs: dict[str, Any]) -> dict[str, Any]:
-        from features.request import appointment_features
-        return appointment_features(inputs, request_codes)
+        mode="python", udf=udf, udf_string=udf_string,
+        description="Lead time, weekday, hour (UTC), department, visit type and telehealth of the appointment "
+                    "(department and visit type coded in the build's vocabulary).")
 
     patient_cols = [c for c in PROFILE_FEATURES if c != "birth_year"]
     base = [profile[patient_cols], activity[activity_cols], patient_recency]
