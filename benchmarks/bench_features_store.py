@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from carecast.bench import peak_rss_mb, report
 from carecast.settings import load_settings
 from features import catalog
+from features.store.repo import vocabulary
 
 
 def cpu_s() -> float:
@@ -68,7 +69,7 @@ def retrieval(home: Path, n: int) -> None:
     secs, cpu = time.perf_counter() - t0, cpu_s() - c0
     figures = {"entity_rows": len(entity), "snapshot_rows": snapshots, "seconds": round(secs, 1), "cpu_seconds": round(cpu, 1),
                "rows_per_s": round(len(entity) / secs), "peak_rss_mb": round(peak_rss_mb()),
-               "rss_before_mb": round(rss0), "features": len(catalog.feature_columns("no_show")),
+               "rss_before_mb": round(rss0), "features": len(catalog.feature_columns("no_show", vocabulary(s))),
                "load_avg_1m_at_start": round(load, 1), "result_rows": len(df)}
     report("features_training_retrieval", figures,
            f"training retrieval (no_show service, point-in-time, DuckDB offline store): {len(entity):,} appointments "
@@ -137,7 +138,7 @@ def online(home: Path, kind: str, calls: int = 1000, batch_calls: int = 100) -> 
 
     from serving.feature_source import FeastFeatureSource
     source = FeastFeatureSource(s)
-    names = catalog.feature_columns("no_show")
+    names = catalog.feature_columns("no_show", vocabulary(s))
 
     def serving_call(ids):
         return source.fetch("no_show", list(ids), [req] * len(ids), names)
@@ -161,7 +162,7 @@ def online(home: Path, kind: str, calls: int = 1000, batch_calls: int = 100) -> 
             results[f"{name}_{size}_cpu_p50_ms"] = round(float(np.percentile(cpu, 50)), 2)
             results[f"{name}_{size}_p50_ms"] = round(float(np.percentile(lat, 50)), 2)
             results[f"{name}_{size}_p99_ms"] = round(float(np.percentile(lat, 99)), 2)
-    figures = {"store": kind, "features": len(catalog.feature_columns("no_show")), **results,
+    figures = {"store": kind, "features": len(names), **results,
                "load_avg_1m_at_start": round(load, 1), "load_avg_1m": round(os.getloadavg()[0], 1),
                "cpu_seconds": round(cpu_s() - c_start, 1), "project": project}
     report(f"features_online_read_{kind}", figures,

@@ -34,8 +34,24 @@ sys.path.insert(0, str(ROOT))
 from carecast.bench import peak_rss_mb, report  # noqa: E402  (imported after the sys.path insert above)
 from carecast.settings import load_settings  # noqa: E402  (imported after the sys.path insert above)
 from carecast.targets import MODEL_CHANNELS  # noqa: E402  (imported after the sys.path insert above)
-from features.catalog import categorical_columns, feature_columns  # noqa: E402  (imported after the sys.path insert above)
-from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES  # noqa: E402  (imported after the sys.path insert above)
+from features.catalog import categorical_columns as _categorical_columns  # noqa: E402  (imported after the sys.path insert above)
+from features.catalog import feature_columns as _feature_columns  # noqa: E402  (imported after the sys.path insert above)
+from features.synth.codes import (  # noqa: E402  (imported after the sys.path insert above)
+    DEPARTMENTS,
+    VISIT_TYPES,
+    synthetic_vocabulary,
+)
+
+#: the benchmark's stand-in models read the synthetic world's features
+VOCAB = synthetic_vocabulary()
+
+
+def feature_columns(target):
+    return _feature_columns(target, VOCAB)
+
+
+def categorical_columns(target):
+    return _categorical_columns(target, VOCAB)
 
 
 def synth_features(cols: list[str], n: int, rng: np.random.Generator) -> pd.DataFrame:

@@ -82,6 +82,41 @@ class PipelineSettings(_Section):
     max_as_of_jump_days: int = Field(366, ge=1)
 
 
+class VocabularySettings(_Section):
+    """``vocabulary:`` section: the site's codes (features/feeds/vocabulary.py, docs/data-contracts.md).
+
+    Learned from the feeds at validation unless a column is pinned here: a pinned column takes exactly the
+    listed codes in that order (``other`` added last), so its features stay the same whatever the feeds hold."""
+
+    #: a code seen fewer times than this in the loaded rows is read as ``other`` (unless declared or pinned)
+    min_count: int = Field(10, ge=1)
+    #: at most this many learned codes per column (the rest are ``other``)
+    max_codes: int = Field(50, ge=1, le=100)
+    sex: list[str] | None = None
+    preferred_language: list[str] | None = None
+    insurance_type: list[str] | None = None
+    department: list[str] | None = None
+    visit_type: list[str] | None = None
+
+    @field_validator("sex", "preferred_language", "insurance_type", "department", "visit_type")
+    @classmethod
+    def _unique_codes(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value or any(not v.strip() for v in value):
+            raise ValueError("must list at least one code, none empty")
+        if len(set(value)) != len(value):
+            raise ValueError("codes must be unique")
+        if len(value) > 99:
+            raise ValueError("at most 99 codes")
+        return value
+
+    def pinned(self) -> dict[str, list[str] | None]:
+        """The pinned codes per vocabulary column (None: learned)."""
+        return {c: getattr(self, c) for c in ("sex", "preferred_language", "insurance_type", "department",
+                                               "visit_type")}
+
+
 class MlflowSettings(_Section):
     """MLflow tracking: a SQLite file under the home by default, or a real server."""
 
@@ -232,6 +267,7 @@ class Settings(_Section):
     features: FeaturesSettings = FeaturesSettings()
     validation: ValidationSettings = ValidationSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    vocabulary: VocabularySettings = VocabularySettings()
     mlflow: MlflowSettings = MlflowSettings()
     gate: GateSettings = GateSettings()
     serving: ServingSettings = ServingSettings()

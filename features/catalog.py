@@ -1,20 +1,18 @@
 """The feature catalog: every feature's name, window and category list, in one place.
 
 The build (``features/build``), the Feast definitions (``features/store/feature_repo``), training and serving
-all import their names from here; nothing else spells a feature name. Codes of categories come from the
-contracts (``features/feeds/contracts.py``): code ``i`` is ``CATEGORIES[col][i]``, -1 is missing or unknown.
+all import their names from here; nothing else spells a feature name. Names and codes that depend on the site's
+vocabulary (``features/feeds/vocabulary.py``: the department shares, the category codes) are functions of a
+``Vocabulary``: code ``i`` of a category column is ``categories(vocab)[col][i]``, -1 is missing or unknown.
+The build records its vocabulary in its manifest; readers take it from there (``features.store.repo.vocabulary``).
 """
 
 from __future__ import annotations
 
+import re
+
 from carecast.targets import MODEL_CHANNELS, Target, target_info
-from features.feeds.contracts import (
-    DEPARTMENTS,
-    INSURANCE,
-    LANGUAGES,
-    SEXES,
-    VISIT_TYPES,
-)
+from features.feeds.vocabulary import Vocabulary
 
 # ---------------------------------------------------------------- the files a build writes
 WINDOWS = (30, 90, 365)
@@ -30,12 +28,32 @@ PROFILE_FEATURES = ["birth_year", "sex_code", "language_code", "insurance_code",
 
 
 def _visit_features() -> list[str]:
+    """The visit features that do not depend on the vocabulary (the department shares follow them)."""
     cols = []
     for w in (*WINDOWS, "all"):
         cols += [f"visits_{w}", f"no_shows_{w}", f"no_show_rate_{w}", f"cancel_rate_{w}"]
     cols += ["completed_all", "no_show_streak", "max_no_show_streak", "open_bookings"]
-    cols += [f"dept_share_{d}" for d in DEPARTMENTS]
     return cols
+
+
+def identifier(code: str) -> str:
+    """A code as part of a feature name: lower case, runs of anything but letters and digits as one ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", code.lower()).strip("_") or "code"
+
+
+DEPT_SHARE_PREFIX = "dept_share_"
+
+
+def dept_share_features(vocab: Vocabulary) -> list[str]:
+    """``dept_share_<department>`` per department of the vocabulary, in its order (a name two codes would share
+    gets ``_2``, ``_3`` ...: names stay unique and in step with the codes)."""
+    names: list[str] = []
+    for d in vocab.of("department"):
+        name, k = DEPT_SHARE_PREFIX + identifier(d), 2
+        while name in names:
+            name, k = f"{DEPT_SHARE_PREFIX}{identifier(d)}_{k}", k + 1
+        names.append(name)
+    return names
 
 
 def _billing_features() -> list[str]:
@@ -51,21 +69,47 @@ def _engagement_features() -> list[str]:
     return cols
 
 
-VISIT_FEATURES = _visit_features()
+#: the visit features besides the department shares (``visit_features`` adds them)
+VISIT_BASE_FEATURES = _visit_features()
 BILLING_FEATURES = _billing_features()
 ENGAGEMENT_FEATURES = _engagement_features()
 #: stored timestamps (epoch seconds); the "days since" features are computed from them at request time
 ACTIVITY_TIMESTAMPS = ["last_completed_ts", "last_no_show_ts", "last_response_ts",
                        *[f"last_response_{c}_ts" for c in MODEL_CHANNELS], "past_due_since_ts", "next_booked_ts"]
-ACTIVITY_FEATURES = VISIT_FEATURES + BILLING_FEATURES + ENGAGEMENT_FEATURES
-#: the feed each stored feature is computed from (a site without that feed has none of them)
-FEED_FEATURES: dict[str, list[str]] = {"patients": PROFILE_FEATURES, "visits": VISIT_FEATURES,
-                                       "billing": BILLING_FEATURES, "engagement": ENGAGEMENT_FEATURES}
+
+
+def visit_features(vocab: Vocabulary) -> list[str]:
+    return VISIT_BASE_FEATURES + dept_share_features(vocab)
+
+
+def activity_features(vocab: Vocabulary) -> list[str]:
+    """The stored activity features, in the snapshot file's (and the kernel's) order."""
+    return visit_features(vocab) + BILLING_FEATURES + ENGAGEMENT_FEATURES
+
+
+def feed_features(vocab: Vocabulary) -> dict[str, list[str]]:
+    """The feed each stored feature is computed from (a site without that feed has none of them)."""
+    return {"patients": PROFILE_FEATURES, "visits": visit_features(vocab), "billing": BILLING_FEATURES,
+            "engagement": ENGAGEMENT_FEATURES}
+
+
+def feed_of(feature: str) -> str | None:
+    """The feed a stored feature is computed from, by name alone (any vocabulary)."""
+    if feature.startswith(DEPT_SHARE_PREFIX) or feature in VISIT_BASE_FEATURES:
+        return "visits"
+    for feed, cols in (("patients", PROFILE_FEATURES), ("billing", BILLING_FEATURES),
+                       ("engagement", ENGAGEMENT_FEATURES)):
+        if feature in cols:
+            return feed
+    return None
+
+
 #: profile features -> the patients column each is computed from (a site may leave those columns out)
 PROFILE_SOURCES: dict[str, str] = {"birth_year": "birth_year", "sex_code": "sex", "language_code": "preferred_language",
                                    "insurance_code": "insurance_type", "distance_km": "distance_km",
                                    "has_mobile": "has_mobile", "has_email": "has_email",
                                    "portal_enrolled": "portal_enrolled"}
+
 #: int-valued columns (everything else in the snapshots is float)
 INT_COLUMNS = {"sex_code", "language_code", "insurance_code", "has_mobile", "has_email", "portal_enrolled",
                "birth_year"}
@@ -75,14 +119,15 @@ ENGAGEMENT_WINDOW = 90
 
 # ---------------------------------------------------------------- request-time features (``features/request.py``)
 
-#: column -> ordered categories; code i means categories[i], -1 means missing/unknown.
-CATEGORIES: dict[str, list[str]] = {
-    "sex_code": list(SEXES),
-    "language_code": list(LANGUAGES),
-    "insurance_code": list(INSURANCE),
-    "department_code": list(DEPARTMENTS),
-    "visit_type_code": list(VISIT_TYPES),
-}
+#: category feature -> the vocabulary column whose codes it holds
+CATEGORY_SOURCES: dict[str, str] = {"sex_code": "sex", "language_code": "preferred_language",
+                                    "insurance_code": "insurance_type", "department_code": "department",
+                                    "visit_type_code": "visit_type"}
+
+
+def categories(vocab: Vocabulary) -> dict[str, list[str]]:
+    """Category feature -> ordered codes; code i means codes[i], -1 means missing/unknown."""
+    return {feat: list(vocab.of(col)) for feat, col in CATEGORY_SOURCES.items()}
 
 
 #: request fields of an appointment (inputs of ``appointment_features``)
@@ -107,7 +152,12 @@ RECENCY_FEATURES = (*RECENCY_SOURCES.values(), *AHEAD_SOURCES.values(), "age_yea
 
 # ---------------------------------------------------------------- what each model reads
 
-PATIENT_FEATURES = [c for c in PROFILE_FEATURES if c != "birth_year"] + ACTIVITY_FEATURES + list(RECENCY_FEATURES)
+
+
+def patient_features(vocab: Vocabulary) -> list[str]:
+    return [c for c in PROFILE_FEATURES if c != "birth_year"] + activity_features(vocab) + list(RECENCY_FEATURES)
+
+
 #: the appointments a patient has booked ahead: churn's strongest signal, but at a no-show prediction point they
 #: mostly describe the appointment being predicted (its own booking, exactly 3 days ahead), so not a no-show feature
 AHEAD_FEATURES = ("open_bookings", "days_to_next_booked")
@@ -115,16 +165,16 @@ AGE_BANDS = ((0, 18, "0-17"), (18, 35, "18-34"), (35, 50, "35-49"), (50, 65, "50
 GROUP_COLUMNS = ["group_age_band", "group_sex", "group_insurance", "group_language"]
 
 
-def feature_columns(target: Target) -> list[str]:
+def feature_columns(target: Target, vocab: Vocabulary) -> list[str]:
     """The model's feature columns, in order (the same order online_features returns)."""
     target_info(target)  # an unknown name is an error that lists the targets
     if target == "no_show":
-        return [c for c in PATIENT_FEATURES if c not in AHEAD_FEATURES] + list(APPOINTMENT_FEATURES)
-    return list(PATIENT_FEATURES)
+        return [c for c in patient_features(vocab) if c not in AHEAD_FEATURES] + list(APPOINTMENT_FEATURES)
+    return patient_features(vocab)
 
 
-def categorical_columns(target: Target) -> dict[str, list[str]]:
-    cols = feature_columns(target)
-    return {k: list(v) for k, v in CATEGORIES.items() if k in cols}
+def categorical_columns(target: Target, vocab: Vocabulary) -> dict[str, list[str]]:
+    cols = feature_columns(target, vocab)
+    return {k: v for k, v in categories(vocab).items() if k in cols}
 
 

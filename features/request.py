@@ -11,8 +11,9 @@ Two groups, both wired into Feast as on-demand feature views in ``mode="python"`
   point, UTC epoch seconds). Storing timestamps rather than day counts keeps them exact between
   snapshots.
 
-Categorical codes come from the contract tuples; ``CATEGORIES`` is the mapping as data (code ``i`` is
-``categories[i]``; -1 means missing or not in the contract) so training can persist it with a model.
+Categorical codes come from the site's vocabulary (``features.catalog.categories(vocab)``, passed in as data: code
+``i`` is ``codes[i]``; a value outside it is ``other``'s code, else -1; -1 when missing) so training persists it
+with a model and serving codes a request as the model's training rows were.
 Weekday and hour are taken in UTC: the feeds carry UTC timestamps and no site time zone.
 """
 
@@ -26,12 +27,9 @@ from typing import Any
 import numpy as np
 
 from features.catalog import AHEAD_SOURCES, RECENCY_SOURCES
-from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
+from features.feeds.vocabulary import encoder
 
 DAY_S = 86_400.0
-
-_DEPT = {v: i for i, v in enumerate(DEPARTMENTS)}
-_VTYPE = {v: i for i, v in enumerate(VISIT_TYPES)}
 
 
 def _floats(col: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
@@ -41,8 +39,10 @@ def _floats(col: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
     return np.asarray(col, dtype=float).reshape(n)
 
 
-def appointment_features(batch: Mapping[str, Sequence[Any] | np.ndarray]) -> dict[str, list]:
-    """Pure: request fields (lists) -> appointment features (lists), same length; vectorised with numpy."""
+def appointment_features(batch: Mapping[str, Sequence[Any] | np.ndarray],
+                         codes: Mapping[str, Sequence[str]]) -> dict[str, list]:
+    """Pure: request fields (lists) -> appointment features (lists), same length; vectorised with numpy. ``codes``:
+    the ``department_code`` and ``visit_type_code`` codes (``features.catalog.categories``)."""
     n = len(batch["scheduled_ts"])
     s = _floats(batch["scheduled_ts"], n)
     b = _floats(batch["booked_ts"], n)
@@ -56,10 +56,15 @@ def appointment_features(batch: Mapping[str, Sequence[Any] | np.ndarray]) -> dic
         "lead_time_days": lead.tolist(),
         "weekday": wday.tolist(),
         "hour": hour.tolist(),
-        "department_code": [_DEPT.get(d, -1) for d in batch["department"]],
-        "visit_type_code": [_VTYPE.get(v, -1) for v in batch["visit_type"]],
+        "department_code": _coded(batch["department"], codes["department_code"]),
+        "visit_type_code": _coded(batch["visit_type"], codes["visit_type_code"]),
         "telehealth_flag": [1 if t in (True, 1, "true", "True") else 0 for t in tele],
     }
+
+
+def _coded(values: Sequence[Any] | np.ndarray, codes: Sequence[str]) -> list[int]:
+    code = encoder(codes)
+    return [code(v) for v in values]
 
 
 def recency_features(batch: Mapping[str, Sequence[Any] | np.ndarray]) -> dict[str, list]:

@@ -59,8 +59,9 @@ from carecast.folders import latest, write_latest
 from carecast.settings import MonitorSettings, Settings
 from carecast.targets import TARGET_NAMES, as_target
 from features import catalog
-from features.catalog import CATEGORIES, MANIFEST_FILE, categorical_columns
+from features.catalog import CATEGORY_SOURCES, MANIFEST_FILE, categorical_columns
 from features.feeds.files import duckdb_scan
+from features.store.repo import vocabulary
 from serving import capture
 
 log = logs.get("monitor")
@@ -146,9 +147,9 @@ def point_features(settings: Settings, target: str, points: pd.DataFrame) -> pd.
 
     target = as_target(target)
     if points.empty:
-        return pd.DataFrame(columns=[*catalog.feature_columns(target), "event_timestamp", "label"])
+        return pd.DataFrame(columns=[*catalog.feature_columns(target, vocabulary(settings)), "event_timestamp", "label"])
     df = reader.historical(settings, target, points.drop(columns=["label"]), engine="asof")
-    for c in CATEGORIES:
+    for c in CATEGORY_SOURCES:
         if c in df:
             df[c] = df[c].fillna(-1).astype("int64")
     df["label"] = points["label"].to_numpy()
@@ -528,10 +529,11 @@ def drift(settings: Settings, targets: list[str] | None = None, since: dt.dateti
             if len(cur) < 2 or len(ref) < 2:
                 result.skipped[target] = f"too few rows (reference {len(ref)}, current {len(cur)})"
                 continue
-            columns, not_compared = comparable_columns(ref, cur, catalog.feature_columns(as_target(target)))
+            vocab = vocabulary(settings)
+            columns, not_compared = comparable_columns(ref, cur, catalog.feature_columns(as_target(target), vocab))
             if not_compared:
                 log.info("drift %s: %d feature(s) not compared (empty)", target, len(not_compared))
-            cats = [c for c in catalog.categorical_columns(as_target(target)) if c in columns]
+            cats = [c for c in catalog.categorical_columns(as_target(target), vocab) if c in columns]
             job = (ref, cur, columns, cats, cfg, folder / f"{target}.html", folder / f"{target}.json")
             if pool is None and cfg.report_workers > 1 and len(targets) > 1:
                 pool = _report_pool(cfg.report_workers)
@@ -678,7 +680,7 @@ def performance(settings: Settings, target: str = "no_show", since: dt.datetime 
             df = point_features(settings, target, pts)
             loaded = registry.load(settings, target, version=str(mv.version))
 
-            frame_cats = categorical_columns(as_target(target))
+            frame_cats = categorical_columns(as_target(target), vocabulary(settings))
             X = data.features(data.recode(df, frame_cats, loaded.meta.get("categorical_columns", {})),
                               loaded.meta["feature_columns"])
             p = predict(loaded.booster, X)

@@ -207,7 +207,7 @@ def _validate(ctx: Context) -> StageResult:
     s = ctx.settings
     src = ctx.opts.feeds or s.feeds_dir
     try:
-        report = validate_feeds(src, s.validated_dir, s.quarantine_dir, s.validation)
+        report = validate_feeds(src, s.validated_dir, s.quarantine_dir, s.validation, s.vocabulary)
     except FeedError as exc:
         raise StageFailed("validate", str(exc), "fix the feed named above and re-run") from None
     counts = report.counts
@@ -407,7 +407,7 @@ RUNNERS: dict[str, Callable[[Context], StageResult]] = {
 def _own_inputs(ctx: Context, stage: str) -> Any:
     s, o = ctx.settings, ctx.opts
     if stage == "validate":
-        return [folder_fingerprint(o.feeds or s.feeds_dir), o.strict]
+        return [folder_fingerprint(o.feeds or s.feeds_dir), o.strict, s.vocabulary.model_dump()]
     if stage == "features":
         return [o.as_of.isoformat() if o.as_of else None, s.online_store.model_dump()]
     if stage == "train":

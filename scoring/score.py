@@ -43,7 +43,6 @@ from carecast.clock import utc
 from carecast.folders import latest, write_latest
 from carecast.settings import Settings
 from carecast.targets import MODEL_CHANNELS, TARGET_NAMES, risk_tiers
-from features.feeds.contracts import DEPARTMENTS
 from serving.explain import explain
 from serving.model_source import ServedModel
 from serving.outreach import Item, OutreachSettings, ReasonIn, plan
@@ -89,6 +88,11 @@ class Inputs:
     patient_features: pd.DataFrame
     patient_known: np.ndarray
     features_as_of: str = ""
+    #: the build's category codes (``features.catalog.categories`` of its vocabulary): a model trained on another
+    #: vocabulary gets its own codes (``_matrix``)
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    #: the site's departments (the build's vocabulary): the page's department filter lists them
+    departments: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -128,10 +132,11 @@ def load_inputs(settings: Settings, as_of: dt.datetime, days: int = 14, data: Pa
     """Appointments in the window and patient features as of ``as_of`` (see the module doc)."""
     import duckdb
 
-    from features.catalog import MANIFEST_FILE
+    from features.catalog import MANIFEST_FILE, categories, dept_share_features
     from features.feeds.files import duckdb_scan
     from features.request import appointment_features
     from features.store import reader
+    from features.store.repo import vocabulary
 
     as_of = utc(as_of)
     fdir = settings.feature_dir
@@ -173,13 +178,14 @@ def load_inputs(settings: Settings, as_of: dt.datetime, days: int = 14, data: Pa
         filler["active"] = False
         patients = pd.concat([patients, filler])
     known = patients.index.isin(pf.index)   # a hash lookup: numpy's isin on object ids is quadratic
-    dept_cols = [f"dept_share_{d}" for d in DEPARTMENTS]
-    shares = patients[dept_cols].to_numpy(float)
+    vocab = vocabulary(settings)
+    departments, cats = list(vocab.of("department")), categories(vocab)
+    shares = patients[dept_share_features(vocab)].to_numpy(float)
     top_dept = np.where(np.isnan(shares).all(axis=1), -1, np.nanargmax(np.nan_to_num(shares, nan=-1.0), axis=1))
     info_cols = pd.DataFrame({
         "patient_id": patients.index.to_numpy(),
         "active": patients["active"].to_numpy(bool),
-        "department": [DEPARTMENTS[i] if i >= 0 else "" for i in top_dept],
+        "department": [departments[i] if i >= 0 else "" for i in top_dept],
         "last_visit": pd.to_datetime(patients["last_completed_ts"].to_numpy(float), unit="s", utc=True),
         **{c: patients[c].to_numpy(float) for c in REACH},
     })
@@ -191,20 +197,25 @@ def load_inputs(settings: Settings, as_of: dt.datetime, days: int = 14, data: Pa
     req = appointment_features({
         "scheduled_ts": _epoch(appts["scheduled_at"]), "booked_ts": _epoch(appts["booked_at"]),
         "department": appts["department"].tolist(), "visit_type": appts["visit_type"].tolist(),
-        "telehealth": appts["telehealth"].astype(int).tolist()})
+        "telehealth": appts["telehealth"].astype(int).tolist()}, cats)
     for k, v in req.items():
         af[k] = np.asarray(v, dtype=float)
     return Inputs(as_of=as_of, appointments=appts, appointment_features=af, appointment_known=known[rows],
-                  patients=info_cols, patient_features=feats, patient_known=known, features_as_of=built)
+                  patients=info_cols, patient_features=feats, patient_known=known, features_as_of=built,
+                  categories=cats, departments=departments)
 
 
 # --------------------------------------------------------------------------- scoring
 
 
-def _matrix(frame: pd.DataFrame, model: ServedModel) -> np.ndarray:
+def _matrix(frame: pd.DataFrame, model: ServedModel, frame_categories: Mapping[str, list[str]]) -> np.ndarray:
+    """The model's features; category codes re-expressed in the model's own vocabulary where the build's differs."""
+    from training.data import recode
+
     missing = [n for n in model.feature_names if n not in frame.columns]
     if missing:
         raise ScoreError(f"{model.name} v{model.version}: features missing from the build: {', '.join(missing[:5])}")
+    frame = recode(frame, dict(frame_categories), {k: list(v) for k, v in model.categories.items()})
     return frame[list(model.feature_names)].to_numpy(dtype=np.float32, na_value=np.nan)
 
 
@@ -277,12 +288,13 @@ def score_lists(models: Mapping[str, ServedModel], inputs: Inputs, tiers: Mappin
     # A target without a champion (the gate refused it) scores nothing: its list is empty and its
     # probabilities NaN, and the manifest says why; the other lists are still worth a coordinator's day.
     with logs.stage(log, "score: predict") as info:
-        X_ns = _matrix(inputs.appointment_features, ns) if ns else None
+        X_ns = _matrix(inputs.appointment_features, ns, inputs.categories) if ns else None
         p_ns = predict(ns, X_ns, opts.chunk_rows, "appointments") if ns and X_ns is not None else np.full(len(appts), np.nan)
         classes = list((ch.classes if ch else None) or MODEL_CHANNELS)
-        p_ch = (predict(ch, _matrix(inputs.patient_features, ch), opts.chunk_rows, "patients (channel)") if ch
+        p_ch = (predict(ch, _matrix(inputs.patient_features, ch, inputs.categories), opts.chunk_rows, "patients (channel)") if ch
                 else np.full((len(pats), len(classes)), np.nan))
-        X_cm = (_matrix(inputs.patient_features.iloc[act_idx] if len(act_idx) < len(pats) else inputs.patient_features, cm)
+        X_cm = (_matrix(inputs.patient_features.iloc[act_idx] if len(act_idx) < len(pats) else inputs.patient_features, cm,
+                        inputs.categories)
                 if cm else None)
         p_cm = predict(cm, X_cm, opts.chunk_rows, "patients (churn)") if cm and X_cm is not None else np.full(len(act_idx), np.nan)
         info["appointments"] = len(p_ns) if ns else 0
@@ -470,7 +482,7 @@ def run(settings: Settings, as_of: dt.datetime, opts: ScoreOptions = ScoreOption
     t = time.perf_counter()
     with logs.stage(log, "score: write risk lists"):
         result.folder = write(settings, result, opts, {"risk_tiers": tiers, "features_as_of": inputs.features_as_of,
-                                                       "missing_models": missing,
+                                                       "missing_models": missing, "departments": inputs.departments,
                                                        "calls_available": outreach.calls_per_day
                                                        if calls_available is None else calls_available})
     result.seconds["write"] = time.perf_counter() - t

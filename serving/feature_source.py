@@ -41,19 +41,28 @@ class FeastFeatureSource:
               feature_names: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
         return self.reader.fetch(target, patient_ids, requests, feature_names)
 
+    def categories(self) -> dict[str, list[str]]:
+        """The codes of the store's category features (the current build's vocabulary)."""
+        from features.catalog import categories
+        from features.store.repo import vocabulary
+
+        return categories(vocabulary(self.settings))
+
     def fetch_reference(self, target: str, patient_ids: Sequence[str], requests: Sequence[Mapping[str, Any]] | None,
                         feature_names: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
         """Through Feast's own ``get_online_features`` (what the fast read is checked against)."""
         return self.reader.fetch_reference(target, patient_ids, requests, feature_names)
 
 
-def request_features(req: Mapping[str, Any]) -> dict[str, float]:
-    """Request-time features of one appointment, from the one pure function training also uses."""
+def request_features(req: Mapping[str, Any], codes: Mapping[str, Sequence[str]] | None = None) -> dict[str, float]:
+    """Request-time features of one appointment, from the one pure function training also uses (``codes``: the
+    department and visit type codes; none: -1, which the predictor replaces with the model's own codes)."""
     from features.request import appointment_features, appointment_request
 
     fields = appointment_request(req["scheduled_at"], req["booked_at"], req["department"], req["visit_type"],
                                  req["telehealth"])
-    out = appointment_features({k: [v] for k, v in fields.items()})
+    out = appointment_features({k: [v] for k, v in fields.items()},
+                               codes or {"department_code": (), "visit_type_code": ()})
     return {k: float(v[0]) for k, v in out.items()}
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from carecast.targets import TARGET_NAMES, TARGETS, tier_by_rule, tier_rule
 from features.catalog import APPOINTMENT_FEATURES, APPOINTMENT_REQUEST_FIELDS
+from features.feeds.vocabulary import OTHER, encoder
 from serving import reasons
 from serving.explain import explain
 from serving.feature_source import FeatureSource
@@ -24,6 +25,45 @@ from serving.model_source import ModelNotAvailable, ModelSource, ServedModel
 
 #: features and fields that come with the request (the catalog's), so they are real even for an unknown patient
 REQUEST_FEATURES = frozenset(APPOINTMENT_FEATURES) | frozenset(APPOINTMENT_REQUEST_FIELDS)
+#: request fields coded in the served model's own vocabulary: (field, feature)
+REQUEST_CODES = (("department", "department_code"), ("visit_type", "visit_type_code"))
+
+
+def vocabulary_notes(model: ServedModel, appointment: Mapping[str, Any]) -> list[str]:
+    """What the answer says about an appointment's codes the model's vocabulary does not hold."""
+    notes = []
+    for fld, feat in REQUEST_CODES:
+        codes, value = model.categories.get(feat), appointment.get(fld)
+        if codes is None or value is None or value in codes:
+            continue
+        read_as = f"scored as '{OTHER}'" if OTHER in codes else "scored as unknown (the model has no 'other')"
+        notes.append(f"{fld} '{value}' is not in the site's vocabulary the model was trained on: {read_as}")
+    return notes
+
+
+def _code_requests(model: ServedModel, X: np.ndarray, appointments: Sequence[Mapping[str, Any]],
+                   index: Mapping[str, int]) -> None:
+    """The request's department and visit type coded in the model's own vocabulary, in place: the codes the
+    feature store's views gave them follow the current build, which may be newer than the model."""
+    for fld, feat in REQUEST_CODES:
+        codes, j = model.categories.get(feat), index.get(feat)
+        if codes is not None and j is not None:
+            code = encoder(codes)
+            X[:, j] = [code(a.get(fld)) for a in appointments]
+
+
+def _recode_stored(model: ServedModel, X: np.ndarray, store: Mapping[str, Sequence[str]],
+                   index: Mapping[str, int]) -> None:
+    """Stored category codes (sex, language, insurance) re-expressed from the feature build's vocabulary in the
+    model's, in place, where they differ; a code the model never saw is NaN (its missing branch)."""
+    for feat, codes in model.categories.items():
+        have, j = store.get(feat), index.get(feat)
+        if have is None or j is None or list(have) == list(codes) or feat in dict(REQUEST_CODES).values():
+            continue
+        lookup = np.array([codes.index(c) if c in codes else np.nan for c in have] + [np.nan], dtype=np.float64)
+        col = X[:, j]
+        ok = ~np.isnan(col) & (col >= 0) & (col < len(have))
+        X[:, j] = np.where(ok, lookup[np.where(ok, col, len(have)).astype(np.int64)], col)
 
 log = logging.getLogger("carecast.serving")
 
@@ -228,20 +268,35 @@ class Predictor:
         except Exception as exc:  # noqa: BLE001  (a capture failure never fails a request; the store counts its own failures)
             log.error("prediction capture failed: %s", type(exc).__name__)
 
+    def _own_codes(self, model: ServedModel, X: np.ndarray, appointments: Sequence[Mapping[str, Any]] | None) -> None:
+        """Category codes in the model's own vocabulary (request fields, and stored codes when the feature build's
+        vocabulary differs from the one the model was trained with)."""
+        if not model.categories:
+            return
+        index = self._index[model.target]
+        store = getattr(self.features, "categories", None)
+        if store is not None:
+            _recode_stored(model, X, store(), index)
+        if appointments is not None:
+            _code_requests(model, X, appointments, index)
+
     def no_show(self, appointments: Sequence[Mapping[str, Any]], top_k: int) -> dict[str, Any]:
         model = self.served("no_show")
         ids = [a["patient_id"] for a in appointments]
         X, known = self.features.fetch("no_show", ids, appointments, model.feature_names)
+        self._own_codes(model, X, appointments)
         preds = self._explained(model, X, known, top_k)
         for a, p in zip(appointments, preds, strict=False):
             p["appointment_id"] = a["appointment_id"]
             p["patient_id"] = a["patient_id"]
+            p["notes"] = vocabulary_notes(model, a)
         self._capture("no_show", model, ids, X, preds, known, [a["appointment_id"] for a in appointments])
         return {"model": {"name": model.name, "version": model.version}, "predictions": preds}
 
     def patients(self, target: str, patient_ids: Sequence[str], top_k: int) -> dict[str, Any]:
         model = self.served(target)
         X, known = self.features.fetch(target, patient_ids, None, model.feature_names)
+        self._own_codes(model, X, None)
         preds = self._explained(model, X, known, top_k)
         for pid, p in zip(patient_ids, preds, strict=False):
             p["patient_id"] = pid
@@ -252,11 +307,10 @@ class Predictor:
 def _warmup_appointment() -> dict[str, Any]:
     import datetime as dt
 
-    from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
-
     now = dt.datetime(2026, 1, 5, 9, 0)
+    # any codes do: a code outside the vocabulary is read as other, which warms the same path
     return {"appointment_id": "__warmup__", "patient_id": "__warmup__", "scheduled_at": now + dt.timedelta(days=7),
-            "booked_at": now, "department": DEPARTMENTS[0], "visit_type": VISIT_TYPES[0], "telehealth": False}
+            "booked_at": now, "department": OTHER, "visit_type": OTHER, "telehealth": False}
 
 
 _WARMUP_APPOINTMENT = _warmup_appointment()

@@ -1,7 +1,9 @@
 """Request and response models of the prediction API (they are also its OpenAPI description).
 
-Requests are strict: unknown fields, wrong JSON types, unknown departments or visit types, empty
-ids and out-of-range ``top_k`` are rejected with a 422 that names the field and the rule. The batch
+Requests are strict: unknown fields, wrong JSON types, empty ids and codes, and out-of-range ``top_k`` are
+rejected with a 422 that names the field and the rule. Departments and visit types are the site's own codes
+(its vocabulary, features/feeds/vocabulary.py): any string is accepted, and one outside the vocabulary the
+model was trained with is scored as ``other`` and the prediction's ``notes`` say so. The batch
 limit (``serving.max_batch``, default 1,000) is configurable, so it is checked by the route, with
 the same error shape.
 """
@@ -22,14 +24,18 @@ from pydantic import (
 )
 
 from carecast.targets import MODEL_CHANNELS
-from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
 
 TOP_K_MAX = 20
 TOP_K_DEFAULT = 3
 ID_MAX_LENGTH = 128
 
-Department = Literal[DEPARTMENTS]  # type: ignore[valid-type]
-VisitType = Literal[VISIT_TYPES]  # type: ignore[valid-type]
+CODE_MAX_LENGTH = 128
+_SITE_CODE = ("A code of the site's vocabulary (learned from its feeds or pinned in carecast.yaml). Any string is "
+              "accepted: one the model was not trained with is scored as 'other' and the prediction's notes say so.")
+Department = Annotated[StrictStr, Field(min_length=1, max_length=CODE_MAX_LENGTH,
+                                        description=f"Clinic department. {_SITE_CODE}", examples=["cardiology"])]
+VisitType = Annotated[StrictStr, Field(min_length=1, max_length=CODE_MAX_LENGTH,
+                                       description=f"Kind of visit. {_SITE_CODE}", examples=["follow_up"])]
 Channel = Literal[MODEL_CHANNELS]  # type: ignore[valid-type]
 Id = Annotated[StrictStr, Field(min_length=1, max_length=ID_MAX_LENGTH)]
 TopK = Annotated[StrictInt, Field(ge=0, le=TOP_K_MAX, description=f"How many reasons to return (0 to {TOP_K_MAX}).")]
@@ -94,6 +100,9 @@ class NoShowPrediction(_Explained):
     patient_id: str
     probability: float = Field(description="Probability the patient misses this appointment.")
     risk_tier: Literal["low", "medium", "high"]
+    notes: list[str] = Field(default_factory=list, description=(
+        "What the model made of the request, e.g. a department or visit type outside the site's vocabulary the "
+        "model was trained with, scored as 'other' (or as unknown when the vocabulary has no 'other')."))
 
 
 class ChurnPrediction(_Explained):

@@ -7,16 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.feeds.contracts import (
-    BILLING_STATUSES,
-    CHANNELS,
-    DEPARTMENTS,
-    ENGAGEMENT_KINDS,
-    INSURANCE,
-    LANGUAGES,
-    SEXES,
-    VISIT_TYPES,
-)
+from features.feeds.contracts import BILLING_STATUSES, CHANNELS, ENGAGEMENT_KINDS
+from features.synth.codes import DEPARTMENTS, INSURANCE, LANGUAGES, SEXES, VISIT_TYPES, declare
 
 UTC = "UTC"
 
@@ -87,10 +79,14 @@ def event(eid: str, pid: str, at: str, channel: str, outcome: str, direction: st
                 outcome=outcome, appointment_id=None)
 
 
-def write(feeds: dict[str, pd.DataFrame], out: Path) -> Path:
+def write(feeds: dict[str, pd.DataFrame], out: Path, declared: bool = True) -> Path:
+    """The feeds as parquet in ``out``; ``declared``: with the generator's vocabulary beside them (these worlds use
+    its codes, so their features and codes are the generator world's); False: the site's codes are learned."""
     out.mkdir(parents=True, exist_ok=True)
     for name, df in feeds.items():
         df.to_parquet(out / f"{name}.parquet", index=False)
+    if declared:
+        declare(out)
     return out
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
+from features.synth.codes import DEPARTMENTS, VISIT_TYPES
 
 FEATURES = {
     "no_show": ["no_shows_365", "visits_365", "lead_time_days", "weekday", "hour", "department_code", "visit_type_code",
@@ -136,7 +136,7 @@ def register_all(home: Path, trees: int = 40, depth: int = 4) -> dict[str, str]:
 
 def in_memory_features(settings=None):
     """A feature source with 200 known patients and population defaults (means)."""
-    from serving.feature_source import InMemoryFeatureSource
+    from serving.feature_source import InMemoryFeatureSource, request_features
 
     rng = np.random.default_rng(42)
     cols = _patient_frame(rng, len(KNOWN))
@@ -145,7 +145,8 @@ def in_memory_features(settings=None):
         stored = [f for f in feats if f not in REQUEST_FEATURES or target != "no_show"]
         rows[target] = {pid: {f: float(cols[f][i]) for f in stored} for i, pid in enumerate(KNOWN)}
         defaults[target] = {f: float(np.mean(cols[f])) for f in stored}
-    return InMemoryFeatureSource(rows, defaults)
+    # request codes in the stand-in models' vocabulary (a feature store's views code them in the build's)
+    return InMemoryFeatureSource(rows, defaults, request_fn=lambda req: request_features(req, CATEGORIES))
 
 
 #: set by a test once the service has started: ``unreachable_features`` then fails every read

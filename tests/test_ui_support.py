@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
+from features.synth.codes import DEPARTMENTS, VISIT_TYPES
 from scoring.score import Result, ScoreOptions, write
 from serving.outreach import ACTION_WORDS
 

@@ -31,6 +31,7 @@ class Frame:
     categorical_columns: dict[str, list[str]] = field(default_factory=dict)
     feature_service: str = "manual"
     snapshot_hash: str = "none"
+    vocabulary: dict = field(default_factory=dict)
 
 
 def build_manifest(settings: Settings) -> dict:
@@ -65,15 +66,16 @@ def skip_reason(target_name: str, manifest: dict) -> str | None:
 
 def usable_features(columns: list[str], df: pd.DataFrame, manifest: dict) -> tuple[list[str], dict[str, str]]:
     """The feature columns a model can learn from on this site, and why each other one is left out: it comes from a
-    feed or patients column the site does not send (``features/catalog.py``: ``FEED_FEATURES``,
+    feed or patients column the site does not send (``features/catalog.py``: ``feed_of``,
     ``PROFILE_SOURCES``), or it holds no value in the training frame."""
-    from features.catalog import FEED_FEATURES, PROFILE_SOURCES
+    from features.catalog import PROFILE_SOURCES, feed_of
     from features.feeds.integrity import Presence
 
     presence = Presence.from_dict(manifest.get("presence", {}))
     dropped: dict[str, str] = {}
-    for feed in presence.absent_feeds:
-        for c in FEED_FEATURES.get(feed, []):
+    absent_feeds = set(presence.absent_feeds)
+    for c in columns:
+        if (feed := feed_of(c)) in absent_feeds:
             dropped[c] = f"the {feed} feed is absent"
     absent_cols = set(presence.columns_absent.get("patients", []))
     for c, src in PROFILE_SOURCES.items():

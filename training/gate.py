@@ -55,7 +55,7 @@ import pandas as pd
 
 from carecast import logs
 from carecast.settings import GateSettings, Settings
-from features.catalog import FEED_FEATURES
+from features.catalog import feed_of
 from training import baselines as B
 from training import data, registry, tracking
 from training import metrics as M
@@ -127,10 +127,10 @@ def _score(target: TargetSpec, loaded: registry.LoadedModel, df: pd.DataFrame, f
 
 
 def _feeds_of(columns: list[str]) -> str:
-    """Which feed each missing feature came from (the catalog's ``FEED_FEATURES``), in words."""
+    """Which feed each missing feature came from (the catalog's ``feed_of``), in words."""
     found: dict[str, list[str]] = {}
     for c in columns:
-        feed = next((f for f, cols in FEED_FEATURES.items() if c in cols), None)
+        feed = feed_of(c)
         if feed:
             found.setdefault(feed, []).append(c)
     return "; ".join(f"the {f} feed no longer provides {', '.join(cs)}" for f, cs in found.items())

@@ -182,6 +182,7 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
         "feature_service": tf.feature_service, "snapshot_hash": tf.snapshot_hash,
         "git_commit": tracking.git_commit(), "split": sp.describe(), "windows": sp.window_tags(),
         "purge_days": sp.purge_days, "features": feats, "features_left_out": left_out, "categorical_columns": cats,
+        "vocabulary": dict(getattr(tf, "vocabulary", None) or {}),
         "shape": asdict(shape), "best_iteration": fitted.best_iteration, "n_trees": n_trees(booster),
         "calibration": fitted.calibration.as_dict(), "fit_seconds": fitted.fit_seconds,
         "load_seconds": load_s, "shap_rows_per_s": shap_rate, "predict_rows_per_s": predict_rate,
@@ -210,6 +211,8 @@ def model_meta(target: TargetSpec, result: dict) -> dict:
         "classes": list(target.classes), "feature_columns": result["features"],
         "features_left_out": result.get("features_left_out", {}),
         "categorical_columns": result["categorical_columns"], "input_dtype": "float32",
+        # the site's vocabulary the features were built with (features/feeds/vocabulary.py)
+        "vocabulary": result.get("vocabulary", {}),
         "missing": "NaN", "output": "probability" if target.kind == "binary" else "class probabilities",
         "calibration": result["calibration"],
         "explanations": "booster.predict(DMatrix, pred_contribs=True): last column is the bias; "
@@ -281,12 +284,15 @@ def _log(settings: Settings, target: TargetSpec, result: dict, booster, X: pd.Da
         pd.DataFrame(result["subgroups"]).to_csv(tmpd / "subgroups.csv", index=False)
         mlflow.log_artifact(str(tmpd / "subgroups.csv"), "evaluation")
         mlflow.log_artifact(str(meta_path), "schema")
+        if result.get("vocabulary"):
+            mlflow.log_dict(result["vocabulary"], "schema/vocabulary.json")
         sample = X.iloc[:5]
         sig = infer_signature(X.iloc[:200], predict(booster, X.iloc[:200]))
         info = mlflow.xgboost.log_model(
             booster, name="model", signature=sig, input_example=sample,
             pip_requirements=_requirements(), registered_model_name=target.registered_model,
-            metadata={"carecast": {"target": target.name, "classes": list(target.classes)}},
+            metadata={"carecast": {"target": target.name, "classes": list(target.classes),
+                                   "vocabulary": result.get("vocabulary", {}).get("columns", {})}},
             extra_files=[str(meta_path)], await_registration_for=60,
             tags={"feature_service": result["feature_service"], "snapshot_hash": result["snapshot_hash"]})
         version = str(info.registered_model_version)

@@ -9,10 +9,9 @@ import numpy as np
 
 from carecast.targets import MODEL_CHANNELS
 from features.catalog import ENGAGEMENT_WINDOW
-from features.feeds.contracts import DEPARTMENTS
 
 nan = np.nan
-N_DEPT, N_CH = len(DEPARTMENTS), len(MODEL_CHANNELS)
+N_CH = len(MODEL_CHANNELS)
 DAY_S = 86_400
 #: snapshots per output block (``run``): 1,024 x 75 values is 600 kB, inside the L2 cache
 BLOCK = 1024
@@ -50,7 +49,7 @@ def flush(blk: np.ndarray, rows: int, out32: np.ndarray, out64: np.ndarray, at: 
 
 
 @numba.njit(cache=True, nogil=True)
-def run(snap_pk, snap_ts, keep_us, drop, windows,
+def run(snap_pk, snap_ts, keep_us, drop, windows, n_dept,
         v_pk, v_ts, v_out, v_dept,
         b_pk, b_ts, b_amt, b_cents, b_whole, b_plan,
         p_pk, p_ts, p_amt, p_cents, p_whole,
@@ -72,7 +71,7 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,
     w_done = np.zeros(nw, np.int64)
     w_cx = np.zeros(nw, np.int64)
     lv = np.zeros(nw, np.int64)
-    dept = np.zeros(N_DEPT, np.int64)
+    dept = np.zeros(n_dept, np.int64)
     sends = np.zeros(N_CH, np.int64)
     resp = np.zeros(N_CH, np.int64)
     # answered sends per model channel (all time); the latest unanswered send per channel slot (other channels: the
@@ -147,7 +146,7 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,
                     for w in range(nw):
                         w_cx[w] += 1
                 d = v_dept[iv]
-                if 0 <= d < N_DEPT:
+                if 0 <= d < n_dept:
                     dept[d] += 1
                 iv += 1
             # windows [t - days, t], the lower edge in whole seconds
@@ -272,9 +271,9 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,
             blk[bi, r + 2] = max_streak
             blk[bi, r + 3] = n_open
             r += 4
-            for i in range(N_DEPT):
+            for i in range(n_dept):
                 blk[bi, r + i] = rate(dept[i], v_all)
-            r += N_DEPT
+            r += n_dept
             billed = b_c / 100.0 if b_whole else b_f
             paid = p_c / 100.0 if p_whole else p_f
             wo = s_c / 100.0 if s_whole else s_f

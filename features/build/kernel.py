@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.catalog import ACTIVITY_FEATURES, ACTIVITY_TIMESTAMPS, WINDOWS
+from features.catalog import ACTIVITY_TIMESTAMPS, WINDOWS, activity_features
+from features.feeds.vocabulary import Vocabulary
 
 #: a chunk's output: float32 feature rows and float64 timestamp rows (``output_buffer``)
 Buffers = tuple[np.ndarray, np.ndarray]
 
 
-def feature_names() -> list[str]:
+def feature_names(vocab: Vocabulary) -> list[str]:
     """The kernel's output rows, in order: the snapshot file's feature columns (``features/build/run.py``).
-    ``snapshot_jit.run`` writes its rows in this order."""
-    return ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS
+    ``snapshot_jit.run`` writes its rows in this order (one department share per department of ``vocab``)."""
+    return activity_features(vocab) + ACTIVITY_TIMESTAMPS
 
 
 def _money(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -39,14 +40,15 @@ def _money(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     return x, cents.astype(np.int64), whole
 
 
-def output_buffer(snapshots: int, reuse: Buffers | None = None) -> Buffers:
+def output_buffer(snapshots: int, vocab: Vocabulary, reuse: Buffers | None = None) -> Buffers:
     """Buffers for ``snapshot_features``: one float32 row per feature and one float64 row per timestamp (the file's
     types, so Arrow takes the rows without a cast), ``reuse`` when large enough. Reusing buffers across chunks
     matters: the first touch of a fresh 300 MB buffer cost more than the arithmetic that fills it."""
-    if reuse is not None and reuse[0].shape[1] >= snapshots:
+    n_features = len(activity_features(vocab))
+    if reuse is not None and reuse[0].shape[1] >= snapshots and reuse[0].shape[0] == n_features:
         return reuse
     n = max(snapshots, 1)
-    return np.empty((len(ACTIVITY_FEATURES), n), np.float32), np.empty((len(ACTIVITY_TIMESTAMPS), n), np.float64)
+    return np.empty((n_features, n), np.float32), np.empty((len(ACTIVITY_TIMESTAMPS), n), np.float64)
 
 
 def _bookings_in_order(bk: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
@@ -59,7 +61,7 @@ def _bookings_in_order(bk: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
 
 
 def snapshot_features(snap_pk: np.ndarray, snap_ts: np.ndarray, src: dict[str, dict[str, np.ndarray]],
-                      bookings: dict[str, np.ndarray], keep_us: int | None,
+                      bookings: dict[str, np.ndarray], keep_us: int | None, vocab: Vocabulary,
                       out: Buffers | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Features at the snapshots (``snap_pk``, ``snap_ts``: sorted by patient, then time, unique) of whole patients,
     from the chunk's event sources (each sorted by patient, then time; visits in their tie order) and bookings
@@ -70,9 +72,9 @@ def snapshot_features(snap_pk: np.ndarray, snap_ts: np.ndarray, src: dict[str, d
     b_amt, b_cents, b_whole = _money(B["amount"])
     p_amt, p_cents, p_whole = _money(P["amount"])
     s_amt, s_cents, s_whole = _money(S["wo_amt"])
-    names = feature_names()
+    names = feature_names(vocab)
     n = len(snap_pk)
-    out = output_buffer(n, out)
+    out = output_buffer(n, vocab, out)
     kept = np.empty(n, dtype=np.int64)
 
     def c(a: np.ndarray, dtype: type) -> np.ndarray:   # the dtypes the build fetches: no copy, one compiled signature
@@ -83,7 +85,7 @@ def snapshot_features(snap_pk: np.ndarray, snap_ts: np.ndarray, src: dict[str, d
     )
 
     k = snapshot_jit.run(c(snap_pk, np.int64), c(snap_ts, np.int64), -1 if keep_us is None else int(keep_us),  # type: ignore[call-arg]  # numba's Dispatcher stub does not know the jitted parameters
-                         keep_us is not None, np.array(WINDOWS, dtype=np.int64),
+                         keep_us is not None, np.array(WINDOWS, dtype=np.int64), len(vocab.of("department")),
                          c(V["pk"], np.int32), c(V["ts_us"], np.int64), c(V["outcome"], np.int8), c(V["dept"], np.int8),
                          c(B["pk"], np.int32), c(B["ts_us"], np.int64), b_amt, b_cents, b_whole, c(B["plan"], np.int8),
                          c(P["pk"], np.int32), c(P["ts_us"], np.int64), p_amt, p_cents, p_whole,

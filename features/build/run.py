@@ -57,7 +57,6 @@ from carecast.targets import MODEL_CHANNELS
 from features.build import kernel as snapshot_kernel
 from features.build import labels
 from features.catalog import (
-    ACTIVITY_FEATURES,
     ACTIVITY_FILE,
     ACTIVITY_TIMESTAMPS,
     DEFAULTS_FILE,
@@ -65,16 +64,13 @@ from features.catalog import (
     MANIFEST_FILE,
     PROFILE_FEATURES,
     PROFILE_FILE,
+    activity_features,
 )
-from features.feeds.contracts import (
-    DEPARTMENTS,
-    INSURANCE,
-    LANGUAGES,
-    POSITIVE_RESPONSES,
-    SEXES,
-)
+from features.feeds import vocabulary as vocab_rule
+from features.feeds.contracts import POSITIVE_RESPONSES
 from features.feeds.files import duckdb_scan as _scan
 from features.feeds.integrity import read_presence
+from features.feeds.vocabulary import Vocabulary
 from features.request import recency_features
 
 log = logs.get("features.build.run")
@@ -106,9 +102,25 @@ def _stage(name: str) -> Iterator[dict]:
         info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
+def _literal(v: str) -> str:
+    """A code as a SQL string literal (a site's codes are data: quotes doubled)."""
+    return "'" + v.replace("'", "''") + "'"
+
+
 def _code(col: str, values: tuple[str, ...]) -> str:
-    arms = " ".join(f"WHEN '{v}' THEN {i}" for i, v in enumerate(values))
+    arms = " ".join(f"WHEN {_literal(v)} THEN {i}" for i, v in enumerate(values))
     return f"(CASE {col} {arms} ELSE -1 END)"
+
+
+def _vocab_code(col: str, vocab: Vocabulary) -> str:
+    """A vocabulary column's integer code (``features.feeds.vocabulary.VOCABULARY_RULES``): its position in the
+    vocabulary, else ``other``'s, else -1; -1 when empty."""
+    codes = vocab.of(col)
+    other = codes.index(vocab_rule.OTHER) if vocab_rule.OTHER in codes else -1
+    if other < 0:
+        return _code(col, codes)
+    arms = " ".join(f"WHEN {_literal(v)} THEN {i}" for i, v in enumerate(codes))
+    return f"(CASE WHEN {col} IS NULL THEN -1 ELSE (CASE {col} {arms} ELSE {other} END) END)"
 
 
 def connect(settings: Settings, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
@@ -227,8 +239,9 @@ def _billing_sql(as_of: str) -> str:
         FROM b_all JOIN pids USING (patient_id) WHERE billed_at <= {as_of}"""
 
 
-_VISIT_COLUMNS = f"""(CASE status WHEN 'completed' THEN 0 WHEN 'no_show' THEN 1 ELSE 2 END)::TINYINT AS outcome,
-    {_code('department', DEPARTMENTS)}::TINYINT AS dept, COALESCE(epoch_us(scheduled_at), {_NO_TIME}) AS sched_us"""
+def _visit_columns(vocab: Vocabulary) -> str:
+    return f"""(CASE status WHEN 'completed' THEN 0 WHEN 'no_show' THEN 1 ELSE 2 END)::TINYINT AS outcome,
+    {_vocab_code('department', vocab)}::TINYINT AS dept, COALESCE(epoch_us(scheduled_at), {_NO_TIME}) AS sched_us"""
 
 
 def _visit_where(as_of: str) -> str:
@@ -241,21 +254,21 @@ def _booking_where(as_of: str) -> str:
     return f"booked_at <= {as_of} AND scheduled_at IS NOT NULL"
 
 
-def _visits_and_bookings_sql(as_of: str) -> str:
+def _visits_and_bookings_sql(as_of: str, vocab: Vocabulary) -> str:
     """The visit source (as ``_sources_sql``) and the bookings in one pass over the visits feed and one join on the
     patient id (instead of two), sorted as the visit source needs (pk, time, appointment_id); ``is_visit`` and
     ``is_booking`` say which rows belong to which. Bookings: known from booked_at, open (and in the future) until
     the appointment time or an earlier outcome known by the as-of time."""
     ts = KNOWN_AT["visit"]
     visit, booking = f"({_visit_where(as_of)}) AND {ts} IS NOT NULL", _booking_where(as_of)
-    return f"""SELECT pk, epoch_us({ts}) AS ts_us, {_VISIT_COLUMNS}, COALESCE({visit}, false) AS is_visit,
+    return f"""SELECT pk, epoch_us({ts}) AS ts_us, {_visit_columns(vocab)}, COALESCE({visit}, false) AS is_visit,
             COALESCE({booking}, false) AS is_booking,
             epoch_us(booked_at) AS booked_us, epoch_us(LEAST(scheduled_at,
                 COALESCE(CASE WHEN status_at <= {as_of} THEN status_at END, scheduled_at))) AS end_us
         FROM v_all JOIN pids USING (patient_id) WHERE ({visit}) OR ({booking}) ORDER BY pk, {ts}, appointment_id"""
 
 
-def _sources_sql(as_of: str) -> dict[str, str]:
+def _sources_sql(as_of: str, vocab: Vocabulary) -> dict[str, str]:
     """One narrow query per kind of event: ``pk``, ``ts`` (when it became known, ``KNOWN_AT``) and its own columns,
     one row per event, events after ``as_of`` left out (billing sources read the table ``b_pk``, ``_billing_sql``).
     A new event-based feature adds a source here (or a column to one) and its arithmetic in ``_chunk_features``."""
@@ -264,7 +277,7 @@ def _sources_sql(as_of: str) -> dict[str, str]:
     b = "b_pk"
     return {
         # visit outcomes; appointment_id orders outcomes known at the same time (the no-show streak)
-        "visit": f"""SELECT pk, {k['visit']} AS ts, appointment_id, {_VISIT_COLUMNS}
+        "visit": f"""SELECT pk, {k['visit']} AS ts, appointment_id, {_visit_columns(vocab)}
             FROM v_all JOIN pids USING (patient_id) WHERE {_visit_where(as_of)}""",
         "billed": f"""SELECT pk, {k['billed']} AS ts, COALESCE(resp, 0)::DOUBLE AS amount,
             COALESCE(payment_plan::INT, 0)::TINYINT AS plan FROM {b}""",
@@ -357,7 +370,7 @@ def _sort_by_patient_time(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {c: v.take(order) for c, v in d.items()}
 
 
-def _prepare(con: duckdb.DuckDBPyConnection, as_of: str) -> _Events:
+def _prepare(con: duckdb.DuckDBPyConnection, as_of: str, vocab: Vocabulary) -> _Events:
     """The event sources keyed by an integer patient code ``pk`` (patient_id order; the billing feed is read once into
     ``b_pk``), fetched into numpy and sorted (``_Events``); bookings as intervals; ``pids`` (pk -> patient_id,
     ``registered``: known to the practice by the as-of time). The views ``s_<source>`` and ``events_pk`` (every
@@ -367,7 +380,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, as_of: str) -> _Events:
             patient_id IN (SELECT patient_id FROM p WHERE registered_at <= {as_of}) AS registered
         FROM (SELECT patient_id FROM p UNION SELECT patient_id FROM pev) WHERE patient_id IS NOT NULL""")
     con.execute(f"CREATE OR REPLACE TEMP TABLE b_pk AS {_billing_sql(as_of)}")
-    sources = _sources_sql(as_of)
+    sources = _sources_sql(as_of, vocab)
     sorting: dict[str, Future] = {}
     # numpy sorts a fetched source (one core, GIL released) while DuckDB runs the next query
     with ThreadPoolExecutor(max_workers=1) as sorter:
@@ -383,7 +396,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, as_of: str) -> _Events:
         # visits and bookings: one query, sorted by DuckDB (the tie order of visits matters: the no-show streak); the
         # bookings (not snapshot-making events: month starts and the as-of snapshot read them exactly) need only pk
         # order
-        res = {c: np.asarray(v) for c, v in con.execute(_visits_and_bookings_sql(as_of)).fetchnumpy().items()}
+        res = {c: np.asarray(v) for c, v in con.execute(_visits_and_bookings_sql(as_of, vocab)).fetchnumpy().items()}
         src = {name: f.result() for name, f in sorting.items()}
     is_visit, is_booking = res.pop("is_visit").astype(bool), res.pop("is_booking").astype(bool)
     src = {"visit": {c: res[c][is_visit] for c in ["pk", "ts_us", *_SOURCE_COLUMNS["visit"]]}, **src}
@@ -464,15 +477,18 @@ _KEYS = ["patient_id", "event_timestamp", "created"]
 SNAPSHOT_PARQUET = {"compression": "lz4", "use_dictionary": ["patient_id"], "write_statistics": _KEYS,
                     "write_batch_size": 65_536, "data_page_size": 8 << 20}
 _UTC_US = pa.timestamp("us", tz="UTC")
-#: the snapshot file's schema. Every column is REQUIRED (no value is ever null; a missing rate or time is NaN), so
+#: the snapshot file's schema (``snapshot_schema``). Every column is REQUIRED (no value is ever null; a missing rate or time is NaN), so
 #: the writer has no definition levels to compute; features are float32 (Float32 in the Feast view): the models read
 #: float32 (XGBoost's DMatrix, ``training/model.py``), so the narrower type changes nothing a model sees; the
 #: timestamps stay float64 (epoch seconds need 31 bits of mantissa). With the statistics above: 0.38 instead of
 #: 0.98 CPU-s per 1M rows (REQUIRED float64: 0.54), and a file 15% smaller.
-SNAPSHOT_SCHEMA = pa.schema([pa.field("patient_id", pa.string(), nullable=False),
-                             *[pa.field(c, _UTC_US, nullable=False) for c in _KEYS[1:]],
-                             *[pa.field(c, pa.float32(), nullable=False) for c in ACTIVITY_FEATURES],
-                             *[pa.field(c, pa.float64(), nullable=False) for c in ACTIVITY_TIMESTAMPS]])
+
+
+def snapshot_schema(vocab: Vocabulary) -> pa.Schema:
+    return pa.schema([pa.field("patient_id", pa.string(), nullable=False),
+                      *[pa.field(c, _UTC_US, nullable=False) for c in _KEYS[1:]],
+                      *[pa.field(c, pa.float32(), nullable=False) for c in activity_features(vocab)],
+                      *[pa.field(c, pa.float64(), nullable=False) for c in ACTIVITY_TIMESTAMPS]])
 
 
 def _monthly_labels(src: dict[str, dict], snap: dict, ids: pa.Array, lo: int, as_of_us: int,
@@ -490,7 +506,7 @@ def _monthly_labels(src: dict[str, dict], snap: dict, ids: pa.Array, lo: int, as
             "channel": labels.monthly_table(ids.take(pa.array(h_pk - lo)), h_t, h_label)}
 
 
-def _write_snapshots(con: duckdb.DuckDBPyConnection, events: _Events, path: Path, as_of: str,
+def _write_snapshots(con: duckdb.DuckDBPyConnection, events: _Events, path: Path, as_of: str, vocab: Vocabulary,
                      rows_per_chunk: int = 1_000_000,
                      latest_path: Path | None = None, label_paths: dict[str, Path] | None = None) -> tuple[int, dict]:
     """Snapshot features chunk by chunk (whole patients), appended to one parquet file; the write of one chunk
@@ -511,6 +527,7 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, events: _Events, path: Path
     ids = pids.column(0).combine_chunks().cast(pa.string())
     registered = pids.column(1).to_numpy(zero_copy_only=False).astype(bool)
     latest_us = t[1]   # every patient has an as-of snapshot; events are never later than the as-of time
+    schema = snapshot_schema(vocab)
 
     buffers: queue.SimpleQueue[snapshot_kernel.Buffers] = queue.SimpleQueue()   # back once their chunk is written
 
@@ -519,15 +536,15 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, events: _Events, path: Path
         clock = _Clock(lo, t[0], t[1], t[2])
         snap = _snapshot_times(src, registered[lo:hi], clock, as_of_us)
         try:
-            buf = snapshot_kernel.output_buffer(len(snap["pk"]), buffers.get_nowait())
+            buf = snapshot_kernel.output_buffer(len(snap["pk"]), vocab, buffers.get_nowait())
         except queue.Empty:
-            buf = snapshot_kernel.output_buffer(len(snap["pk"]))
-        feats, rows = snapshot_kernel.snapshot_features(snap["pk"], snap["ts_us"], src, bk, latest_us, buf)
+            buf = snapshot_kernel.output_buffer(len(snap["pk"]), vocab)
+        feats, rows = snapshot_kernel.snapshot_features(snap["pk"], snap["ts_us"], src, bk, latest_us, vocab, buf)
         snap_ts = snap["ts_us"].take(rows)
         ts = pa.array(snap_ts, type=pa.int64()).cast(_UTC_US)
         arrays = [ids.take(pa.array(snap["pk"].take(rows))), ts, ts]
-        arrays += [pa.array(feats[f.name], type=f.type) for f in SNAPSHOT_SCHEMA if f.name not in _KEYS]
-        table = pa.Table.from_arrays(arrays, schema=SNAPSHOT_SCHEMA)
+        arrays += [pa.array(feats[f.name], type=f.type) for f in schema if f.name not in _KEYS]
+        table = pa.Table.from_arrays(arrays, schema=schema)
         latest = table.filter(pa.array(snap_ts == latest_us)) if latest_path is not None else None
         monthly = _monthly_labels(src, snap, ids.slice(lo, hi - lo), lo, as_of_us, clock) if label_paths else {}
         return table, latest, monthly, buf
@@ -609,6 +626,8 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
         lit = f"TIMESTAMP '{as_of_ts.isoformat(sep=' ')}'"
         info["patients"] = con.execute("SELECT COUNT(*) FROM p").fetchall()[0][0]
         info["visits"] = con.execute("SELECT COUNT(*) FROM v_all").fetchall()[0][0]
+        vocab = feed_vocabulary(con, Path(data), settings)
+        info["vocabulary"] = "; ".join(f"{c} {len(v)}" for c, v in vocab.codes.items())
     # the no-show labels (a DuckDB scan and write, 17 CPU-s at 10M visits) run on a cursor of their own from here
     # on: the events stage leaves half a core idle; they land in the feature folder only with the snapshots
     with ThreadPoolExecutor(max_workers=1) as background:
@@ -620,9 +639,9 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
                      reg AS (SELECT p.*, LEAST(p.registered_at, COALESCE(first.first_ts, p.registered_at)) AS known_at
                              FROM p LEFT JOIN first USING (patient_id))
                 SELECT patient_id, known_at::TIMESTAMPTZ AS event_timestamp, known_at::TIMESTAMPTZ AS created,
-                  birth_year::BIGINT AS birth_year, {_code('sex', SEXES)}::BIGINT AS sex_code,
-                  {_code('preferred_language', LANGUAGES)}::BIGINT AS language_code,
-                  {_code('insurance_type', INSURANCE)}::BIGINT AS insurance_code, distance_km::DOUBLE AS distance_km,
+                  birth_year::BIGINT AS birth_year, {_vocab_code('sex', vocab)}::BIGINT AS sex_code,
+                  {_vocab_code('preferred_language', vocab)}::BIGINT AS language_code,
+                  {_vocab_code('insurance_type', vocab)}::BIGINT AS insurance_code, distance_km::DOUBLE AS distance_km,
                   has_mobile::BIGINT AS has_mobile, has_email::BIGINT AS has_email,
                   portal_enrolled::BIGINT AS portal_enrolled
                 FROM reg WHERE known_at <= {lit} ORDER BY patient_id) TO '{tmp}' (FORMAT PARQUET, COMPRESSION zstd)""")
@@ -630,14 +649,14 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
             profile_rows = f"SELECT COUNT(*) FROM read_parquet('{out / PROFILE_FILE}')"
             info["patients"] = patients = con.execute(profile_rows).fetchall()[0][0]
         with _stage("features build: events") as info:
-            sources = _prepare(con, lit)
+            sources = _prepare(con, lit, vocab)
             counts = sources.counts()
             info.update(counts)
             info["events"] = events = sum(counts.values())
         activity_tmp = out / (ACTIVITY_FILE + ".tmp")
         monthly = {t: work / f"labels_{t}.parquet" for t in ("churn", "channel")}
         with _stage("features build: snapshots") as info:
-            snapshots, monthly_rows = _write_snapshots(con, sources, activity_tmp, lit, rows_per_chunk,
+            snapshots, monthly_rows = _write_snapshots(con, sources, activity_tmp, lit, vocab, rows_per_chunk,
                                                        work / "latest.parquet", monthly)
             info["snapshots"] = snapshots
             info.update(monthly_rows)
@@ -650,7 +669,7 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
         for t in ("churn", "channel", "no_show"):
             (monthly.get(t) or labels.label_file(work, t)).replace(labels.label_file(out, t))
     with _stage("features build: population defaults") as info:
-        defaults = compute_defaults(con, out, as_of_ts, work / "latest.parquet")
+        defaults = compute_defaults(con, out, as_of_ts, vocab, work / "latest.parquet")
         (out / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1, sort_keys=True))
         info["columns"] = len(defaults)
     snapshot_hash = _file_hash(out / PROFILE_FILE, out / ACTIVITY_FILE)
@@ -660,6 +679,7 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
                 "events": events, "labels": label_rows, "snapshot_hash": snapshot_hash,
                 "history_days": round((as_of_ts - first).total_seconds() / 86400, 1) if first is not None else 0.0,
                 "presence": read_presence(Path(data)).to_dict(),
+                "vocabulary": vocab.to_dict(),
                 "data": str(Path(data).resolve()),
                 "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
@@ -667,6 +687,22 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
     shutil.rmtree(work, ignore_errors=True)
     return BuildSummary(as_of=as_of_utc, patients=patients, snapshots=snapshots, label_rows=label_rows,
                         seconds=time.perf_counter() - t0, snapshot_hash=snapshot_hash)
+
+
+def feed_vocabulary(con: duckdb.DuckDBPyConnection, data: Path, settings: Settings) -> Vocabulary:
+    """The site's vocabulary of the feeds in ``data`` (views ``p``, ``v_all``): the rule of
+    ``features.feeds.vocabulary.resolve`` over their value counts, with what ``data/vocabulary.json`` declares (a
+    validated folder's holds the vocabulary validation resolved, so the same codes come back) and the pins of the
+    settings. The build records it in its manifest; every reader of the build takes it from there."""
+    declared = vocab_rule.read_declared(data)
+    counts: dict[str, dict[str, int]] = {}
+    for feed, col in vocab_rule.COLUMNS:
+        view = "p" if feed == "patients" else "v_all"
+        rows = con.execute(f'SELECT "{col}"::VARCHAR, COUNT(*) FROM {view} WHERE "{col}" IS NOT NULL GROUP BY 1').fetchall()
+        counts[col] = {str(v): int(n) for v, n in rows}
+    v = settings.vocabulary
+    return vocab_rule.resolve(counts, declared, v.pinned(), v.min_count, v.max_codes,
+                              vocab_rule.read_sources(data))
 
 
 def _no_show_labels(con: duckdb.DuckDBPyConnection, data: Path, out: Path,
@@ -683,7 +719,7 @@ def _no_show_labels(con: duckdb.DuckDBPyConnection, data: Path, out: Path,
         cur.close()
 
 
-def compute_defaults(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.datetime,
+def compute_defaults(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.datetime, vocab: Vocabulary,
                      latest: Path | None = None) -> dict[str, float | None]:
     """Medians (numeric) and modes (codes and flags) over every patient's latest snapshot, for unknown patients.
     ``latest``: a file holding just the snapshots at the latest time (the build writes one), else the activity file.
@@ -691,7 +727,8 @@ def compute_defaults(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.dateti
     act, prof = out / ACTIVITY_FILE, out / PROFILE_FILE
     src = latest if latest is not None and latest.exists() else act
     have = set(pq.read_schema(src).names) | set(pq.read_schema(prof).names)
-    wanted = [c for c in dict.fromkeys([*ACTIVITY_FEATURES, *PROFILE_FEATURES, *ACTIVITY_TIMESTAMPS]) if c in have]
+    activity = activity_features(vocab)
+    wanted = [c for c in dict.fromkeys([*activity, *PROFILE_FEATURES, *ACTIVITY_TIMESTAMPS]) if c in have]
     table = con.sql(f"""SELECT {", ".join(f'"{c}"' for c in wanted)} FROM read_parquet('{src}') a
                      JOIN read_parquet('{prof}') USING (patient_id)
                      WHERE a.event_timestamp = (SELECT MAX(event_timestamp) FROM read_parquet('{src}'))""").to_arrow_table()
@@ -702,7 +739,7 @@ def compute_defaults(con: duckdb.DuckDBPyConnection, out: Path, as_of: dt.dateti
     rec = recency_features({"request_ts": np.full(n, req),
                             **{c: cols.get(c, np.full(n, np.nan)) for c in ["birth_year", *ACTIVITY_TIMESTAMPS]}})
     cols.update({k: np.asarray(v, dtype=np.float64) for k, v in rec.items()})
-    names = ACTIVITY_FEATURES + PROFILE_FEATURES + list(rec)
+    names = activity + PROFILE_FEATURES + list(rec)
     modes = INT_COLUMNS | {"in_collections", "disputed", "written_off", "payment_plan"}
     with ThreadPoolExecutor(max_workers=2) as pool:   # numpy's partition and sort release the GIL
         values = pool.map(lambda c: _default(cols[c], c in modes) if c in cols else math.nan, names)

@@ -59,7 +59,8 @@ def validate(
     """
     s = settings_or_exit()
     try:
-        report = validate_feeds(src, out or s.validated_dir, quarantine or s.quarantine_dir, s.validation)
+        report = validate_feeds(src, out or s.validated_dir, quarantine or s.quarantine_dir, s.validation,
+                                s.vocabulary)
     except FeedError as exc:
         fail(str(exc))
     typer.echo(report.describe())

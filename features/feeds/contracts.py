@@ -18,12 +18,9 @@ Kind = Literal["string", "int", "float", "bool", "timestamp"]
 
 FEEDS = ("patients", "visits", "billing", "engagement")
 
-SEXES = ("F", "M", "X", "U")
-LANGUAGES = ("en", "es", "pt", "zh", "vi", "ar", "other")
-INSURANCE = ("commercial", "medicare", "medicaid", "self_pay", "other")
-DEPARTMENTS = ("primary_care", "cardiology", "dermatology", "pediatrics", "orthopedics",
-               "behavioral_health", "obgyn", "endocrinology")
-VISIT_TYPES = ("new_patient", "follow_up", "annual_exam", "procedure", "urgent")
+# The product's own codes: features and labels compute from them, so a site maps its values onto them on import.
+# Departments, visit types, payer classes, languages and sexes are the site's own (``vocabulary=True`` columns:
+# features/feeds/vocabulary.py), learned from the feeds or pinned in carecast.yaml, never listed here.
 VISIT_STATUSES = ("scheduled", "completed", "no_show", "cancelled")
 BILLING_STATUSES = ("open", "partial", "paid", "collections", "written_off", "disputed")
 CHANNELS = ("sms", "email", "phone", "portal", "mail")
@@ -44,6 +41,8 @@ class Column:
     allowed: tuple[str, ...] | None = None
     min: float | None = None
     max: float | None = None
+    #: the site's own codes (features/feeds/vocabulary.py): learned or pinned, never checked against a list
+    vocabulary: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,9 +106,9 @@ PATIENTS = Contract(
     columns=(
         Column("patient_id", "string", "Practice's patient identifier (pseudonymous in the feeds)."),
         Column("birth_year", "int", "Year of birth.", min=1900, max=2030),
-        Column("sex", "string", "Administrative sex.", allowed=SEXES),
-        Column("preferred_language", "string", "Preferred language (ISO 639-1 or 'other').", allowed=LANGUAGES),
-        Column("insurance_type", "string", "Primary payer class.", allowed=INSURANCE),
+        Column("sex", "string", "Administrative sex.", vocabulary=True),
+        Column("preferred_language", "string", "Preferred language (ISO 639-1 or 'other').", vocabulary=True),
+        Column("insurance_type", "string", "Primary payer class.", vocabulary=True),
         Column("zip3", "string", "First three digits of the ZIP code.", nullable=True),
         Column("distance_km", "float", "Road distance from home to the clinic.", nullable=True, min=0, max=2000),
         Column("registered_at", "timestamp", "When the patient registered with the practice."),
@@ -129,8 +128,8 @@ VISITS = Contract(
         Column("patient_id", "string", "Patient the appointment belongs to."),
         Column("booked_at", "timestamp", "When the appointment was booked."),
         Column("scheduled_at", "timestamp", "When the appointment takes place."),
-        Column("department", "string", "Clinic department.", allowed=DEPARTMENTS),
-        Column("visit_type", "string", "Kind of visit.", allowed=VISIT_TYPES),
+        Column("department", "string", "Clinic department.", vocabulary=True),
+        Column("visit_type", "string", "Kind of visit.", vocabulary=True),
         Column("provider_id", "string", "Clinician identifier."),
         Column("telehealth", "bool", "Video or phone visit instead of in person."),
         Column("status", "string", "Latest status.", allowed=VISIT_STATUSES),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from features.feeds.contracts import CONTRACTS, FEEDS, Column, Contract
 from features.feeds.noshow_import import MAPPING
 from features.feeds.validate import QUARANTINE_RULES
+from features.feeds.vocabulary import VOCABULARY_RULES
 
 
 def _cell(text: str) -> str:
@@ -32,7 +33,7 @@ def _feed(c: Contract) -> list[str]:
              "| column | type | nullable | allowed values | bounds | description |",
              "|---|---|---|---|---|---|"]
     for col in c.columns:
-        allowed = ", ".join(col.allowed) if col.allowed else ""
+        allowed = ", ".join(col.allowed) if col.allowed else "the site's vocabulary" if col.vocabulary else ""
         lines.append(f"| `{col.name}` | {col.kind} | {'yes' if col.nullable else 'no'} | {allowed} | "
                      f"{_bounds(col)} | {_cell(col.description)} |")
     lines.append("")
@@ -53,7 +54,9 @@ def render() -> str:
              "`timestamp` (UTC). `carecast data validate SRC` checks them against the contracts below.", ""]
     for feed in FEEDS:
         lines += _feed(CONTRACTS[feed])
-    lines += ["## Validation and quarantine", ""]
+    lines += ["## The site's vocabulary", ""]
+    lines += [f"- {rule}" for rule in VOCABULARY_RULES]
+    lines += ["", "## Validation and quarantine", ""]
     lines += [f"- {rule}" for rule in QUARANTINE_RULES]
     lines += ["", "`carecast data validate` exits 0 when every row loaded, 1 when rows were quarantined "
               "(0 with `--allow-quarantine`), 2 when a feed could not be read.", "",

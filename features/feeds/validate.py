@@ -46,9 +46,10 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from carecast import logs
-from carecast.settings import ValidationSettings
+from carecast.settings import ValidationSettings, VocabularySettings
 from features.feeds import files as feeds_io
 from features.feeds import integrity
+from features.feeds import vocabulary as vocab_rule
 from features.feeds.contracts import CONTRACTS, FEEDS, Column, Contract
 
 log = logs.get("validate")
@@ -117,6 +118,10 @@ class ValidationReport:
     feeds: dict[str, FeedReport]
     out: Path
     quarantine_dir: Path
+    #: the site's vocabulary learned (or pinned) from the loaded rows, written to ``out/vocabulary.json``
+    vocabulary: vocab_rule.Vocabulary | None = None
+    #: which feeds and columns the site sent (``presence.json``; the build copies it into its manifest)
+    presence: integrity.Presence = field(default_factory=integrity.Presence)
 
     @property
     def quarantined(self) -> int:
@@ -135,9 +140,12 @@ class ValidationReport:
         lines.append(f"  total quarantined: {self.quarantined:,}")
         if self.presence.describe() != integrity.Presence().describe():
             lines.append(f"  absent: {self.presence.describe()}")
+        if self.vocabulary is not None:
+            lines.append("  vocabulary: " + "; ".join(
+                f"{c} {len(v)} codes ({self.vocabulary.sources.get(c, 'learned')})"
+                for c, v in self.vocabulary.codes.items()))
         return "\n".join(lines)
 
-    presence: integrity.Presence = field(default_factory=integrity.Presence)
 
     def to_dict(self) -> dict:
         return {"ok": True, "out": str(self.out), "quarantined": self.quarantined,
@@ -422,26 +430,52 @@ def _record_failure(quarantine: Path, error: str) -> None:
         indent=2) + "\n")
 
 
+def _learn_vocabulary(counts: dict[str, dict[str, int]], declared: dict[str, tuple[str, ...]],
+                      settings: VocabularySettings | None) -> vocab_rule.Vocabulary:
+    """The vocabulary rule (``features.feeds.vocabulary.resolve``) with the ``vocabulary`` settings, logged as counts."""
+    settings = settings or VocabularySettings()
+    vocab = vocab_rule.resolve(counts, declared, settings.pinned(), settings.min_count, settings.max_codes)
+    for col, codes in vocab.codes.items():
+        folded = sum(n for v, n in counts.get(col, {}).items() if v not in codes)
+        log.info("vocabulary %s: %d codes (%s), %d rows read as other", col, len(codes), vocab.sources[col], folded)
+    return vocab
+
+
+def _value_counts(loaded: pd.DataFrame, contract: Contract) -> dict[str, dict[str, int]]:
+    """Rows per value of the feed's vocabulary columns (the loaded rows: what features will be built from)."""
+    return {c.name: {str(k): int(n) for k, n in loaded[c.name].value_counts(dropna=True).items()}
+            for c in contract.columns if c.vocabulary}
+
+
 def validate_feeds(src: Path, out: Path, quarantine: Path, rules: ValidationSettings | None = None,
-                   now: dt.datetime | None = None) -> ValidationReport:
+                   vocabulary: VocabularySettings | None = None, now: dt.datetime | None = None) -> ValidationReport:
     """Validate the feeds in ``src``; write good rows to ``out`` and bad rows to ``quarantine``, all or nothing.
 
-    ``rules``: the plausibility bounds (``settings.validation``); ``now``: the clock they are relative to."""
+    ``rules``: the plausibility bounds (``settings.validation``); ``vocabulary``: the site's codes, learned from the
+    loaded rows or pinned (``settings.vocabulary``; ``features.feeds.vocabulary``), written to
+    ``out/vocabulary.json``; ``now``: the clock the bounds are relative to."""
     src, out, quarantine = Path(src), Path(out), Path(quarantine)
     if out.resolve() == src.resolve() or quarantine.resolve() in (src.resolve(), out.resolve()):
         raise FeedError(f"{out}: the output, quarantine and source folders must all differ")
     try:
-        return _validate(src, out, quarantine, rules or ValidationSettings(), now or dt.datetime.now(dt.UTC))
+        return _validate(src, out, quarantine, rules or ValidationSettings(), vocabulary,
+                         now or dt.datetime.now(dt.UTC))
     except FeedError as exc:
         _record_failure(quarantine, str(exc))
         raise
 
 
-def _validate(src: Path, out: Path, quarantine: Path, rules: ValidationSettings, now: dt.datetime) -> ValidationReport:
+def _validate(src: Path, out: Path, quarantine: Path, rules: ValidationSettings,
+              vocabulary: VocabularySettings | None, now: dt.datetime) -> ValidationReport:
     sources = {feed: _locate(src, CONTRACTS[feed]) for feed in FEEDS}  # structure first: fail before writing
     presence = integrity.Presence(feeds={f: s is not None for f, s in sources.items()},
                                   columns_absent={f: s.absent for f, s in sources.items() if s is not None and s.absent})
     needed = {n for c in CONTRACTS.values() for r in c.rules for n in r.needs}
+    try:
+        declared = vocab_rule.read_declared(src)
+    except vocab_rule.VocabularyError as exc:
+        raise FeedError(str(exc)) from None
+    seen: dict[str, dict[str, int]] = {}
     loaded_frames: dict[str, pd.DataFrame] = {}
     reports: dict[str, FeedReport] = {}
     stage_out, stage_q = _staging(out), _staging(quarantine)
@@ -462,6 +496,7 @@ def _validate(src: Path, out: Path, quarantine: Path, rules: ValidationSettings,
                 failures += integrity.plausibility_checks(feed, contract, typed, rules, now)
                 bad, text, counts = join_reasons(len(raw), _checks(raw, typed, contract, loaded_frames, failures))
                 loaded = _final_dtypes(typed, bad, contract)
+                seen.update(_value_counts(loaded, contract))
                 quarantined = raw[bad].reset_index(drop=True)
                 quarantined["reason"] = text
                 if len(raw) != len(loaded) + len(quarantined):
@@ -474,7 +509,9 @@ def _validate(src: Path, out: Path, quarantine: Path, rules: ValidationSettings,
             if feed in needed:
                 loaded_frames[feed] = loaded
             del raw, typed, quarantined
-        report = ValidationReport(reports, out, quarantine, presence)
+        vocab = _learn_vocabulary(seen, declared, vocabulary)
+        vocab_rule.write(vocab, stage_out, resolved=True)
+        report = ValidationReport(reports, out, quarantine, vocab, presence)
         integrity.write_presence(stage_out, presence)
         (stage_q / "summary.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     except BaseException:

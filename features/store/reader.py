@@ -28,7 +28,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,26 +38,27 @@ from carecast import logs
 from carecast.settings import Settings
 from carecast.targets import Target, as_target, target_info
 from features.catalog import (
-    ACTIVITY_FEATURES,
     ACTIVITY_FILE,
     ACTIVITY_TIMESTAMPS,
     AGE_BANDS,
     APPOINTMENT_FEATURES,
     APPOINTMENT_REQUEST_FIELDS,
-    CATEGORIES,
+    CATEGORY_SOURCES,
     DEFAULTS_FILE,
     GROUP_COLUMNS,
-    PATIENT_FEATURES,
     PROFILE_FEATURES,
     PROFILE_FILE,
+    activity_features,
     categorical_columns,
+    categories,
     feature_columns,
+    patient_features,
 )
-from features.feeds.contracts import INSURANCE, LANGUAGES, SEXES
+from features.feeds.vocabulary import Vocabulary
 from features.request import appointment_features, recency_features, to_epoch
 from features.store import feast_internals
 from features.store.online_plan import FeatureMismatch, OnlinePlan
-from features.store.repo import feature_service, get_store, require_build
+from features.store.repo import feature_service, get_store, require_build, vocabulary
 
 log = logs.get("features.store.reader")
 
@@ -90,31 +91,37 @@ def _is_share(name: str) -> bool:
     return "_rate" in name or name.startswith("dept_share_") or name == "share_paid"
 
 
-def new_patient_activity() -> dict[str, float]:
-    """The stored activity features of a patient with no history: counts, sums and flags 0, rates NaN, timestamps
-    NaN (nothing happened, nothing is booked). A test checks it equals the build's kernel on a patient with no
-    events."""
-    nan = float("nan")
-    out = {c: (nan if _is_share(c) else 0.0) for c in ACTIVITY_FEATURES}
-    return out | dict.fromkeys(ACTIVITY_TIMESTAMPS, nan)
+#: the request-time features of a patient whose every stored timestamp is missing (nothing ever happened)
+_NEW_RECENCY = {k: float(v[0]) for k, v in recency_features(
+    {"request_ts": [0.0], "birth_year": [float("nan")], **{c: [float("nan")] for c in ACTIVITY_TIMESTAMPS}}).items()}
 
 
-def new_patient_features() -> dict[str, float]:
-    """Every patient feature (``PATIENT_FEATURES``) of a new patient of whom nothing else is known: the activity of
-    ``new_patient_activity``, the request-time recency features computed from its timestamps (never happened: NaN;
-    ``days_past_due`` 0; no birth year: age NaN), and a profile that is missing (NaN; category codes -1)."""
-    act = new_patient_activity()
-    rec = recency_features({"request_ts": [0.0], "birth_year": [float("nan")],
-                            **{c: [act[c]] for c in ACTIVITY_TIMESTAMPS}})
-    out: dict[str, float] = {c: (-1.0 if c in CATEGORIES else float("nan")) for c in PROFILE_FEATURES}
-    out |= {c: act[c] for c in ACTIVITY_FEATURES} | {k: float(v[0]) for k, v in rec.items()}
-    return {c: out[c] for c in PATIENT_FEATURES}
+def new_patient_value(name: str) -> float:
+    """One feature of a new patient of whom nothing else is known, by the feature's kind (any vocabulary): a profile
+    that is missing (NaN; category codes -1); stored timestamps NaN; the request-time features computed from those
+    (never happened: NaN; ``days_past_due`` 0; no birth year: age NaN); rates and shares NaN (of nothing, as the
+    build's kernel computes them); counts, sums and flags 0."""
+    if name in PROFILE_FEATURES:
+        return -1.0 if name in CATEGORY_SOURCES else float("nan")
+    if name in ACTIVITY_TIMESTAMPS:
+        return float("nan")
+    if name in _NEW_RECENCY:
+        return _NEW_RECENCY[name]
+    return float("nan") if _is_share(name) else 0.0
 
 
-_NEW_PATIENT = new_patient_features()
+def new_patient_activity(vocab: Vocabulary) -> dict[str, float]:
+    """The stored activity features of a patient with no history (a test checks it equals the build's kernel on a
+    patient with no events)."""
+    return {c: new_patient_value(c) for c in [*activity_features(vocab), *ACTIVITY_TIMESTAMPS]}
 
 
-def fill_new_patients(df: pd.DataFrame) -> pd.DataFrame:
+def new_patient_features(vocab: Vocabulary) -> dict[str, float]:
+    """Every patient feature (``patient_features(vocab)``) of a new patient: one coherent profile, never medians."""
+    return {c: new_patient_value(c) for c in patient_features(vocab)}
+
+
+def fill_new_patients(df: pd.DataFrame, vocab: Vocabulary) -> pd.DataFrame:
     """Rows read before the patient's first activity snapshot (``HISTORY_BY`` missing) get the activity of a patient
     with no history, in place; their profile and request-time features stay as read (the days-since features of
     NaN timestamps already are a new patient's)."""
@@ -122,8 +129,8 @@ def fill_new_patients(df: pd.DataFrame) -> pd.DataFrame:
         return df
     none = df[HISTORY_BY].isna().to_numpy()
     if none.any():
-        act = new_patient_activity()
-        for c in ACTIVITY_FEATURES:
+        act = new_patient_activity(vocab)
+        for c in act:
             if c in df.columns:
                 df.loc[none, c] = act[c]
     return df
@@ -141,14 +148,14 @@ class _Columns:
     def of(cls, names: Sequence[str]) -> _Columns:
         names = tuple(names)
         return cls(names, np.flatnonzero([n not in APPOINTMENT_FEATURES for n in names]),
-                   [j for j, n in enumerate(names) if n in CATEGORIES])
+                   [j for j, n in enumerate(names) if n in CATEGORY_SOURCES])
 
 
 def _finish(X: np.ndarray, known: np.ndarray, cols: _Columns) -> np.ndarray:
     """The rule for unknown patients and missing codes, in place: every patient feature of an unknown row is a new
     patient's (``new_patient_features``); a missing category code is -1."""
     if not known.all():
-        d = np.array([_NEW_PATIENT.get(cols.names[j], float("nan")) for j in cols.patient], dtype=np.float64)
+        d = np.array([new_patient_value(cols.names[j]) for j in cols.patient], dtype=np.float64)
         X[np.ix_(np.flatnonzero(~known), cols.patient)] = d
     if cols.categories:
         X[:, cols.categories] = np.nan_to_num(X[:, cols.categories], nan=-1).astype(np.int64)
@@ -183,9 +190,11 @@ class TrainingFrame:
     categorical_columns: dict[str, list[str]]
     feature_service: str
     snapshot_hash: str
+    #: the site's vocabulary of the build (``Vocabulary.to_dict``): recorded with every model trained on the frame
+    vocabulary: dict[str, Any] = field(default_factory=dict)
 
 
-def _add_groups(df: pd.DataFrame) -> pd.DataFrame:
+def _add_groups(df: pd.DataFrame, vocab: Vocabulary) -> pd.DataFrame:
     age = df["age_years"]
     band = pd.Series("unknown", index=df.index, dtype=object)
     for lo, hi, name in AGE_BANDS:
@@ -196,9 +205,9 @@ def _add_groups(df: pd.DataFrame) -> pd.DataFrame:
         codes = df[col].fillna(-1).astype(int)
         return codes.map(lambda i: cats[i] if 0 <= i < len(cats) else "unknown")
 
-    df["group_sex"] = decode("sex_code", SEXES)
-    df["group_insurance"] = decode("insurance_code", INSURANCE)
-    df["group_language"] = decode("language_code", LANGUAGES)
+    df["group_sex"] = decode("sex_code", vocab.of("sex"))
+    df["group_insurance"] = decode("insurance_code", vocab.of("insurance_type"))
+    df["group_language"] = decode("language_code", vocab.of("preferred_language"))
     return df
 
 
@@ -284,7 +293,8 @@ def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odf
     service = store.get_feature_service(target_info(target).feature_service)
     if via_odfv:
         return fill_new_patients(store.get_historical_features(entity_df=entity, features=service,
-                                                               filter_by_created_timestamp=True).to_df())
+                                                               filter_by_created_timestamp=True).to_df(),
+                                 vocabulary(settings))
     refs = []
     for proj in service.feature_view_projections:
         if proj.name in ("patient_profile", "patient_activity"):
@@ -304,9 +314,9 @@ def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odf
         # fast on Python ints, slow on numpy scalars); timestamps as arrays
         req = {c: df[c].tolist() if c in ("department", "visit_type", "telehealth") else df[c].to_numpy()
                for c in APPOINTMENT_REQUEST_FIELDS}
-        for k, v in appointment_features(req).items():
+        for k, v in appointment_features(req, categories(vocabulary(settings))).items():
             df[k] = np.asarray(v)
-    return fill_new_patients(df)
+    return fill_new_patients(df, vocabulary(settings))
 
 
 def training_frame(settings: Settings, target: Target, engine: str = "auto") -> TrainingFrame:
@@ -328,21 +338,23 @@ def training_frame(settings: Settings, target: Target, engine: str = "auto") -> 
         info["rows"] = len(entity)
         info["join"] = join_engine(settings, len(entity), engine)
         df = historical(settings, target, entity, engine=info["join"])
-        fcols = feature_columns(target)
-        for c in CATEGORIES:
+        vocab = vocabulary(settings)
+        fcols = feature_columns(target, vocab)
+        for c in CATEGORY_SOURCES:
             if c in df:
                 df[c] = df[c].fillna(-1).astype("int64")
-        df = _add_groups(df)
+        df = _add_groups(df, vocab)
         ids = ["appointment_id", "patient_id"] if target == "no_show" else ["patient_id"]
         df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
         df = df.sort_values(["event_timestamp", *ids], kind="stable").reset_index(drop=True)
         df = df[[*ids, "event_timestamp", "label", *fcols, *GROUP_COLUMNS]]
         for c in fcols:
-            if c not in CATEGORIES:
+            if c not in CATEGORY_SOURCES:
                 df[c] = df[c].astype("float64")
         info["features"] = len(fcols)
-    return TrainingFrame(frame=df, feature_columns=fcols, categorical_columns=categorical_columns(target),
-                         feature_service=service_name, snapshot_hash=str(manifest["snapshot_hash"]))
+    return TrainingFrame(frame=df, feature_columns=fcols, categorical_columns=categorical_columns(target, vocab),
+                         feature_service=service_name, snapshot_hash=str(manifest["snapshot_hash"]),
+                         vocabulary=vocab.to_dict())
 
 
 # --------------------------------------------------------------------------- as of one time: batch scoring
@@ -381,7 +393,8 @@ def snapshots_as_of(settings: Settings, as_of: dt.datetime) -> pd.DataFrame:
 def unknown_patients(settings: Settings, patient_ids: pd.Index, as_of: dt.datetime | None = None) -> pd.DataFrame:
     """Patient-feature rows for patients with no activity snapshot, indexed by ``patient_ids``: a new patient's
     (``new_patient_features``), with the profile the build holds for them (the patients feed, known by ``as_of``)."""
-    df = pd.DataFrame({c: _NEW_PATIENT[c] for c in PATIENT_FEATURES}, index=patient_ids)
+    new = new_patient_features(vocabulary(settings))
+    df = pd.DataFrame(new, index=patient_ids)
     path = settings.feature_dir / PROFILE_FILE
     if len(patient_ids) and path.exists():
         prof = pd.read_parquet(path).drop_duplicates("patient_id", keep="last").set_index("patient_id")
@@ -426,7 +439,7 @@ def online_features(settings: Settings, target: Target, patient_ids: list[str],
         row["patient_id"] = pid
     store = get_store(settings)
     resp = store.get_online_features(features=feature_service(settings, target), entity_rows=rows).to_dict()
-    fcols = feature_columns(target)
+    fcols = feature_columns(target, vocabulary(settings))
     n = len(patient_ids)
     known = np.array([any(resp[k][i] is not None for k in KNOWN_BY) for i in range(n)], dtype=bool)
     nan = float("nan")
@@ -510,7 +523,7 @@ class OnlineReader:
         name, names = key
         target = as_target(name)
         now = time.monotonic()
-        available = feature_columns(target)
+        available = feature_columns(target, vocabulary(self.settings))
         missing = [n for n in names if n not in available]
         if missing:
             raise FeatureMismatch(f"{target}: feature store lacks {', '.join(missing[:5])}")

@@ -19,12 +19,13 @@ from carecast import logs
 from carecast.settings import Settings
 from carecast.targets import Target, target_info
 from features.catalog import (
-    ACTIVITY_FEATURES,
     ACTIVITY_FILE,
     ACTIVITY_TIMESTAMPS,
     MANIFEST_FILE,
     PROFILE_FEATURES,
+    activity_features,
 )
+from features.feeds import vocabulary as vocab_rule
 from features.store import feast_internals
 
 if TYPE_CHECKING:
@@ -127,6 +128,11 @@ def require_build(settings: Settings) -> dict[str, Any]:
     return json.loads(manifest.read_text())
 
 
+def vocabulary(settings: Settings) -> vocab_rule.Vocabulary:
+    """The site's vocabulary the current build recorded (its feature names and codes follow it)."""
+    return vocab_rule.of_manifest(settings.feature_dir / MANIFEST_FILE)
+
+
 _require_build = require_build  # the name ``apply`` calls (apply belongs to the Feast-repo change)
 
 
@@ -223,7 +229,7 @@ def read_patient(settings: Settings, patient_id: str) -> dict[str, Any]:
     """One patient's stored online features (both views, raw) for `carecast features show`."""
     store = get_store(settings)
     feats = [f"patient_profile:{c}" for c in PROFILE_FEATURES] + [
-        f"patient_activity:{c}" for c in ACTIVITY_FEATURES]
+        f"patient_activity:{c}" for c in activity_features(vocabulary(settings))]
     feats += [f"patient_activity:{c}" for c in ACTIVITY_TIMESTAMPS]
     resp = store.get_online_features(features=feats, entity_rows=[{"patient_id": patient_id}]).to_dict()
     out = {k: v[0] for k, v in resp.items()}

@@ -24,18 +24,14 @@ from carecast import logs
 from carecast.targets import MODEL_CHANNELS
 from features.feeds.contracts import (
     CHANNELS,
-    DEPARTMENTS,
     DIRECTIONS,
     ENGAGEMENT_KINDS,
     ENGAGEMENT_OUTCOMES,
     FEEDS,
-    INSURANCE,
-    LANGUAGES,
-    SEXES,
     VISIT_STATUSES,
-    VISIT_TYPES,
 )
 from features.synth.billing import billing_state
+from features.synth.codes import DEPARTMENTS, INSURANCE, LANGUAGES, SEXES, VISIT_TYPES, declare
 from features.synth.common import day, fmt_ids, fmt_ids_arrow, month_starts, to_ns
 from features.synth.engagement import Events, background, collection_calls
 from features.synth.patients import make_patients
@@ -196,6 +192,7 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
     (out / "truth").mkdir(exist_ok=True)
     clear(out, [f"{f}.parquet" for f in FEEDS] + [f"{f}.csv" for f in FEEDS])
     clear(out / "truth", ["noshow.parquet", "churn.parquet", "channel.parquet", "manifest.json"])
+    declare(out)   # the generator's codes, in its order: a world of any size keeps the same features
     pid_arrow = fmt_ids_arrow("P", np.arange(1, P.n + 1), 7)
 
     t = time.perf_counter()

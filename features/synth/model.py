@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
+from features.synth.codes import DEPARTMENTS, VISIT_TYPES
 from features.synth.common import sigmoid
 
 NS_INTERCEPT = -2.6

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.feeds.contracts import CHANNELS, INSURANCE, LANGUAGES
+from features.feeds.contracts import CHANNELS
+from features.synth.codes import INSURANCE, LANGUAGES
 from features.synth.common import choice, choice_rows
 
 # Codes index these tuples (kept identical to the contracts' allowed values).

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
 from features.synth.billing import BalancePool, Statements, draw_statements
+from features.synth.codes import DEPARTMENTS, VISIT_TYPES
 from features.synth.common import choice, choice_rows, sigmoid
 from features.synth.engagement import Events, contact
 from features.synth.model import (

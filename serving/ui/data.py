@@ -130,7 +130,9 @@ class Store:
             for name_, spec in LISTS.items():
                 df = _display(pd.read_parquet(folder / spec["file"]), spec["date"])
                 snap.frames[name_] = df
-                snap.departments[name_] = sorted(d for d in df["department"].dropna().unique() if d)
+                # the site's departments (the scoring build's vocabulary) and any the list itself holds
+                site = manifest.get("departments") or []
+                snap.departments[name_] = sorted({str(d) for d in [*site, *df["department"].dropna().unique()] if d})
             self._snap = snap
             return snap
 

@@ -20,10 +20,14 @@ from test_features_support import random_world
 from carecast.settings import REPO_ROOT, Settings, load_settings
 from features import catalog
 from features.build.run import build_features
-from features.catalog import ACTIVITY_FEATURES, ACTIVITY_FILE, PROFILE_FILE
+from features.catalog import ACTIVITY_FILE, PROFILE_FILE, activity_features
 from features.request import recency_features
 from features.store import reader
 from features.store import repo as store
+from features.synth.codes import synthetic_vocabulary
+
+V = synthetic_vocabulary()   # random_world declares the generator's codes
+ACTIVITY_FEATURES = activity_features(V)
 
 REDIS = "127.0.0.1:6379"
 
@@ -88,7 +92,7 @@ def test_python_api_build_apply_materialize_read(world: tuple[Settings, Path]) -
     req = {"as_of": as_of, "scheduled_at": as_of + dt.timedelta(days=3, hours=2), "booked_at": as_of,
            "department": "cardiology", "visit_type": "urgent", "telehealth": True}
     df, known = reader.online_features(s, "no_show", pids + ["no-such-patient"], [req] * (len(pids) + 1))
-    assert list(df.columns) == catalog.feature_columns("no_show")
+    assert list(df.columns) == catalog.feature_columns("no_show", V)
     assert known == [True] * len(pids) + [False]
     rec = recency_features({"request_ts": [as_of.timestamp()] * len(pids),
                             "birth_year": [profile.loc[p, "birth_year"] for p in pids],
@@ -103,12 +107,12 @@ def test_python_api_build_apply_materialize_read(world: tuple[Settings, Path]) -
         np.testing.assert_allclose(df[c].iloc[:len(pids)].to_numpy(float), np.asarray(vals, float), equal_nan=True)
     np.testing.assert_allclose(df["lead_time_days"], 3 + 2 / 24)
     assert (df["department_code"] == 1).all() and (df["telehealth_flag"] == 1).all()
-    new = reader.new_patient_features()   # the unknown patient (last row): a new patient's one coherent profile
+    new = reader.new_patient_features(V)   # the unknown patient (last row): a new patient's one coherent profile
     for c in ("visits_all", "no_show_rate_all", "sex_code", "distance_km", "days_since_last_completed"):
         d = new[c]
         assert (math.isnan(d) and math.isnan(df[c].iloc[-1])) or df[c].iloc[-1] == pytest.approx(d), c
     churn, known = reader.online_features(s, "churn", pids[:1], [{"as_of": as_of}])
-    assert list(churn.columns) == catalog.feature_columns("churn") and known == [True]
+    assert list(churn.columns) == catalog.feature_columns("churn", V) and known == [True]
 
     # training and serving agree: the training row at the as-of time carries the same features as the online read
     tf = reader.training_frame(s, "churn")
@@ -120,7 +124,7 @@ def test_python_api_build_apply_materialize_read(world: tuple[Settings, Path]) -
     hist = feast.get_historical_features(entity_df=entity, features=feast.get_feature_service("carecast_churn"),
                                          filter_by_created_timestamp=True).to_df().set_index("patient_id").loc[pids]
     online, _ = reader.online_features(s, "churn", pids, [{"as_of": as_of}] * len(pids))
-    for c in catalog.feature_columns("churn"):
+    for c in catalog.feature_columns("churn", V):
         np.testing.assert_allclose(hist[c].to_numpy(float), online[c].to_numpy(float), equal_nan=True,
                                    err_msg=c)
 
@@ -137,7 +141,7 @@ def test_training_path_matches_feast_on_demand_views(tmp_path: Path) -> None:
     fast = reader.historical(s, "no_show", entity).sort_values(["appointment_id"]).reset_index(drop=True)
     slow = reader.historical(s, "no_show", entity, via_odfv=True).sort_values(["appointment_id"]).reset_index(drop=True)
     asof = reader.historical(s, "no_show", entity, engine="asof").sort_values(["appointment_id"]).reset_index(drop=True)
-    for c in catalog.feature_columns("no_show"):
+    for c in catalog.feature_columns("no_show", V):
         np.testing.assert_allclose(fast[c].to_numpy(float), slow[c].to_numpy(float), equal_nan=True, err_msg=c)
         np.testing.assert_allclose(asof[c].to_numpy(float), slow[c].to_numpy(float), equal_nan=True, err_msg=c)
 

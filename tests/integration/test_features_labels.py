@@ -111,7 +111,7 @@ def test_numpy_churn_and_channel_points_equal_the_sql_rules(tmp_path: Path) -> N
         con = build_mod.connect(s)
         as_of = build_mod.load_feeds(con, data, None)
         lit = f"TIMESTAMP '{as_of.isoformat(sep=' ')}'"
-        build_mod._prepare(con, lit)
+        build_mod._prepare(con, lit, build_mod.feed_vocabulary(con, data, s))
         for target, sql in (("churn", churn_sql(lit)), ("channel", channel_sql(lit))):
             want = con.execute(f"""SELECT patient_id, label, point::TIMESTAMPTZ AS event_timestamp,
                 epoch(point) AS request_ts FROM ({sql})""").df()

@@ -105,7 +105,7 @@ def _as_of(s: Settings) -> dt.datetime:
 
 def _reads_equal(a: Settings, b: Settings) -> None:
     """features.store.reader.online_features and Feast's raw get_online_features answer the same from both stores."""
-    from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
+    from features.synth.codes import DEPARTMENTS, VISIT_TYPES
 
     ids = list(pd.read_parquet(a.feature_dir / ACTIVITY_FILE, columns=["patient_id"]).patient_id.unique()[:40])
     ids += ["NOBODY"]

@@ -220,9 +220,27 @@ def test_missing_and_extra_fields(client):
     _bad(client, "/v1/churn", {"patient_ids": [""]}, "patient_ids[0]", "at least 1")
 
 
-def test_unknown_department_and_visit_type(client):
-    _bad(client, "/v1/no-show", {"appointments": [sup.appointment(department="astrology")]}, "appointments[0].department", "cardiology")
-    _bad(client, "/v1/no-show", {"appointments": [sup.appointment(visit_type="spa_day")]}, "appointments[0].visit_type", "follow_up")
+def test_a_code_outside_the_vocabulary_is_answered_and_the_answer_says_so(client):
+    """Departments and visit types are the site's codes: any string is scored; one the model was not trained with
+    is read as 'other' (these stand-in models have no 'other': unknown) and the prediction's notes say so."""
+    body = {"appointments": [sup.appointment(appointment_id="A1"),
+                             sup.appointment(appointment_id="A2", department="astrology", visit_type="spa_day")]}
+    r = client.post("/v1/no-show", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    known, new = r.json()["predictions"]
+    assert known["notes"] == []
+    assert new["notes"] == [
+        "department 'astrology' is not in the site's vocabulary the model was trained on: scored as unknown "
+        "(the model has no 'other')",
+        "visit_type 'spa_day' is not in the site's vocabulary the model was trained on: scored as unknown "
+        "(the model has no 'other')"]
+    dept = next((x for x in new["reasons"] if x["feature"] == "department_code"), None)
+    assert dept is None or dept["value"] is None     # shown as not known, never as another department
+    _bad(client, "/v1/no-show", {"appointments": [sup.appointment(department="")]}, "appointments[0].department",
+         "at least 1")
+    schema = client.get("/docs.json").json()
+    text = str(schema)
+    assert "site's vocabulary" in text and "'notes'" in text
 
 
 def test_appointment_before_booking(client):
@@ -266,7 +284,7 @@ def test_an_unreachable_feature_store_is_503_not_500(registry, monkeypatch, capl
 
 def test_nothing_identifying_is_logged(client, caplog):
     caplog.set_level(logging.DEBUG)
-    bad = [{"appointments": [sup.appointment(PLANTED, department="astrology")]},
+    bad = [{"appointments": [sup.appointment(PLANTED, department="")]},
            {"appointments": [sup.appointment(PLANTED, telehealth="maybe")]},
            {"appointments": [sup.appointment(PLANTED, scheduled_at="2020-01-01T00:00:00")]},
            {"patient_ids": [PLANTED], "top_k": 99}]

@@ -16,6 +16,9 @@ import pytest
 import test_serving_support as sup
 
 from features import catalog
+from features.synth.codes import synthetic_vocabulary
+
+V = synthetic_vocabulary()   # the worlds here are the generator's
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving-features")]
 
@@ -29,7 +32,7 @@ def store_home(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _requests(target: str, n: int) -> list[dict]:
-    from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
+    from features.synth.codes import DEPARTMENTS, VISIT_TYPES
 
     out = []
     for i in range(n):
@@ -51,7 +54,7 @@ def test_fast_read_equals_feast_online_features(store_home, target):
     known_ids = sup.known_patient_ids(store_home, 150)
     ids = known_ids + ["NOBODY", "also-unknown"] + known_ids[:7]  # unknown patients and repeats
     reqs = _requests(target, len(ids))
-    names = catalog.feature_columns(target)
+    names = catalog.feature_columns(target, V)
     shuffled = list(np.random.default_rng(0).permutation(names)[: len(names) - 3])  # another order, a subset
     for cols in (names, shuffled):
         fast, fast_known = src.fetch(target, ids, reqs, cols)
@@ -86,7 +89,7 @@ def test_a_service_the_plan_does_not_cover_reads_through_feast(store_home, monke
     ids = sup.known_patient_ids(store_home, 3) + ["NOBODY"]
     reqs = _requests("churn", len(ids))
 
-    names = catalog.feature_columns("churn")
+    names = catalog.feature_columns("churn", V)
     X, known = src.fetch("churn", ids, reqs, names)
     ref, ref_known = src.fetch_reference("churn", ids, reqs, names)
     np.testing.assert_array_equal(X, ref)
@@ -100,7 +103,7 @@ def test_entity_keys_are_feasts_own_encoding(store_home):
 
     from features.store.reader import OnlineReader
 
-    plan = OnlineReader(store_home).build_plan(("churn", tuple(catalog.feature_columns("churn"))))
+    plan = OnlineReader(store_home).build_plan(("churn", tuple(catalog.feature_columns("churn", V))))
     ids = ["P0000001", "", "ü-ид", "x" * 500]
     assert plan.entity_keys(ids, "patient_id") == [
         serialize_entity_key(EntityKey(join_keys=["patient_id"], entity_values=[Value(string_val=i)]),
@@ -113,7 +116,7 @@ def test_a_stale_plan_is_rebuilt_in_the_background(store_home):
     from serving.feature_source import FeastFeatureSource
 
     src = FeastFeatureSource(store_home)
-    names = tuple(catalog.feature_columns("churn"))
+    names = tuple(catalog.feature_columns("churn", V))
     ids = sup.known_patient_ids(store_home, 2)
     first, _ = src.fetch("churn", ids, _requests("churn", 2), names)
     key = ("churn", names)
@@ -204,7 +207,7 @@ def test_fast_redis_read_equals_feast_online_features(store_home, redis_home, ta
     src = FeastFeatureSource(redis_home)
     ids = known_ids + ["NOBODY", "also-unknown"] + known_ids[:7] + [no_activity]  # unknown patients, repeats
     reqs = _requests(target, len(ids))
-    names = catalog.feature_columns(target)
+    names = catalog.feature_columns(target, V)
     shuffled = list(np.random.default_rng(0).permutation(names)[: len(names) - 3])  # another order, a subset
     for cols in (names, shuffled):
         fast, fast_known = src.fetch(target, ids, reqs, cols)
@@ -234,7 +237,7 @@ def test_redis_falls_back_to_feasts_online_read(store_home, redis_home, monkeypa
     from features.store.reader import KNOWN_BY
     from serving.feature_source import FeastFeatureSource
 
-    names = tuple(catalog.feature_columns("no_show"))
+    names = tuple(catalog.feature_columns("no_show", V))
     plan = OnlinePlan.build(store.get_store(redis_home), store.feature_service(redis_home, "no_show"), "no_show",
                             names, KNOWN_BY)  # no client given
     assert plan.redis is None and plan.sqlite is None
@@ -260,7 +263,7 @@ def test_one_redis_client_per_reader(store_home, redis_home):
 
     src = FeastFeatureSource(redis_home)
     ids = sup.known_patient_ids(store_home, 2)
-    churn, no_show = tuple(catalog.feature_columns("churn")), tuple(catalog.feature_columns("no_show"))
+    churn, no_show = tuple(catalog.feature_columns("churn", V)), tuple(catalog.feature_columns("no_show", V))
     src.fetch("churn", ids, _requests("churn", 2), churn)
     src.fetch("no_show", ids, _requests("no_show", 2), no_show)
     first = src.reader.plans[("churn", churn)][1]
@@ -309,7 +312,7 @@ def test_a_hung_redis_fails_the_read_instead_of_holding_it(redis_home, silent_se
         FeatureStoreUnavailable,
     )
 
-    names = catalog.feature_columns("churn")
+    names = catalog.feature_columns("churn", V)
     hung = redis_home.model_copy(update={"online_store": redis_home.online_store.model_copy(
         update={"redis_connection_string": f"127.0.0.1:{silent_server},socket_timeout=0.3"})})
     src = FeastFeatureSource(hung)

@@ -13,8 +13,11 @@ from test_features_support import random_world
 from carecast.settings import load_settings
 from features.build import kernel as snapshot_kernel
 from features.build.run import build_features
-from features.catalog import ACTIVITY_FEATURES, ACTIVITY_FILE, ACTIVITY_TIMESTAMPS
+from features.catalog import ACTIVITY_FILE, ACTIVITY_TIMESTAMPS, activity_features
+from features.synth.codes import synthetic_vocabulary
 
+V = synthetic_vocabulary()   # random_world declares the generator's codes
+ACTIVITY_FEATURES = activity_features(V)
 VALUES = ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS
 
 
@@ -30,7 +33,7 @@ def test_dropped_snapshots_change_no_point_in_time_read(tmp_path: Path, monkeypa
     kept = _snapshots(tmp_path / "kept", data)
     every = snapshot_kernel.snapshot_features
     monkeypatch.setattr(snapshot_kernel, "snapshot_features",   # keep_us=None: no snapshot is dropped
-                        lambda pk, ts, src, bk, keep_us, out=None: every(pk, ts, src, bk, None, out))
+                        lambda pk, ts, src, bk, keep_us, vocab, out=None: every(pk, ts, src, bk, None, vocab, out))
     full = _snapshots(tmp_path / "full", data, rows_per_chunk=50)
     assert len(kept) < len(full), "the world should have snapshots that repeat the previous one"
     # every stored snapshot is one of the full build's, with the same values
@@ -70,7 +73,7 @@ def test_kernel_values_land_in_their_named_columns() -> None:
     }
     bookings = {"pk": np.array([0]), "booked_us": np.array([t1]), "end_us": np.array([t3 + s]),
                 "sched_us": np.array([t3 + s])}
-    feats, rows = snapshot_kernel.snapshot_features(np.array([0]), np.array([t3]), src, bookings, t3)
+    feats, rows = snapshot_kernel.snapshot_features(np.array([0]), np.array([t3]), src, bookings, t3, V)
     got = {k: float(v[0]) for k, v in feats.items()}
     assert list(rows) == [0] and set(got) == set(ACTIVITY_FEATURES + ACTIVITY_TIMESTAMPS)
     want = {"visits_all": 2, "no_shows_all": 1, "no_show_rate_all": 0.5, "completed_all": 1, "no_show_streak": 1,

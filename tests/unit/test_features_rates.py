@@ -11,11 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from features.build import kernel as snapshot_kernel
-from features.catalog import ACTIVITY_FEATURES
+from features.catalog import activity_features
+from features.synth.codes import synthetic_vocabulary
 
 DAY = 86_400 * 1_000_000
 SMS, EMAIL = 0, 1
-RATES = [c for c in ACTIVITY_FEATURES if "rate" in c or "share" in c]
+V = synthetic_vocabulary()
+RATES = [c for c in activity_features(V) if "rate" in c or "share" in c]
 
 
 def _sources(pk, ts, ch, outbound, positive) -> dict[str, dict[str, np.ndarray]]:
@@ -37,7 +39,7 @@ NO_BOOKINGS = {k: np.zeros(0, np.int64) for k in ("pk", "booked_us", "end_us", "
 
 def _at(days: list[int], src: dict) -> list[dict[str, float]]:
     snap_ts = np.array([d * DAY for d in days], np.int64)
-    feats, rows = snapshot_kernel.snapshot_features(np.zeros(len(days), np.int64), snap_ts, src, NO_BOOKINGS, None)
+    feats, rows = snapshot_kernel.snapshot_features(np.zeros(len(days), np.int64), snap_ts, src, NO_BOOKINGS, None, V)
     return [{k: float(v[i]) for k, v in feats.items()} for i in range(len(rows))]
 
 
@@ -68,7 +70,7 @@ def test_every_rate_stays_between_0_and_1_on_random_engagement() -> None:
     src = _sources(pk, ts, rng.integers(-1, 4, n), outbound, positive)
     snap_pk = np.repeat(np.arange(patients), 30)
     snap_ts = np.tile(np.arange(30) * 14 * DAY, patients)
-    feats, _ = snapshot_kernel.snapshot_features(snap_pk, snap_ts, src, NO_BOOKINGS, None)
+    feats, _ = snapshot_kernel.snapshot_features(snap_pk, snap_ts, src, NO_BOOKINGS, None, V)
     for c in RATES:
         v = feats[c][~np.isnan(feats[c])]
         assert ((v >= 0) & (v <= 1)).all(), c

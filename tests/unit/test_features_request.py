@@ -1,26 +1,28 @@
-"""Request-time features: one pure function for training and serving; codes from the contract tuples."""
+"""Request-time features: one pure function for training and serving; codes from the site's vocabulary."""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
 
-from features.catalog import CATEGORIES
-from features.feeds.contracts import DEPARTMENTS, VISIT_TYPES
+from features.catalog import categories
+from features.feeds.vocabulary import Vocabulary
 from features.request import (
     appointment_features,
     appointment_request,
     recency_features,
     to_epoch,
 )
+from features.synth.codes import DEPARTMENTS, VISIT_TYPES, synthetic_vocabulary
 
 UTC = dt.UTC
+CODES = categories(synthetic_vocabulary())
 
 
 def test_appointment_features_from_a_request() -> None:
     req = appointment_request(dt.datetime(2026, 6, 3, 14, 30, tzinfo=UTC), "2026-05-30T10:00:00Z", "cardiology",
                               "urgent", True)
-    out = appointment_features({k: [v] for k, v in req.items()})
+    out = appointment_features({k: [v] for k, v in req.items()}, CODES)
     assert out["lead_time_days"][0] == (4 * 24 + 4.5) / 24
     assert out["weekday"] == [2] and out["hour"] == [14]  # Wednesday, 14h UTC
     assert out["department_code"] == [DEPARTMENTS.index("cardiology")]
@@ -30,7 +32,7 @@ def test_appointment_features_from_a_request() -> None:
 
 def test_unknown_values_get_minus_one_and_batches_keep_length() -> None:
     out = appointment_features({"scheduled_ts": [None, 0.0], "booked_ts": [None, 0.0], "department": ["x", None],
-                                "visit_type": [None, "follow_up"], "telehealth": [0, False]})
+                                "visit_type": [None, "follow_up"], "telehealth": [0, False]}, CODES)
     assert out["department_code"] == [-1, -1] and out["visit_type_code"] == [-1, 1]
     assert math.isnan(out["lead_time_days"][0]) and out["weekday"] == [-1, 3]  # 1970-01-01 was a Thursday
 
@@ -45,5 +47,13 @@ def test_recency_is_exact_at_request_time() -> None:
 
 
 def test_category_mapping_is_data() -> None:
-    assert CATEGORIES["department_code"] == list(DEPARTMENTS)
-    assert set(CATEGORIES) == {"sex_code", "language_code", "insurance_code", "department_code", "visit_type_code"}
+    assert CODES["department_code"] == list(DEPARTMENTS)
+    assert set(CODES) == {"sex_code", "language_code", "insurance_code", "department_code", "visit_type_code"}
+
+
+def test_a_code_outside_the_vocabulary_is_other_when_the_vocabulary_has_one() -> None:
+    vocab = Vocabulary({**synthetic_vocabulary().codes, "department": ("neurology", "other")})
+    out = appointment_features({"scheduled_ts": [0.0] * 3, "booked_ts": [0.0] * 3,
+                                "department": ["neurology", "astrology", None], "visit_type": ["urgent"] * 3,
+                                "telehealth": [0] * 3}, categories(vocab))
+    assert out["department_code"] == [0, 1, -1]

@@ -9,9 +9,18 @@ import math
 import numpy as np
 
 from features.build import kernel as snapshot_kernel
-from features.catalog import ACTIVITY_FEATURES, ACTIVITY_TIMESTAMPS, CATEGORIES, PATIENT_FEATURES, PROFILE_FEATURES
+from features.catalog import (
+    ACTIVITY_TIMESTAMPS,
+    CATEGORY_SOURCES,
+    PROFILE_FEATURES,
+    activity_features,
+    patient_features,
+)
 from features.store import reader
+from features.synth.codes import synthetic_vocabulary
 from serving import reasons
+
+V = synthetic_vocabulary()   # the generator's codes: the kernel's department shares
 
 
 def _no_events() -> dict[str, dict[str, np.ndarray]]:
@@ -26,29 +35,29 @@ def _no_events() -> dict[str, dict[str, np.ndarray]]:
 def test_new_patient_activity_is_the_builds_own_for_a_patient_with_no_events() -> None:
     bookings = {k: np.zeros(0, np.int64) for k in ("pk", "booked_us", "end_us", "sched_us")}
     t = 400 * 86_400 * 1_000_000
-    feats, _ = snapshot_kernel.snapshot_features(np.array([0]), np.array([t]), _no_events(), bookings, t)
+    feats, _ = snapshot_kernel.snapshot_features(np.array([0]), np.array([t]), _no_events(), bookings, t, V)
     got = {k: float(v[0]) for k, v in feats.items()}
-    want = reader.new_patient_activity()
-    assert set(want) == set(ACTIVITY_FEATURES) | set(ACTIVITY_TIMESTAMPS)
+    want = reader.new_patient_activity(V)
+    assert set(want) == set(activity_features(V)) | set(ACTIVITY_TIMESTAMPS)
     for c in want:
         assert (math.isnan(got[c]) and math.isnan(want[c])) or got[c] == want[c], c
 
 
 def test_new_patient_profile_is_coherent() -> None:
-    new = reader.new_patient_features()
-    assert list(new) == PATIENT_FEATURES
+    new = reader.new_patient_features(V)
+    assert list(new) == patient_features(V)
     assert new["open_bookings"] == 0 and math.isnan(new["days_to_next_booked"])
     assert new["visits_all"] == 0 and new["no_shows_all"] == 0 and math.isnan(new["no_show_rate_all"])
     assert new["sends_90"] == 0 and math.isnan(new["response_rate_90"]) and new["open_balance"] == 0
     assert math.isnan(new["days_since_last_completed"]) and new["days_past_due"] == 0
-    assert all(new[c] == -1 for c in PROFILE_FEATURES if c in CATEGORIES and c in new)
+    assert all(new[c] == -1 for c in PROFILE_FEATURES if c in CATEGORY_SOURCES and c in new)
     assert math.isnan(new["distance_km"]) and math.isnan(new["age_years"])
 
 
 def test_reasons_of_a_new_patient_agree_and_say_so() -> None:
-    new = reader.new_patient_features()
+    new = reader.new_patient_features(V)
     row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in new.items()}
-    texts = {c: reasons.sentence(c, row) for c in PATIENT_FEATURES}
+    texts = {c: reasons.sentence(c, row) for c in patient_features(V)}
     assert texts["open_bookings"] == texts["days_to_next_booked"] == "No upcoming appointment booked"
     assert not any("Next appointment booked in" in t for t in texts.values())
     assert texts["visits_all"] == "No appointments so far" and texts["days_since_last_completed"].startswith("Has never")

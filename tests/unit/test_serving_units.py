@@ -99,9 +99,10 @@ def test_every_feature_gets_a_sentence_even_without_a_template():
 
 def test_every_store_feature_has_a_template():
     from features.catalog import feature_columns
+    from features.synth.codes import synthetic_vocabulary
 
     for target in ("no_show", "churn", "channel"):
-        for f in feature_columns(target):
+        for f in feature_columns(target, synthetic_vocabulary()):
             assert f in reasons.TEMPLATES or f.startswith("dept_share_"), f
 
 

@@ -241,10 +241,10 @@ def test_negative_amounts_are_quarantined_with_the_bound(tmp_path: Path) -> None
 
 def test_orphans_cascade_from_quarantined_patients(tmp_path: Path) -> None:
     frames = world()
-    frames["patients"].loc[0, "sex"] = "Q"                       # p1 quarantined
+    frames["patients"].loc[0, "sex"] = None                      # p1 quarantined
     frames["engagement"].loc[2, "patient_id"] = "nobody"          # e3 orphan
     report = run(tmp_path, frames)
-    assert quarantined(tmp_path, "patients")["reason"].tolist() == ["sex: not an allowed value"]
+    assert quarantined(tmp_path, "patients")["reason"].tolist() == ["sex: must not be empty"]
     qv = quarantined(tmp_path, "visits")
     assert sorted(qv["appointment_id"]) == ["a1", "a4"]           # p1's visits
     assert set(qv["reason"]) == {"patient_id must exist in patients"}
@@ -534,3 +534,26 @@ def test_as_of_guard_refuses_backwards_and_far_jumps() -> None:
     assert "went backwards" in as_of_change_refusal(last, last - pd.Timedelta(days=1), 366)
     far = as_of_change_refusal(last, pd.Timestamp("2099-01-01", tz="UTC").to_pydatetime(), 366)
     assert "jumped" in far and "max_as_of_jump_days (366)" in far
+# ---------------------------------------------------------------- the site's vocabulary
+
+
+def test_departments_are_the_sites_own_learned_or_pinned(tmp_path: Path) -> None:
+    """No department is 'not an allowed value': codes are learned from the loaded rows (or pinned) and written to
+    the validated folder; a pin names the codes and their order, every other value is other."""
+    from carecast.settings import VocabularySettings
+
+    frames = world()
+    frames["visits"]["department"] = ["neurology", "neurology", "Sleep Medicine", "neurology"]
+    src = write(frames, tmp_path / "src")
+    report = validate_feeds(src, tmp_path / "out", tmp_path / "q", vocabulary=VocabularySettings(min_count=2))
+    assert report.quarantined == 0 and report.vocabulary is not None
+    written = json.loads((tmp_path / "out" / "vocabulary.json").read_text())
+    assert written["columns"]["department"] == ["neurology", "other"]   # Sleep Medicine seen once: other
+    assert written["sources"]["department"] == "learned" and written["resolved"] is True
+    assert pd.read_parquet(tmp_path / "out" / "visits.parquet")["department"].tolist() == \
+        frames["visits"]["department"].tolist()                         # the feed keeps the site's values
+    pinned = VocabularySettings(department=["Sleep Medicine", "cardiology"])
+    report = validate_feeds(src, tmp_path / "out2", tmp_path / "q2", vocabulary=pinned)
+    assert report.vocabulary is not None
+    assert report.vocabulary.of("department") == ("Sleep Medicine", "cardiology", "other")
+    assert "department 3 codes (pinned)" in report.describe()
