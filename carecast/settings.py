@@ -49,7 +49,7 @@ class OnlineStoreSettings(_Section):
     materialize_method: Literal["bulk", "feast"] = "bulk"
     #: seconds one serving read of the online store may take in all (connect, read, no retries): past it the
     #: request answers 503 ``feature_store_unavailable`` instead of waiting (``features.store.reader.OnlineReader``)
-    read_deadline_s: float = Field(1.0, gt=0, le=30)
+    read_deadline_s: float = Field(2.0, gt=0, le=30)
 
 
 class FeaturesSettings(_Section):

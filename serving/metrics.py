@@ -154,11 +154,22 @@ class ServiceMiddleware:
             await self.app(scope, receive, send)
             return
         status = [500]
+        replaced = [False]
         t0 = time.perf_counter()
 
         async def counted(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                ctype = dict(message.get("headers", [])).get(b"content-type", b"")
+                if status[0] == 404 and ctype.startswith(b"text/plain"):  # BentoML's router: the one error shape
+                    replaced[0] = True
+                    start, body = _send_json(404, {"error": "not found", "detail": [
+                        {"field": "path", "rule": "no such route", "type": "not_found"}]})
+                    await send(start)
+                    await send(body)
+                    return
+            elif replaced[0]:
+                return  # the original body of a replaced answer
             await send(message)
 
         try:

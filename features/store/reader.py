@@ -469,9 +469,9 @@ class OnlineReader:
             stamp = self._read_stamp()
         except FileNotFoundError as exc:
             return StoreState(False, FeatureStoreUnavailable.code, str(exc))
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error) as exc:  # the kind and the driver's message: a path or a state, never an id
             return StoreState(False, FeatureStoreUnavailable.code, f"{o.type} online store not readable: "
-                                                                  f"{type(exc).__name__}")
+                                                                  f"{type(exc).__name__}: {exc}")
         if stamp is None:
             return StoreState(False, FeatureStoreEmpty.code, f"{o.type} online store holds no materialization "
                                                              "(run `carecast features materialize`)")
@@ -496,7 +496,7 @@ class OnlineReader:
             try:
                 blob = self._redis_client(o.redis_connection_string).get(online_write.stamp_redis_key(o.project))
             except RedisError as exc:
-                raise OSError(f"Redis: {type(exc).__name__}") from None
+                raise OSError(f"Redis {type(exc).__name__}") from None
             return json.loads(blob) if blob else None
         path = Path(repo_config(self.settings)["online_store"]["path"])
         if not path.exists():
@@ -519,7 +519,12 @@ class OnlineReader:
             raise ValueError("requests must have one entry per patient id")
         if not self.state.ok:
             raise self.state.error()
-        X, known = self._within_deadline(self._fetch_now, target, patient_ids, requests, tuple(feature_names))
+        names = tuple(feature_names)
+        try:
+            plan = self._plan(target, names)  # built once per registry TTL, from local files: not a store read
+        except sqlite3.Error as exc:
+            raise FeatureStoreUnavailable(f"sqlite online store: {type(exc).__name__}") from None
+        X, known = self._within_deadline(self._fetch_now, plan, target, patient_ids, requests, names)
         if patient_ids and not any(known) and time.monotonic() - self._checked_at >= _RECHECK_ALL_UNKNOWN_S:
             state = self.check()  # nobody known: new patients, or a store emptied since the last check
             if not state.ok:
@@ -533,10 +538,9 @@ class OnlineReader:
             raise FeatureStoreUnavailable(f"{self.settings.online_store.type} online store: no answer within "
                                           f"{self.deadline_s:g}s (online_store.read_deadline_s)") from None
 
-    def _fetch_now(self, target: str, patient_ids: Sequence[str], requests: Sequence[Mapping[str, Any]] | None,
-                   names: tuple[str, ...]) -> tuple[np.ndarray, list[bool]]:
+    def _fetch_now(self, plan: OnlinePlan | None, target: str, patient_ids: Sequence[str],
+                   requests: Sequence[Mapping[str, Any]] | None, names: tuple[str, ...]) -> tuple[np.ndarray, list[bool]]:
         try:
-            plan = self._plan(target, names)
             if plan is None:
                 return self.fetch_reference(target, patient_ids, requests, names)
             X, known = plan.fetch(list(patient_ids), _request_rows(as_target(target), patient_ids, requests))
