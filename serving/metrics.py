@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from serving.auth import key_ok
@@ -65,16 +65,9 @@ class ServiceMetrics:
                                buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.tiers = Counter("carecast_predictions", "Predictions by target and risk tier (channel: chosen channel)",
                              ["target", "tier"], registry=r)
-        self.models = Gauge("carecast_model_served", "1 for each model version serving a target",
-                            ["target", "name", "version"], registry=r)
         self._state = state
         if state is not None:
             r.register(_StateCollector(state))
-
-    def served(self, versions: Mapping[str, Mapping[str, str]]) -> None:
-        self.models.clear()
-        for target, m in versions.items():
-            self.models.labels(target, m["name"], m["version"]).set(1)
 
     def predicted(self, target: str, preds: Sequence[Mapping[str, Any]]) -> None:
         counts: dict[str, int] = {}
@@ -97,7 +90,8 @@ class ServiceMetrics:
 
 
 class _StateCollector:
-    """Read at scrape time: capture counts and what is ready (no state kept here)."""
+    """Read at scrape time: models served, capture counts and what is ready (no state kept here, so nothing goes
+    stale: prometheus_client cannot clear labels in BentoML's multi-process mode)."""
 
     def __init__(self, state: Callable[[], Mapping[str, Any]]) -> None:
         self.state = state
@@ -112,6 +106,11 @@ class _StateCollector:
             if isinstance(n, int | float) and not isinstance(n, bool):
                 cap.add_metric([kind], float(n))
         yield cap
+        served = GaugeMetricFamily("carecast_model_served", "1 for each model version serving a target",
+                                   labels=["target", "name", "version"])
+        for target, m in (s.get("models") or {}).items():
+            served.add_metric([target, m["name"], m["version"]], 1.0)
+        yield served
         ready = GaugeMetricFamily("carecast_ready", "1 when the part is ready", labels=["part"])
         for part in ("service", "feature_store", "registry"):
             ready.add_metric([part], 1.0 if s.get(part) else 0.0)

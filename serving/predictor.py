@@ -171,8 +171,6 @@ class Predictor:
         self._warm(model)
         self._index[model.target] = {n: j for j, n in enumerate(model.feature_names)}
         self._served[model.target] = model  # one reference swap: requests in flight keep the old one
-        if self.metrics is not None:
-            self.metrics.served(self.versions())
 
     def _warm(self, model: ServedModel) -> None:
         """One prediction through the whole path, so the first real request is not the slow one. A store that

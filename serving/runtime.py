@@ -112,7 +112,7 @@ class Runtime:
         """What ``/metrics`` reports at scrape time."""
         fs = self.feature_state()
         cap = self.predictor.capture
-        return {"service": self.ready, "feature_store": fs is None or fs.ok,
+        return {"service": self.ready, "feature_store": fs is None or fs.ok, "models": self.predictor.versions(),
                 "registry": self.predictor.registry_error is None, "capture": cap.stats() if cap is not None else {}}
 
     def check_features(self) -> None:

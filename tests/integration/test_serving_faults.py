@@ -333,6 +333,14 @@ def test_a_hung_redis_gets_503_at_the_deadline_while_livez_answers(store_home, t
                          **env) as c:
         assert c.get("/readyz").status_code == 200
         assert c.post("/v1/churn", json={"patient_ids": pid}, headers=AUTH).status_code == 200
+        from serving.service import app
+
+        reader = app.state.runtime.predictor.features.reader
+        assert reader.deadline_s == deadline
+        (client,) = reader.redis_clients.values()  # the read's client: within the deadline, no retries
+        kw = client.connection_pool.connection_kwargs
+        assert kw["socket_timeout"] <= deadline and kw["socket_connect_timeout"] <= deadline
+        assert kw["retry"].get_retries() == 0
         os.kill(proc.pid, signal.SIGSTOP)
         result: dict = {}
 
@@ -352,5 +360,8 @@ def test_a_hung_redis_gets_503_at_the_deadline_while_livez_answers(store_home, t
     r = result["r"]
     assert r.status_code == 503, r.text
     detail = r.json()["detail"][0]
-    assert detail["type"] == "feature_store_unavailable" and "read_deadline_s" in detail["rule"]
+    # the pool's deadline or the socket timeout set to it, whichever fires first
+    assert detail["type"] == "feature_store_unavailable"
+    assert "read_deadline_s" in detail["rule"] or "TimeoutError" in detail["rule"]
+    print(f"hung Redis: 503 after {result['s']:.2f}s (deadline {deadline}s)")
     assert result["s"] < 5 * deadline + 2  # loosely: the deadline, not redis-py's retries (13 s before)
