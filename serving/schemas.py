@@ -50,6 +50,9 @@ _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 
 
 def _iso_string(v: Any) -> Any:
+    """JSON gives a string; Python callers (batch scoring's outreach plan) may give a datetime itself."""
+    if isinstance(v, dt.datetime):
+        return v
     if not isinstance(v, str) or not _ISO.match(v):
         raise PydanticCustomError("datetime_type", "must be an ISO 8601 datetime string such as "
                                                    "2026-06-20T09:30:00 (not a number)")
