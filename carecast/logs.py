@@ -7,11 +7,47 @@ column/rule names only. ``stage`` gives long work per-stage lines with counts an
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 LOGGER_NAME = "carecast"
+
+#: C0 and C1 controls, DEL and the Unicode line/paragraph separators: what can break or forge a log line
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``, ``\\u2028``)."""
+    def esc(m: re.Match[str]) -> str:
+        c = m.group()
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c) or (
+            f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+    return _CONTROLS.sub(esc, text)
+
+
+class EscapeControls(logging.Filter):
+    """A handler filter: the record's message with control characters escaped, so a request path holding
+    ``%0a`` (or any other input that reaches a log line) cannot forge a second line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        safe = escape_controls(msg)
+        if safe != msg:
+            record.msg, record.args = safe, None
+        return True
+
+
+def escape_controls_everywhere() -> None:
+    """Put ``EscapeControls`` on every handler configured so far (the root's and every named logger's): a server
+    process (BentoML, uvicorn) configures its own handlers before the service starts. Idempotent."""
+    loggers = [logging.getLogger(), *(lg for lg in logging.root.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for lg in loggers:
+        for h in lg.handlers:
+            if not any(isinstance(f, EscapeControls) for f in h.filters):
+                h.addFilter(EscapeControls())
 
 
 def configure(level: str = "INFO") -> None:
@@ -22,6 +58,7 @@ def configure(level: str = "INFO") -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._carecast = True  # type: ignore[attr-defined]
+        handler.addFilter(EscapeControls())
         root.addHandler(handler)
 
 

@@ -47,6 +47,9 @@ class OnlineStoreSettings(_Section):
     project: str = "carecast"
     #: "bulk": features/store/online_write.py (same rows as Feast's materialize, tests check); "feast": Feast's own
     materialize_method: Literal["bulk", "feast"] = "bulk"
+    #: seconds one serving read of the online store may take in all (connect, read, no retries): past it the
+    #: request answers 503 ``feature_store_unavailable`` instead of waiting (``features.store.reader.OnlineReader``)
+    read_deadline_s: float = Field(2.0, gt=0, le=30)
 
 
 class FeaturesSettings(_Section):
@@ -230,6 +233,9 @@ class MonitorSettings(_Section):
     reference_rows: int = Field(5000, gt=0)
     current_rows: int = Field(5000, gt=0)
     min_current_rows: int = Field(100, gt=0)
+    #: fewer distinct patients (appointments for no-show) than this among the captured predictions: drift is
+    #: judged on the latest feature snapshots instead (one patient asked about 1,000 times is one patient)
+    min_current_entities: int = Field(100, gt=0)
     recent_days: int = Field(90, gt=0)
     noise_reps: int = Field(40, ge=0)       # permutations for each feature's noise floor (0: fixed threshold only)
     noise_quantile: float = Field(0.95, gt=0.5, lt=1)
@@ -248,8 +254,15 @@ class ServingSettings(_Section):
     max_batch: int = Field(1000, gt=0)
     risk_tiers: dict[str, float] = Field(default_factory=lambda: {"medium": 0.15, "high": 0.30})
     reload_poll_seconds: float = Field(30.0, ge=0)
+    #: largest request body accepted (bytes); larger ones get 413 before being read in full
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    #: ``/metrics`` needs an API key (``Authorization: Bearer``) when true; open (loopback only) by default
+    metrics_require_key: bool = False
+    #: API keys whose traffic is not production (benchmarks, tests, demos): served, but their captured
+    #: predictions are marked and left out of drift (``monitoring/monitor.py``)
+    non_production_keys: list[str] = Field(default_factory=list)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "non_production_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -10,8 +10,11 @@
   window recorded in the model version's tags (``data.*``). Which window: ``monitor.reference_window``, by
   default the champion's **test** window (the newest labelled data; the train window of a young practice is
   dominated by patients with short histories). At most ``monitor.reference_rows`` rows (seeded sample).
-* Current: predictions the service captured since ``--since`` (``serving/capture.py``) when there
-  are at least ``monitor.min_current_rows`` of them for the champion's model; otherwise the latest
+* Current: predictions the service captured since ``--since`` (``serving/capture.py``), each patient (no-show:
+  each appointment) counted once by its latest capture, traffic of keys marked non-production
+  (``serving.non_production_keys``) left out, when there are at least ``monitor.min_current_entities``
+  distinct ones (and ``monitor.min_current_rows`` rows) for the champion's model: one patient asked about
+  a thousand times is one patient, not a shifted population; otherwise the latest
   feature snapshots: the target's prediction points from ``--since`` on (default: the build's as-of
   minus ``monitor.recent_days``), with point-in-time features (for no-show: the booked appointments).
 * Tests: Wasserstein distance (normed by the reference's standard deviation) for numeric features,
@@ -211,17 +214,22 @@ def reference(settings: Settings, target: str, mv: Any) -> tuple[pd.DataFrame, s
 
 
 def current(settings: Settings, target: str, model_name: str, since: pd.Timestamp) -> tuple[pd.DataFrame, str]:
-    """Recent features: captured predictions if there are enough, else the latest feature snapshots."""
+    """Recent features: the latest captured prediction of each patient (no-show: appointment) from production
+    keys if there are enough distinct ones, else the latest feature snapshots."""
     cfg = monitor_settings(settings)
-    cap = capture.read(settings, target, since.to_pydatetime(), model_name=model_name, limit=cfg.current_rows)
-    if len(cap) >= cfg.min_current_rows:
+    entity = "appointment_key" if target == "no_show" else "patient_key"
+    cap = capture.read(settings, target, since.to_pydatetime(), model_name=model_name, limit=cfg.current_rows,
+                       latest_per=entity, production_only=True)
+    if len(cap) >= max(cfg.min_current_rows, cfg.min_current_entities):
         cap[GROUP] = _group_codes(cap["patient_key"])
         return cap.drop(columns=[c for c in IDENTIFIERS if c in cap]), (
-            f"{len(cap):,} captured predictions since {since:%Y-%m-%d}")
+            f"{len(cap):,} captured {'appointments' if target == 'no_show' else 'patients'} (latest prediction "
+            f"of each, production keys) since {since:%Y-%m-%d}")
     # points up to the build's as-of time: later ones (upcoming appointments) have not been predicted yet
     pts = _points(settings, target, since, _as_of(settings), cfg.current_rows, labelled=False)
     how = (f"latest feature snapshots: {len(pts):,} prediction points since {since:%Y-%m-%d}"
-           + (f" (only {len(cap)} captured predictions)" if len(cap) else " (nothing captured)"))
+           + (f" (only {len(cap)} distinct captured {entity.split('_')[0]}s, fewer than "
+              f"monitor.min_current_entities)" if len(cap) else " (nothing captured)"))
     df = point_features(settings, target, pts)
     df[GROUP] = _group_codes(pts["patient_id"])
     return df.drop(columns=[c for c in IDENTIFIERS if c in df]), how

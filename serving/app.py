@@ -18,14 +18,17 @@ import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from serving import capture
 from serving.auth import BearerKeyMiddleware
 from serving.feature_source import FeatureStoreUnavailable
 from serving.model_source import ModelNotAvailable
 from serving.outreach import OutreachPlanRequest, OutreachPlanResponse, plan_request
 from serving.schemas import (
+    MAX_BATCH,
     ChannelResponse,
     ChurnResponse,
     ErrorResponse,
@@ -40,14 +43,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("carecast.serving")
 
-# Batches at most this size run on the event loop (about a millisecond); larger ones in a thread so
-# health checks and small requests are not held up behind them.
-INLINE_ROWS = 32
-
 _ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": ErrorResponse, "description": "Malformed JSON."},
            401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
+           413: {"model": ErrorResponse, "description": "Body larger than serving.max_body_bytes."},
+           415: {"model": ErrorResponse, "description": "Body not sent as application/json."},
            422: {"model": ErrorResponse, "description": "A field breaks a rule; the body names the field and the rule."},
-           503: {"model": ErrorResponse, "description": "No champion model loaded yet."}}
+           503: {"model": ErrorResponse, "description": "No champion model loaded, or the feature store is "
+                                                        "unavailable or empty; the body says which and why."}}
+
+#: POST routes that take a JSON body (the content type and body limit apply to them)
+BODY_ROUTES = frozenset({"/v1/no-show", "/v1/churn", "/v1/channel", "/v1/outreach-plan"})
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from CARECAST_API_KEYS or serving.api_keys.")
 
@@ -82,6 +87,70 @@ def input_error(errors: list[dict[str, Any]], status: int = 422, error: str = "i
     return _json({"error": error, "detail": detail}, status)
 
 
+async def _send(send: Send, response: Response, scope: Scope, receive: Receive) -> None:
+    await response(scope, receive, send)
+
+
+class _Bounds:
+    """Pure ASGI, behind the key check: a JSON content type (415), a body no larger than
+    ``serving.max_body_bytes`` (413, read no further), and the request's batch limit and production flag
+    for the schemas (``serving.schemas.MAX_BATCH``) and the capture (``serving.capture.PRODUCTION``).
+
+    Why here: FastAPI would read and validate a body of any size on the event loop before a route could refuse
+    it (a 19 MB body of 100k invalid items blocked the loop for seconds and got a 21 MB 422)."""
+
+    def __init__(self, app: Any, runtime: Any) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        rt = self.runtime()
+        headers = dict(scope["headers"])
+        if scope["method"] == "POST" and scope["path"] in BODY_ROUTES:
+            ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if ctype != b"application/json":
+                await _send(send, input_error([{"loc": ("Content-Type",), "msg": "must be application/json",
+                                                "type": "unsupported_media_type"}], 415, "unsupported media type"),
+                            scope, receive)
+                return
+            limit = rt.settings.serving.max_body_bytes if rt is not None else 4 * 1024 * 1024
+            too_big = input_error([{"loc": ("body",), "msg": f"must be at most {limit} bytes "
+                                    "(serving.max_body_bytes)", "type": "too_large"}], 413, "request too large")
+            declared = headers.get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > limit:
+                await _send(send, too_big, scope, receive)
+                return
+            body, more = bytearray(), True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > limit:
+                    await _send(send, too_big, scope, receive)
+                    return
+            sent = [False]
+
+            async def replay() -> Any:
+                if not sent[0]:
+                    sent[0] = True
+                    return {"type": "http.request", "body": bytes(body), "more_body": False}
+                return await receive()
+
+            receive = replay
+        tokens = (MAX_BATCH.set(rt.max_batch if rt is not None else MAX_BATCH.get()),
+                  capture.PRODUCTION.set(rt.is_production(headers.get(b"authorization")) if rt is not None else True))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            MAX_BATCH.reset(tokens[0])
+            capture.PRODUCTION.reset(tokens[1])
+
+
 def _too_many(field: str, n: int, limit: int) -> Response:
     return input_error([{"loc": (field,), "msg": f"must hold at most {limit} items (serving.max_batch); got {n}",
                          "type": "too_long"}])
@@ -106,7 +175,17 @@ def build_app(runtime: Runtime | None = None) -> FastAPI:
         rt = app.state.runtime
         return rt.keys if rt is not None else []
 
+    app.add_middleware(_Bounds, runtime=runtime_now)  # added first: runs after the key check below
     app.add_middleware(BearerKeyMiddleware, keys=keys)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        """404, 405 and any other HTTP error in the one error shape."""
+        field, rule, kind = {404: ("path", "no such route", "not_found"),
+                             405: ("method", "method not allowed on this route", "method_not_allowed")}.get(
+            exc.status_code, ("request", str(exc.detail), "http_error"))
+        return input_error([{"loc": (field,), "msg": rule, "type": kind}], exc.status_code,
+                           kind.replace("_", " "))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
@@ -116,22 +195,20 @@ def build_app(runtime: Runtime | None = None) -> FastAPI:
                                "malformed JSON")
         return input_error(errors)
 
-    async def _run(fn, rows: int) -> Response:
+    async def _run(fn) -> Response:
+        """``fn`` in a worker thread, always: a feature read never holds the event loop (``/livez``, other
+        requests), and the reader gives up at ``online_store.read_deadline_s``."""
         try:
             if app.state.runtime is None:
                 raise ModelNotAvailable("service not initialised")
-            if rows <= INLINE_ROWS:
-                result = fn()
-            else:
-                result = await anyio.to_thread.run_sync(fn)
+            result = await anyio.to_thread.run_sync(fn)
         except ModelNotAvailable as exc:
             return _json({"error": "model not available", "detail": [
                 {"field": "model", "rule": str(exc), "type": "model_not_available"}]}, 503)
         except FeatureStoreUnavailable as exc:
-            log.error("prediction failed: %s", exc)   # the failure kind only
-            return _json({"error": "feature store unavailable", "detail": [
-                {"field": "features", "rule": "the online feature store did not answer; retry later",
-                 "type": "feature_store_unavailable"}]}, 503)
+            log.error("prediction refused: %s: %s", exc.code, exc)   # the store's state, never an id
+            return _json({"error": exc.code.replace("_", " "), "detail": [
+                {"field": "features", "rule": f"{exc}; retry later", "type": exc.code}]}, 503)
         except Exception as exc:  # noqa: BLE001  (answer 500 rather than crash; log the kind of failure only: messages can carry ids or values)
             log.error("prediction failed: %s", type(exc).__name__)
             return _json({"error": "internal error"}, 500)
@@ -143,14 +220,14 @@ def build_app(runtime: Runtime | None = None) -> FastAPI:
         appts = [a.__dict__ for a in body.appointments]
         return await _batch("appointments", len(appts), lambda rt: rt.predictor.no_show(appts, body.top_k))
 
-    async def _batch(field: str, n: int, fn, rows: int | None = None) -> Response:
+    async def _batch(field: str, n: int, fn) -> Response:
         """The shared route body: 503 before start-up, the batch limit, then ``fn(runtime)``."""
         rt = runtime_now()
         if rt is None:
-            return await _run(None, 0)
+            return await _run(None)
         if n > rt.max_batch:
             return _too_many(field, n, rt.max_batch)
-        return await _run(lambda: fn(rt), n if rows is None else rows)
+        return await _run(lambda: fn(rt))
 
     async def _patients(target: str, body: PatientsRequest) -> Response:
         return await _batch("patient_ids", len(body.patient_ids),
@@ -170,28 +247,33 @@ def build_app(runtime: Runtime | None = None) -> FastAPI:
               summary="Personalised outreach: an action and channel per appointment or patient, within capacity")
     async def outreach_plan(body: OutreachPlanRequest, _: Any = Depends(_bearer)) -> Response:
         n = len(body.appointments) + len(body.patient_ids)
-        # always in a worker thread: the plan reads contact details and runs three models
-        return await _batch("appointments+patient_ids", n, lambda rt: plan_request(rt.predictor, body, rt.outreach),
-                            rows=INLINE_ROWS + 1)
+        return await _batch("appointments+patient_ids", n, lambda rt: plan_request(rt.predictor, body, rt.outreach))
 
     @app.post("/v1/admin/reload", response_model=ReloadResponse, responses=_ERRORS, tags=["admin"],
               summary="Load any new champion now (the service also polls every serving.reload_poll_seconds)")
     async def reload(_: Any = Depends(_bearer)) -> Response:
         rt = runtime_now()
         if rt is None:
-            return await _run(None, 0)
+            return await _run(None)
         changed = await anyio.to_thread.run_sync(rt.predictor.reload)
-        return _json({"models": rt.predictor.versions(), "changed": changed})
+        await anyio.to_thread.run_sync(rt.check_features)
+        return _json({"models": rt.predictor.versions(), "changed": changed, **_status(rt)})
 
     @app.get("/v1/models", response_model=ReloadResponse, responses=_ERRORS, tags=["admin"],
              summary="The model name and version serving each route")
     async def models(_: Any = Depends(_bearer)) -> Response:
         rt = runtime_now()
         if rt is None:
-            return await _run(None, 0)
+            return await _run(None)
         cap = rt.predictor.capture
         extra = {"capture": cap.stats()} if cap is not None else {}
-        return _json({"models": rt.predictor.versions(), "changed": [], **extra})
+        return _json({"models": rt.predictor.versions(), "changed": [], **_status(rt), **extra})
+
+    def _status(rt: Runtime) -> dict[str, Any]:
+        """Champions, load failures, version gaps, registry and feature-store state, readiness and its reasons."""
+        fs = rt.feature_state()
+        return {**rt.predictor.status(), "feature_store": fs.describe() if fs is not None else {"ok": True},
+                "ready": rt.ready, "not_ready": rt.not_ready()}
 
     async def page(scope: Scope, receive: Receive, send: Send) -> None:
         """The coordinators' page of the bound runtime (its own login, its own risk lists)."""

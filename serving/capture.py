@@ -14,8 +14,14 @@ with 32 random bytes and mode 0600 (folder 0700) when absent.
 The request path only appends references to a queue (about a microsecond); a background thread
 hashes ids, packs features and writes a batch per transaction every ``flush_seconds`` or
 ``flush_rows``. Capture never raises into a request: rows that cannot be queued (queue full) are
-counted as ``dropped``, rows whose write failed as ``failed`` (``stats()``; the API shows them on
-``GET /v1/models``). ``purge(older_than_days)`` deletes old rows (``carecast monitor purge``).
+counted as ``dropped``; a write that fails (folder read-only or missing, disk full, key not readable) is
+counted in ``errors`` and its rows stay queued and are written by a later flush once the store works
+again, without a restart (rows beyond ``max_queue_rows`` meanwhile are counted as ``failed``).
+``stats()`` has the counts; the API shows them on ``GET /v1/models`` and ``/metrics``.
+``purge(older_than_days)`` deletes old rows (``carecast monitor purge``).
+
+Each row also says whether the request came with a production key (``PRODUCTION``, set per request by the
+serving app from ``serving.non_production_keys``): drift leaves the other rows out.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +50,9 @@ from carecast.settings import CaptureSettings
 log = logging.getLogger("carecast.capture")
 
 DB_FILE = "predictions.sqlite"
+
+#: False while serving a request made with a key marked non-production (``serving.non_production_keys``)
+PRODUCTION: ContextVar[bool] = ContextVar("carecast_production", default=True)
 KEY_BYTES = 32
 HASH_HEX = 32  # 128 bits of the HMAC: collisions are negligible at any practice's size
 
@@ -100,6 +110,23 @@ class Pseudonymiser:
         return [self(kind, str(v)) for v in values]
 
 
+class LazyPseudonymiser(Pseudonymiser):
+    """A pseudonymiser whose key is read on first use (and again after a failure): a key that cannot be read
+    at start (its folder not yet writable) fails the writes, which are retried, instead of turning capture off."""
+
+    def __init__(self, load: Callable[[], bytes]) -> None:
+        self._load = load
+        self._key = b""
+
+    def ensure(self) -> None:
+        if not self._key:
+            self._key = self._load()
+
+    def __call__(self, kind: str, value: str) -> str:
+        self.ensure()
+        return super().__call__(kind, value)
+
+
 # --------------------------------------------------------------------------- the store
 
 _SCHEMA = """
@@ -114,7 +141,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     probability REAL,
     label TEXT,
     probabilities TEXT,
-    features BLOB NOT NULL
+    features BLOB NOT NULL,
+    production INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE INDEX IF NOT EXISTS predictions_target_ts ON predictions (target, ts);
@@ -135,6 +163,9 @@ def connect(path: Path) -> sqlite3.Connection:
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=NORMAL")
     con.executescript(_SCHEMA)
+    cols = {r[1] for r in con.execute("PRAGMA table_info(predictions)")}
+    if "production" not in cols:  # a store written before the column existed: its rows count as production
+        con.execute("ALTER TABLE predictions ADD COLUMN production INTEGER NOT NULL DEFAULT 1")
     return con
 
 
@@ -151,6 +182,7 @@ class _Batch:
     X: np.ndarray
     predictions: Sequence[Mapping[str, Any]]
     known: Sequence[bool]
+    production: bool = True
 
 
 class PredictionCapture:
@@ -171,7 +203,9 @@ class PredictionCapture:
         self._thread: threading.Thread | None = None
         self._con: sqlite3.Connection | None = None
         self._known_models: set[tuple[str, str]] = set()
-        self.counts = {"received": 0, "written": 0, "dropped": 0, "failed": 0}
+        self.counts = {"received": 0, "written": 0, "dropped": 0, "failed": 0, "errors": 0}
+        #: the kind of the last write failure while writes fail, else None
+        self.last_error: str | None = None
 
     # --- request path ------------------------------------------------------------------------
     def record(self, target: str, model: Any, patient_ids: Sequence[str], X: np.ndarray,
@@ -182,7 +216,7 @@ class PredictionCapture:
         try:
             batch = _Batch(time.time(), target, model.name, str(model.version), tuple(model.feature_names),
                            tuple(model.classes) if getattr(model, "classes", None) else None,
-                           patient_ids, appointment_ids, X, predictions, known)
+                           patient_ids, appointment_ids, X, predictions, known, PRODUCTION.get())
             with self._lock:
                 self.counts["received"] += n
                 if self._pending + n > self.cfg.max_queue_rows:
@@ -227,11 +261,12 @@ class PredictionCapture:
                          akeys[i] if akeys is not None else None, int(bool(b.known[i])),
                          float(p["probability"]) if p.get("probability") is not None else None,
                          p.get("channel"), json.dumps(probs, separators=(",", ":")) if probs else None,
-                         X[i].tobytes()))
+                         X[i].tobytes(), int(b.production)))
         return rows
 
     def flush(self) -> int:
-        """Write everything queued; return rows written. Failures are counted, not raised."""
+        """Write everything queued; return rows written. Never raises: a failed write is counted in ``errors`` and
+        its rows go back to the front of the queue for the next flush (as many as ``max_queue_rows`` allows)."""
         with self._lock:
             batches = list(self._queue)
             self._queue.clear()
@@ -241,39 +276,84 @@ class PredictionCapture:
         n = sum(len(b.patient_ids) for b in batches)
         with self._write_lock:
             try:
+                if isinstance(self._pseudo, LazyPseudonymiser):
+                    self._pseudo.ensure()
                 if self._con is None:
                     self._con = connect(self.path)
                 con = self._con
                 rows: list[tuple] = []
                 models = []
-                for b in batches:
-                    rows += self._rows(b)
+                for b in list(batches):
+                    try:
+                        rows += self._rows(b)
+                    except Exception as exc:  # noqa: BLE001  (a malformed batch: counted, never retried)
+                        batches.remove(b)
+                        n -= len(b.patient_ids)
+                        with self._lock:
+                            self.counts["failed"] += len(b.patient_ids)
+                        log.error("prediction capture: %d rows not written: %s", len(b.patient_ids),
+                                  type(exc).__name__)
+                        continue
                     key = (b.model_name, b.model_version)
                     if key not in self._known_models:
                         models.append((b.model_name, b.model_version, b.target, json.dumps(list(b.feature_names)),
                                        json.dumps(list(b.classes)) if b.classes else None))
                 con.execute("BEGIN")
                 con.executemany("INSERT OR IGNORE INTO model_features VALUES (?, ?, ?, ?, ?)", models)
-                con.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                con.executemany("INSERT INTO predictions (ts, target, model_name, model_version, patient_key, "
+                                "appointment_key, known, probability, label, probabilities, features, production) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 con.execute("COMMIT")
                 self._known_models.update((m[0], m[1]) for m in models)
-            except Exception as exc:  # noqa: BLE001 - counted; the service keeps serving
+            except Exception as exc:  # noqa: BLE001 - counted and retried; the service keeps serving
                 try:
                     if self._con is not None and self._con.in_transaction:
                         self._con.execute("ROLLBACK")
                 except Exception:  # noqa: BLE001
+                    pass
+                if self._con is not None:  # reconnect next time: the folder or file may come back
+                    try:
+                        self._con.close()
+                    except Exception:  # noqa: BLE001
+                        pass
                     self._con = None
-                with self._lock:
-                    self.counts["failed"] += n
-                log.error("prediction capture: %d rows not written: %s", n, type(exc).__name__)
+                self._requeue(batches, type(exc).__name__)
                 return 0
         with self._lock:
             self.counts["written"] += n
+        if self.last_error is not None:
+            log.info("prediction capture writing again (%d rows)", n)
+            self.last_error = None
         return n
 
-    def stats(self) -> dict[str, int]:
+    def _requeue(self, batches: list[_Batch], error: str) -> None:
+        """Put a failed write's rows back in front of the queue, oldest first, as far as the queue bound allows."""
+        kept: list[_Batch] = []
         with self._lock:
-            return {**self.counts, "pending": self._pending}
+            self.counts["errors"] += 1
+            room = self.cfg.max_queue_rows - self._pending
+            lost = 0
+            for b in batches:
+                size = len(b.patient_ids)
+                if size <= room:
+                    kept.append(b)
+                    room -= size
+                else:
+                    lost += size
+            self._queue.extendleft(reversed(kept))
+            self._pending += sum(len(b.patient_ids) for b in kept)
+            self.counts["failed"] += lost
+            pending = self._pending
+        if self.last_error != error:
+            log.error("prediction capture: write failed (%s); %d rows kept to retry, %d lost", error, pending, lost)
+        self.last_error = error
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            out: dict[str, Any] = {**self.counts, "pending": self._pending}
+        if self.last_error is not None:
+            out["last_error"] = self.last_error
+        return out
 
     def close(self) -> None:
         self._stop.set()
@@ -292,7 +372,7 @@ class DisabledCapture:
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
-        self.counts = {"received": 0, "written": 0, "dropped": 0, "failed": 0}
+        self.counts = {"received": 0, "written": 0, "dropped": 0, "failed": 0, "errors": 0}
 
     def record(self, target, model, patient_ids, X, predictions, known, appointment_ids=None) -> None:
         self.counts["received"] += len(patient_ids)
@@ -309,21 +389,27 @@ class DisabledCapture:
 
 
 def from_settings(settings: Any, background: bool = True) -> PredictionCapture | DisabledCapture:
-    """The capture store for this home; a ``DisabledCapture`` (counting failures) if it cannot start.
+    """The capture store for this home (``DisabledCapture`` only when ``capture.enabled`` is off).
 
     Never raises: the serving runtime builds it once at start (``serving/runtime.py``), and a service that
-    cannot record its predictions still serves them."""
+    cannot record its predictions still serves them. A store or key that cannot be used at start is said in
+    the log and retried by every flush, so captures resume on their own once the folder is usable."""
     cfg = capture_settings(settings)
     if not cfg.enabled:
         return DisabledCapture("disabled")
+    pseudo: Pseudonymiser
     try:
         pseudo = Pseudonymiser(load_key(settings))
-        store = PredictionCapture(db_path(settings), pseudo, cfg, background=background)
-        connect(store.path).close()  # fail now, not per batch, if the folder is unusable
-        return store
+    except Exception as exc:  # noqa: BLE001  (retried on first write)
+        log.error("prediction capture: key not readable yet (%s); writes will retry", type(exc).__name__)
+        pseudo = LazyPseudonymiser(lambda: load_key(settings))
+    store = PredictionCapture(db_path(settings), pseudo, cfg, background=background)
+    try:
+        connect(store.path).close()  # say now, not at the first batch, if the folder is unusable
     except Exception as exc:  # noqa: BLE001
-        log.error("prediction capture off: %s", type(exc).__name__)
-        return DisabledCapture(f"could not start: {type(exc).__name__}")
+        log.error("prediction capture: store not writable yet (%s); writes will retry", type(exc).__name__)
+        store.last_error = type(exc).__name__
+    return store
 
 
 # --------------------------------------------------------------------------- reading and purging
@@ -347,10 +433,16 @@ def purge(settings: Any, older_than_days: float, now: dt.datetime | None = None)
     return int(n)
 
 
+ENTITY_KEYS = ("patient_key", "appointment_key")
+
+
 def read(settings: Any, target: str, since: dt.datetime | None = None, model_name: str | None = None,
-         limit: int | None = None):
+         limit: int | None = None, latest_per: str | None = None, production_only: bool = False):
     """Captured rows of ``target`` since ``since`` as a DataFrame: ts, model, keys, outputs and one
-    column per feature (features a model version did not read are NaN)."""
+    column per feature (features a model version did not read are NaN).
+
+    ``latest_per`` (``patient_key`` or ``appointment_key``): only each entity's latest row among those selected
+    (drift counts patients, not requests); ``production_only``: leave out rows of non-production keys."""
     import pandas as pd
 
     path = db_path(settings)
@@ -359,16 +451,22 @@ def read(settings: Any, target: str, since: dt.datetime | None = None, model_nam
         return pd.DataFrame(columns=cols)
     con = connect(path)
     try:
-        q = ("SELECT ts, model_name, model_version, patient_key, appointment_key, known, probability, label, features "
-             "FROM predictions WHERE target = ?")
+        where = "target = ?"
         args: list[Any] = [target]
         if since is not None:
-            q += " AND ts >= ?"
+            where += " AND ts >= ?"
             args.append(since.timestamp())
         if model_name is not None:
-            q += " AND model_name = ?"
+            where += " AND model_name = ?"
             args.append(model_name)
-        q += " ORDER BY rowid DESC"  # the newest first when limited; returned oldest first
+        if production_only:
+            where += " AND production = 1"
+        if latest_per is not None:
+            if latest_per not in ENTITY_KEYS:
+                raise ValueError(f"latest_per must be one of {', '.join(ENTITY_KEYS)}, not {latest_per!r}")
+            where = f"rowid IN (SELECT MAX(rowid) FROM predictions WHERE {where} GROUP BY {latest_per})"
+        q = ("SELECT ts, model_name, model_version, patient_key, appointment_key, known, probability, label, features "
+             f"FROM predictions WHERE {where} ORDER BY rowid DESC")  # the newest first when limited; returned oldest first
         if limit:
             q += f" LIMIT {int(limit)}"
         rows = con.execute(q, args).fetchall()[::-1]

@@ -2,7 +2,10 @@
 
 ``FeatureSource.fetch(target, patient_ids, requests, feature_names)`` returns a float32 matrix in
 the model's feature order (NaN = missing) and, per row, whether the patient was known. An unknown
-patient gets the population defaults, never an error.
+patient gets the population defaults, never an error; a store that is down, missing, empty or stale
+raises ``FeatureStoreUnavailable`` / ``FeatureStoreEmpty`` (503 with the reason), never defaults for
+everyone. A source may also offer ``check()`` (re-read the store's state, for readiness and the poll)
+and ``state`` (the last result); one without them is always ready.
 
 - ``FeastFeatureSource``: the Feast online store under ``CARECAST_HOME``, through the one feature reader
   (``features.store.reader.OnlineReader``: the known rule, the defaults and the fast read plan live there).
@@ -18,11 +21,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from features.store.online_plan import FeatureMismatch, FeatureStoreUnavailable
-from features.store.reader import REDIS_TIMEOUT_S, OnlineReader
+from features.store.online_plan import FeatureMismatch, FeatureStoreEmpty, FeatureStoreUnavailable
+from features.store.reader import OnlineReader, StoreState
 
-__all__ = ["REDIS_TIMEOUT_S", "FeastFeatureSource", "FeatureMismatch", "FeatureSource", "FeatureStoreUnavailable",
-           "InMemoryFeatureSource", "request_features"]
+__all__ = ["FeastFeatureSource", "FeatureMismatch", "FeatureSource", "FeatureStoreEmpty", "FeatureStoreUnavailable",
+           "InMemoryFeatureSource", "StoreState", "request_features"]
 
 
 class FeatureSource(Protocol):
@@ -31,11 +34,23 @@ class FeatureSource(Protocol):
 
 
 class FeastFeatureSource:
-    """Online reads of the Feast store under ``CARECAST_HOME`` (imports Feast at construction: start-up only)."""
+    """Online reads of the Feast store under ``CARECAST_HOME`` (imports Feast and reads the store's stamp at
+    construction: start-up only)."""
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
         self.reader = OnlineReader(settings)
+        self.reader.check()
+
+    @property
+    def state(self) -> StoreState:
+        return self.reader.state
+
+    def check(self) -> StoreState:
+        return self.reader.check()
+
+    def close(self) -> None:
+        self.reader.close()
 
     def fetch(self, target: str, patient_ids: Sequence[str], requests: Sequence[Mapping[str, Any]] | None,
               feature_names: Sequence[str]) -> tuple[np.ndarray, list[bool]]:

@@ -26,6 +26,7 @@ and is NOT applied again. Only a ``calibration`` record with ``folded: false`` a
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -41,6 +42,11 @@ ALIAS = "champion"
 
 class ModelNotAvailable(RuntimeError):
     """No champion (or no loadable champion) for a target; the message names the model, not data."""
+
+
+class RegistryUnavailable(ModelNotAvailable):
+    """The model registry cannot be read (missing, corrupt, not an MLflow store): the service stays up, unready
+    for what it has not loaded, and says why; the message names the store and the failure, never data."""
 
 
 @dataclass(frozen=True)
@@ -132,24 +138,98 @@ def _read_training_meta(folder: Path, meta: dict[str, Any]) -> None:
             meta.setdefault(k, v)
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` store URI, else None (a server or another database: nothing to check here)."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+
+
+def check_sqlite_store(path: Path) -> None:
+    """Raise ``RegistryUnavailable`` unless ``path`` is an existing MLflow SQLite store, opened read-only.
+
+    Why before MLflow touches it: MLflow creates (and migrates) a new empty store at a missing or empty path, so
+    a service started on a lost ``mlflow.db`` would silently serve from a fresh registry; and a corrupt file made
+    the worker crash at start."""
+    import sqlite3
+
+    if not path.is_file():
+        raise RegistryUnavailable(f"MLflow store missing: {path.name} (serve never creates a registry)")
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise RegistryUnavailable(f"MLflow store {path.name} not readable: {exc}") from None
+    if not {"registered_models", "model_versions", "alembic_version"} <= tables:
+        raise RegistryUnavailable(f"MLflow store {path.name} is not an MLflow registry (tables missing)")
+
+
+def _forget_engines(uri: str) -> None:
+    """Drop MLflow's cached SQLAlchemy engines for ``uri``: their pooled connections would keep reading a file
+    that was replaced (or deleted) under them. Best effort: MLflow's cache is private."""
+    for module, cls in (("mlflow.store.tracking.sqlalchemy_store", "SqlAlchemyStore"),
+                        ("mlflow.store.model_registry.sqlalchemy_store", "SqlAlchemyStore")):
+        try:
+            engines = getattr(importlib.import_module(module), cls)._engine_map
+            engine = engines.pop(uri, None)
+            if engine is not None:
+                engine.dispose()
+        except Exception:  # noqa: BLE001  (a newer MLflow without this cache: nothing to forget)
+            pass
+
+
 class MlflowModelSource:
-    """Champions from the MLflow registry (imports mlflow once, at construction: not per request)."""
+    """Champions from the MLflow registry (imports mlflow once, at construction: not per request).
+
+    The registry is checked before each use (``check``): a missing or corrupt SQLite store raises
+    ``RegistryUnavailable`` instead of being created anew or crashing the worker, and a store restored under
+    the same path is seen on the next poll (the client is rebuilt when the file changes)."""
 
     def __init__(self, tracking_uri: str, registry_uri: str | None = None) -> None:
         import mlflow  # noqa: F401  (1.3 s: start-up only)
-        from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
+        self._files = [f for f in {_sqlite_file(self.tracking_uri), _sqlite_file(self.registry_uri)} if f is not None]
+        self._client: Any = None
+        self._identity: tuple | None = None
+
+    def check(self) -> None:
+        """Raise ``RegistryUnavailable`` with the reason unless the registry can be read now."""
+        for f in self._files:
+            check_sqlite_store(f)
+
+    @property
+    def client(self) -> Any:
+        from mlflow import MlflowClient
+
+        self.check()
+        identity = tuple((st.st_dev, st.st_ino) for st in (f.stat() for f in self._files))
+        if self._client is None or identity != self._identity:
+            if self._client is not None:  # the file was replaced: reconnect to the new one
+                for uri in {self.tracking_uri, self.registry_uri}:
+                    _forget_engines(uri)
+            try:
+                self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+            except Exception as exc:  # noqa: BLE001  (any failure to open the store: unavailable, with its kind)
+                raise RegistryUnavailable(f"MLflow store not usable: {type(exc).__name__}") from None
+            self._identity = identity
+        return self._client
 
     def champion_version(self, target: str) -> str | None:
         from mlflow.exceptions import MlflowException
 
+        client = self.client
         try:
-            return str(self.client.get_model_version_by_alias(TARGETS[target].registered_model, ALIAS).version)
-        except MlflowException:
-            return None
+            return str(client.get_model_version_by_alias(TARGETS[target].registered_model, ALIAS).version)
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None  # no such model or alias yet
+            raise RegistryUnavailable(f"MLflow registry: {type(exc).__name__} ({exc.error_code})") from None
+        except Exception as exc:  # noqa: BLE001  (SQLAlchemy errors of a store broken after the check)
+            raise RegistryUnavailable(f"MLflow registry: {type(exc).__name__}") from None
 
     def load(self, target: str, version: str | None = None) -> ServedModel:
         import tempfile
@@ -189,14 +269,31 @@ SNAPSHOT_META = "carecast.json"
 
 
 def export_snapshot(model: ServedModel, folder: Path) -> Path:
-    """Write ``model`` as a booster file plus one JSON of everything else."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.booster.save_model(str(folder / SNAPSHOT_MODEL))
-    meta = {"target": model.target, "name": model.name, "version": model.version,
-            "features": list(model.feature_names), "categories": {k: list(v) for k, v in model.categories.items()},
-            "classes": list(model.classes) if model.classes is not None else None,
-            "calibration": {"slope": model.slope, "intercept": model.intercept}}
-    (folder / SNAPSHOT_META).write_text(json.dumps(meta, indent=1))
+    """Write ``model`` as a booster file plus one JSON of everything else (into a sibling folder first, then one
+    rename: a reader never sees half a snapshot)."""
+    import shutil
+    import tempfile
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        model.booster.save_model(str(tmp / SNAPSHOT_MODEL))
+        meta = {"target": model.target, "name": model.name, "version": model.version,
+                "features": list(model.feature_names), "categories": {k: list(v) for k, v in model.categories.items()},
+                "classes": list(model.classes) if model.classes is not None else None,
+                "calibration": {"slope": model.slope, "intercept": model.intercept}}
+        (tmp / SNAPSHOT_META).write_text(json.dumps(meta, indent=1))
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}-old")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder
 
 

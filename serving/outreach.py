@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from carecast.settings import Effects, OutreachSettings  # noqa: F401  (re-exported for callers)
 from carecast.targets import MODEL_CHANNELS, risk_tier
@@ -284,17 +284,18 @@ class _Strict(BaseModel):
 
 
 def _request_models():
-    from serving.schemas import Appointment, Id, TopK
+    from serving.schemas import Appointment, Id, TopK, _at_most_batch
 
-    return Appointment, Id, TopK
+    return Appointment, Id, TopK, _at_most_batch
 
 
 if TYPE_CHECKING:
     from serving.schemas import Appointment as _Appointment
     from serving.schemas import Id as _Id
     from serving.schemas import TopK as _TopK
+    from serving.schemas import _at_most_batch
 else:
-    _Appointment, _Id, _TopK = _request_models()
+    _Appointment, _Id, _TopK, _at_most_batch = _request_models()
 
 
 class OutreachPlanRequest(_Strict):
@@ -304,6 +305,8 @@ class OutreachPlanRequest(_Strict):
                                              description="Appointments to plan for (no-show risk).")
     patient_ids: list[_Id] = Field(default_factory=list,
                                    description="Patients to plan for (risk of leaving the practice).")
+    #: each list's length is checked against serving.max_batch before its items are validated
+    _batch = field_validator("appointments", "patient_ids", mode="wrap")(_at_most_batch)
     calls_available: int | None = Field(None, ge=0, le=100_000,
                                         description="Coordinator contacts available (default: outreach.calls_per_day).")
     top_k: _TopK = 3

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,8 +22,15 @@ from features.catalog import APPOINTMENT_FEATURES, APPOINTMENT_REQUEST_FIELDS
 from features.feeds.vocabulary import OTHER, encoder
 from serving import reasons
 from serving.explain import explain
-from serving.feature_source import FeatureSource
-from serving.model_source import ModelNotAvailable, ModelSource, ServedModel
+from serving.feature_source import FeatureMismatch, FeatureSource, FeatureStoreUnavailable
+from serving.model_source import (
+    ModelNotAvailable,
+    ModelSource,
+    RegistryUnavailable,
+    ServedModel,
+    export_snapshot,
+    load_snapshot,
+)
 
 #: features and fields that come with the request (the catalog's), so they are real even for an unknown patient
 REQUEST_FEATURES = frozenset(APPOINTMENT_FEATURES) | frozenset(APPOINTMENT_REQUEST_FIELDS)
@@ -66,6 +75,13 @@ def _recode_stored(model: ServedModel, X: np.ndarray, store: Mapping[str, Sequen
         X[:, j] = np.where(ok, lookup[np.where(ok, col, len(have)).astype(np.int64)], col)
 
 log = logging.getLogger("carecast.serving")
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a model did not load, for the log and ``/v1/models``: the kind and a short message (model artifacts and
+    registry errors carry no patient data; control characters are escaped by the log filter)."""
+    msg = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
 class _RowView(Mapping[str, Any]):
@@ -140,7 +156,8 @@ class Predictor:
     """
 
     def __init__(self, models: ModelSource, features: FeatureSource, risk_tiers: Mapping[str, float],
-                 targets: Sequence[str] = TARGET_NAMES, capture: Any = None) -> None:
+                 targets: Sequence[str] = TARGET_NAMES, capture: Any = None, cache_dir: Path | None = None,
+                 metrics: Any = None) -> None:
         self.models = models
         self.features = features
         self.risk_tiers = dict(risk_tiers)
@@ -153,12 +170,24 @@ class Predictor:
         self._thread: threading.Thread | None = None
         #: where each prediction is recorded (serving/capture.py); None records nothing
         self.capture: Any = capture
+        #: the last good version of each target, kept under the home (``cache_dir/<target>``): what serves when a
+        #: new champion fails to load after a restart; None keeps nothing (a Bento's fixed models)
+        self.cache_dir = cache_dir
+        #: the service's own metrics (``serving.metrics.ServiceMetrics``); None counts nothing
+        self.metrics: Any = metrics
+        #: the registry's champion version of each target at the last reload (None: no champion)
+        self.champions: dict[str, str | None] = {}
+        #: targets whose champion did not load: ``{target: {"version", "error"}}`` (the served one stays)
+        self.failures: dict[str, dict[str, str]] = {}
+        #: why the registry could not be read at the last reload, or None
+        self.registry_error: str | None = "registry not read yet"
 
     # --- models ------------------------------------------------------------------------------
     def served(self, target: str) -> ServedModel:
         m = self._served.get(target)
         if m is None:
-            raise ModelNotAvailable(f"{TARGETS[target].registered_model}: no champion loaded")
+            raise ModelNotAvailable(f"{TARGETS[target].registered_model}: no champion loaded"
+                                    + (f" ({self.registry_error})" if self.registry_error else ""))
         return m
 
     @property
@@ -168,44 +197,110 @@ class Predictor:
     def versions(self) -> dict[str, dict[str, str]]:
         return {t: {"name": m.name, "version": m.version} for t, m in self._served.items()}
 
+    def status(self) -> dict[str, Any]:
+        """What is served against what the registry says: champions, versions that failed to load (and why),
+        targets serving another version than the champion, and the registry's own state."""
+        gaps = {t: {"serving": m.version if (m := self._served.get(t)) else None, "champion": c}
+                for t, c in self.champions.items() if c is not None and (t not in self._served or self._served[t].version != c)}
+        return {"champions": {t: c for t, c in self.champions.items() if c is not None},
+                "failures": {t: dict(f) for t, f in self.failures.items()}, "gaps": gaps,
+                "registry": {"ok": self.registry_error is None,
+                             **({"reason": self.registry_error} if self.registry_error else {})}}
+
     def _install(self, model: ServedModel) -> None:
         self._warm(model)
         self._index[model.target] = {n: j for j, n in enumerate(model.feature_names)}
         self._served[model.target] = model  # one reference swap: requests in flight keep the old one
 
     def _warm(self, model: ServedModel) -> None:
-        """One prediction through the whole path, so the first real request is not the slow one."""
-        X, _ = self.features.fetch(model.target, ["__warmup__"],
-                                   [_WARMUP_APPOINTMENT] if model.target == "no_show" else None,
-                                   model.feature_names)
+        """One prediction through the whole path, so the first real request is not the slow one. A store that
+        cannot answer now does not stop a model from loading: the explanation is warmed on missing values."""
+        try:
+            X, _ = self.features.fetch(model.target, ["__warmup__"],
+                                       [_WARMUP_APPOINTMENT] if model.target == "no_show" else None,
+                                       model.feature_names)
+        except (FeatureStoreUnavailable, FeatureMismatch):
+            X = np.full((1, len(model.feature_names)), np.nan, dtype=np.float32)
         explain(model.booster, X, 3, multiclass=model.multiclass, slope=model.slope, intercept=model.intercept)
 
     def reload(self) -> list[str]:
-        """Load every target whose champion differs from the served version; return those changed."""
-        changed = []
+        """Load every target whose champion differs from the served version; return those changed.
+
+        A champion that fails to load leaves the served version in place (or, when nothing is served yet, the
+        last good version cached under the home) and is recorded in ``failures`` with the reason; an unreadable
+        registry is recorded in ``registry_error`` and changes nothing."""
+        changed: list[str] = []
         with self._lock:
-            for target in self.targets:
+            check = getattr(self.models, "check", None)
+            try:
+                if check is not None:
+                    check()
+                champions = {t: self.models.champion_version(t) for t in self.targets}
+            except RegistryUnavailable as exc:
+                if str(exc) != self.registry_error:
+                    log.error("model registry unavailable: %s", exc)
+                self.registry_error = str(exc)
+                return changed
+            if self.registry_error is not None and self.registry_error != "registry not read yet":
+                log.info("model registry readable again")
+            self.registry_error = None
+            self.champions = champions
+            for target, version in champions.items():
+                current = self._served.get(target)
+                if version is None or (current is not None and current.version == version):
+                    self.failures.pop(target, None)
+                    continue
                 try:
-                    version = self.models.champion_version(target)
-                    current = self._served.get(target)
-                    if version is None or (current is not None and current.version == version):
-                        continue
                     model = self.models.load(target, version)
                     self._install(model)
                 except Exception as exc:  # noqa: BLE001  (keep serving the old model; name the model, never data)
-                    log.error("reload of %s failed: %s", TARGETS[target].registered_model, type(exc).__name__)
+                    reason = _reason(exc)
+                    if self.failures.get(target) != {"version": version, "error": reason}:
+                        log.error("reload of %s version %s failed: %s", TARGETS[target].registered_model, version,
+                                  reason)
+                    self.failures[target] = {"version": version, "error": reason}
+                    if current is None:
+                        self._serve_cached(target)
                     continue
+                self.failures.pop(target, None)
                 log.info("serving %s version %s", model.name, model.version)
+                self._keep(model)
                 changed.append(target)
         return changed
 
-    def start_polling(self, seconds: float) -> None:
+    def _keep(self, model: ServedModel) -> None:
+        """Cache the version now serving under the home, for a restart whose champion fails to load."""
+        if self.cache_dir is None:
+            return
+        try:
+            export_snapshot(model, self.cache_dir / model.target)
+        except Exception as exc:  # noqa: BLE001  (a cache that cannot be written costs only the fallback; say so)
+            log.warning("could not cache %s version %s: %s", model.name, model.version, type(exc).__name__)
+
+    def _serve_cached(self, target: str) -> None:
+        folder = self.cache_dir / target if self.cache_dir is not None else None
+        if folder is None or not folder.is_dir():
+            return
+        try:
+            model = load_snapshot(folder)
+            if model.name != TARGETS[target].registered_model:
+                return
+            self._install(model)
+        except Exception as exc:  # noqa: BLE001  (no usable cache: stay unready for this target)
+            log.error("cached %s not usable: %s", TARGETS[target].registered_model, type(exc).__name__)
+            return
+        log.warning("serving cached %s version %s: the champion did not load", model.name, model.version)
+
+    def start_polling(self, seconds: float, also: Any = None) -> None:
+        """Every ``seconds``: reload, then ``also()`` (the runtime's other checks, e.g. the feature store)."""
         if seconds <= 0 or self._thread is not None:
             return
 
         def loop() -> None:
             while not self._stop.wait(seconds):
                 self.reload()
+                if also is not None:
+                    also()
 
         self._thread = threading.Thread(target=loop, name="carecast-champion-poll", daemon=True)
         self._thread.start()
@@ -227,6 +322,16 @@ class Predictor:
         the feature source stays behind the predictor.
         """
         return self.features.fetch(target, list(patient_ids), None, list(feature_names))
+
+    def _fetch(self, target: str, ids: Sequence[str], requests: Sequence[Mapping[str, Any]] | None,
+               names: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
+        """The feature read of a prediction, timed for ``/metrics``."""
+        t0 = time.perf_counter()
+        try:
+            return self.features.fetch(target, ids, requests, names)
+        finally:
+            if self.metrics is not None:
+                self.metrics.feature_read(target, time.perf_counter() - t0)
 
     # --- predictions -------------------------------------------------------------------------
     def _explained(self, model: ServedModel, X: np.ndarray, known: list[bool], top_k: int) -> list[dict[str, Any]]:
@@ -256,6 +361,8 @@ class Predictor:
                 item["probability"] = p
                 item["risk_tier"] = tier_by_rule(p, rule)
             out.append(item)
+        if self.metrics is not None:
+            self.metrics.predicted(model.target, out)
         return out
 
     def _capture(self, target: str, model: ServedModel, ids: Sequence[str], X: np.ndarray,
@@ -283,7 +390,7 @@ class Predictor:
     def no_show(self, appointments: Sequence[Mapping[str, Any]], top_k: int) -> dict[str, Any]:
         model = self.served("no_show")
         ids = [a["patient_id"] for a in appointments]
-        X, known = self.features.fetch("no_show", ids, appointments, model.feature_names)
+        X, known = self._fetch("no_show", ids, appointments, model.feature_names)
         self._own_codes(model, X, appointments)
         preds = self._explained(model, X, known, top_k)
         for a, p in zip(appointments, preds, strict=False):
@@ -295,7 +402,7 @@ class Predictor:
 
     def patients(self, target: str, patient_ids: Sequence[str], top_k: int) -> dict[str, Any]:
         model = self.served(target)
-        X, known = self.features.fetch(target, patient_ids, None, model.feature_names)
+        X, known = self._fetch(target, patient_ids, None, model.feature_names)
         self._own_codes(model, X, None)
         preds = self._explained(model, X, known, top_k)
         for pid, p in zip(patient_ids, preds, strict=False):

@@ -15,13 +15,16 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from carecast.settings import OutreachSettings, Settings
 from carecast.targets import TARGETS
 from serving import capture
+from serving.auth import key_ok
 from serving.feature_source import FeatureSource
+from serving.metrics import ServiceMetrics
 from serving.model_source import MlflowModelSource, ModelSource
 from serving.predictor import Predictor
 from serving.ui import create_ui_app
@@ -56,33 +59,87 @@ class Runtime:
     outreach: OutreachSettings
     risk_lists: Store
     ui: Any  # the coordinators' page, an ASGI app mounted at /ui
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    #: hashes of the keys marked non-production (``serving.non_production_keys``): their captures are marked
+    non_production: frozenset[bytes] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: Settings, models: ModelSource | None = None,
                       features: FeatureSource | None = None) -> Runtime:
         """Build every part once; loads no model yet (``start`` does)."""
+        cache_dir: Path | None = None
         if models is None:
             models = MlflowModelSource(settings.tracking_uri, settings.mlflow.registry_uri)
+            cache_dir = settings.home / "serving" / "models"  # the last good version of each registry champion
         if features is None:
             features = feature_source(settings)
-        predictor = Predictor(models, features, settings.serving.risk_tiers, capture=capture.from_settings(settings))
+        predictor = Predictor(models, features, settings.serving.risk_tiers, capture=capture.from_settings(settings),
+                              cache_dir=cache_dir)
         risk_lists = Store(settings.risk_list_dir)
-        return cls(settings=settings, predictor=predictor, keys=[k.encode() for k in settings.serving.api_keys],
-                   max_batch=settings.serving.max_batch, outreach=settings.outreach, risk_lists=risk_lists,
-                   ui=create_ui_app(settings, store=risk_lists))
+        rt = cls(settings=settings, predictor=predictor, keys=[k.encode() for k in settings.serving.api_keys],
+                 max_batch=settings.serving.max_batch, outreach=settings.outreach, risk_lists=risk_lists,
+                 ui=create_ui_app(settings, store=risk_lists),
+                 non_production=frozenset(k.encode() for k in settings.serving.non_production_keys))
+        rt.metrics = ServiceMetrics(rt.health)
+        predictor.metrics = rt.metrics
+        return rt
+
+    # --- readiness -----------------------------------------------------------------------------
+    def feature_state(self) -> Any:
+        """The feature source's last known state (None: a source that has none, always ready)."""
+        return getattr(self.predictor.features, "state", None)
+
+    @property
+    def ready(self) -> bool:
+        """Every model loaded and the online store usable; a cheap read of kept state (``/readyz`` never waits)."""
+        fs = self.feature_state()
+        return self.predictor.ready and (fs is None or fs.ok)
+
+    def not_ready(self) -> list[str]:
+        """Why the service is not ready, one reason per part (empty when it is)."""
+        out = []
+        fs = self.feature_state()
+        if fs is not None and not fs.ok:
+            out.append(f"{fs.code}: {fs.reason}")
+        if self.predictor.registry_error is not None:
+            out.append(f"model_registry_unavailable: {self.predictor.registry_error}")
+        missing = [TARGETS[t].registered_model for t in self.predictor.targets if t not in self.predictor.versions()]
+        if missing:
+            out.append(f"model_not_available: no champion loaded for {', '.join(missing)}")
+        return out
+
+    def health(self) -> dict[str, Any]:
+        """What ``/metrics`` reports at scrape time."""
+        fs = self.feature_state()
+        cap = self.predictor.capture
+        return {"service": self.ready, "feature_store": fs is None or fs.ok, "models": self.predictor.versions(),
+                "registry": self.predictor.registry_error is None, "capture": cap.stats() if cap is not None else {}}
+
+    def check_features(self) -> None:
+        """Re-read the online store's state (its stamp): on the poll, so a store emptied or restored is seen."""
+        check = getattr(self.predictor.features, "check", None)
+        if check is not None:
+            check()
 
     def start(self, poll: bool = True) -> None:
         """Load the champions, say what is missing, and (``poll``) watch the registry for new ones."""
         self.predictor.reload()
-        if not self.predictor.ready:
-            served = self.predictor.versions()
-            log.warning("not ready: missing champion for %s",
-                        ", ".join(TARGETS[t].registered_model for t in self.predictor.targets if t not in served))
+        if not self.ready:
+            log.warning("not ready: %s", "; ".join(self.not_ready()))
         if not self.keys:
             log.warning("no API keys configured (CARECAST_API_KEYS): every /v1 request will get 401")
         if poll:
-            self.predictor.start_polling(self.settings.serving.reload_poll_seconds)
+            self.predictor.start_polling(self.settings.serving.reload_poll_seconds, also=self.check_features)
+
+    def is_production(self, authorization: bytes | None) -> bool:
+        """False when the request's key is one of ``serving.non_production_keys`` (its captures are marked)."""
+        if not self.non_production or not authorization:
+            return True
+        return not key_ok(authorization, list(self.non_production))
 
     def stop(self) -> None:
-        """Stop polling and flush the capture store."""
+        """Stop polling, flush the capture store, let the feature reads go."""
         self.predictor.stop()
+        close = getattr(self.predictor.features, "close", None)
+        if close is not None:
+            close()

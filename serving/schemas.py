@@ -1,27 +1,35 @@
 """Request and response models of the prediction API (they are also its OpenAPI description).
 
-Requests are strict: unknown fields, wrong JSON types, empty ids and codes, and out-of-range ``top_k`` are
-rejected with a 422 that names the field and the rule. Departments and visit types are the site's own codes
-(its vocabulary, features/feeds/vocabulary.py): any string is accepted, and one outside the vocabulary the
-model was trained with is scored as ``other`` and the prediction's ``notes`` say so. The batch
-limit (``serving.max_batch``, default 1,000) is configurable, so it is checked by the route, with
-the same error shape.
+Requests are strict: unknown fields, wrong JSON types, empty ids and codes, out-of-range ``top_k`` and times
+that are not ISO 8601 strings of a plausible year (no epoch numbers, no year 1 or 9999) are rejected with a 422
+that names the field and the rule. Departments and visit types are the site's own codes (its vocabulary,
+features/feeds/vocabulary.py): any string is accepted, and one outside the vocabulary the model was trained
+with is scored as ``other`` and the prediction's ``notes`` say so. The batch limit (``serving.max_batch``,
+default 1,000) is configurable: the serving app sets it per request (``MAX_BATCH``) and the list is measured
+before any of its items is validated, so an oversized batch costs no per-item work.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+import re
+from contextvars import ContextVar
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
     StrictInt,
     StrictStr,
+    ValidatorFunctionWrapHandler,
+    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from carecast.targets import MODEL_CHANNELS
 
@@ -38,6 +46,40 @@ VisitType = Annotated[StrictStr, Field(min_length=1, max_length=CODE_MAX_LENGTH,
                                        description=f"Kind of visit. {_SITE_CODE}", examples=["follow_up"])]
 Channel = Literal[MODEL_CHANNELS]  # type: ignore[valid-type]
 Id = Annotated[StrictStr, Field(min_length=1, max_length=ID_MAX_LENGTH)]
+
+#: the batch limit of the request being validated (``serving.max_batch``; set by ``serving.app``)
+MAX_BATCH: ContextVar[int] = ContextVar("carecast_max_batch", default=1000)
+#: years a scheduled or booking time may fall in: outside is a typo or a sentinel, not an appointment
+YEARS = (1900, 2199)
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+
+
+def _iso_string(v: Any) -> Any:
+    """JSON gives a string; Python callers (batch scoring's outreach plan) may give a datetime itself."""
+    if isinstance(v, dt.datetime):
+        return v
+    if not isinstance(v, str) or not _ISO.match(v):
+        raise PydanticCustomError("datetime_type", "must be an ISO 8601 datetime string such as "
+                                                   "2026-06-20T09:30:00 (not a number)")
+    return v
+
+
+def _plausible_year(v: dt.datetime) -> dt.datetime:
+    if not YEARS[0] <= v.year <= YEARS[1]:
+        raise PydanticCustomError("datetime_range", f"year must be between {YEARS[0]} and {YEARS[1]}")
+    return v
+
+
+Instant = Annotated[dt.datetime, BeforeValidator(_iso_string), AfterValidator(_plausible_year)]
+
+
+def _at_most_batch(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """The batch limit, before the items are validated one by one."""
+    limit = MAX_BATCH.get()
+    if isinstance(value, list) and len(value) > limit:
+        raise PydanticCustomError("too_long", "must hold at most {limit} items (serving.max_batch); got {n}",
+                                  {"limit": limit, "n": len(value)})
+    return handler(value)
 TopK = Annotated[StrictInt, Field(ge=0, le=TOP_K_MAX, description=f"How many reasons to return (0 to {TOP_K_MAX}).")]
 
 
@@ -50,8 +92,8 @@ class Appointment(_Strict):
 
     appointment_id: Id
     patient_id: Id
-    scheduled_at: dt.datetime = Field(description="When the appointment takes place (ISO 8601).")
-    booked_at: dt.datetime = Field(description="When it was booked (ISO 8601).")
+    scheduled_at: Instant = Field(description="When the appointment takes place (ISO 8601; no zone: UTC).")
+    booked_at: Instant = Field(description="When it was booked (ISO 8601; no zone: UTC).")
     department: Department
     visit_type: VisitType
     telehealth: StrictBool
@@ -61,7 +103,7 @@ class Appointment(_Strict):
         sched, booked = self.scheduled_at, self.booked_at
         if (sched.tzinfo is None) != (booked.tzinfo is None):
             raise ValueError("scheduled_at and booked_at must both carry a time zone or both not")
-        if sched.date() < booked.date():
+        if sched < booked:  # instants, not calendar dates: zones may differ
             raise ValueError("scheduled_at must not be before booked_at")
         return self
 
@@ -70,10 +112,14 @@ class NoShowRequest(_Strict):
     appointments: list[Appointment] = Field(min_length=1, description="1 to serving.max_batch (default 1,000) appointments.")
     top_k: TopK = TOP_K_DEFAULT
 
+    _batch = field_validator("appointments", mode="wrap")(_at_most_batch)
+
 
 class PatientsRequest(_Strict):
     patient_ids: list[Id] = Field(min_length=1, description="1 to serving.max_batch (default 1,000) patient ids.")
     top_k: TopK = TOP_K_DEFAULT
+
+    _batch = field_validator("patient_ids", mode="wrap")(_at_most_batch)
 
 
 class ModelInfo(BaseModel):
@@ -144,6 +190,26 @@ class ErrorResponse(BaseModel):
     detail: list[FieldError] = Field(default_factory=list)
 
 
+class LoadFailure(BaseModel):
+    version: str = Field(description="The champion version that did not load.")
+    error: str = Field(description="Why (the exception kind and message).")
+
+
+class VersionGap(BaseModel):
+    serving: str | None = Field(description="The version answering requests (null: none).")
+    champion: str = Field(description="The registry's champion.")
+
+
 class ReloadResponse(BaseModel):
-    models: dict[str, ModelInfo]
-    changed: list[str]
+    models: dict[str, ModelInfo] = Field(description="The version serving each route.")
+    changed: list[str] = Field(description="Targets whose served version changed by this call.")
+    champions: dict[str, str] = Field(default_factory=dict, description="The registry's champion version per target.")
+    failures: dict[str, LoadFailure] = Field(default_factory=dict, description="Champions that failed to load; the "
+                                                                                 "served version stays.")
+    gaps: dict[str, VersionGap] = Field(default_factory=dict, description="Targets not serving their champion.")
+    registry: dict[str, Any] = Field(default_factory=dict, description="ok, and the reason when the registry "
+                                                                        "cannot be read.")
+    feature_store: dict[str, Any] = Field(default_factory=dict, description="ok, the reason and code when not, "
+                                                                             "and the materialization stamp.")
+    ready: bool = True
+    not_ready: list[str] = Field(default_factory=list, description="Why the service is not ready.")

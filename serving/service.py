@@ -3,7 +3,15 @@
 At start it loads the three ``champion`` models and the feature store under ``CARECAST_HOME``,
 warms each route up once, freezes the start-up heap out of the garbage collector's way, and then
 polls the registry alias every ``serving.reload_poll_seconds`` for a new champion (also on demand:
-``POST /v1/admin/reload``). Readiness (``/readyz``) is 503 until every model is loaded.
+``POST /v1/admin/reload``) and re-reads the online store's materialization stamp. Readiness (``/readyz``)
+is 503, with the reasons, until every model is loaded and while the online store is missing, empty or
+stale, or the registry cannot be read; ``/livez`` never waits on any of them. A missing or corrupt
+registry at start leaves the service up and unready (never a crash loop, never a new empty registry).
+
+BentoML's own traffic metrics are off (they label by raw path: unbounded); ``serving/metrics.py``'s
+middleware counts by route template and answers ``/metrics`` (behind a key when
+``serving.metrics_require_key``) and ``/readyz`` while not ready. Control characters are escaped in
+every log line (``carecast.logs.EscapeControls`` on every handler).
 
 Model source: the MLflow registry, unless this code runs from a built Bento (its ``bento.yaml`` beside
 ``src/``: ``bentoml serve <tag>``, which does not apply the Bento's ``envs``) or ``SERVING_MODEL_SOURCE=bento``
@@ -29,6 +37,7 @@ from carecast import logs
 from carecast.settings import load_settings
 from carecast.targets import TARGET_NAMES, TARGETS
 from serving.app import build_app
+from serving.metrics import ServiceMiddleware
 from serving.model_source import ModelSource, SnapshotModelSource
 from serving.runtime import Runtime
 
@@ -85,7 +94,7 @@ def _tracing_defaults() -> dict:
     return {"tracing": {"excluded_urls": ["/v1/"]}}
 
 
-@bentoml.service(name="carecast", traffic={"timeout": 30}, workers=1,
+@bentoml.service(name="carecast", traffic={"timeout": 30}, workers=1, metrics={"enabled": False},
                  http={"cors": {"enabled": False}}, **_tracing_defaults())
 @bentoml.asgi_app(app, path="/")
 class CareCast:
@@ -99,6 +108,7 @@ class CareCast:
         # BentoML's server already sends log records to its handlers: set the level, add no handler.
         logging.getLogger(logs.LOGGER_NAME).setLevel(settings.log_level)
         quiet_bentoml_errors()
+        logs.escape_controls_everywhere()
         models: ModelSource | None = None  # the MLflow registry
         if BENTO_MODE:
             models = SnapshotModelSource({t: Path(getattr(self, f"{t}_model").path) for t in TARGET_NAMES})
@@ -110,10 +120,13 @@ class CareCast:
         gc.freeze()
 
     def __is_ready__(self) -> bool:
-        return self.runtime.predictor.ready
+        return self.runtime.ready
 
     @bentoml.on_shutdown
     def _stop(self) -> None:
         self.runtime.stop()
         if app.state.runtime is self.runtime:
             app.state.runtime = None
+
+
+CareCast.add_asgi_middleware(ServiceMiddleware, runtime=lambda: app.state.runtime)  # type: ignore[attr-defined]

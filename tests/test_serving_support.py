@@ -235,3 +235,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_ASGI: list = []
+
+
+def asgi_client(home: Path, monkeypatch, **env: str):
+    """A TestClient over the whole BentoML service (its health routes and middlewares included) whose
+    lifespan starts a fresh service instance under ``home`` with ``env``; the ASGI app is built once per
+    process and each ``with`` block runs the lifespan again."""
+    from starlette.testclient import TestClient
+
+    for k, v in {**serving_env(home), **env}.items():
+        monkeypatch.setenv(k, v)
+    if not _ASGI:
+        from serving.service import CareCast
+
+        _ASGI.append(CareCast.to_asgi())
+    return TestClient(_ASGI[0])
+
+
+def wait_for(check, seconds: float = 20.0, every: float = 0.1) -> bool:
+    """Poll ``check()`` until it is true or ``seconds`` pass (for what a background poll changes)."""
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(every)
+    return bool(check())

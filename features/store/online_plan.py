@@ -35,8 +35,18 @@ class FeatureMismatch(RuntimeError):
 
 
 class FeatureStoreUnavailable(RuntimeError):
-    """The online store did not answer (down, or slower than its timeout): the API says 503, not 500, so
-    callers retry instead of treating it as a bug. The message names the failure kind, never an id."""
+    """The online store did not answer (down, or slower than its deadline), is missing, or is stale: the API says
+    503, not 500, so callers retry instead of treating it as a bug. The message names the failure kind, never an
+    id; ``code`` is the API's error type."""
+
+    code = "feature_store_unavailable"
+
+
+class FeatureStoreEmpty(FeatureStoreUnavailable):
+    """The online store answers but holds nothing (never materialized, emptied): every patient would get the
+    population defaults, so the API says 503 ``feature_store_empty`` instead."""
+
+    code = "feature_store_empty"
 
 
 class _View:

@@ -328,3 +328,54 @@ def materialize(fs: Any, start: dt.datetime, end: dt.datetime) -> dict[str, int]
                  _cpu_s() - c0)
     feast.precompute_services(fs, [vp.fv.name for vp in views])
     return out
+
+
+# --------------------------------------------------------------------------- the materialization stamp
+
+#: SQLite: the table in online.db holding the stamp (one row); Redis: the key ``STAMP_KEY_PREFIX + project``
+STAMP_TABLE = "carecast_materialization"
+STAMP_KEY_PREFIX = b"carecast:materialization:"
+
+
+def stamp_redis_key(project: str) -> bytes:
+    """The stamp's Redis key; it ends with the project name, as Feast's own keys do, so per-project cleanups find it."""
+    return STAMP_KEY_PREFIX + project.encode("utf-8")
+
+
+def write_stamp(fs: Any, stamp: dict[str, Any]) -> None:
+    """Record in the online store itself what was loaded into it (build hash, entity count, time).
+
+    Why in the store and not beside it: the service reads it back at start and on its poll (``features.store.reader``),
+    so an emptied Redis, an empty or replaced online.db, or a store loaded from an older build is seen as such,
+    instead of every patient quietly getting the population defaults."""
+    import json
+    import sqlite3
+
+    kind = str(fs.config.online_store.type)
+    blob = json.dumps(stamp, sort_keys=True)
+    if kind == "sqlite":
+        con = sqlite3.connect(feast.sqlite_path(fs.config), timeout=300, isolation_level=None)
+        try:
+            con.execute(f"CREATE TABLE IF NOT EXISTS {STAMP_TABLE} (id INTEGER PRIMARY KEY CHECK (id = 1), stamp TEXT)")
+            con.execute(f"INSERT OR REPLACE INTO {STAMP_TABLE} (id, stamp) VALUES (1, ?)", [blob])
+        finally:
+            con.close()
+    elif kind == "redis":
+        feast.redis_client(fs).set(stamp_redis_key(fs.project), blob.encode("utf-8"))
+    else:
+        raise Unsupported(f"online store {kind}: no materialization stamp")
+
+
+def clear_stamp(fs: Any) -> None:
+    """Remove the stamp (teardown): the store is then reported empty, as it is."""
+    import sqlite3
+
+    kind = str(fs.config.online_store.type)
+    if kind == "sqlite":
+        con = sqlite3.connect(feast.sqlite_path(fs.config), isolation_level=None)
+        try:
+            con.execute(f"DROP TABLE IF EXISTS {STAMP_TABLE}")
+        finally:
+            con.close()
+    elif kind == "redis":
+        feast.redis_client(fs).delete(stamp_redis_key(fs.project))

@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +49,7 @@ from features.catalog import (
     CATEGORY_SOURCES,
     DEFAULTS_FILE,
     GROUP_COLUMNS,
+    MANIFEST_FILE,
     PROFILE_FEATURES,
     PROFILE_FILE,
     activity_features,
@@ -57,8 +61,8 @@ from features.catalog import (
 from features.feeds.vocabulary import Vocabulary
 from features.request import appointment_features, recency_features, to_epoch
 from features.store import feast_internals
-from features.store.online_plan import FeatureMismatch, OnlinePlan
-from features.store.repo import feature_service, get_store, require_build, vocabulary
+from features.store.online_plan import FeatureMismatch, FeatureStoreEmpty, FeatureStoreUnavailable, OnlinePlan
+from features.store.repo import feature_service, get_store, repo_config, require_build, vocabulary
 
 log = logs.get("features.store.reader")
 
@@ -67,12 +71,6 @@ KNOWN_BY = ("sex_code", "visits_all")
 #: the activity feature whose absence in a point-in-time row means "no activity snapshot yet": a count, never NaN in
 #: a snapshot
 HISTORY_BY = "visits_all"
-
-#: seconds a Redis read or connect may take before the request fails with ``FeatureStoreUnavailable``;
-#: redis-py waits forever by default, so a hung server would hold every API worker. Override per site in
-#: the connection string, Feast's syntax: ``host:port,socket_timeout=0.5,socket_connect_timeout=0.5``
-REDIS_TIMEOUT_S = 2.0
-
 
 # --------------------------------------------------------------------------- the rules
 
@@ -457,6 +455,31 @@ def online_features(settings: Settings, target: Target, patient_ids: list[str],
 
 _NO_PLAN_RETRY_S = 60.0
 
+#: seconds between re-checks of the stamp prompted by a batch where nobody was known (an emptied store looks
+#: exactly like a batch of new patients until the stamp is read)
+_RECHECK_ALL_UNKNOWN_S = 1.0
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What the online store holds, from its materialization stamp: ``ok``, or the 503 ``code`` and the reason."""
+
+    ok: bool
+    code: str = ""
+    reason: str = ""
+    stamp: Mapping[str, Any] | None = None
+
+    def error(self) -> FeatureStoreUnavailable:
+        return (FeatureStoreEmpty if self.code == FeatureStoreEmpty.code else FeatureStoreUnavailable)(self.reason)
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ok": self.ok}
+        if not self.ok:
+            out.update(code=self.code, reason=self.reason)
+        if self.stamp:
+            out["stamp"] = dict(self.stamp)
+        return out
+
 
 class OnlineReader:
     """Online reads for serving: ``fetch(target, patient_ids, requests, feature_names) -> (float32 X, known)``.
@@ -465,27 +488,134 @@ class OnlineReader:
     (target, feature list) when the plan covers the feature service, else through ``online_features``. Plans are
     rebuilt after the registry's cache TTL, as Feast refreshes its registry (in a thread, answering with the
     current plan meanwhile). Constructing one imports Feast (about 3 s): start-up only.
+
+    Fails safe: every read runs in the reader's own thread pool and is given up after
+    ``online_store.read_deadline_s`` in all (the Redis client has no retries and socket timeouts within it), so a
+    hung store costs a request that long and never a thread of the caller's event loop. Reads are refused with
+    the reason (``FeatureStoreUnavailable`` / ``FeatureStoreEmpty``) while the store's materialization stamp says it
+    is missing, empty or from another build (``check``: at start, on the service's poll, and after a batch in which
+    nobody was known): population defaults for everyone would look like answers. Nothing is created by reading.
     """
 
     def __init__(self, settings: Settings) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         feast_internals.check_version()
         self.settings = settings
+        self.deadline_s = float(settings.online_store.read_deadline_s)
         self.plans: dict[tuple[str, tuple[str, ...]], tuple[float, OnlinePlan | None]] = {}
         self.redis_clients: dict[str, Any] = {}
         self._columns: dict[tuple[str, ...], _Columns] = {}
         self._refresh_lock = threading.Lock()
         self._refreshing: set[tuple[str, tuple[str, ...]]] = set()
         self._redis_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="carecast-feature-read")
+        self.state: StoreState = StoreState(False, FeatureStoreUnavailable.code, "online store not checked yet")
+        self._checked_at = -float("inf")
 
+    # --- the store's state ------------------------------------------------------------------------
+    def check(self) -> StoreState:
+        """Read the materialization stamp (within the deadline) and compare it with the feature build; keep and
+        return the result. Never raises: a store that cannot be read is a state, not an error."""
+        try:
+            state = self._pool.submit(self._check_now).result(timeout=self.deadline_s)
+        except FutureTimeout:
+            state = StoreState(False, FeatureStoreUnavailable.code,
+                               f"online store did not answer within {self.deadline_s:g}s (online_store.read_deadline_s)")
+        except Exception as exc:  # noqa: BLE001  (any failure to read the stamp means: not usable; say which kind)
+            state = StoreState(False, FeatureStoreUnavailable.code, f"online store not readable: {type(exc).__name__}")
+        if state != self.state:
+            (log.info if state.ok else log.error)("online store %s", "ready" if state.ok else f"not usable: {state.reason}")
+        self.state, self._checked_at = state, time.monotonic()
+        return state
+
+    def _check_now(self) -> StoreState:
+        manifest_file = self.settings.feature_dir / MANIFEST_FILE
+        if not manifest_file.exists():
+            return StoreState(False, FeatureStoreUnavailable.code, "no feature build (run `carecast features build`)")
+        build_hash = str(json.loads(manifest_file.read_text()).get("snapshot_hash", ""))
+        o = self.settings.online_store
+        try:
+            stamp = self._read_stamp()
+        except FileNotFoundError as exc:
+            return StoreState(False, FeatureStoreUnavailable.code, str(exc))
+        except (OSError, sqlite3.Error) as exc:  # the kind and the driver's message: a path or a state, never an id
+            return StoreState(False, FeatureStoreUnavailable.code, f"{o.type} online store not readable: "
+                                                                  f"{type(exc).__name__}: {exc}")
+        if stamp is None:
+            return StoreState(False, FeatureStoreEmpty.code, f"{o.type} online store holds no materialization "
+                                                             "(run `carecast features materialize`)")
+        if int(stamp.get("entities", 0)) <= 0:
+            return StoreState(False, FeatureStoreEmpty.code, f"{o.type} online store was loaded with 0 patients",
+                              stamp)
+        if stamp.get("build_hash") != build_hash:
+            return StoreState(False, FeatureStoreUnavailable.code,
+                              f"{o.type} online store is stale: loaded from build {str(stamp.get('build_hash'))[:12]}, "
+                              f"features are build {build_hash[:12]} (run `carecast features materialize`)", stamp)
+        return StoreState(True, stamp=stamp)
+
+    def _read_stamp(self) -> dict[str, Any] | None:
+        """The stamp ``features.store.online_write.write_stamp`` left, or None; FileNotFoundError when there is no
+        store at all. Read-only: a missing online.db stays missing."""
+        from features.store import online_write
+
+        o = self.settings.online_store
+        if o.type == "redis":
+            from redis.exceptions import RedisError
+
+            try:
+                blob = self._redis_client(o.redis_connection_string).get(online_write.stamp_redis_key(o.project))
+            except RedisError as exc:
+                raise OSError(f"Redis {type(exc).__name__}") from None
+            return json.loads(blob) if blob else None
+        path = Path(repo_config(self.settings)["online_store"]["path"])
+        if not path.exists():
+            raise FileNotFoundError(f"sqlite online store missing: {path.name} (run `carecast features materialize`)")
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = con.execute(f"SELECT stamp FROM {online_write.STAMP_TABLE} WHERE id = 1").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        finally:
+            con.close()
+        return json.loads(row[0]) if row else None
+
+    # --- reads -----------------------------------------------------------------------------------
     def fetch(self, target: str, patient_ids: Sequence[str], requests: Sequence[Mapping[str, Any]] | None,
               feature_names: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
-        names = tuple(feature_names)
         if requests is not None and len(requests) != len(patient_ids):
             raise ValueError("requests must have one entry per patient id")
-        plan = self._plan(target, names)
-        if plan is None:
-            return self.fetch_reference(target, patient_ids, requests, names)
-        X, known = plan.fetch(list(patient_ids), _request_rows(as_target(target), patient_ids, requests))
+        if not self.state.ok:
+            raise self.state.error()
+        names = tuple(feature_names)
+        try:
+            plan = self._plan(target, names)  # built once per registry TTL, from local files: not a store read
+        except sqlite3.Error as exc:
+            raise FeatureStoreUnavailable(f"sqlite online store: {type(exc).__name__}") from None
+        X, known = self._within_deadline(self._fetch_now, plan, target, patient_ids, requests, names)
+        if patient_ids and not any(known) and time.monotonic() - self._checked_at >= _RECHECK_ALL_UNKNOWN_S:
+            state = self.check()  # nobody known: new patients, or a store emptied since the last check
+            if not state.ok:
+                raise state.error()
+        return X, known
+
+    def _within_deadline(self, fn: Any, *args: Any) -> Any:
+        try:
+            return self._pool.submit(fn, *args).result(timeout=self.deadline_s)
+        except FutureTimeout:
+            raise FeatureStoreUnavailable(f"{self.settings.online_store.type} online store: no answer within "
+                                          f"{self.deadline_s:g}s (online_store.read_deadline_s)") from None
+
+    def _fetch_now(self, plan: OnlinePlan | None, target: str, patient_ids: Sequence[str],
+                   requests: Sequence[Mapping[str, Any]] | None, names: tuple[str, ...]) -> tuple[np.ndarray, list[bool]]:
+        try:
+            if plan is None:
+                return self.fetch_reference(target, patient_ids, requests, names)
+            X, known = plan.fetch(list(patient_ids), _request_rows(as_target(target), patient_ids, requests))
+        except sqlite3.Error as exc:
+            raise FeatureStoreUnavailable(f"sqlite online store: {type(exc).__name__}") from None
         cols = self._columns.get(names)
         if cols is None:
             cols = self._columns[names] = _Columns.of(names)
@@ -530,26 +660,31 @@ class OnlineReader:
         plan: OnlinePlan | None
         try:
             plan = OnlinePlan.build(get_store(self.settings), feature_service(self.settings, target), target,
-                                    names, KNOWN_BY, self._redis_client)
+                                    names, KNOWN_BY, lambda o: self._redis_client(str(o.connection_string)))
         except feast_internals.Unsupported as exc:
             log.info("%s features read through Feast's get_online_features: %s", target, exc)
             plan = None
         self.plans[key] = (now, plan)
         return plan
 
-    def _redis_client(self, online_store: Any) -> Any:
+    def _redis_client(self, conn: str) -> Any:
         """This reader's redis-py client for a plain Redis server, made on first use and kept: plans are
         rebuilt every registry TTL and a client per plan would reconnect each time. Connection parameters
-        are parsed as Feast's own ``_get_client`` parses them."""
-        conn = str(online_store.connection_string)
+        are parsed as Feast's own ``_get_client`` parses them; no retries (redis-py retries three times by
+        default, each after its own timeout) and socket timeouts no longer than the read deadline (a value in
+        the connection string below it wins)."""
         with self._redis_lock:
             client = self.redis_clients.get(conn)
             if client is None:
                 from redis import Redis
+                from redis.backoff import NoBackoff
+                from redis.retry import Retry
 
                 nodes, kwargs = feast_internals.redis_connection(conn)
-                kwargs.setdefault("socket_timeout", REDIS_TIMEOUT_S)
-                kwargs.setdefault("socket_connect_timeout", REDIS_TIMEOUT_S)
+                for k in ("socket_timeout", "socket_connect_timeout"):
+                    kwargs[k] = min(float(kwargs.get(k) or self.deadline_s), self.deadline_s)
+                kwargs["retry"] = Retry(NoBackoff(), 0)
+                kwargs.pop("retry_on_timeout", None)
                 if not nodes or "host" not in nodes[0] or "port" not in nodes[0]:
                     raise feast_internals.Unsupported("no host:port in the Redis connection string")
                 client = self.redis_clients[conn] = Redis(host=nodes[0]["host"], port=nodes[0]["port"], **kwargs)
@@ -573,3 +708,7 @@ class OnlineReader:
                     self._refreshing.discard(key)
 
         threading.Thread(target=run, name="carecast-feature-plan", daemon=True).start()
+
+    def close(self) -> None:
+        """Let the read threads go (a read stuck on a hung store ends at its socket timeout)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -193,6 +193,9 @@ def materialize(settings: Settings, start: dt.datetime | None = None, end: dt.da
                         "WHERE event_timestamp >= ? AND event_timestamp <= ?",
                         [str(settings.feature_dir / ACTIVITY_FILE), start, end]).fetchall()[0][0]
         info["patients"] = int(n)
+        online_write.write_stamp(store, {"build_hash": str(manifest.get("snapshot_hash", "")), "entities": int(n),
+                                         "materialized_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                                         "end": end.isoformat()})
         info["online_store"] = settings.online_store.type
         info["method"] = used
         info["cpu_s"] = round(_cpu_s() - c0, 1)
@@ -210,8 +213,11 @@ def teardown(settings: Settings) -> None:
     """Remove this project's online data and its registry entries (tests and benchmarks use it to clean Redis
     keys). Only this project's: Feast's ``FeatureStore.teardown`` deletes every project in the registry file and,
     on SQLite, the whole online.db (every project's tables)."""
+    from features.store import online_write
+
     store = get_store(settings)
     store.refresh_registry()
+    online_write.clear_stamp(store)
     tables = [*store.list_feature_views(), *store.list_label_views()]
     if settings.online_store.type == "sqlite":
         feast_internals.drop_sqlite_tables(store.config, tables)

@@ -73,7 +73,7 @@ def test_python_api_build_apply_materialize_read(world: tuple[Settings, Path]) -
     store.apply(s)
     assert store.materialize(s) == summary.patients == 150
     if s.online_store.type == "redis":
-        assert _redis_keys(s.online_store.project) == 150
+        assert _redis_keys(s.online_store.project) == 150 + 1  # one hash per patient, and the materialization stamp
     as_of = summary.as_of
     latest = pd.read_parquet(s.feature_dir / ACTIVITY_FILE)
     latest = latest[latest.event_timestamp == latest.event_timestamp.max()].set_index("patient_id")

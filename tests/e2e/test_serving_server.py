@@ -133,6 +133,8 @@ def test_real_bentoml_serve_on_loopback(real_home, tmp_path):
             for path in ("/livez", "/readyz", "/metrics", "/docs.json"):
                 assert c.get(path).status_code == 200, path
             assert "/v1/no-show" in c.get("/docs.json").json()["paths"]
+            # a path holding %0a must not forge a log line (control characters are escaped in every line)
+            assert c.get("/x%0aFORGED-LOG-LINE%0d%1b[31m").status_code == 404
     finally:
         os.killpg(pgid, signal.SIGTERM)
         try:
@@ -156,6 +158,9 @@ def test_real_bentoml_serve_on_loopback(real_home, tmp_path):
     assert "/v1/no-show" in text  # access lines are there (path and status only)
     assert PLANTED not in text
     assert "Traceback" not in text
+    assert "FORGED-LOG-LINE" in text  # the request was logged ...
+    assert not any(line.startswith("FORGED-LOG-LINE") for line in text.splitlines())  # ... on its own line
+    assert "\x1b" not in text
 
 
 def test_serve_command_binds_loopback_by_default(real_home):

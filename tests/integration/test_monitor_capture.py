@@ -57,7 +57,7 @@ def test_record_flush_read_back_and_no_identifier_on_disk(home: Path) -> None:
     store.record("channel", _model("channel", "1", ("sms", "email")), ["P0009"], X[:1], chan, [True])
     assert store.stats()["pending"] == 5
     assert store.flush() == 5
-    assert store.stats() == {"received": 5, "written": 5, "dropped": 0, "failed": 0, "pending": 0}
+    assert store.stats() == {"received": 5, "written": 5, "dropped": 0, "failed": 0, "errors": 0, "pending": 0}
     df = capture.read(s, "no_show")
     assert len(df) == 4 and set(df["model_version"]) == {"3"}
     got = df[["a", "b", "c"]].to_numpy()  # oldest first: insertion order
@@ -94,9 +94,11 @@ def test_failures_are_counted_never_raised(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     store.record("churn", _model("churn"), ["P1"], np.zeros((1, 3), np.float32), _preds(1, rng), [True])
     assert store.flush() == 0
-    assert store.stats()["failed"] == 1
+    stats = store.stats()
+    assert stats["errors"] == 1 and stats["pending"] == 1 and stats["failed"] == 0  # kept to retry
+    assert stats["last_error"]
     store.record("churn", object(), ["P1"], None, [], [])  # a malformed call is counted, not raised
-    assert store.stats()["failed"] == 2
+    assert store.stats()["failed"] == 1
     small = capture.PredictionCapture(tmp_path / "ok.sqlite", capture.Pseudonymiser(b"k" * 32),
                                       capture.CaptureSettings(max_queue_rows=3), background=False)
     small.record("churn", _model("churn"), ["P1", "P2"], np.zeros((2, 3), np.float32), _preds(2, rng), [True] * 2)
@@ -168,10 +170,61 @@ def test_the_api_captures_every_prediction(home: Path, monkeypatch) -> None:
         r = c.post("/v1/churn", json={"patient_ids": ["P0004"]}, headers=auth)
         assert r.status_code == 200
         predictor.capture.flush()
-        assert c.get("/v1/models", headers=auth).json()["capture"]["failed"] == 1
+        stats = c.get("/v1/models", headers=auth).json()["capture"]
+        assert stats["errors"] == 1 and stats["pending"] == 1  # kept for a retry, not lost
+        predictor.capture.path = capture.db_path(load_settings())  # the store is back: the kept row is written
+        assert predictor.capture.flush() == 1
     s = load_settings()
     ns = capture.read(s, "no_show")
+    assert len(capture.read(s, "churn")) == 1
     assert len(ns) == 2 and list(ns.columns[-len(sup.FEATURES["no_show"]):]) == sup.FEATURES["no_show"]
     assert ns["appointment_key"].notna().all() and (ns["model_name"] == "carecast-no-show").all()
     assert len(capture.read(s, "channel")) == 3
     runtime.stop()
+
+
+def test_capture_resumes_once_its_folder_is_usable(home: Path) -> None:
+    """A capture folder unusable at start (here a file stands where the folder goes: root ignores permission
+    bits) does not turn capture off: writes fail and are retried, and resume without a restart."""
+    s = load_settings()
+    Path(s.capture_dir).parent.mkdir(parents=True, exist_ok=True)
+    Path(s.capture_dir).write_text("in the way")
+    store = capture.from_settings(s, background=False)
+    assert isinstance(store, capture.PredictionCapture) and store.stats()["last_error"]
+    rng = np.random.default_rng(5)
+    store.record("churn", _model("churn"), ["P1", "P2"], np.zeros((2, 3), np.float32), _preds(2, rng), [True] * 2)
+    assert store.flush() == 0 and store.stats()["pending"] == 2
+    store.record("churn", _model("churn"), ["P3"], np.zeros((1, 3), np.float32), _preds(1, rng), [True])
+    assert store.flush() == 0 and store.stats()["pending"] == 3
+    Path(s.capture_dir).unlink()  # the folder can be made now
+    assert store.flush() == 3
+    stats = store.stats()
+    assert stats["written"] == 3 and stats["pending"] == 0 and "last_error" not in stats
+    assert len(capture.read(s, "churn")) == 3
+    store.close()
+
+
+def test_non_production_keys_are_marked_and_drift_reads_each_entity_once(home: Path) -> None:
+    """capture.read(latest_per=..., production_only=True): one row per patient (its latest), none from
+    non-production traffic."""
+    s = load_settings()
+    store = capture.from_settings(s, background=False)
+    rng = np.random.default_rng(6)
+    X = np.zeros((1, 3), np.float32)
+    for i in range(50):
+        store.record("churn", _model("churn"), ["SAME"], X + i, _preds(1, rng), [True])
+    store.record("churn", _model("churn"), ["OTHER"], X, _preds(1, rng), [True])
+    token = capture.PRODUCTION.set(False)
+    try:
+        store.record("churn", _model("churn"), ["BENCH"], X, _preds(1, rng), [True])
+    finally:
+        capture.PRODUCTION.reset(token)
+    store.flush()
+    assert len(capture.read(s, "churn")) == 52
+    df = capture.read(s, "churn", latest_per="patient_key", production_only=True)
+    assert len(df) == 2
+    pseudo = capture.Pseudonymiser(capture.load_key(s))
+    same = df[df["patient_key"] == pseudo("patient", "SAME")]
+    assert same["a"].tolist() == [49.0]  # the latest of the 50
+    assert pseudo("patient", "BENCH") not in set(df["patient_key"])
+    store.close()

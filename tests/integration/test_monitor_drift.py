@@ -205,3 +205,39 @@ def test_reports_in_forked_workers_equal_reports_in_process(tmp_path: Path) -> N
         assert (tmp_path / f"h{i}.json").read_text() == (tmp_path / f"w{i}.json").read_text()
         assert (tmp_path / f"w{i}.html").stat().st_size > 10_000
     assert set(here[0][1]) == {"open_balance", "in_collections"}   # the shifted pair drifts
+
+
+def test_one_patient_asked_about_a_thousand_times_is_not_drift(home: Path) -> None:
+    """An unshifted world: 300 patients captured once each, and one patient asked about 1,000 times. Drift reads
+    each patient's latest capture (301 rows) and flags nothing; counting requests instead flags the world."""
+    import time
+
+    from carecast.settings import load_settings
+    from serving import capture
+
+    s = load_settings()
+    cfg = monitor.monitor_settings(s)
+    store = capture.from_settings(s, background=False)
+    model = SimpleNamespace(name="carecast-churn", version="1", feature_names=tuple(COLS), classes=None)
+    cur = _frame(300, 1)
+    X = cur[COLS].to_numpy(dtype=np.float32)
+    since = pd.Timestamp(time.time() - 60, unit="s", tz="UTC")
+    store.record("churn", model, [f"P{i:04d}" for i in range(300)], X, [{"probability": 0.1}] * 300, [True] * 300)
+    one = _frame(1, 2, shift=3.0)[COLS].to_numpy(dtype=np.float32)
+    for _ in range(1000):
+        store.record("churn", model, ["FREQUENT"], one, [{"probability": 0.9}], [True])
+    store.flush()
+    ref = _frame(3000, 0)
+    ref[monitor.GROUP] = np.arange(len(ref))
+
+    df, how = monitor.current(s, "churn", "carecast-churn", since)
+    assert len(df) == 301 and "latest prediction of each" in how
+    _, _, drifted, share = monitor.run_report(ref, df, COLS, CATS, cfg)
+    assert share < cfg.drift_share, drifted
+
+    raw = capture.read(s, "churn")  # every request, as drift counted before
+    assert len(raw) == 1300
+    raw[monitor.GROUP] = monitor._group_codes(raw["patient_key"])
+    _, _, drifted_raw, share_raw = monitor.run_report(ref, raw, COLS, CATS, cfg)
+    assert share_raw >= cfg.drift_share, drifted_raw
+    store.close()

@@ -253,9 +253,10 @@ def test_redis_falls_back_to_feasts_online_read(store_home, redis_home, monkeypa
     online = store.get_store(redis_home).config.online_store
     for kind in ("redis_cluster", "redis_sentinel"):
         monkeypatch.setattr(online, "redis_type", kind)
-        src = FeastFeatureSource(redis_home)
+        src = FeastFeatureSource(redis_home)  # its stamp check has made the reader's one client
+        before = dict(src.reader.redis_clients)
         assert src.reader.build_plan(("no_show", names)).redis is None
-        assert src.reader.redis_clients == {}  # not even a client made
+        assert src.reader.redis_clients == before  # the plan made no client of its own
 
 
 def test_one_redis_client_per_reader(store_home, redis_home):
@@ -304,13 +305,9 @@ def silent_server():
 
 
 def test_a_hung_redis_fails_the_read_instead_of_holding_it(redis_home, silent_server):
-    """redis-py waits forever by default; the reader's client gives up after its socket timeout and the
-    read raises FeatureStoreUnavailable, which names the failure kind and no patient."""
-    from serving.feature_source import (
-        REDIS_TIMEOUT_S,
-        FeastFeatureSource,
-        FeatureStoreUnavailable,
-    )
+    """redis-py waits forever by default (and retries); the reader's client has no retries and socket timeouts
+    within the read deadline, and the read raises FeatureStoreUnavailable naming the failure kind, no patient."""
+    from serving.feature_source import FeastFeatureSource, FeatureStoreUnavailable
 
     names = catalog.feature_columns("churn", V)
     hung = redis_home.model_copy(update={"online_store": redis_home.online_store.model_copy(
@@ -318,8 +315,11 @@ def test_a_hung_redis_fails_the_read_instead_of_holding_it(redis_home, silent_se
     src = FeastFeatureSource(hung)
     with pytest.raises(FeatureStoreUnavailable) as err:
         src.fetch("churn", ["P-SECRET-1"], None, names)
-    assert "Timeout" in str(err.value) and "P-SECRET-1" not in str(err.value)
+    assert "Timeout" in str(err.value) or "read_deadline_s" in str(err.value)
+    assert "P-SECRET-1" not in str(err.value)
     (client,) = src.reader.redis_clients.values()
     kw = client.connection_pool.connection_kwargs
-    assert kw["socket_timeout"] == 0.3                       # the connection string's own value wins
-    assert kw["socket_connect_timeout"] == REDIS_TIMEOUT_S   # the default where it says nothing
+    deadline = hung.online_store.read_deadline_s
+    assert kw["socket_timeout"] == 0.3                  # the connection string's own value, below the deadline
+    assert kw["socket_connect_timeout"] == deadline     # the deadline where it says nothing
+    assert kw["retry"].get_retries() == 0               # redis-py's default retries 3 times
