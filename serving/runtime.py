@@ -18,9 +18,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from carecast.audit import AuditLog
 from carecast.settings import OutreachSettings, Settings
 from carecast.targets import TARGETS
 from serving import capture
+from serving.auth import key_id
 from serving.feature_source import FeatureSource
 from serving.model_source import MlflowModelSource, ModelSource
 from serving.predictor import Predictor
@@ -56,6 +58,7 @@ class Runtime:
     outreach: OutreachSettings
     risk_lists: Store
     ui: Any  # the coordinators' page, an ASGI app mounted at /ui
+    audit: AuditLog  # the access trail (carecast/audit.py): the routes and the page record every read
 
     @classmethod
     def from_settings(cls, settings: Settings, models: ModelSource | None = None,
@@ -67,9 +70,10 @@ class Runtime:
             features = feature_source(settings)
         predictor = Predictor(models, features, settings.serving.risk_tiers, capture=capture.from_settings(settings))
         risk_lists = Store(settings.risk_list_dir)
+        audit = AuditLog.from_settings(settings)
         return cls(settings=settings, predictor=predictor, keys=[k.encode() for k in settings.serving.api_keys],
                    max_batch=settings.serving.max_batch, outreach=settings.outreach, risk_lists=risk_lists,
-                   ui=create_ui_app(settings, store=risk_lists))
+                   ui=create_ui_app(settings, store=risk_lists, audit=audit), audit=audit)
 
     def start(self, poll: bool = True) -> None:
         """Load the champions, say what is missing, and (``poll``) watch the registry for new ones."""
@@ -80,6 +84,8 @@ class Runtime:
                         ", ".join(TARGETS[t].registered_model for t in self.predictor.targets if t not in served))
         if not self.keys:
             log.warning("no API keys configured (CARECAST_API_KEYS): every /v1 request will get 401")
+        else:
+            log.info("API keys: %s", ", ".join(key_id(k) for k in self.keys))   # ids only, never a key
         if poll:
             self.predictor.start_polling(self.settings.serving.reload_poll_seconds)
 
