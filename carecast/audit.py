@@ -94,16 +94,17 @@ def now_iso() -> str:
 class AuditLog:
     """The trail under ``folder``. Opening it does no I/O; the first write creates the store."""
 
-    def __init__(self, folder: Path, retention_days: int = 2192) -> None:
+    def __init__(self, folder: Path, retention_days: int = 2192, sync: str = "normal") -> None:
         self.folder = Path(folder)
         self.path = self.folder / FILE
         self.retention_days = retention_days
+        self.sync = "FULL" if sync == "full" else "NORMAL"
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Any) -> AuditLog:
-        return cls(settings.audit_dir, settings.audit.retention_days)
+        return cls(settings.audit_dir, settings.audit.retention_days, settings.audit.sync)
 
     # --- connection -----------------------------------------------------------------------------
     def _connect(self, create: bool) -> sqlite3.Connection | None:
@@ -118,7 +119,7 @@ class AuditLog:
             os.close(fd)
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")   # a record acknowledged is a record kept
+        conn.execute(f"PRAGMA synchronous={self.sync}")   # audit.sync: what a record survives
         conn.executescript(_SCHEMA)
         self._conn = conn
         return conn

@@ -110,10 +110,9 @@ def test_score_synthetic_world_end_to_end(home: Path, carecast_ok) -> None:
 
     # and the page shows the list
     from starlette.testclient import TestClient
+    from test_ui_support import add_user, login
 
     from serving.ui import create_ui_app
-
-    from test_ui_support import add_user, login
 
     add_user(s)
     c = TestClient(create_ui_app(s), base_url="http://testserver")
