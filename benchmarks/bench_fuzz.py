@@ -12,8 +12,6 @@ home: never $CARECAST_HOME). The bounded, seeded run is tests/e2e/test_api_fuzz.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -24,8 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "benchmarks")]
 
 import bench_serving as bs  # noqa: E402
+from bench_soak import served  # noqa: E402
 
-from carecast.bench import report, results_path  # noqa: E402
+from carecast.bench import report  # noqa: E402
 
 
 def main() -> None:
@@ -38,19 +37,10 @@ def main() -> None:
     a = ap.parse_args()
     from test_fuzz_support import fuzz, summary
 
-    os.environ.setdefault("BENCH_RESULTS", str(results_path()))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    env, _, what, standin = bs._setup(a.home, a.standin)
-    port = bs._free_port()
-    proc = bs._start(env, port)
-    base = f"http://127.0.0.1:{port}"
-    t0 = time.monotonic()
-    try:
-        with httpx.Client(base_url=base, timeout=60) as c:
-            res = fuzz(c, c.get("/docs.json").json(), base, {"Authorization": f"Bearer {bs.KEY}"}, a.cases,
-                       a.seed, deadline=t0 + a.seconds)
-    finally:
-        bs._stop(proc)
+    with served(a.home, a.standin) as (base, _, _, _, what, standin), httpx.Client(base_url=base, timeout=60) as c:
+        t0 = time.monotonic()
+        res = fuzz(c, c.get("/docs.json").json(), base, {"Authorization": f"Bearer {bs.KEY}"}, a.cases, a.seed,
+                   deadline=t0 + a.seconds)
     took = time.monotonic() - t0
     figures = {"requests": res.total, "operations": len(res.operations), "failures_5xx_or_none": len(res.failures),
                "seconds": round(took, 1), "cases_per_operation_and_mode": a.cases, "standin": standin, "served": what,

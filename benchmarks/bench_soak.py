@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -36,6 +39,21 @@ sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "benchmarks")]
 import bench_serving as bs  # noqa: E402
 
 from carecast.bench import report, results_path  # noqa: E402
+
+
+@contextlib.contextmanager
+def served(home: Path | None, standin: bool) -> Iterator[tuple[str, subprocess.Popen, dict[str, str], list[str], str, bool]]:
+    """A `carecast serve` on a free loopback port over bench_serving's world: (base URL, process, environment,
+    known patient ids, what is served, stand-in?); stopped (its whole process group) on the way out."""
+    os.environ.setdefault("BENCH_RESULTS", str(results_path()))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    env, pids, what, is_standin = bs._setup(home, standin)
+    port = bs._free_port()
+    proc = bs._start(env, port)
+    try:
+        yield f"http://127.0.0.1:{port}", proc, env, pids, what, is_standin
+    finally:
+        bs._stop(proc)
 
 
 def tree_rss_mb(root: int) -> float:
@@ -151,16 +169,8 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=200_000)
     ap.add_argument("--window", type=float, default=30.0)
     a = ap.parse_args()
-    os.environ.setdefault("BENCH_RESULTS", str(results_path()))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    env, pids, what, standin = bs._setup(a.home, a.standin)
-    port = bs._free_port()
-    proc = bs._start(env, port)
-    try:
-        f = asyncio.run(soak(f"http://127.0.0.1:{port}", pids, a.seconds, a.clients, a.max_requests,
-                             min(a.window, a.seconds), proc.pid))
-    finally:
-        bs._stop(proc)
+    with served(a.home, a.standin) as (base, proc, env, pids, what, standin):
+        f = asyncio.run(soak(base, pids, a.seconds, a.clients, a.max_requests, min(a.window, a.seconds), proc.pid))
     from carecast.audit import AuditLog
     from carecast.settings import load_settings
 
