@@ -13,7 +13,8 @@ end: the access trail must hold one record per answered prediction request and v
 Serves the same world as bench_serving (``--home`` with champions and built features, else STAND-IN models in
 a temporary home: never $CARECAST_HOME); capture is off. Bounded in time and in count; loopback only. Clients
 share the machine with the server (on 2 cores they take CPU from it): the figures are a stability check
-(errors, drift in p99 and RSS), not a throughput measurement (that is bench_serving).
+(errors, drift in p99 and RSS; the server's CPU per request by window tells a slower server from a busier
+machine), not a throughput measurement (that is bench_serving).
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ async def soak(base: str, pids: list[str], seconds: float, clients: int, max_req
     audited = 0
     sent = 0
     rss: list[tuple[float, float]] = [(0.0, tree_rss_mb(server_pid))]
+    cpu: list[float] = [bs._tree_cpu_s(server_pid)]   # server CPU seconds at each window's end
     start = time.monotonic()
     stop_at = start + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -119,13 +121,14 @@ async def soak(base: str, pids: list[str], seconds: float, clients: int, max_req
             i += 1
             w = int((time.monotonic() - start) // window)
             t0 = time.perf_counter()
+            failure = ""
             try:
                 r = await (c.post(path, json=body, headers=headers) if body is not None else c.get(path))
                 status = r.status_code
-            except httpx.HTTPError:
-                status = 0
+            except httpx.HTTPError as exc:   # no answer: counted as status 0, named by its kind
+                status, failure = 0, type(exc).__name__
             ms = (time.perf_counter() - t0) * 1000
-            statuses[(name, status)] += 1
+            statuses[(name, failure or status)] += 1
             bucket = per_window.setdefault(w, Counter())
             bucket["requests"] += 1
             if status == expected and status < 500:
@@ -138,6 +141,7 @@ async def soak(base: str, pids: list[str], seconds: float, clients: int, max_req
         while time.monotonic() < stop_at and sent < max_requests:
             await asyncio.sleep(min(window, max(0.0, stop_at - time.monotonic())))
             rss.append((round(time.monotonic() - start, 1), tree_rss_mb(server_pid)))
+            cpu.append(bs._tree_cpu_s(server_pid))
 
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as c:
         await asyncio.gather(sampler(), *(client(k, c) for k in range(clients)))
@@ -147,17 +151,19 @@ async def soak(base: str, pids: list[str], seconds: float, clients: int, max_req
         xs = lat.get(w, [])
         windows.append({"t_s": round((w + 1) * window), "requests": per_window[w]["requests"],
                         "errors": per_window[w]["errors"],
+                        "server_cpu_ms_per_request": (round(1000 * (cpu[w + 1] - cpu[w]) / per_window[w]["requests"], 2)
+                                                      if w + 1 < len(cpu) else None),
                         "p50_ms": round(float(np.percentile(xs, 50)), 1) if xs else None,
                         "p99_ms": round(float(np.percentile(xs, 99)), 1) if xs else None})
     every = [x for xs in lat.values() for x in xs]
     return {"seconds": round(took, 1), "requests": sum(statuses.values()),
             "errors": sum(b["errors"] for b in per_window.values()),
-            "server_errors_5xx_or_none": sum(v for (_, s), v in statuses.items() if s >= 500 or s == 0),
+            "server_errors_5xx_or_none": sum(v for (_, s), v in statuses.items() if isinstance(s, str) or s >= 500),
             "rate_per_s": round(sum(statuses.values()) / took, 1),
             "p50_ms": round(float(np.percentile(every, 50)), 1), "p99_ms": round(float(np.percentile(every, 99)), 1),
             "rss_mb_start": round(rss[0][1]), "rss_mb_end": round(rss[-1][1]), "rss_mb_max": round(max(r for _, r in rss)),
             "rss_mb_series": [[t, round(r)] for t, r in rss], "windows": windows, "audited_requests": audited,
-            "by_status": {f"{n} {s}": v for (n, s), v in sorted(statuses.items())}}
+            "by_status": {f"{n} {s}": v for (n, s), v in sorted(statuses.items(), key=str)}}
 
 
 def main() -> None:
@@ -180,10 +186,12 @@ def main() -> None:
               "trail_intact": verdict.ok, "load_avg_1m_at_end": round(os.getloadavg()[0], 1)})
     series = ", ".join(f"{t:.0f}s {r} MB" for t, r in f["rss_mb_series"])
     p99s = ", ".join(f"{w['t_s']}s {w['p99_ms']}" for w in f["windows"])
+    cpus = ", ".join(f"{w['t_s']}s {w['server_cpu_ms_per_request']}" for w in f["windows"])
     words = (f"Soak{' (STAND-IN models)' if standin else ''}: {f['requests']:,} requests in {f['seconds']:.0f} s from "
              f"{a.clients} clients ({f['rate_per_s']:.0f}/s, a mix of predictions, batches, plans, 422s, 401s and "
              f"/livez), {f['errors']} unexpected answers of which {f['server_errors_5xx_or_none']} 5xx or none; "
-             f"latency p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms (p99 by window: {p99s}); server RSS {series}; "
+             f"latency p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms (p99 by window: {p99s}); server CPU ms per request "
+             f"by window (not inflated by other jobs): {cpus}; server RSS {series}; "
              f"access trail {verdict.records:,} records for {f['audited_requests']:,} answered reads, "
              f"{'intact' if verdict.ok else 'BROKEN at ' + str(verdict.broken_seq)}; load average "
              f"{f['load_avg_1m_at_end']} at the end (shared machine).")

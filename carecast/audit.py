@@ -12,6 +12,7 @@ previous record's hash, so changing, inserting or removing a record breaks the c
 ``verify`` walks it and names the first broken record. A purge records itself in the chain and keeps the
 hash of the last record it removed as the new start ("anchor"). What a chain alone cannot show is the
 newest records being cut off: ``verify`` prints the head hash so a site can keep it somewhere else.
+``audit.sync`` chooses what an acknowledged record survives (a crash of the service, or also a power loss).
 """
 
 from __future__ import annotations

@@ -90,5 +90,6 @@ class Runtime:
             self.predictor.start_polling(self.settings.serving.reload_poll_seconds)
 
     def stop(self) -> None:
-        """Stop polling and flush the capture store."""
+        """Stop polling, flush the capture store, close the access trail."""
         self.predictor.stop()
+        self.audit.close()
