@@ -11,9 +11,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==26.3
 
-# Installs the pinned lock (requirements.lock), then the project itself without re-resolving.
-$(VENV)/.installed: $(BIN)/python requirements.lock pyproject.toml
-	$(BIN)/pip install -q -r requirements.lock
+# Installs the pinned runtime set (requirements.lock: what a Bento ships) and the development set on top
+# (requirements-dev.lock: tests, linters, notebooks), then the project itself without re-resolving.
+$(VENV)/.installed: $(BIN)/python requirements.lock requirements-dev.lock pyproject.toml
+	$(BIN)/pip install -q -r requirements.lock -r requirements-dev.lock
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
@@ -39,6 +40,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from carecast.bench import report  # noqa: E402
 from carecast.settings import load_settings  # noqa: E402
+from carecast.targets import TARGET_NAMES  # noqa: E402  (after the sys.path line above)
 
 KEY = "bench-key-0123456789"
 SEQUENTIAL = int(os.environ.get("BENCH_SEQUENTIAL", "1000"))
@@ -55,7 +57,7 @@ def _real_home_ready(settings) -> bool:
         if not (settings.feature_dir / "manifest.json").exists() or not settings.mlflow_db.exists():
             return False
         src = MlflowModelSource(settings.tracking_uri)
-        return all(src.champion_version(t) for t in ("no_show", "churn", "channel"))
+        return all(src.champion_version(t) for t in TARGET_NAMES)
     except Exception:  # noqa: BLE001  (any failure to reach a ready home means: serve the stand-in)
         return False
 
@@ -176,26 +178,31 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
+def _timed(c: httpx.Client, bodies: Iterable[dict], expect: int, what: str) -> tuple[list[float], int]:
+    """Latencies (ms) of the 200 answers holding ``expect`` predictions, and the number of other answers."""
+    out, errors, n = [], 0, 0
+    for body in bodies:
+        n += 1
+        t0 = time.perf_counter()
+        r = c.post("/v1/no-show", json=body)
+        took = (time.perf_counter() - t0) * 1000
+        if r.status_code == 200 and len(r.json()["predictions"]) == expect:
+            out.append(took)
+        else:
+            errors += 1
+    if not out:
+        raise SystemExit(f"bench_serving: all {n} {what} requests failed")
+    return out, errors
+
+
 def sequential(base: str, pids: list[str]) -> tuple[list[float], int]:
     """Latencies of the 200 answers, and the number of other answers (not in the latencies)."""
     headers = {"Authorization": f"Bearer {KEY}"}
-    out = []
-    errors = 0
     with httpx.Client(base_url=base, headers=headers, timeout=30) as c:
         for i in range(50):
             c.post("/v1/no-show", json={"appointments": [_appointment(pids[i % len(pids)], i)], "top_k": 3})
-        for i in range(SEQUENTIAL):
-            body = {"appointments": [_appointment(pids[i % len(pids)], i)], "top_k": 3}
-            t0 = time.perf_counter()
-            r = c.post("/v1/no-show", json=body)
-            took = (time.perf_counter() - t0) * 1000
-            if r.status_code == 200:
-                out.append(took)
-            else:
-                errors += 1
-    if not out:
-        raise SystemExit(f"bench_serving: all {SEQUENTIAL} sequential requests failed")
-    return out, errors
+        bodies = ({"appointments": [_appointment(pids[i % len(pids)], i)], "top_k": 3} for i in range(SEQUENTIAL))
+        return _timed(c, bodies, 1, "sequential")
 
 
 async def _concurrent(base: str, pids: list[str]) -> tuple[float, int]:
@@ -261,21 +268,9 @@ def batch(base: str, pids: list[str]) -> tuple[list[float], int]:
     """Latencies of the complete 200 answers, and the number of failed or incomplete ones."""
     headers = {"Authorization": f"Bearer {KEY}"}
     body = {"appointments": [_appointment(pids[i % len(pids)], i) for i in range(BATCH)], "top_k": 3}
-    out = []
-    errors = 0
     with httpx.Client(base_url=base, headers=headers, timeout=120) as c:
         c.post("/v1/no-show", json=body)
-        for _ in range(BATCH_REPEATS):
-            t0 = time.perf_counter()
-            r = c.post("/v1/no-show", json=body)
-            took = (time.perf_counter() - t0) * 1000
-            if r.status_code == 200 and len(r.json()["predictions"]) == BATCH:
-                out.append(took)
-            else:
-                errors += 1
-    if not out:
-        raise SystemExit(f"bench_serving: all {BATCH_REPEATS} batch requests failed")
-    return out, errors
+        return _timed(c, (body for _ in range(BATCH_REPEATS)), BATCH, "batch")
 
 
 def in_process(env: dict[str, str], pids: list[str]) -> tuple[list[float], float]:

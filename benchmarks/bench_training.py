@@ -49,12 +49,13 @@ def main() -> None:
     os.environ.setdefault("BENCH_RESULTS", str(results_path()))   # results stay out of the world
     os.environ.update(CARECAST_HOME=str(home), CARECAST_LOG_LEVEL="WARNING")
     from carecast.settings import load_settings
+    from carecast.targets import TARGET_NAMES
     from training.train import train_target
 
     s = load_settings()
     figures: dict = {"patients": a.patients, **{k: round(v, 1) for k, v in prep.items()}}
     total = 0.0
-    for target in ("no_show", "churn", "channel"):
+    for target in TARGET_NAMES:
         start = time.perf_counter()
         r = train_target(s, target)
         took = time.perf_counter() - start
@@ -77,7 +78,7 @@ def main() -> None:
     words = (f"training all three models at {a.patients:,} patients took {total:.0f} s on {os.cpu_count()} cores "
              f"(target <= 300 s): " + ", ".join(f"{t} {figures[f'{t}_seconds']:.0f} s for {figures[f'{t}_rows']:,} rows "
                                                  f"(frame {figures[f'{t}_load_seconds']:.0f} s, fit {figures[f'{t}_fit_seconds']:.0f} s)"
-                                                 for t in ("no_show", "churn", "channel"))
+                                                 for t in TARGET_NAMES)
              + f"; peak memory {figures['peak_rss_mb']:,} MB")
     report("training_three_models", figures, words,
            timed="training.train.train_target for no_show, churn, channel (frame from Feast, fit, evaluate, "

@@ -481,9 +481,7 @@ def _record_mlflow(settings: Settings, result: PipelineRun, opts: PipelineOption
     from training import tracking
 
     tracking.setup(settings)
-    exp = mlflow.get_experiment_by_name(EXPERIMENT)
-    exp_id = exp.experiment_id if exp else mlflow.create_experiment(
-        EXPERIMENT, artifact_location=(settings.mlflow_artifacts / EXPERIMENT).as_uri())
+    exp_id = tracking.ensure_experiment(settings, EXPERIMENT)
     tags = {"pipeline.status": "ok" if result.ok else "failed", **tracking.project_run_tags()}
     if result.failed:
         tags["pipeline.failed_stage"] = result.failed.stage

@@ -167,7 +167,7 @@ def load_inputs(settings: Settings, as_of: dt.datetime, days: int = 14, data: Pa
     scored = pf.index[pf["active"].to_numpy()].union(need.intersection(pf.index))
     patients = pf.loc[scored]
     if len(unknown):
-        filler = reader.unknown_patients(settings, unknown)
+        filler = reader.unknown_patients(settings, unknown, as_of)
         for c in REACH:   # no defaults for reachability: an unknown patient's channels are unknown
             filler[c] = np.nan
         filler["active"] = False

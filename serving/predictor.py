@@ -70,8 +70,8 @@ def top_reasons(model: ServedModel, X: np.ndarray, known: Sequence[bool] | np.nd
                 index: Mapping[str, int] | None = None) -> list[list[dict[str, Any]]]:
     """Each row's top reasons ``{feature, value, contribution, text}`` from an ``explain`` result.
 
-    One place for the wording rule, shared by the API and batch scoring: a reason read from
-    population defaults (unknown patient) says so.
+    One place for the wording rule, shared by the API and batch scoring: a reason about an unknown patient's
+    stored features (a new patient's profile, ``features.store.reader.new_patient_features``) says the patient is new.
     """
     index = index if index is not None else {n: j for j, n in enumerate(model.feature_names)}
     names = model.feature_names

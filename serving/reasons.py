@@ -306,7 +306,7 @@ def fallback(feature: str, value: Any) -> str:
     return f"{label}: {f:.2f}"
 
 
-NO_HISTORY = " (typical value: no history on file)"
+NO_HISTORY = " (new patient: no history on file)"
 
 
 def sentence(feature: str, row: Row) -> str:

@@ -83,7 +83,7 @@ class Reason(BaseModel):
 
 
 class _Explained(BaseModel):
-    known_patient: bool = Field(description="False when the patient has no history in the feature store: population defaults were used.")
+    known_patient: bool = Field(description="False when the patient has no history in the feature store: a new patient's features were used (no visits, bookings, bills or outreach).")
     base_value: float = Field(description="Expected log-odds before any feature (the TreeSHAP bias).")
     reasons: list[Reason] = Field(description="The top_k contributions by absolute size, largest first.")
     other: float = Field(description="Sum of the contributions not listed. base_value + sum(reasons.contribution) + other = log-odds of the probability.")

@@ -5,8 +5,9 @@ warms each route up once, freezes the start-up heap out of the garbage collector
 polls the registry alias every ``serving.reload_poll_seconds`` for a new champion (also on demand:
 ``POST /v1/admin/reload``). Readiness (``/readyz``) is 503 until every model is loaded.
 
-Model source: the MLflow registry, unless ``SERVING_MODEL_SOURCE=bento`` (set by the Bento built
-from ``bentofile.yaml``): then the models packed into the Bento, declared below as
+Model source: the MLflow registry, unless this code runs from a built Bento (its ``bento.yaml`` beside
+``src/``: ``bentoml serve <tag>``, which does not apply the Bento's ``envs``) or ``SERVING_MODEL_SOURCE=bento``
+(set by ``bentofile.yaml`` in a container image): then the models packed into the Bento, declared below as
 ``bentoml.models.BentoModel`` class attributes so ``bentoml build`` includes them.
 Everything it serves from is built once, in the constructor, from one settings object
 (``serving/runtime.py``: feature source, model source, predictor, capture, the page and its risk
@@ -36,7 +37,10 @@ log = logging.getLogger("carecast.serving")
 #: the route table, with no runtime bound: BentoML mounts it (and documents it) from the class below
 app = build_app()
 
-BENTO_MODE = os.environ.get("SERVING_MODEL_SOURCE") == "bento"
+#: a built Bento: <bento>/bento.yaml beside <bento>/src/serving/service.py
+_SRC = Path(__file__).resolve().parents[1]
+BENTO_MODE = os.environ.get("SERVING_MODEL_SOURCE") == "bento" or (
+    _SRC.name == "src" and (_SRC.parent / "bento.yaml").is_file())
 BENTO_TAGS = {t: f"{info.registered_model}:latest" for t, info in TARGETS.items()}
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-#: substrings of the skip reasons that mean "a required component is missing" (tests/test_features_online*.py,
-#: tests/test_serving_features.py: "no Redis server on ..."; tests/test_ui_browser.py: "needs Debian's chromium")
-COMPONENT_SKIP_REASONS = ("no redis server", "debian's chromium")
+#: substrings of the skip reasons that mean "a required component is missing": "no Redis server on ..."
+#: (tests/*/test_features_online*.py, test_serving_features.py), "needs Debian's chromium" (test_ui_browser.py),
+#: "no PostgreSQL server on ..." (test_mlflow_server.py)
+COMPONENT_SKIP_REASONS = ("no redis server", "debian's chromium", "no postgresql server")
 
 
 def components_required() -> bool:

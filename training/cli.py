@@ -69,14 +69,18 @@ def noshow_public(
     csv: Annotated[Path, typer.Argument(help="The public 'Medical Appointment No Shows' CSV (Vitória, 2016).")],
     test_from: Annotated[str, typer.Option(help="First appointment day of the test window (YYYY-MM-DD).")] = "2016-05-31",
     predictions_out: Annotated[Path | None, typer.Option(help="CSV to write AppointmentID,probability for the test window.")] = None,
-    work: Annotated[Path | None, typer.Option(help="Folder for the imported feeds (default: a temporary folder).")] = None,
+    work: Annotated[Path | None, typer.Option(help="Folder for the imported feeds and the benchmark's own home "
+                                                   "(default: a temporary folder).")] = None,
+    compare: Annotated[bool, typer.Option(help="Also print the side path's figure (its own features) as a comparison.")] = True,
 ) -> None:
-    """Train on appointments before --test-from with the honest protocol; score every appointment on or after it."""
+    """Import, build, train and calibrate the no-show model the product's way (in a home of its own) on appointments
+    before --test-from; score every appointment on or after it."""
+    from training.data import FrameError
     from training.noshow_public import BenchmarkError, run
 
-    settings_or_exit()
+    s = settings_or_exit()
     try:
-        result = run(csv, test_from, predictions_out, work)
-    except (BenchmarkError, FileNotFoundError) as exc:
+        result = run(csv, test_from, predictions_out, work, compare=compare, settings=s)
+    except (BenchmarkError, FrameError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo(result.describe())

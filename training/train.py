@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from training import baselines as B
 from training import card, data, plots, registry, tracking
 from training import metrics as M
 from training.model import Shape, fit, n_trees, predict, shap_rows_per_second
-from training.split import thin, time_split
+from training.split import Split, thin, time_split
 from training.targets import TargetSpec, spec
 
 log = logs.get("training")
@@ -121,9 +122,12 @@ def _requirements() -> list[str]:
 
 
 def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | None = None,
-                 register: bool = True, plots_on: bool = True) -> dict:
+                 register: bool = True, plots_on: bool = True,
+                 split: Callable[[pd.DataFrame], Split] | None = None) -> dict:
     """Train, evaluate and (by default) register one target. ``tf``: a TrainingFrame, else loaded
-    from the feature store; ``shape``: else the target's own (``training.targets``). Returns the
+    from the feature store; ``shape``: else the target's own (``training.targets``); ``split``: the
+    train / validation / test rows of the checked frame, else ``time_split`` (the public benchmark
+    tests on fixed days, ``training/noshow_public.py``). Returns the
     figures (also logged to MLflow and in the model card), and under ``fitted_baselines`` the baselines with the
     rows they were fitted on (``FittedBaselines``; not logged)."""
     target = spec(target_name)
@@ -137,7 +141,7 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
     feats = list(tf.feature_columns)
     cats = {k: list(v) for k, v in (tf.categorical_columns or {}).items() if k in feats}
     held = target.val_entity_frac > 0 and "patient_id" in df.columns
-    sp = time_split(df["event_timestamp"], target.horizon_days,
+    sp = split(df) if split is not None else time_split(df["event_timestamp"], target.horizon_days,
                     entities=df["patient_id"] if held else None, val_entity_frac=target.val_entity_frac if held else 0.0)
     log.info("%s: %s", target.name, sp.describe())
     X = data.features(df, feats)

@@ -16,6 +16,10 @@ N_DEPT, N_CH = len(DEPARTMENTS), len(MODEL_CHANNELS)
 DAY_S = 86_400
 #: snapshots per output block (``run``): 1,024 x 75 values is 600 kB, inside the L2 cache
 BLOCK = 1024
+#: a positive response answers the patient's latest unanswered send on the same channel when it comes at most this
+#: long after it (the numerator of the response rates). The feed has no reply-to link: without the pairing a rate
+#: counted the responses in a window whose sends fell before it, and patient-initiated messages, and went above 1
+ANSWER_WITHIN_US = 7 * DAY_S * 1_000_000
 
 
 @numba.njit(cache=True, nogil=True)
@@ -71,6 +75,11 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,
     dept = np.zeros(N_DEPT, np.int64)
     sends = np.zeros(N_CH, np.int64)
     resp = np.zeros(N_CH, np.int64)
+    # answered sends per model channel (all time); the latest unanswered send per channel slot (other channels: the
+    # last slot); whether each send of the chunk has been answered (by a response known at the current snapshot)
+    ans = np.zeros(N_CH, np.int64)
+    open_send = np.full(N_CH + 1, -1, np.int64)
+    answered = np.zeros(len(e_pk), np.bool_)
     last_resp_ch = np.empty(N_CH, np.float64)
     kinds = np.zeros(3, np.int64)
     # values are written a snapshot at a time into a small block that stays in cache, then moved into the
@@ -104,9 +113,11 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,
         pd_since = nan
         sends[:] = 0
         resp[:] = 0
+        ans[:] = 0
+        open_send[:] = -1
         last_resp_ch[:] = nan
         last_resp = nan
-        logins = e_sends = e_resp = e_logins = 0
+        logins = e_sends = e_resp = e_logins = e_ans = 0
         le = ie
         prev_sig = (-1, -1, -1, -1, -1, -1, -1, -1, -1)
         prev_lv = np.full(nw, -1, np.int64)
@@ -180,11 +191,24 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,
                     pd_since = tt / 1e6
             while ie < len(e_pk) and e_pk[ie] == p and e_ts[ie] <= t:
                 ch = e_ch[ie]
+                slot = ch if 0 <= ch < N_CH else N_CH
                 if e_out[ie]:
                     e_sends += 1
                     if 0 <= ch < N_CH:
                         sends[ch] += 1
+                    open_send[slot] = ie   # a newer send supersedes an unanswered older one
                 if e_pos[ie]:
+                    # the send it answers: itself (a send recorded with its outcome), else the latest unanswered
+                    # send on the channel within ANSWER_WITHIN_US; the window counts it while that send is in the
+                    # window (not yet evicted: q >= le), and the eviction below takes it out with its send
+                    q = open_send[slot]
+                    if q >= 0 and e_ts[ie] - e_ts[q] <= ANSWER_WITHIN_US:
+                        answered[q] = True
+                        open_send[slot] = -1
+                        if 0 <= ch < N_CH:
+                            ans[ch] += 1
+                        if q >= le:
+                            e_ans += 1
                     e_resp += 1
                     last_resp = e_ts[ie] / 1e6
                     if 0 <= ch < N_CH:
@@ -198,6 +222,8 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,
             while le < ie and e_ts[le] < start:
                 if e_out[le]:
                     e_sends -= 1
+                    if answered[le]:
+                        e_ans -= 1
                 if e_pos[le]:
                     e_resp -= 1
                 if e_login[le]:
@@ -256,7 +282,10 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,
             blk[bi, r + 1] = billed
             blk[bi, r + 2] = paid
             blk[bi, r + 3] = max(billed - paid - wo, 0.0)
-            blk[bi, r + 4] = rate(paid, billed)
+            share = rate(paid, billed)
+            # a statement may be paid up to half a cent over its amount (the billing contract's tolerance): a share
+            # is at most 1
+            blk[bi, r + 4] = 1.0 if share > 1.0 else share
             blk[bi, r + 5] = pd_now
             blk[bi, r + 6] = 1.0 if kinds[0] > 0 else 0.0
             blk[bi, r + 7] = 1.0 if kinds[1] > 0 else 0.0
@@ -266,11 +295,11 @@ def run(snap_pk, snap_ts, keep_us, drop, windows,
             for i in range(N_CH):
                 blk[bi, r] = sends[i]
                 blk[bi, r + 1] = resp[i]
-                blk[bi, r + 2] = rate(resp[i], sends[i])
+                blk[bi, r + 2] = rate(ans[i], sends[i])
                 r += 3
             blk[bi, r] = e_sends
             blk[bi, r + 1] = e_resp
-            blk[bi, r + 2] = rate(e_resp, e_sends)
+            blk[bi, r + 2] = rate(e_ans, e_sends)
             blk[bi, r + 3] = e_logins
             blk[bi, r + 4] = logins
             r += 5

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -72,12 +73,45 @@ def import_noshow(
     out: Annotated[Path, typer.Option(help="Folder for the four feeds made from it.")],
 ) -> None:
     """Map the public no-show dataset into the four feeds; quirky rows are quarantined with the rule."""
+    _run_import(run_import, csv, out)
+
+
+def _run_import(importer: Callable[..., Any], *args: Path) -> None:
+    """Run an importer and print its summary; a ``FeedError`` is the one-line error (exit 2)."""
     settings_or_exit()  # configures logging for the per-stage progress lines
     try:
-        summary = run_import(csv, out)
+        summary = importer(*args)
     except FeedError as exc:
         fail(str(exc))
     typer.echo(summary.describe())
+
+
+@app.command("import")
+def import_site(
+    src: Annotated[Path, typer.Argument(help="Folder holding the site's export files (CSV or parquet) the mapping names.")],
+    mapping: Annotated[Path, typer.Option(help="The mapping file (YAML; docs/importing.md shows one).")],
+    out: Annotated[Path, typer.Option(help="Folder for the validated feeds; bad rows go to OUT/quarantine.")],
+) -> None:
+    """Map a site's own CSV or parquet export onto the four feeds with a mapping file, then validate them.
+
+    Exit codes: 0 imported (quarantined rows are counted in the summary); 2 the mapping or a source file is wrong."""
+    from features.feeds.mapping import import_mapped
+
+    _run_import(import_mapped, mapping, src, out)
+
+
+@app.command("import-fhir")
+def import_fhir(
+    src: Annotated[Path, typer.Argument(help="Folder of a FHIR R4 Bulk Data export: *.ndjson or *.ndjson.gz files.")],
+    out: Annotated[Path, typer.Option(help="Folder for the validated feeds; resources that cannot be mapped go to OUT/quarantine.")],
+) -> None:
+    """Map a FHIR R4 Bulk Data export (Patient, Appointment, Encounter, Claim/ExplanationOfBenefit,
+    Communication/CommunicationRequest) onto the four feeds, then validate them.
+
+    Exit codes: 0 imported (quarantined resources are counted in the summary); 2 nothing readable in SRC."""
+    from features.feeds.fhir import import_fhir as run_fhir
+
+    _run_import(run_fhir, src, out)
 
 
 @app.command("contracts-doc")

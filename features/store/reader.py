@@ -5,9 +5,15 @@ It owns the two rules every path shares:
 * **known / unknown patient**: online, a patient is known when the store holds any of ``KNOWN_BY`` for them
   (one feature of each patient view); as of a time (batch scoring), when both patient views have a snapshot
   at or before it. Training frames keep NaN where a row has no snapshot yet (what the models learn from).
-* **population defaults**: an unknown patient gets the medians / modes of the build (``population_defaults``)
-  for every patient feature, never an error; request-time (appointment) features are computed as for anyone;
-  a missing category code is ``-1``.
+* **a new patient's profile**: an unknown patient gets ONE coherent profile, that of a patient with no history
+  (``new_patient_features``): no visits, bookings, bills or outreach (counts, sums and flags 0), rates NaN (a share
+  of nothing), days-since NaN (never happened), ``days_past_due`` 0, ``open_bookings`` 0 and
+  ``days_to_next_booked`` NaN; the profile columns (sex, language, ...) are what is known of the patient (the
+  build's profile when the patients feed has them, as in batch scoring; else missing: NaN, code -1). Never
+  per-feature population medians: they contradicted each other ("next appointment in 11 days" beside "no upcoming
+  appointment"). The same rule fills a training or scoring row read before the patient's first activity snapshot.
+  Request-time (appointment) features are computed as for anyone; a missing category code is ``-1``.
+  ``population_defaults`` (the build's medians / modes) stay for reference, not for filling rows.
 
 The measured fast paths stay behind it: the DuckDB ASOF join for large training frames (``asof_join``), the
 DuckDB "latest snapshot" query for batch scoring (``snapshots_as_of``), and the online read plan
@@ -32,6 +38,7 @@ from carecast import logs
 from carecast.settings import Settings
 from carecast.targets import Target, as_target, target_info
 from features.catalog import (
+    ACTIVITY_FEATURES,
     ACTIVITY_FILE,
     ACTIVITY_TIMESTAMPS,
     AGE_BANDS,
@@ -41,6 +48,7 @@ from features.catalog import (
     DEFAULTS_FILE,
     GROUP_COLUMNS,
     PATIENT_FEATURES,
+    PROFILE_FEATURES,
     PROFILE_FILE,
     categorical_columns,
     feature_columns,
@@ -55,6 +63,9 @@ log = logs.get("features.store.reader")
 
 #: stored features whose presence online makes a patient known: one of each patient view (profile, activity)
 KNOWN_BY = ("sex_code", "visits_all")
+#: the activity feature whose absence in a point-in-time row means "no activity snapshot yet": a count, never NaN in
+#: a snapshot
+HISTORY_BY = "visits_all"
 
 #: seconds a Redis read or connect may take before the request fails with ``FeatureStoreUnavailable``;
 #: redis-py waits forever by default, so a hung server would hold every API worker. Override per site in
@@ -74,17 +85,48 @@ def population_defaults(settings: Settings) -> dict[str, float]:
     return {k: (float("nan") if v is None else float(v)) for k, v in raw.items()}
 
 
-_DEFAULTS_CACHE: dict[str, tuple[float, dict[str, float]]] = {}
+def _is_share(name: str) -> bool:
+    """A rate or share: of nothing, it is undefined (NaN), as the build's kernel computes it (``jit.rate``)."""
+    return "_rate" in name or name.startswith("dept_share_") or name == "share_paid"
 
 
-def population_defaults_cached(settings: Settings) -> dict[str, float]:
-    """``population_defaults``, re-read only when the file changes (serving reads it per request)."""
-    path = settings.feature_dir / DEFAULTS_FILE
-    mtime = path.stat().st_mtime if path.exists() else -1.0
-    hit = _DEFAULTS_CACHE.get(str(path))
-    if hit is None or hit[0] != mtime:
-        _DEFAULTS_CACHE[str(path)] = (mtime, population_defaults(settings))
-    return _DEFAULTS_CACHE[str(path)][1]
+def new_patient_activity() -> dict[str, float]:
+    """The stored activity features of a patient with no history: counts, sums and flags 0, rates NaN, timestamps
+    NaN (nothing happened, nothing is booked). A test checks it equals the build's kernel on a patient with no
+    events."""
+    nan = float("nan")
+    out = {c: (nan if _is_share(c) else 0.0) for c in ACTIVITY_FEATURES}
+    return out | dict.fromkeys(ACTIVITY_TIMESTAMPS, nan)
+
+
+def new_patient_features() -> dict[str, float]:
+    """Every patient feature (``PATIENT_FEATURES``) of a new patient of whom nothing else is known: the activity of
+    ``new_patient_activity``, the request-time recency features computed from its timestamps (never happened: NaN;
+    ``days_past_due`` 0; no birth year: age NaN), and a profile that is missing (NaN; category codes -1)."""
+    act = new_patient_activity()
+    rec = recency_features({"request_ts": [0.0], "birth_year": [float("nan")],
+                            **{c: [act[c]] for c in ACTIVITY_TIMESTAMPS}})
+    out: dict[str, float] = {c: (-1.0 if c in CATEGORIES else float("nan")) for c in PROFILE_FEATURES}
+    out |= {c: act[c] for c in ACTIVITY_FEATURES} | {k: float(v[0]) for k, v in rec.items()}
+    return {c: out[c] for c in PATIENT_FEATURES}
+
+
+_NEW_PATIENT = new_patient_features()
+
+
+def fill_new_patients(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows read before the patient's first activity snapshot (``HISTORY_BY`` missing) get the activity of a patient
+    with no history, in place; their profile and request-time features stay as read (the days-since features of
+    NaN timestamps already are a new patient's)."""
+    if HISTORY_BY not in df.columns:
+        return df
+    none = df[HISTORY_BY].isna().to_numpy()
+    if none.any():
+        act = new_patient_activity()
+        for c in ACTIVITY_FEATURES:
+            if c in df.columns:
+                df.loc[none, c] = act[c]
+    return df
 
 
 @dataclass(frozen=True)
@@ -102,12 +144,11 @@ class _Columns:
                    [j for j, n in enumerate(names) if n in CATEGORIES])
 
 
-def _finish(X: np.ndarray, known: np.ndarray, cols: _Columns, defaults: Mapping[str, float]) -> np.ndarray:
-    """The rule for unknown patients and missing codes, in place: every patient feature of an unknown row is the
-    population default; a missing category code is -1."""
+def _finish(X: np.ndarray, known: np.ndarray, cols: _Columns) -> np.ndarray:
+    """The rule for unknown patients and missing codes, in place: every patient feature of an unknown row is a new
+    patient's (``new_patient_features``); a missing category code is -1."""
     if not known.all():
-        nan = float("nan")
-        d = np.array([defaults.get(cols.names[j], nan) for j in cols.patient], dtype=np.float64)
+        d = np.array([_NEW_PATIENT.get(cols.names[j], float("nan")) for j in cols.patient], dtype=np.float64)
         X[np.ix_(np.flatnonzero(~known), cols.patient)] = d
     if cols.categories:
         X[:, cols.categories] = np.nan_to_num(X[:, cols.categories], nan=-1).astype(np.int64)
@@ -242,8 +283,8 @@ def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odf
     store = get_store(settings)
     service = store.get_feature_service(target_info(target).feature_service)
     if via_odfv:
-        return store.get_historical_features(entity_df=entity, features=service,
-                                             filter_by_created_timestamp=True).to_df()
+        return fill_new_patients(store.get_historical_features(entity_df=entity, features=service,
+                                                               filter_by_created_timestamp=True).to_df())
     refs = []
     for proj in service.feature_view_projections:
         if proj.name in ("patient_profile", "patient_activity"):
@@ -265,7 +306,7 @@ def historical(settings: Settings, target: Target, entity: pd.DataFrame, via_odf
                for c in APPOINTMENT_REQUEST_FIELDS}
         for k, v in appointment_features(req).items():
             df[k] = np.asarray(v)
-    return df
+    return fill_new_patients(df)
 
 
 def training_frame(settings: Settings, target: Target, engine: str = "auto") -> TrainingFrame:
@@ -337,10 +378,26 @@ def snapshots_as_of(settings: Settings, as_of: dt.datetime) -> pd.DataFrame:
     return pf
 
 
-def unknown_patients(settings: Settings, patient_ids: pd.Index) -> pd.DataFrame:
-    """Patient-feature rows for patients with no snapshot: the population defaults, indexed by ``patient_ids``."""
-    defaults = population_defaults(settings)
-    return pd.DataFrame({c: defaults.get(c, np.nan) for c in PATIENT_FEATURES}, index=patient_ids)
+def unknown_patients(settings: Settings, patient_ids: pd.Index, as_of: dt.datetime | None = None) -> pd.DataFrame:
+    """Patient-feature rows for patients with no activity snapshot, indexed by ``patient_ids``: a new patient's
+    (``new_patient_features``), with the profile the build holds for them (the patients feed, known by ``as_of``)."""
+    df = pd.DataFrame({c: _NEW_PATIENT[c] for c in PATIENT_FEATURES}, index=patient_ids)
+    path = settings.feature_dir / PROFILE_FILE
+    if len(patient_ids) and path.exists():
+        prof = pd.read_parquet(path).drop_duplicates("patient_id", keep="last").set_index("patient_id")
+        if as_of is not None:
+            prof = prof[pd.to_datetime(prof["event_timestamp"], utc=True) <= pd.Timestamp(as_of)]
+        prof = prof.reindex(patient_ids)
+        have = prof["event_timestamp"].notna().to_numpy()
+        if have.any():
+            for c in PROFILE_FEATURES:
+                if c in df.columns:
+                    df.loc[have, c] = prof.loc[have, c].to_numpy(dtype=float)
+            at = (as_of or dt.datetime.now(dt.UTC)).timestamp()
+            age = recency_features({"request_ts": np.full(int(have.sum()), at),
+                                    "birth_year": prof.loc[have, "birth_year"].to_numpy(dtype=float)})["age_years"]
+            df.loc[have, "age_years"] = np.asarray(age, dtype=float)
+    return df
 
 
 # --------------------------------------------------------------------------- online: serving
@@ -361,7 +418,7 @@ def online_features(settings: Settings, target: Target, patient_ids: list[str],
 
     ``requests`` (one dict per patient id): for no_show the appointment (``scheduled_at``, ``booked_at``,
     ``department``, ``visit_type``, ``telehealth``); any target may give ``as_of`` (default: now) for the
-    days-since features. Unknown patients get the population defaults for every patient feature.
+    days-since features. Unknown patients get a new patient's features (``new_patient_features``).
     """
     target_info(target)
     rows = _request_rows(target, patient_ids, requests)
@@ -377,7 +434,7 @@ def online_features(settings: Settings, target: Target, patient_ids: list[str],
     for j, c in enumerate(fcols):
         matrix[:, j] = [nan if v is None else v for v in resp.get(c, [None] * n)]
     cols = _Columns.of(fcols)
-    _finish(matrix, known, cols, population_defaults_cached(settings))
+    _finish(matrix, known, cols)
     df = pd.DataFrame(matrix, columns=fcols)
     if cols.categories:
         cats = [fcols[j] for j in cols.categories]
@@ -419,7 +476,7 @@ class OnlineReader:
         cols = self._columns.get(names)
         if cols is None:
             cols = self._columns[names] = _Columns.of(names)
-        _finish(X, known, cols, {} if known.all() else population_defaults_cached(self.settings))
+        _finish(X, known, cols)
         return X.astype(np.float32), known.tolist()
 
     def fetch_reference(self, target: str, patient_ids: Sequence[str],

@@ -103,9 +103,9 @@ def test_python_api_build_apply_materialize_read(world: tuple[Settings, Path]) -
         np.testing.assert_allclose(df[c].iloc[:len(pids)].to_numpy(float), np.asarray(vals, float), equal_nan=True)
     np.testing.assert_allclose(df["lead_time_days"], 3 + 2 / 24)
     assert (df["department_code"] == 1).all() and (df["telehealth_flag"] == 1).all()
-    defaults = reader.population_defaults(s)
+    new = reader.new_patient_features()   # the unknown patient (last row): a new patient's one coherent profile
     for c in ("visits_all", "no_show_rate_all", "sex_code", "distance_km", "days_since_last_completed"):
-        d = defaults[c]
+        d = new[c]
         assert (math.isnan(d) and math.isnan(df[c].iloc[-1])) or df[c].iloc[-1] == pytest.approx(d), c
     churn, known = reader.online_features(s, "churn", pids[:1], [{"as_of": as_of}])
     assert list(churn.columns) == catalog.feature_columns("churn") and known == [True]

@@ -139,7 +139,7 @@ def test_top_k_zero_puts_everything_in_other(client):
     assert abs(p["base_value"] + p["other"] - logit(p["probability"])) < 1e-4
 
 
-def test_unknown_patient_gets_population_defaults(client):
+def test_unknown_patient_is_a_new_patient_with_one_coherent_profile(client):
     for route, body in [("/v1/no-show", {"appointments": [sup.appointment("NOBODY-1")]}),
                         ("/v1/churn", {"patient_ids": ["NOBODY-1", "P0001"]}),
                         ("/v1/channel", {"patient_ids": ["NOBODY-1"]})]:
@@ -150,6 +150,15 @@ def test_unknown_patient_gets_population_defaults(client):
         assert 0 < preds[0]["probability"] < 1
     both = client.post("/v1/churn", json={"patient_ids": ["NOBODY-1", "P0001"]}, headers=AUTH).json()["predictions"]
     assert [p["known_patient"] for p in both] == [False, True]
+    # one coherent profile: reasons that agree with each other (no booking "in 11 days" beside "nothing booked"),
+    # every rate within [0, 1], and each reason about the patient's stored features says the patient is new
+    new = client.post("/v1/churn", json={"patient_ids": ["NOBODY-1"], "top_k": 10}, headers=AUTH).json()
+    rs = new["predictions"][0]["reasons"]
+    assert rs and all(r["text"].endswith("(new patient: no history on file)") for r in rs), rs
+    assert not any("Next appointment booked in" in r["text"] for r in rs)
+    values = {r["feature"]: r["value"] for r in rs}
+    assert values.get("open_bookings", 0) == 0 and values.get("days_to_next_booked") is None
+    assert all(r["value"] is None or 0 <= r["value"] <= 1 for r in rs if "rate" in r["feature"])
 
 
 # --- auth ------------------------------------------------------------------------------------
