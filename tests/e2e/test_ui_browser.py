@@ -61,6 +61,7 @@ def test_login_filter_sort_page_and_export(site: str, page, tmp_path: Path) -> N
     pg.goto(f"{site}/appointments")
     assert pg.url.endswith("/ui/login")                       # refused without login
     # keyboard only: the user name field has focus, Tab to the password, Enter submits
+    pg.wait_for_function("document.activeElement && document.activeElement.id === 'username'")
     pg.keyboard.type(USER)
     pg.keyboard.press("Tab")
     pg.keyboard.type("wrong password")
