@@ -1,7 +1,8 @@
 """Coordinators' page load time with 5,000 rows per list (server: uvicorn on loopback; browser: Debian's
 Chromium through Playwright). Timed: the first request after a new list (reads the parquet files),
 warm page loads (first page, a filtered and sorted page, the last page), the CSV export of all rows, and
-the browser's navigation timing (response end, DOMContentLoaded, load) for 50 and 200 rows per page.
+the browser's navigation timing (response end, DOMContentLoaded, load) for 50 and 200 rows per page. Each
+page view and export includes its access-trail record (one SQLite commit, carecast/audit.py).
 
     .venv/bin/python benchmarks/bench_ui.py [--rows 5000] [--screenshot docs/ui-screenshot.png --home DIR]
 
@@ -28,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from carecast.bench import report  # noqa: E402
 from carecast.settings import load_settings  # noqa: E402
 
-KEY = "bench-key"
+USER, PASSWORD = "bench", "bench-password-0123"
 
 
 def _times(client: httpx.Client, url: str, n: int) -> list[float]:
@@ -46,14 +47,18 @@ def screenshot(home: Path, out: Path) -> None:
     from test_ui_support import CHROMIUM, CHROMIUM_ARGS, Server, mounted
 
     from serving.ui import create_ui_app
+    from serving.ui.auth import Accounts
 
     os.environ["CARECAST_HOME"] = str(home)
     s = load_settings()
-    with Server(mounted(create_ui_app(s, api_keys=[KEY]))) as url, sync_playwright() as pw:
+    if USER not in {u.name for u in Accounts.from_settings(s).users()}:
+        Accounts.from_settings(s).add_user(USER, PASSWORD)
+    with Server(mounted(create_ui_app(s))) as url, sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         pg = b.new_page(viewport={"width": 1600, "height": 1000})
         pg.goto(f"{url}/ui/login")
-        pg.get_by_label("Password").fill(KEY)
+        pg.get_by_label("User name").fill(USER)
+        pg.get_by_label("Password").fill(PASSWORD)
         pg.get_by_role("button", name="Log in").click()
         pg.wait_for_url("**/appointments")
         pg.goto(f"{url}/ui/appointments?size=25")
@@ -79,6 +84,7 @@ def main() -> None:
         CHROMIUM,
         CHROMIUM_ARGS,
         Server,
+        add_user,
         mounted,
         write_fake_lists,
     )
@@ -90,10 +96,13 @@ def main() -> None:
         os.environ["CARECAST_HOME"] = tmp
         s = load_settings()
         write_fake_lists(s, a.rows, a.rows, seed=1)
+        add_user(s, USER, PASSWORD)
         figures: dict = {"rows_per_list": a.rows, "load_avg_1m_at_start": round(os.getloadavg()[0], 1)}
-        with Server(mounted(create_ui_app(s, api_keys=[KEY]))) as url:
+        with Server(mounted(create_ui_app(s))) as url:
             with httpx.Client(base_url=url) as c:
-                c.post("/ui/login", data={"password": KEY}).raise_for_status()
+                r = c.post("/ui/login", data={"username": USER, "password": PASSWORD}, headers={"Origin": url})
+                if r.status_code != 303:
+                    raise SystemExit(f"bench_ui: login refused ({r.status_code})")
                 t = time.perf_counter()
                 c.get("/ui/appointments").raise_for_status()
                 figures["first_load_ms"] = round(1000 * (time.perf_counter() - t), 1)
@@ -110,7 +119,8 @@ def main() -> None:
                 b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 pg = b.new_page()
                 pg.goto(f"{url}/ui/login")
-                pg.get_by_label("Password").fill(KEY)
+                pg.get_by_label("User name").fill(USER)
+                pg.get_by_label("Password").fill(PASSWORD)
                 pg.get_by_role("button", name="Log in").click()
                 pg.wait_for_url("**/appointments")
                 for size in (50, 200):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "CARECAST_"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -258,9 +258,12 @@ class ServingSettings(_Section):
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     #: ``/metrics`` needs an API key (``Authorization: Bearer``) when true; open (loopback only) by default
     metrics_require_key: bool = False
-    #: API keys whose traffic is not production (benchmarks, tests, demos): served, but their captured
+    #: ids of API keys (``id:secret``: the id) whose traffic is not production (benchmarks, tests, demos): served,
+    #: but their captured
     #: predictions are marked and left out of drift (``monitoring/monitor.py``)
     non_production_keys: list[str] = Field(default_factory=list)
+    #: an API key ``id:secret`` (or a bare secret) whose secret is shorter than this is refused at start
+    api_key_min_length: int = Field(16, ge=8)
 
     @field_validator("api_keys", "non_production_keys", mode="before")
     @classmethod
@@ -268,6 +271,51 @@ class ServingSettings(_Section):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _long_keys(self) -> ServingSettings:
+        """A short key is a guessable password: refuse it, naming its position (never its value)."""
+        for i, key in enumerate(self.api_keys):
+            kid, sep, secret = key.partition(":")
+            if not sep:
+                secret = key
+            elif not kid or not kid.replace("-", "").replace("_", "").replace(".", "").isalnum():
+                raise ValueError(f"api_keys[{i}]: the id before ':' must be letters, digits, '-', '_' or '.'")
+            if len(secret) < self.api_key_min_length:
+                raise ValueError(f"api_keys[{i}]: the secret must be at least {self.api_key_min_length} characters "
+                                 f"(serving.api_key_min_length); got {len(secret)}")
+        return self
+
+
+class AccountsSettings(_Section):
+    """``accounts:`` section: coordinators' logins on the page (docs/coordinators.md)."""
+
+    #: a session ends this long after login, and after ``idle_minutes`` without a request
+    session_hours: float = Field(10.0, gt=0)
+    idle_minutes: float = Field(60.0, gt=0)
+    #: more failed logins than this for one user name, or from one address, within ``failure_window_seconds``
+    #: locks that name (or address) for ``lockout_seconds``: further attempts are refused, right password or not
+    max_failures: int = Field(10, ge=1)
+    failure_window_seconds: float = Field(60.0, gt=0)
+    lockout_seconds: float = Field(900.0, gt=0)
+    min_password_length: int = Field(12, ge=8)
+    #: origins besides the page's own that may POST to it (a reverse proxy's public origin, e.g. https://carecast.example)
+    trusted_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        return [o.strip().rstrip("/") for o in value.split(",") if o.strip()] if isinstance(value, str) else value
+
+
+class AuditSettings(_Section):
+    """``audit:`` section: the access trail of patient-data reads (``carecast/audit.py``)."""
+
+    #: records older than this are removed by ``carecast audit purge`` (HIPAA keeps documentation six years)
+    retention_days: int = Field(2192, ge=1)
+    #: SQLite ``synchronous``: "normal" survives a crash of the service (not of the machine) at 0.2 ms a record;
+    #: "full" also survives power loss at one fsync a record (6 ms here, which caps the API near 150 answers/s)
+    sync: Literal["normal", "full"] = "normal"
 
 
 class Settings(_Section):
@@ -287,6 +335,8 @@ class Settings(_Section):
     outreach: OutreachSettings = OutreachSettings()
     capture: CaptureSettings = CaptureSettings()
     monitor: MonitorSettings = MonitorSettings()
+    accounts: AccountsSettings = AccountsSettings()
+    audit: AuditSettings = AuditSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
 
@@ -334,6 +384,14 @@ class Settings(_Section):
     @property
     def capture_dir(self) -> Path:
         return self.home / "captures"
+
+    @property
+    def accounts_db(self) -> Path:
+        return self.home / "accounts.db"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.home / "audit"
 
     @property
     def bench_results(self) -> Path:

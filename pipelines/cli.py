@@ -10,6 +10,7 @@ from features.store.cli import app as store_app
 from monitoring.cli import app as monitor_app
 from pipelines.pipeline_cli import app as pipeline_app
 from scoring.cli import score as score_cmd
+from serving.access_cli import audit_app, users_app
 from serving.cli import serve as serve_cmd
 from training.cli import benchmark_app
 from training.cli import promote as promote_cmd
@@ -35,9 +36,12 @@ def home() -> None:
     s = settings_or_exit()
     for label, path in [("home", s.home), ("feeds", s.feeds_dir), ("validated", s.validated_dir),
                         ("quarantine", s.quarantine_dir), ("feature repo", s.feature_repo_dir),
-                        ("mlflow", s.tracking_uri), ("risk lists", s.risk_list_dir)]:
+                        ("mlflow", s.tracking_uri), ("risk lists", s.risk_list_dir),
+                        ("accounts", s.accounts_db), ("audit", s.audit_dir)]:
         typer.echo(f"{label:>12}: {path}")
 
 
 app.add_typer(monitor_app, name="monitor")
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(users_app, name="users")
+app.add_typer(audit_app, name="audit")

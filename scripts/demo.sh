@@ -8,11 +8,16 @@ HOME_DIR="${CARECAST_HOME}"
 mkdir -p "$HOME_DIR"
 step() { printf '\n== %s\n' "$*"; }
 
-# One API key for the demo (also the page's login), kept in the home's settings file.
+# One API key for the demo (id "demo"), kept in the home's settings file.
 if [[ -z "${CARECAST_API_KEYS:-}" && ! -f "$HOME_DIR/carecast.yaml" ]]; then
-  key="demo-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  key="demo:$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   umask 077
   printf 'serving:\n  api_keys: ["%s"]\n' "$key" > "$HOME_DIR/carecast.yaml"
+fi
+# One coordinator account for the page (user "demo"); its password is kept in the home, mode 0600.
+if [[ ! -f "$HOME_DIR/demo-password" ]]; then
+  (umask 077; head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$HOME_DIR/demo-password")
+  $CC users add demo --password-stdin < "$HOME_DIR/demo-password" >/dev/null
 fi
 TODAY=$(.venv/bin/python -c "from carecast.settings import load_settings; print(load_settings().synth.today)")
 
@@ -29,7 +34,7 @@ step "7/7 serve"
 port=$(.venv/bin/python -c "from carecast.settings import load_settings; print(load_settings().serving.port)")
 cat <<TXT
 The API and the coordinators' page start now on loopback (Ctrl-C stops them):
-  page:   http://127.0.0.1:${port}/ui/   (password: an API key; see $HOME_DIR/carecast.yaml)
+  page:   http://127.0.0.1:${port}/ui/   (user: demo, password: $(cat "$HOME_DIR/demo-password"))
   API:    curl -H "Authorization: Bearer <key>" -d '{"patient_ids": ["P0000001"]}' http://127.0.0.1:${port}/v1/churn
   MLflow: .venv/bin/mlflow ui --backend-store-uri sqlite:///$HOME_DIR/mlflow.db
 TXT

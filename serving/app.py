@@ -22,8 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from carecast.audit import AuditUnavailable
 from serving import capture
-from serving.auth import BearerKeyMiddleware
+from serving.auth import PRINCIPAL, BearerKeyMiddleware
 from serving.feature_source import FeatureStoreUnavailable
 from serving.model_source import ModelNotAvailable
 from serving.outreach import OutreachPlanRequest, OutreachPlanResponse, plan_request
@@ -218,20 +219,33 @@ def build_app(runtime: Runtime | None = None) -> FastAPI:
               summary="No-show probability per appointment, with reasons")
     async def no_show(body: NoShowRequest, _: Any = Depends(_bearer)) -> Response:
         appts = [a.__dict__ for a in body.appointments]
-        return await _batch("appointments", len(appts), lambda rt: rt.predictor.no_show(appts, body.top_k))
+        return await _batch("appointments", len(appts), lambda rt: rt.predictor.no_show(appts, body.top_k),
+                            seen=("POST /v1/no-show", [a["patient_id"] for a in appts]))
 
-    async def _batch(field: str, n: int, fn) -> Response:
-        """The shared route body: 503 before start-up, the batch limit, then ``fn(runtime)``."""
+    async def _batch(field: str, n: int, fn, seen: tuple[str, list[str]] | None = None) -> Response:
+        """The shared route body: 503 before start-up, the batch limit, then ``fn(runtime)``; the answer
+        leaves only once the access trail holds who saw ``seen`` (route, patient ids)."""
         rt = runtime_now()
         if rt is None:
             return await _run(None)
         if n > rt.max_batch:
             return _too_many(field, n, rt.max_batch)
-        return await _run(lambda: fn(rt))
+        resp = await _run(lambda: fn(rt))
+        if resp.status_code == 200 and seen is not None:
+            who = PRINCIPAL.get()
+            try:
+                await anyio.to_thread.run_sync(lambda: rt.audit.record(who, seen[0], seen[1]))
+            except AuditUnavailable:
+                log.error("access trail not writable: answer withheld")
+                return _json({"error": "audit unavailable", "detail": [
+                    {"field": "audit", "rule": "the access record could not be written; retry later",
+                     "type": "audit_unavailable"}]}, 503)
+        return resp
 
     async def _patients(target: str, body: PatientsRequest) -> Response:
         return await _batch("patient_ids", len(body.patient_ids),
-                            lambda rt: rt.predictor.patients(target, body.patient_ids, body.top_k))
+                            lambda rt: rt.predictor.patients(target, body.patient_ids, body.top_k),
+                            seen=(f"POST /v1/{target}", list(body.patient_ids)))
 
     @app.post("/v1/churn", response_model=ChurnResponse, responses=_ERRORS, tags=["predictions"],
               summary="Probability each patient leaves the practice, with reasons")
@@ -247,7 +261,9 @@ def build_app(runtime: Runtime | None = None) -> FastAPI:
               summary="Personalised outreach: an action and channel per appointment or patient, within capacity")
     async def outreach_plan(body: OutreachPlanRequest, _: Any = Depends(_bearer)) -> Response:
         n = len(body.appointments) + len(body.patient_ids)
-        return await _batch("appointments+patient_ids", n, lambda rt: plan_request(rt.predictor, body, rt.outreach))
+        return await _batch("appointments+patient_ids", n, lambda rt: plan_request(rt.predictor, body, rt.outreach),
+                            seen=("POST /v1/outreach-plan", [*(a.patient_id for a in body.appointments),
+                                                             *body.patient_ids]))
 
     @app.post("/v1/admin/reload", response_model=ReloadResponse, responses=_ERRORS, tags=["admin"],
               summary="Load any new champion now (the service also polls every serving.reload_poll_seconds)")

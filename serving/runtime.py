@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from carecast.audit import AuditLog
 from carecast.settings import OutreachSettings, Settings
 from carecast.targets import TARGETS
 from serving import capture
-from serving.auth import key_ok
+from serving.auth import key_id, match_key
 from serving.feature_source import FeatureSource
 from serving.metrics import ServiceMetrics
 from serving.model_source import MlflowModelSource, ModelSource
@@ -59,9 +60,10 @@ class Runtime:
     outreach: OutreachSettings
     risk_lists: Store
     ui: Any  # the coordinators' page, an ASGI app mounted at /ui
+    audit: AuditLog  # the access trail (carecast/audit.py): the routes and the page record every read
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
-    #: hashes of the keys marked non-production (``serving.non_production_keys``): their captures are marked
-    non_production: frozenset[bytes] = frozenset()
+    #: ids of the keys marked non-production (``serving.non_production_keys``): their captures are marked
+    non_production: frozenset[str] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: Settings, models: ModelSource | None = None,
@@ -76,10 +78,11 @@ class Runtime:
         predictor = Predictor(models, features, settings.serving.risk_tiers, capture=capture.from_settings(settings),
                               cache_dir=cache_dir)
         risk_lists = Store(settings.risk_list_dir)
+        audit = AuditLog.from_settings(settings)
         rt = cls(settings=settings, predictor=predictor, keys=[k.encode() for k in settings.serving.api_keys],
                  max_batch=settings.serving.max_batch, outreach=settings.outreach, risk_lists=risk_lists,
-                 ui=create_ui_app(settings, store=risk_lists),
-                 non_production=frozenset(k.encode() for k in settings.serving.non_production_keys))
+                 ui=create_ui_app(settings, store=risk_lists, audit=audit), audit=audit,
+                 non_production=frozenset(settings.serving.non_production_keys))
         rt.metrics = ServiceMetrics(rt.health)
         predictor.metrics = rt.metrics
         return rt
@@ -128,6 +131,8 @@ class Runtime:
             log.warning("not ready: %s", "; ".join(self.not_ready()))
         if not self.keys:
             log.warning("no API keys configured (CARECAST_API_KEYS): every /v1 request will get 401")
+        else:
+            log.info("API keys: %s", ", ".join(key_id(k) for k in self.keys))   # ids only, never a key
         if poll:
             self.predictor.start_polling(self.settings.serving.reload_poll_seconds, also=self.check_features)
 
@@ -135,11 +140,13 @@ class Runtime:
         """False when the request's key is one of ``serving.non_production_keys`` (its captures are marked)."""
         if not self.non_production or not authorization:
             return True
-        return not key_ok(authorization, list(self.non_production))
+        key = match_key(authorization, self.keys)
+        return key is None or key_id(key) not in self.non_production
 
     def stop(self) -> None:
-        """Stop polling, flush the capture store, let the feature reads go."""
+        """Stop polling, flush the capture store, let the feature reads go, close the access trail."""
         self.predictor.stop()
         close = getattr(self.predictor.features, "close", None)
         if close is not None:
             close()
+        self.audit.close()

@@ -27,7 +27,7 @@ FEATURES = {
 REQUEST_FEATURES = ("lead_time_days", "weekday", "hour", "department_code", "visit_type_code", "telehealth_flag")
 CATEGORIES = {"department_code": list(DEPARTMENTS), "visit_type_code": list(VISIT_TYPES)}
 KNOWN = [f"P{i:04d}" for i in range(1, 201)]
-API_KEY = "test-key-0123456789"
+API_KEY = "tests:key-0123456789abcdef"   # id:secret; the id names the tests in the access trail
 
 
 def _patient_frame(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:

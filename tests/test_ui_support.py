@@ -63,6 +63,22 @@ def write_fake_lists(settings, n_appts: int = 300, n_patients: int = 200, seed: 
     return write(settings, fake_result(n_appts, n_patients, seed), ScoreOptions())
 
 
+USER, PASSWORD = "coord", "correct horse battery"
+
+
+def add_user(settings, name: str = USER, password: str = PASSWORD) -> None:
+    """A coordinator account in the settings' home (what ``carecast users add`` makes)."""
+    from serving.ui.auth import Accounts
+
+    Accounts.from_settings(settings).add_user(name, password)
+
+
+def login(client, name: str = USER, password: str = PASSWORD, prefix: str = "/ui", origin: str = "http://testserver"):
+    """POST the login form as the page's own browser would (same Origin); the response, not followed."""
+    return client.post(f"{prefix}/login", data={"username": name, "password": password},
+                       headers={"Origin": origin}, follow_redirects=False)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

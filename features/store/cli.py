@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from carecast.audit import AuditLog, AuditUnavailable, cli_principal
 from carecast.cli_support import fail, settings_or_exit
 from carecast.clock import utc_or_none
 
@@ -80,4 +81,8 @@ def show(
     out = store.read_patient(s, patient_id)
     if all(v is None for k, v in out.items() if k != "patient_id"):
         fail("patient not found in the online store", code=1)
+    try:   # the access trail first: no record, nothing shown
+        AuditLog.from_settings(s).record(cli_principal(), "cli features show", [patient_id])
+    except AuditUnavailable as exc:
+        fail(f"{exc}; nothing shown", code=1)
     typer.echo(json.dumps(out, indent=1, default=str))

@@ -6,11 +6,14 @@ Routes, relative to wherever it is mounted (``/ui`` in the service):
 ``sort``, ``dir``, ``page``, ``size``), ``GET /appointments.csv`` and ``GET /patients.csv`` (the
 same filters and order, every page), ``GET /static/...``.
 
-Nothing here logs a patient identifier; the URLs carry filters only, so access logs hold none.
+Nothing here logs a patient identifier; the URLs carry filters only, so access logs hold none. Who saw
+which patients goes to the access trail (``carecast/audit.py``) instead. Every POST must come from the
+page itself (``Origin``/``Referer``), and logging out also needs the session's CSRF token.
 """
 
 from __future__ import annotations
 
+import hmac
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -23,6 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from carecast.audit import AuditLog, AuditUnavailable
 from serving.ui import auth
 from serving.ui.data import (
     LISTS,
@@ -30,17 +34,20 @@ from serving.ui.data import (
     TIERS,
     Store,
     apply,
+    neutral,
     page,
     parse_query,
+    short,
     to_csv,
 )
 
 HERE = Path(__file__).parent
-SESSION_HOURS = 10.0
+#: id columns: shown cut to a fixed width with the full value on hover
+ID_COLUMNS = ("appointment_id", "patient_id")
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
@@ -50,56 +57,99 @@ _SECURITY_HEADERS = {
 def _env() -> Environment:
     env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True)
+    env.filters["neutral"] = neutral
+    env.filters["short"] = short
     return env
 
 
-def create_ui_app(settings: Any, api_keys: list[str] | None = None, store: Store | None = None) -> Starlette:
-    """The page for ``settings`` (login with one of ``settings.serving.api_keys``; lists from ``store``, by
-    default the risk lists under ``settings.risk_list_dir``). The service passes the store its runtime built
-    (``serving/runtime.py``). Works mounted at any prefix (links use the ASGI ``root_path``)."""
-    keys = list(api_keys if api_keys is not None else settings.serving.api_keys)
+def create_ui_app(settings: Any, store: Store | None = None, accounts: auth.Accounts | None = None,
+                  audit: AuditLog | None = None) -> Starlette:
+    """The page for ``settings``: coordinators log in with their own accounts (``carecast users add``), every
+    list and export shown is recorded in the access trail first. The service passes the store and trail its
+    runtime built (``serving/runtime.py``). Works mounted at any prefix (links use the ASGI ``root_path``)."""
     store = store if store is not None else Store(Path(settings.risk_list_dir))
-    secret = auth.load_secret(Path(settings.home))
+    accounts = accounts if accounts is not None else auth.Accounts.from_settings(settings)
+    trail = audit if audit is not None else AuditLog.from_settings(settings)
+    trusted = list(settings.accounts.trusted_origins)
     env = _env()
 
     def base(request: Request) -> str:
         return request.scope.get("root_path", "").rstrip("/")
 
-    def html(request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    def html(request: Request, template: str, status: int = 200, headers: dict[str, str] | None = None,
+             **ctx: Any) -> HTMLResponse:
         body = env.get_template(template).render(base=base(request), **ctx)
-        return HTMLResponse(body, status_code=status, headers=_SECURITY_HEADERS)
+        return HTMLResponse(body, status_code=status, headers={**_SECURITY_HEADERS, **(headers or {})})
 
-    def logged_in(request: Request) -> bool:
-        return auth.read_cookie(secret, request.cookies.get(auth.COOKIE), keys)
+    async def current(request: Request) -> auth.Session | None:
+        return await anyio.to_thread.run_sync(accounts.session, request.cookies.get(auth.COOKIE))
 
     def to_login(request: Request) -> Response:
         return RedirectResponse(f"{base(request)}/login", status_code=303, headers=_SECURITY_HEADERS)
 
+    def cross_origin(request: Request) -> Response | None:
+        """403 unless the POST came from this page (Origin, else Referer): no other site can submit our forms."""
+        own = f"{request.url.scheme}://{request.url.netloc}"
+        if auth.same_origin(request.headers, own, trusted):
+            return None
+        return html(request, "login.html", status=403, error="This form was sent from another site and was refused.")
+
+    def cookie_path(request: Request) -> str:
+        return (base(request) or "") + "/"
+
+    async def record(request: Request, who: str, what: str, patients: list[str], detail: dict[str, Any]) -> Response | None:
+        """The access trail first; when it cannot be written the data is not shown (503, saying why)."""
+        try:
+            await anyio.to_thread.run_sync(lambda: trail.record(f"user:{who}", what, patients, detail))
+        except AuditUnavailable:
+            return html(request, "login.html", status=503,
+                        error="The access record could not be written, so the list is not shown. Try again shortly.")
+        return None
+
     async def login_page(request: Request) -> Response:
-        if logged_in(request):
+        if await current(request) is not None:
             return RedirectResponse(f"{base(request)}/appointments", status_code=303)
-        return html(request, "login.html", no_keys=not keys)
+        return html(request, "login.html")
 
     async def login(request: Request) -> Response:
+        refused = cross_origin(request)
+        if refused is not None:
+            return refused
         form = await request.form()
-        password = str(form.get("password", ""))
-        fp = auth.check_password(password, keys) if password else None
-        if fp is None:
-            await anyio.sleep(0.2)  # slow down guessing a little
-            return html(request, "login.html", status=401, error="That password is not valid.", no_keys=not keys)
+        name, password = str(form.get("username", "")), str(form.get("password", ""))
+        address = request.client.host if request.client else "unknown"
+        result = await anyio.to_thread.run_sync(accounts.login, name, password, address)
+        if result.outcome == "locked":
+            minutes = max(1, -(-result.retry_after // 60))
+            return html(request, "login.html", status=429, headers={"Retry-After": str(result.retry_after)},
+                        error=f"Too many failed logins for this name or address: try again in {minutes} minute(s), "
+                              "or ask an administrator (carecast users unlock).", username=name)
+        if result.outcome != "ok" or result.token is None:
+            return html(request, "login.html", status=401, error="That user name or password is not valid.",
+                        username=name)
         resp = RedirectResponse(f"{base(request)}/appointments", status_code=303, headers=_SECURITY_HEADERS)
-        resp.set_cookie(auth.COOKIE, auth.make_cookie(secret, fp, SESSION_HOURS), max_age=int(SESSION_HOURS * 3600),
-                        path=(base(request) or "") + "/", httponly=True, samesite="strict",
+        resp.set_cookie(auth.COOKIE, result.token, max_age=int(settings.accounts.session_hours * 3600),
+                        path=cookie_path(request), httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")
         return resp
 
     async def logout(request: Request) -> Response:
+        refused = cross_origin(request)
+        if refused is not None:
+            return refused
+        token = request.cookies.get(auth.COOKIE)
+        sess = await current(request)
+        if sess is not None:
+            form = await request.form()
+            if not hmac.compare_digest(str(form.get("csrf", "")), sess.csrf):
+                return html(request, "login.html", status=403, error="This form is out of date; reload the page.")
+            await anyio.to_thread.run_sync(accounts.logout, token)
         resp = to_login(request)
-        resp.delete_cookie(auth.COOKIE, path=(base(request) or "") + "/", httponly=True, samesite="strict")
+        resp.delete_cookie(auth.COOKIE, path=cookie_path(request), httponly=True, samesite="strict")
         return resp
 
     async def home(request: Request) -> Response:
-        if not logged_in(request):
+        if await current(request) is None:
             return to_login(request)
         return RedirectResponse(f"{base(request)}/appointments", status_code=303)
 
@@ -107,17 +157,22 @@ def create_ui_app(settings: Any, api_keys: list[str] | None = None, store: Store
         spec = LISTS[name]
 
         async def view(request: Request) -> Response:
-            if not logged_in(request):
+            sess = await current(request)
+            if sess is None:
                 return to_login(request)
             snap = store.latest()
             if snap is None:
-                return html(request, "empty.html", active=name, lists=LISTS)
+                return html(request, "empty.html", active=name, lists=LISTS, session=sess)
             q = parse_query(request.query_params, name)
             rows = apply(snap.frames[name], q, name)
             shown, pages = page(rows, q)
             filters = {"from": q.start.isoformat() if q.start else "", "to": q.end.isoformat() if q.end else "",
                        "department": q.department, "tier": q.tier}
             keep = {k: v for k, v in filters.items() if v}
+            refused = await record(request, sess.user, f"page {name}", shown["patient_id"].astype(str).tolist(),
+                                   {"list": snap.folder.name, **keep, "page": q.page, "rows": len(shown)})
+            if refused is not None:
+                return refused
 
             def link(**over: Any) -> str:
                 params = {**keep, "sort": q.sort, "dir": "desc" if q.desc else "asc", "size": q.size, "page": q.page}
@@ -134,17 +189,23 @@ def create_ui_app(settings: Any, api_keys: list[str] | None = None, store: Store
             return html(request, "list.html", active=name, lists=LISTS, spec=spec, name=name, q=q, rows=shown,
                         total=len(rows), all_rows=len(snap.frames[name]), pages=pages, link=link,
                         departments=snap.departments[name], tiers=TIERS, page_sizes=PAGE_SIZES, filters=filters,
-                        manifest=snap.manifest,
+                        manifest=snap.manifest, session=sess, id_columns=ID_COLUMNS,
                         csv_url=f"{base(request)}/{name}.csv" + (f"?{urlencode(csv_params)}" if csv_params else ""))
 
         async def export(request: Request) -> Response:
-            if not logged_in(request):
+            sess = await current(request)
+            if sess is None:
                 return to_login(request)
             snap = store.latest()
             if snap is None:
                 return Response("no risk list yet\n", status_code=404, media_type="text/plain")
             q = parse_query(request.query_params, name)
             rows = apply(snap.frames[name], q, name)
+            keep = {k: v for k, v in {"from": q.start, "to": q.end, "department": q.department, "tier": q.tier}.items() if v}
+            refused = await record(request, sess.user, f"export {name}.csv", rows["patient_id"].astype(str).tolist(),
+                                   {"list": snap.folder.name, **keep, "rows": len(rows)})
+            if refused is not None:
+                return refused
             stamp = snap.manifest.get("as_of", "")[:10]
             return Response(to_csv(rows, name), media_type="text/csv; charset=utf-8",
                             headers={**_SECURITY_HEADERS,

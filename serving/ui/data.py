@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,15 +212,34 @@ def page(rows: pd.DataFrame, q: Query) -> tuple[pd.DataFrame, int]:
     return rows.iloc[start:start + q.size], pages
 
 
+#: bidirectional controls (embeddings, overrides, isolates, marks): an id holding one can show reversed
+BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: ids longer than this are shown cut, with the full value on hover
+SHOWN_ID_CHARS = 24
+
+
+def neutral(v: object) -> str:
+    """The text with every bidi control shown as U+FFFD, so no value can reorder what surrounds it."""
+    return BIDI.sub("\ufffd", str(v))
+
+
+def short(v: object, limit: int = SHOWN_ID_CHARS) -> str:
+    """``neutral(v)`` cut to ``limit`` characters with an ellipsis (the page's id cells)."""
+    text = neutral(v)
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
 def _safe(v: str) -> str:
-    """Spreadsheet formula injection guard: a cell never starts with = + - @."""
-    return "'" + v if v[:1] in ("=", "+", "-", "@") else v
+    """Spreadsheet formula injection guard (OWASP's list): a cell never starts with = + - @ TAB or CR;
+    bidi controls are neutralised as on the page."""
+    v = neutral(v)
+    return "'" + v if v[:1] in ("=", "+", "-", "@", "\t", "\r") else v
 
 
 def to_csv(rows: pd.DataFrame, list_name: str) -> str:
     cols = LISTS[list_name]["columns"]
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(buf, lineterminator="\r\n")   # RFC 4180: a CR or LF inside a cell is then quoted
     w.writerow([c.label for c in cols])
     values = [[_safe(v) for v in rows[c.key].astype(str).tolist()] for c in cols]
     for i in range(len(rows)):

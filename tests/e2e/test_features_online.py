@@ -175,6 +175,11 @@ def test_cli_on_synthetic_world(tmp_path: Path) -> None:
     assert pid not in r.stderr
     r = _cli(["features", "show", "--patient-id", "nobody"], env)
     assert r.returncode == 1 and "not found" in r.stderr
+    # the access trail holds who was shown which patient (the CLI's OS user), apart from the logs
+    r = _cli(["audit", "who-saw", pid], env)
+    assert r.returncode == 0 and "\tcli:" in r.stdout and "cli features show" in r.stdout, r.stdout
+    assert "nobody" in _cli(["audit", "who-saw", "nobody"], env).stdout   # "nobody: no record shows this patient"
+    assert _cli(["audit", "verify"], env).stdout.startswith("access trail intact: 1 record(s)")
     # and from Python on the same home: a no-show training frame with labels and subgroup columns
     s = load_settings(environ=env)
     tf = reader.training_frame(s, "no_show")

@@ -116,11 +116,13 @@ def test_score_synthetic_world_end_to_end(home: Path, carecast_ok, monkeypatch: 
 
     # and the page shows the list
     from starlette.testclient import TestClient
+    from test_ui_support import add_user, login
 
     from serving.ui import create_ui_app
 
-    c = TestClient(create_ui_app(s, api_keys=["k"]))
-    c.post("/login", data={"password": "k"})
+    add_user(s)
+    c = TestClient(create_ui_app(s), base_url="http://testserver")
+    login(c, prefix="")
     html = c.get("/appointments?size=200").text
     assert appts.appointment_id.iloc[0] in html and f"carecast-no-show v{manifest['models']['no_show']['version']}" in html
 
@@ -136,7 +138,7 @@ def test_score_synthetic_world_end_to_end(home: Path, carecast_ok, monkeypatch: 
     assert len(pd.read_parquet(folder2 / "patients.parquet")) == 0
     assert pd.read_parquet(folder2 / "scores_patients.parquet").churn_probability.isna().all()
     assert sorted(pd.read_parquet(folder2 / "appointments.parquet").appointment_id) == sorted(appts.appointment_id)
-    c2 = TestClient(create_ui_app(s, api_keys=["k"]))
-    c2.post("/login", data={"password": "k"})
+    c2 = TestClient(create_ui_app(s), base_url="http://testserver")
+    login(c2, prefix="")
     assert "the churn model has no champion" in c2.get("/patients").text
     assert "has no champion" not in c2.get("/appointments").text

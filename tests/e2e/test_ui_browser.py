@@ -10,21 +10,28 @@ import os
 from pathlib import Path
 
 import pytest
-from test_ui_support import CHROMIUM, CHROMIUM_ARGS, Server, mounted, write_fake_lists
+from test_ui_support import CHROMIUM, CHROMIUM_ARGS, PASSWORD, USER, Server, add_user, fake_result, mounted
 
+from carecast.audit import AuditLog
 from carecast.settings import load_settings
+from scoring.score import ScoreOptions, write
 from serving.ui import create_ui_app
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (make browser)")]
-KEY = "browser-test-key"
+LONG_ID = "Q" + "7" * 2999          # a hostile id: 3,000 characters...
+RLO_ID = "Q12\u202e345"             # ...and one with a right-to-left override
 
 
 @pytest.fixture()
 def site(home: Path):
     s = load_settings()
-    write_fake_lists(s, 600, 150, seed=3)
-    with Server(mounted(create_ui_app(s, api_keys=[KEY]))) as url:
+    res = fake_result(600, 150, seed=3)
+    res.patients.loc[1, "patient_id"] = LONG_ID
+    res.patients.loc[2, "patient_id"] = RLO_ID
+    write(s, res, ScoreOptions())
+    add_user(s)
+    with Server(mounted(create_ui_app(s))) as url:
         yield url + "/ui"
 
 
@@ -53,13 +60,18 @@ def test_login_filter_sort_page_and_export(site: str, page, tmp_path: Path) -> N
     pg = page
     pg.goto(f"{site}/appointments")
     assert pg.url.endswith("/ui/login")                       # refused without login
-    # keyboard only: the password field has focus, Enter submits
-    pg.keyboard.type("wrong")
+    # keyboard only: the user name field has focus, Tab to the password, Enter submits
+    pg.wait_for_function("document.activeElement && document.activeElement.id === 'username'")
+    pg.keyboard.type(USER)
+    pg.keyboard.press("Tab")
+    pg.keyboard.type("wrong password")
     pg.keyboard.press("Enter")
-    assert pg.get_by_role("alert").inner_text() == "That password is not valid."
-    pg.get_by_label("Password").fill(KEY)
-    pg.get_by_role("button", name="Log in").click()
+    assert pg.get_by_role("alert").inner_text() == "That user name or password is not valid."
+    assert pg.get_by_label("User name").input_value() == USER   # the name is kept, the password is not
+    pg.get_by_label("Password").fill(PASSWORD)
+    pg.get_by_role("button", name="Log in").click()               # the browser's own Origin passes the check
     pg.wait_for_url("**/ui/appointments")
+    assert pg.locator("#who").inner_text() == USER
     assert "carecast-no-show v4" in pg.locator("#stamp").inner_text()
     rows = table(pg)
     assert len(rows) == 50 and rows[0][0] == "1"              # first page, riskiest first
@@ -101,10 +113,21 @@ def test_login_filter_sort_page_and_export(site: str, page, tmp_path: Path) -> N
     rows = table(pg)
     assert rows[0][0] == "101" and len(rows) == 100
 
-    # the other list
+    # the other list: a 3,000-character id does not widen the table (full value on hover), an RLO is neutralised
     pg.get_by_role("link", name="Risk of leaving").click()
     pg.wait_for_url("**/ui/patients")
-    assert table(pg)[0][1] == "Q000000"
+    rows = table(pg)
+    assert rows[0][1] == "Q000000"
+    assert len(rows[1][1]) == 24 and rows[1][1].endswith("\u2026")
+    assert pg.locator("#list tbody tr").nth(1).locator("td[data-key=patient_id]").get_attribute("title") == LONG_ID
+    width = pg.eval_on_selector("#list", "t => t.getBoundingClientRect().width")
+    assert width <= 1400, width
+    assert rows[2][1] == "Q12\ufffd345"
+
+    # every list shown and the export are in the access trail, under the user's name
+    seen = AuditLog.from_settings(load_settings()).what_saw(USER)
+    assert {"page appointments", "export appointments.csv", "page patients"} <= {r.what for r in seen}
+    assert LONG_ID in seen[-1].patients
 
     # log out: the list is refused again
     pg.get_by_role("button", name="Log out").click()

@@ -294,7 +294,42 @@ def test_nothing_identifying_is_logged(client, caplog):
         assert PLANTED not in r.text  # the body names fields and rules, never values
     assert client.post("/v1/churn", json={"patient_ids": [PLANTED]}, headers=AUTH).status_code == 200
     assert client.post("/v1/churn", json={"patient_ids": [PLANTED]}).status_code == 401
-    assert PLANTED not in caplog.text
+    # the page's login, lists and export log nothing identifying either (their reads go to the access trail)
+    from test_ui_support import add_user, login
+
+    from carecast.settings import load_settings
+
+    s = load_settings()
+    add_user(s, name=f"logcheck{time.monotonic_ns()}")
+    login(client, name=f"{PLANTED.lower()}", password="wrong password 1")
+    for path in ("/ui/appointments", "/ui/patients.csv"):
+        client.get(path)
+    assert PLANTED not in caplog.text and PLANTED.lower() not in caplog.text
+    assert sup.API_KEY not in caplog.text and sup.API_KEY.split(":")[1] not in caplog.text
+
+
+def test_api_reads_are_in_the_access_trail_by_key_id(client):
+    """Every answered /v1 read is recorded with the key's id (never the key) and the patients it showed;
+    a refused or failed request records nothing."""
+    from carecast.audit import AuditLog
+    from carecast.settings import load_settings
+
+    who = "AUDIT-P1"
+    trail = AuditLog.from_settings(load_settings())
+    before = len(trail.what_saw("key:tests"))
+    assert client.post("/v1/churn", json={"patient_ids": [who, "AUDIT-P2"]}, headers=AUTH).status_code == 200
+    assert client.post("/v1/no-show", json={"appointments": [sup.appointment(who, 0)]}, headers=AUTH).status_code == 200
+    assert client.post("/v1/channel", json={"patient_ids": [who]}, headers=AUTH).status_code == 200
+    body = {"appointments": [sup.appointment("AUDIT-P3", 0)], "patient_ids": [who]}
+    assert client.post("/v1/outreach-plan", json=body, headers=AUTH).status_code == 200
+    assert client.post("/v1/churn", json={"patient_ids": ["AUDIT-P4"]}).status_code == 401
+    assert client.post("/v1/churn", json={"patient_ids": ["AUDIT-P4"], "top_k": 99}, headers=AUTH).status_code == 422
+    recs = trail.what_saw("key:tests")[before:]
+    assert [r.what for r in recs] == ["POST /v1/churn", "POST /v1/no-show", "POST /v1/channel", "POST /v1/outreach-plan"]
+    assert list(recs[0].patients) == [who, "AUDIT-P2"] and list(recs[3].patients) == ["AUDIT-P3", who]
+    assert [r.what for r in trail.who_saw(who)][-4:] == [r.what for r in recs]
+    assert trail.who_saw("AUDIT-P4") == [] and all(r.who == "key:tests" for r in recs)
+    assert trail.verify().ok
 
 
 # --- hot swap --------------------------------------------------------------------------------

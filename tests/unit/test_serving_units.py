@@ -114,6 +114,15 @@ def test_key_check_is_exact():
     assert not key_ok(b"Bearer alpha-key", [])
 
 
+def test_key_ids_never_reveal_the_secret():
+    from serving.auth import key_id
+
+    assert key_id(b"outreach:s3cret-s3cret-s3cret") == "outreach"
+    bare = key_id("s3cret-s3cret-s3cret")
+    assert bare.startswith("key-") and len(bare) == 12 and "s3cret" not in bare
+    assert key_id(":s3cret-s3cret-s3cret").startswith("key-")
+
+
 def test_large_batches_use_the_threaded_copy_with_identical_results(monkeypatch):
     from serving.explain import BATCH_ROWS
     from serving.model_source import build

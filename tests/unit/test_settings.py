@@ -20,10 +20,20 @@ def test_defaults_live_under_the_home(tmp_path: Path) -> None:
 def test_file_then_environment_override(tmp_path: Path) -> None:
     (tmp_path / "carecast.yaml").write_text("serving:\n  port: 3100\nonline_store:\n  type: redis\n")
     s = load_settings(environ={"CARECAST_HOME": str(tmp_path), "CARECAST_SERVING__PORT": "3200",
-                               "CARECAST_API_KEYS": "a, b"})
+                               "CARECAST_API_KEYS": "outreach:a-long-secret-0001, b-long-secret-00002"})
     assert s.serving.port == 3200
     assert s.online_store.type == "redis"
-    assert s.serving.api_keys == ["a", "b"]
+    assert s.serving.api_keys == ["outreach:a-long-secret-0001", "b-long-secret-00002"]
+
+
+@pytest.mark.parametrize("keys, rule", [("k1", "api_keys[0]: the secret must be at least 16 characters"),
+                                        ("ok:long-enough-secret-1, ci:short", "api_keys[1]: the secret must be at least 16"),
+                                        ("bad id:long-enough-secret-1", "api_keys[0]: the id before ':'")])
+def test_short_or_unnamed_keys_are_refused_at_start(tmp_path: Path, keys: str, rule: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings(environ={"CARECAST_HOME": str(tmp_path), "CARECAST_API_KEYS": keys})
+    assert rule in str(err.value) and "serving" in str(err.value)
+    assert "long-enough-secret" not in str(err.value) and "ci:short" not in str(err.value)   # never a key
 
 
 def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
