@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from starlette.testclient import TestClient
+from test_ui_support import add_user, login
 
 from carecast.settings import load_settings
 from features.catalog import MANIFEST_FILE
@@ -81,7 +82,8 @@ def _served_checks(client: TestClient, department: str) -> dict:
     assert unknown["notes"] == ["department 'astrology' is not in the site's vocabulary the model was trained on: "
                                 "scored as 'other'"]
     # the page lists the site's departments (all of them, listed or not) and filters by them
-    assert client.post("/ui/login", data={"password": KEY}, follow_redirects=False).status_code == 303
+    add_user(s)   # a coordinator account (the page logs in people, not API keys)
+    assert login(client).status_code == 303
     assert f'<option value="{department}">' in client.get("/ui/appointments").text
     listed = pd.read_parquet(sorted(s.risk_list_dir.glob("2*"))[-1] / "appointments.parquet")
     shown = str(listed.department.iloc[0])

@@ -84,7 +84,9 @@ def _redis_contents(s: Settings) -> dict[bytes, dict[bytes, bytes]]:
     import redis
     r = redis.Redis.from_url(f"redis://{REDIS}")
     suffix = s.online_store.project.encode()
-    return {k[:-len(suffix)]: r.hgetall(k) for k in r.scan_iter(match=b"*" + suffix, count=1000)}
+    # the entity hashes only (materialization's stamp is a plain key of its own: features/store/online_write.py)
+    return {k[:-len(suffix)]: r.hgetall(k) for k in r.scan_iter(match=b"*" + suffix, count=1000)
+            if r.type(k) == b"hash"}
 
 
 def _contents(s: Settings) -> dict:

@@ -88,7 +88,7 @@ def test_patients(imported) -> None:
     assert (ex["birth_year"], ex["sex"], bool(ex["has_mobile"]), bool(ex["has_email"])) == (1974, "M", True, False)
     assert pd.isna(ex["zip3"]) and ex["preferred_language"] == "other"
     assert ex["registered_at"] == pd.Timestamp("2013-10-10T00:00:00Z")          # the first booking
-    assert p.loc["f001", "preferred_language"] == "other"                       # Dutch: not in the contract's list
+    assert p.loc["f001", "preferred_language"] == "nl"                          # Dutch: the site's own code (learned)
     assert (p.loc["p-es", "preferred_language"], p.loc["p-es", "zip3"], p.loc["p-es", "birth_year"]) == ("es", "021", 1990)
     assert p.loc["p-quiet", "sex"] == "U" and p.loc["p-quiet", "registered_at"] == pd.Timestamp("2014-01-02T10:00:00Z")
 

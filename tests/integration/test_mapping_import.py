@@ -51,11 +51,11 @@ def imported(tmp_path_factory: pytest.TempPathFactory):
 def test_rows_read_equal_loaded_plus_quarantined(imported) -> None:
     summary, out = imported
     counts = {f: (r.read, r.loaded, r.source_quarantined, r.contract_quarantined) for f, r in summary.feeds.items()}
-    assert counts == {"patients": (8, 7, 1, 0), "visits": (16, 10, 3, 3), "billing": (6, 4, 1, 1)}
+    assert counts == {"patients": (8, 7, 1, 0), "visits": (16, 11, 3, 2), "billing": (6, 4, 1, 1)}
     assert summary.not_mapped == ["engagement"] and len(feeds_io.read_feed(out, "engagement")) == 0
-    assert len(feeds_io.read_feed(out, "visits")) == 10
+    assert len(feeds_io.read_feed(out, "visits")) == 11
     text = summary.describe()
-    assert "visits      rows read         16 = loaded         10 + quarantined 6" in text
+    assert "visits      rows read         16 = loaded         11 + quarantined 5" in text
     assert "engagement  not in the mapping: written empty" in text
     assert (out / "import_summary.json").exists()
 
@@ -89,10 +89,10 @@ def test_reasons_name_the_source_column(imported) -> None:
         "Sex -> sex: value not in the mapping's values"]
     assert pd.read_parquet(out / "quarantine" / "source_billing.parquet")["reason"].tolist() == [
         "Charge -> amount: not a number"]
-    # then the contracts: a kept unknown code, and the appointments of a quarantined or unknown patient
+    # then the contracts: the appointments of a quarantined or unknown patient (a kept unknown department code,
+    # A1011, is loaded: departments are the site's own vocabulary, learned at validation)
     qv = pd.read_parquet(out / "quarantine" / "visits.parquet").set_index("appointment_id")["reason"].to_dict()
-    assert qv == {"A1011": "department: not an allowed value", "A1013": "patient_id must exist in patients",
-                  "A1015": "patient_id must exist in patients"}
+    assert qv == {"A1013": "patient_id must exist in patients", "A1015": "patient_id must exist in patients"}
     text = summary.describe()
     assert "department: not an allowed value (source column Dept)" in text
     assert "patient_id must exist in patients (source column MRN)" in text
@@ -150,7 +150,7 @@ def test_cli(tmp_path: Path, home: Path, mapping_file: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(app, ["data", "import", "--mapping", str(mapping_file), str(EXPORT), "--out", str(tmp_path / "o")])
     assert ok.exit_code == 0, ok.output
-    assert "visits      rows read         16 = loaded         10" in ok.output
+    assert "visits      rows read         16 = loaded         11" in ok.output
     bad = runner.invoke(app, ["data", "import", "--mapping", str(tmp_path / "nope.yaml"), str(EXPORT),
                               "--out", str(tmp_path / "o2")])
     assert bad.exit_code == 2 and "nope.yaml: mapping file not found" in bad.stderr

@@ -92,8 +92,10 @@ def _register_broken(home: Path, target: str) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, registry_uri=uri)
-    exp = client.get_experiment_by_name("carecast-serving-tests")
-    with mlflow.start_run(experiment_id=exp.experiment_id):
+    exp = client.get_experiment_by_name("carecast-broken-models")
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        "carecast-broken-models", artifact_location=(home / "mlartifacts-broken").as_uri())
+    with mlflow.start_run(experiment_id=exp_id):
         info = mlflow.xgboost.log_model(sup.train(target, seed=3, trees=5), name="model",
                                         registered_model_name=TARGETS[target].registered_model,
                                         pip_requirements=["xgboost-cpu==3.2.0"])
