@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,12 +51,25 @@ def escape_controls_everywhere() -> None:
                 h.addFilter(EscapeControls())
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each record: a command run twice in one process (tests, notebooks)
+    whose stderr was swapped in between never writes to a closed stream."""
+
+    @property  # the stream is looked up, never stored
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure(level: str = "INFO") -> None:
     """Send CareCast's log lines to stderr with a timestamp; idempotent."""
     root = logging.getLogger(LOGGER_NAME)
     root.setLevel(level)
     if not any(getattr(h, "_carecast", False) for h in root.handlers):
-        handler = logging.StreamHandler()
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._carecast = True  # type: ignore[attr-defined]
         handler.addFilter(EscapeControls())

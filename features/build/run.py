@@ -108,6 +108,9 @@ def _literal(v: str) -> str:
 
 
 def _code(col: str, values: tuple[str, ...]) -> str:
+    """``col``'s position in ``values``, else -1 (no values: a column the site does not send, always -1)."""
+    if not values:
+        return "(-1)"
     arms = " ".join(f"WHEN {_literal(v)} THEN {i}" for i, v in enumerate(values))
     return f"(CASE {col} {arms} ELSE -1 END)"
 

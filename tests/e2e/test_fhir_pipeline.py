@@ -31,9 +31,10 @@ def test_fhir_export_through_the_pipeline(home: Path, carecast_ok, tmp_path: Pat
     assert (back["status"] == world["status"]).all() and (back["department"] == world["department"]).all()
     assert (back["status_at"].fillna(back["booked_at"]) == world["status_at"].fillna(world["booked_at"])).all()
 
-    # --until score: the drift stage still fails on a column the feeds leave empty (distance_km: FHIR has no such
-    # element), which issue 15's "optional feeds" item fixes for every stage; until then drift is not run here
-    run = ok("pipeline", "run", "--feeds", str(tmp_path / "imported"), "--target", "no_show", "--no-plots",
-             "--until", "score")
+    # the whole pipeline on the imported feeds; on this small world (seed 11, 400 patients, 644 test rows) the
+    # gate refuses the first no-show model because a logistic baseline does better (a decision of the data, not a
+    # failure): so the run ends with no champion, nothing scored, and drift saying so
+    run = ok("pipeline", "run", "--feeds", str(tmp_path / "imported"), "--target", "no_show", "--no-plots")
     assert "[1/6] validate: ran" in run and "0 quarantined" in run
-    assert "[3/6] train: ran" in run and "[4/6] gate: ran" in run and "[5/6] score: ran" in run
+    assert "[3/6] train: ran" in run and "[4/6] gate: ran" in run and "no_show v1 refused" in run
+    assert "[5/6] score: skipped" in run and "no champion yet" in run and "[6/6] drift: ran" in run

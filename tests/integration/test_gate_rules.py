@@ -131,7 +131,8 @@ def test_one_targets_error_does_not_stop_the_others(home: Path, monkeypatch: pyt
         return frames[target.name]
 
     monkeypatch.setattr(data, "load_frame", load_frame)
-    ctx = SimpleNamespace(settings=s, opts=SimpleNamespace(targets=("no_show", "churn"), force=False), frames={}, baselines={})
+    ctx = SimpleNamespace(settings=s, opts=SimpleNamespace(targets=("no_show", "churn"), force=False), frames={}, baselines={},
+                          outputs={})
     with pytest.raises(pipeline.StageFailed) as failed:
         pipeline._gate(ctx)
     msg = failed.value.message

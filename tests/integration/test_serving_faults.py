@@ -14,11 +14,13 @@ feature store, a real Feast store (SQLite, and a Redis server this test starts o
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -86,7 +88,7 @@ def _register_broken(home: Path, target: str) -> str:
     import mlflow.xgboost
     from mlflow import MlflowClient
 
-    from carecast.targets import TARGETS
+    from carecast.targets import MODEL_META_FILE, TARGETS
 
     uri = f"sqlite:///{home / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
@@ -95,12 +97,13 @@ def _register_broken(home: Path, target: str) -> str:
     exp = client.get_experiment_by_name("carecast-broken-models")
     exp_id = exp.experiment_id if exp else client.create_experiment(
         "carecast-broken-models", artifact_location=(home / "mlartifacts-broken").as_uri())
-    with mlflow.start_run(experiment_id=exp_id):
+    with mlflow.start_run(experiment_id=exp_id), tempfile.TemporaryDirectory() as tmp:
+        meta = Path(tmp) / MODEL_META_FILE   # the metadata training writes, with the feature list reversed
+        meta.write_text(json.dumps({"feature_columns": list(reversed(sup.FEATURES[target])),
+                                    "categorical_columns": sup.CATEGORIES if target == "no_show" else {}}))
         info = mlflow.xgboost.log_model(sup.train(target, seed=3, trees=5), name="model",
                                         registered_model_name=TARGETS[target].registered_model,
-                                        pip_requirements=["xgboost-cpu==3.2.0"])
-        mlflow.log_dict(list(reversed(sup.FEATURES[target])), "features.json")
-        mlflow.log_dict(sup.CATEGORIES if target == "no_show" else {}, "categories.json")
+                                        pip_requirements=["xgboost-cpu==3.2.0"], extra_files=[str(meta)])
     version = str(info.registered_model_version)
     client.set_registered_model_alias(TARGETS[target].registered_model, "champion", version)
     return version
