@@ -4,7 +4,7 @@ Tests come in three tiers, one folder each, and each test is marked with its tie
 ``tests/unit`` (pure functions and rules), ``tests/integration`` (real Feast, MLflow, DuckDB and Redis on small
 worlds), ``tests/e2e`` (the CLI, real servers, the browser, the pipeline, the notebooks). ``make test`` runs all.
 
-CI sets ``CARECAST_REQUIRE_COMPONENTS=1`` (``.ci/run``): a test that skips because the Redis server or Debian's
+CI sets ``CI_REQUIRE_COMPONENTS=1`` (``.ci/run``): a test that skips because the Redis server or Debian's
 Chromium is missing then fails instead, so CI cannot go green without having tested the real components.
 """
 
@@ -23,7 +23,7 @@ COMPONENT_SKIP_REASONS = ("no redis server", "debian's chromium", "no postgresql
 
 def components_required() -> bool:
     """True when missing Redis or Chromium must fail the run rather than skip (CI)."""
-    return os.environ.get("CARECAST_REQUIRE_COMPONENTS", "").strip().lower() in ("1", "true", "yes")
+    return os.environ.get("CI_REQUIRE_COMPONENTS", "").strip().lower() in ("1", "true", "yes")
 
 
 def _skip_reason(report: pytest.TestReport) -> str:
@@ -46,7 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """Under ``CARECAST_REQUIRE_COMPONENTS=1``, turn a missing-component skip into a failure that says why."""
+    """Under ``CI_REQUIRE_COMPONENTS=1``, turn a missing-component skip into a failure that says why."""
     outcome = yield
     report = outcome.get_result()
     if not (report.skipped and components_required()) or hasattr(report, "wasxfail"):
@@ -54,7 +54,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     reason = _skip_reason(report)
     if any(marker in reason.lower() for marker in COMPONENT_SKIP_REASONS):
         report.outcome = "failed"
-        report.longrepr = (f"required component missing (CARECAST_REQUIRE_COMPONENTS=1, set by .ci/run): {reason}; "
+        report.longrepr = (f"required component missing (CI_REQUIRE_COMPONENTS=1, set by .ci/run): {reason}; "
                            "`make install` installs Redis and Chromium as root, and .ci/run starts Redis")
 
 
