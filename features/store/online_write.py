@@ -332,8 +332,9 @@ def materialize(fs: Any, start: dt.datetime, end: dt.datetime) -> dict[str, int]
 
 # --------------------------------------------------------------------------- the materialization stamp
 
-#: SQLite: the table in online.db holding the stamp (one row); Redis: the key ``STAMP_KEY_PREFIX + project``
-STAMP_TABLE = "carecast_materialization"
+#: SQLite: the table in online.db holding one stamp per Feast project (several projects can share one online.db, as
+#: Feast's own tables do, and tearing one down must not clear another's stamp); Redis: ``STAMP_KEY_PREFIX + project``
+STAMP_TABLE = "carecast_materialization_stamps"
 STAMP_KEY_PREFIX = b"carecast:materialization:"
 
 
@@ -356,8 +357,8 @@ def write_stamp(fs: Any, stamp: dict[str, Any]) -> None:
     if kind == "sqlite":
         con = sqlite3.connect(feast.sqlite_path(fs.config), timeout=300, isolation_level=None)
         try:
-            con.execute(f"CREATE TABLE IF NOT EXISTS {STAMP_TABLE} (id INTEGER PRIMARY KEY CHECK (id = 1), stamp TEXT)")
-            con.execute(f"INSERT OR REPLACE INTO {STAMP_TABLE} (id, stamp) VALUES (1, ?)", [blob])
+            con.execute(f"CREATE TABLE IF NOT EXISTS {STAMP_TABLE} (project TEXT PRIMARY KEY, stamp TEXT)")
+            con.execute(f"INSERT OR REPLACE INTO {STAMP_TABLE} (project, stamp) VALUES (?, ?)", [fs.project, blob])
         finally:
             con.close()
     elif kind == "redis":
@@ -374,7 +375,8 @@ def clear_stamp(fs: Any) -> None:
     if kind == "sqlite":
         con = sqlite3.connect(feast.sqlite_path(fs.config), isolation_level=None)
         try:
-            con.execute(f"DROP TABLE IF EXISTS {STAMP_TABLE}")
+            con.execute(f"CREATE TABLE IF NOT EXISTS {STAMP_TABLE} (project TEXT PRIMARY KEY, stamp TEXT)")
+            con.execute(f"DELETE FROM {STAMP_TABLE} WHERE project = ?", [fs.project])
         finally:
             con.close()
     elif kind == "redis":

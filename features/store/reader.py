@@ -573,7 +573,7 @@ class OnlineReader:
             raise FileNotFoundError(f"sqlite online store missing: {path.name} (run `carecast features materialize`)")
         con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            row = con.execute(f"SELECT stamp FROM {online_write.STAMP_TABLE} WHERE id = 1").fetchone()
+            row = con.execute(f"SELECT stamp FROM {online_write.STAMP_TABLE} WHERE project = ?", [o.project]).fetchone()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 return None

@@ -291,3 +291,20 @@ def test_cli_method_option(homes) -> None:
     assert _sqlite_contents(s) == before   # bulk over Feast's rows: the same rows
     res = CliRunner().invoke(app, ["materialize", "--method", "quick"], env=env)
     assert res.exit_code == 2 and "bulk or feast" in res.output
+
+
+def test_projects_sharing_one_online_db_keep_their_own_stamps(built: Settings, tmp_path: Path) -> None:
+    """Two Feast projects in one home share online.db (as the feature-store benchmark's do): tearing one down must
+    leave the other's materialization stamp, or the survivor reads as empty (503) although its rows are there."""
+    home = tmp_path / "shared-home"
+    a, b = (load_settings(environ={"CARECAST_HOME": str(home), "CARECAST_ONLINE_STORE__PROJECT": f"cc_{uuid.uuid4().hex[:8]}"})
+            for _ in range(2))
+    shutil.copytree(built.feature_dir, a.feature_dir)
+    for s in (a, b):
+        store.apply(s)
+        store.materialize(s)
+        assert reader.OnlineReader(s).check().ok
+    store.teardown(b)
+    assert not reader.OnlineReader(b).check().ok, "the torn-down project still reads as loaded"
+    state = reader.OnlineReader(a).check()
+    assert state.ok, state.reason
