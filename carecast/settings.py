@@ -318,6 +318,21 @@ class AuditSettings(_Section):
     sync: Literal["normal", "full"] = "normal"
 
 
+class WorklistSettings(_Section):
+    """``worklist:`` section: what coordinators record against the risk lists' rows (``serving/worklist.py``,
+    docs/coordinators.md)."""
+
+    #: outcomes recorded longer ago than this are removed by the daily purge (``carecast worklist purge``, and each
+    #: ``carecast pipeline run`` once a day); six years by default, as the access trail (``audit.retention_days``):
+    #: they document what was done for a patient. Once purged they no longer reach the engagement feed.
+    retention_days: int = Field(2192, ge=1)
+    #: the longest free note a coordinator may add to an outcome (characters; 0: no notes)
+    max_note_chars: int = Field(500, ge=0, le=5000)
+    #: add the recorded outcomes to the engagement feed on every pipeline run (``pipelines/pipeline.py``); off when
+    #: the site's own engagement export already carries the coordinators' calls (they would count twice)
+    fold_into_engagement: bool = True
+
+
 class Settings(_Section):
     """Everything configurable. All state lives under ``home`` so two homes never share data."""
 
@@ -337,6 +352,7 @@ class Settings(_Section):
     monitor: MonitorSettings = MonitorSettings()
     accounts: AccountsSettings = AccountsSettings()
     audit: AuditSettings = AuditSettings()
+    worklist: WorklistSettings = WorklistSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
 
@@ -392,6 +408,10 @@ class Settings(_Section):
     @property
     def audit_dir(self) -> Path:
         return self.home / "audit"
+
+    @property
+    def worklist_dir(self) -> Path:
+        return self.home / "worklist"
 
     @property
     def bench_results(self) -> Path:

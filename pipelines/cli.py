@@ -12,6 +12,7 @@ from pipelines.pipeline_cli import app as pipeline_app
 from scoring.cli import score as score_cmd
 from serving.access_cli import audit_app, users_app
 from serving.cli import serve as serve_cmd
+from serving.worklist_cli import app as worklist_app
 from training.cli import benchmark_app
 from training.cli import promote as promote_cmd
 from training.cli import train as train_cmd
@@ -37,7 +38,7 @@ def home() -> None:
     for label, path in [("home", s.home), ("feeds", s.feeds_dir), ("validated", s.validated_dir),
                         ("quarantine", s.quarantine_dir), ("feature repo", s.feature_repo_dir),
                         ("mlflow", s.tracking_uri), ("risk lists", s.risk_list_dir),
-                        ("accounts", s.accounts_db), ("audit", s.audit_dir)]:
+                        ("accounts", s.accounts_db), ("audit", s.audit_dir), ("worklist", s.worklist_dir)]:
         typer.echo(f"{label:>12}: {path}")
 
 
@@ -45,3 +46,4 @@ app.add_typer(monitor_app, name="monitor")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
+app.add_typer(worklist_app, name="worklist")

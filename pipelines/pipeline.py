@@ -12,7 +12,11 @@ the first failing stage with its message and what to do, and writes no marker fo
 Stages:
 
 * ``validate``: the feeds (default ``$CARECAST_HOME/feeds``) against their contracts; quarantined rows are
-  counted and reported (``--strict`` makes any quarantined row a failure).
+  counted and reported (``--strict`` makes any quarantined row a failure). The outcomes coordinators recorded on the
+  page (``serving/worklist.py``) are added to the engagement feed as outreach events and checked like its own rows
+  (``worklist.fold_into_engagement``); they are read from the worklist store each run, so a re-run adds nothing
+  twice, and a new outcome re-runs the stage (the store's state is part of its fingerprint). Once a day a run also
+  applies the worklist's retention purge (``worklist.retention_days``) before anything else.
 * ``features``: build the snapshots (as of ``--as-of``, default the latest event), apply the Feast repo,
   materialize the online store. No later stage reads the online store, so it loads in a background process while
   they run (``pipelines.background``); the stage's marker is written once it has loaded (a failed load fails the
@@ -52,12 +56,14 @@ from pathlib import Path
 from typing import Any
 
 from carecast import logs
+from carecast.audit import AuditLog, AuditUnavailable
 from carecast.clock import utc_or_none
 from carecast.settings import Settings
 from carecast.targets import TARGET_NAMES, as_target
 from features.feeds.validate import FeedError, validate_feeds
 from monitoring import monitor
 from pipelines import background
+from serving import worklist
 from serving.capture import db_path
 from training.split import SplitError
 
@@ -203,11 +209,58 @@ def _champions(settings: Settings, targets: tuple[str, ...]) -> dict[str, str | 
     return out
 
 
+def _worklist_events(settings: Settings) -> tuple[Any, int]:
+    """The recorded outcomes as engagement events (None when there are none, or folding is off) and how many
+    outcomes were recorded; a store that cannot be read fails the stage (never a run as if nobody had called)."""
+    if not settings.worklist.fold_into_engagement:
+        return None, 0
+    store = worklist.open_store(settings)
+    try:
+        rows = store.rows()
+    except worklist.WorklistUnavailable as exc:
+        raise StageFailed("validate", f"{exc}: the coordinators' recorded outcomes cannot be added to the engagement "
+                          "feed", f"restore {store.path}, or set worklist.fold_into_engagement: false") from None
+    finally:
+        store.close()
+    return (worklist.engagement_events(rows) if rows else None), len(rows)
+
+
+def _worklist_state(settings: Settings) -> Any:
+    """The worklist's part of the validate stage's fingerprint: it changes with every outcome added or purged."""
+    if not settings.worklist.fold_into_engagement:
+        return "off"
+    store = worklist.open_store(settings)
+    try:
+        return store.fingerprint()
+    except worklist.WorklistUnavailable:
+        return "unreadable"   # the stage runs, and fails saying why
+    finally:
+        store.close()
+
+
+def _daily_purge(settings: Settings, say: Callable[[str], None]) -> None:
+    """The worklist's retention purge, at most once a day (the pipeline is the nightly job; ``carecast worklist
+    purge`` does it on demand). A purge that cannot run is reported and the run goes on: nothing it builds
+    depends on it."""
+    store = worklist.open_store(settings)
+    try:
+        n, cutoff = worklist.purge_and_record(store, AuditLog.from_settings(settings), only_if_due=True)
+    except (worklist.WorklistUnavailable, AuditUnavailable) as exc:
+        say(f"worklist purge not done: {exc}")
+        return
+    finally:
+        store.close()
+    if cutoff:
+        say(f"worklist purge: {n:,} outcome(s) recorded before {cutoff[:10]} removed (worklist.retention_days)")
+
+
 def _validate(ctx: Context) -> StageResult:
     s = ctx.settings
     src = ctx.opts.feeds or s.feeds_dir
+    events, recorded = _worklist_events(s)
     try:
-        report = validate_feeds(src, s.validated_dir, s.quarantine_dir, s.validation, s.vocabulary)
+        report = validate_feeds(src, s.validated_dir, s.quarantine_dir, s.validation, s.vocabulary,
+                                extra={"engagement": events} if events is not None else None)
     except FeedError as exc:
         raise StageFailed("validate", str(exc), "fix the feed named above and re-run") from None
     counts = report.counts
@@ -215,8 +268,17 @@ def _validate(ctx: Context) -> StageResult:
     if report.quarantined and ctx.opts.strict:
         raise StageFailed("validate", f"{report.quarantined:,} rows quarantined (see {s.quarantine_dir})",
                           "fix the feeds, or run without --strict to continue with the good rows")
-    return StageResult("validate", "ran", summary=f"{loaded:,} rows loaded, {report.quarantined:,} quarantined",
-                       outputs={"counts": counts})
+    summary = f"{loaded:,} rows loaded, {report.quarantined:,} quarantined"
+    outputs: dict[str, Any] = {"counts": counts}
+    if events is not None:
+        eng = report.feeds["engagement"]
+        folded = {"recorded": recorded, "events": len(events), "loaded": eng.added - eng.added_quarantined,
+                  "quarantined": eng.added_quarantined, "left_out": eng.added_left_out}
+        outputs["worklist"] = folded
+        summary += (f"; worklist: {folded['loaded']:,} of {len(events):,} recorded outcomes in the engagement feed"
+                    + (f", {eng.added_quarantined:,} quarantined" if eng.added_quarantined else "")
+                    + (" (none: the site sends no engagement feed)" if eng.added_left_out else ""))
+    return StageResult("validate", "ran", summary=summary, outputs=outputs)
 
 
 def _features(ctx: Context) -> StageResult:
@@ -407,7 +469,7 @@ RUNNERS: dict[str, Callable[[Context], StageResult]] = {
 def _own_inputs(ctx: Context, stage: str) -> Any:
     s, o = ctx.settings, ctx.opts
     if stage == "validate":
-        return [folder_fingerprint(o.feeds or s.feeds_dir), o.strict, s.vocabulary.model_dump()]
+        return [folder_fingerprint(o.feeds or s.feeds_dir), o.strict, s.vocabulary.model_dump(), _worklist_state(s)]
     if stage == "features":
         return [o.as_of.isoformat() if o.as_of else None, s.online_store.model_dump()]
     if stage == "train":
@@ -437,6 +499,7 @@ def run(settings: Settings, opts: PipelineOptions = PipelineOptions(),
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.UTC)
     result = PipelineRun(started_at=started.isoformat(timespec="seconds"))
+    _daily_purge(settings, say)
     ctx = Context(settings, opts)
     ctx.champions_before = _champions(settings, opts.targets)
     forced_from = STAGES.index(opts.from_stage) if opts.from_stage else (0 if opts.force else len(STAGES))

@@ -36,7 +36,7 @@ import difflib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,10 +107,19 @@ class FeedReport:
     loaded: int
     quarantined: int
     reasons: dict[str, int] = field(default_factory=dict)
+    #: rows the caller added to the feed (``validate_feeds(extra=...)``), counted in ``read`` too, and how many of
+    #: them were quarantined (their reasons are in the quarantine file like any row's)
+    added: int = 0
+    added_quarantined: int = 0
+    #: added rows left out because the site sends no such feed (an absent optional feed stays absent)
+    added_left_out: int = 0
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "read": self.read, "loaded": self.loaded,
-                "quarantined": self.quarantined, "reasons": self.reasons}
+        out = {"source": self.source, "read": self.read, "loaded": self.loaded,
+               "quarantined": self.quarantined, "reasons": self.reasons}
+        if self.added or self.added_left_out:
+            out.update(added=self.added, added_quarantined=self.added_quarantined, added_left_out=self.added_left_out)
+        return out
 
 
 @dataclass
@@ -245,8 +254,33 @@ def _to_utc(s: pd.Series) -> pd.Series:
     return s.dt.tz_localize("UTC") if s.dt.tz is None else s.dt.tz_convert("UTC")
 
 
-def _read(source: _Source, contract: Contract) -> tuple[pd.DataFrame, pd.DataFrame, list[tuple[str, pd.Series]]]:
-    """Return (original rows, rows in contract dtypes, row-level parse failures)."""
+def _added_rows(added: pd.DataFrame, raw: pd.DataFrame, names: list[str], text: bool) -> pd.DataFrame:
+    """Rows a caller adds to a feed, in the form the site's own rows were read in: text cells for a CSV feed, the
+    parquet file's own column types otherwise (so both are typed, checked and quarantined by the same code)."""
+    out = {}
+    for name in names:
+        s = (added[name] if name in added else pd.Series(None, index=added.index, dtype=object)).reset_index(drop=True)
+        if text:
+            if pd.api.types.is_datetime64_any_dtype(s):
+                s = pd.Series([t.isoformat() if pd.notna(t) else None for t in s], dtype=object)
+            out[name] = s.astype(object).where(s.notna(), np.nan)
+            continue
+        want = raw[name].dtype
+        if pd.api.types.is_datetime64_any_dtype(want) and not isinstance(want, pd.CategoricalDtype):
+            s = pd.to_datetime(s, utc=True)
+            tz = getattr(want, "tz", None)
+            out[name] = (s.dt.tz_convert(None) if tz is None else s.dt.tz_convert(tz)).astype(want)
+        elif pd.api.types.is_numeric_dtype(want) and not pd.api.types.is_bool_dtype(want) and s.notna().all():
+            out[name] = s.astype(want)
+        else:
+            out[name] = s.astype(object)
+    return pd.DataFrame(out, columns=names)
+
+
+def _read(source: _Source, contract: Contract, added: pd.DataFrame | None = None,
+          ) -> tuple[pd.DataFrame, pd.DataFrame, list[tuple[str, pd.Series]]]:
+    """Return (original rows, rows in contract dtypes, row-level parse failures); ``added`` rows (in the contract's
+    columns) follow the feed's own rows."""
     names = [c for c in contract.column_names if c not in source.absent]
     failures: list[tuple[str, pd.Series]] = []
     if source.path.suffix == ".csv":
@@ -257,6 +291,8 @@ def _read(source: _Source, contract: Contract) -> tuple[pd.DataFrame, pd.DataFra
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
             raise _unreadable(source.label, exc) from None
         raw = raw[names]
+        if added is not None and len(added):
+            raw = pd.concat([raw, _added_rows(added, raw, names, text=True)], ignore_index=True)
         typed = pd.DataFrame(index=raw.index)
         for col in contract.columns:
             if col.name in source.absent:
@@ -270,6 +306,8 @@ def _read(source: _Source, contract: Contract) -> tuple[pd.DataFrame, pd.DataFra
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise _unreadable(source.label, exc) from None
     raw = raw.reset_index(drop=True)
+    if added is not None and len(added):
+        raw = pd.concat([raw, _added_rows(added, raw, names, text=False)], ignore_index=True)
     typed = raw.copy(deep=False)  # shares the columns that need no conversion: one copy of the data, not two
     for col in contract.columns:
         if col.name in source.absent:
@@ -448,25 +486,33 @@ def _value_counts(loaded: pd.DataFrame, contract: Contract) -> dict[str, dict[st
 
 
 def validate_feeds(src: Path, out: Path, quarantine: Path, rules: ValidationSettings | None = None,
-                   vocabulary: VocabularySettings | None = None, now: dt.datetime | None = None) -> ValidationReport:
+                   vocabulary: VocabularySettings | None = None, now: dt.datetime | None = None,
+                   extra: Mapping[str, pd.DataFrame] | None = None) -> ValidationReport:
     """Validate the feeds in ``src``; write good rows to ``out`` and bad rows to ``quarantine``, all or nothing.
 
     ``rules``: the plausibility bounds (``settings.validation``); ``vocabulary``: the site's codes, learned from the
     loaded rows or pinned (``settings.vocabulary``; ``features.feeds.vocabulary``), written to
-    ``out/vocabulary.json``; ``now``: the clock the bounds are relative to."""
+    ``out/vocabulary.json``; ``now``: the clock the bounds are relative to. ``extra``: rows to add after a feed's
+    own (feed name -> rows in the contract's columns; the pipeline adds the coordinators' recorded outcomes to the
+    engagement feed), checked like the site's rows (a key the site's feed already holds is a duplicate, so the
+    site's row is kept); left out, and counted, when the site sends no such feed."""
     src, out, quarantine = Path(src), Path(out), Path(quarantine)
     if out.resolve() == src.resolve() or quarantine.resolve() in (src.resolve(), out.resolve()):
         raise FeedError(f"{out}: the output, quarantine and source folders must all differ")
     try:
         return _validate(src, out, quarantine, rules or ValidationSettings(), vocabulary,
-                         now or dt.datetime.now(dt.UTC))
+                         now or dt.datetime.now(dt.UTC), dict(extra or {}))
     except FeedError as exc:
         _record_failure(quarantine, str(exc))
         raise
 
 
 def _validate(src: Path, out: Path, quarantine: Path, rules: ValidationSettings,
-              vocabulary: VocabularySettings | None, now: dt.datetime) -> ValidationReport:
+              vocabulary: VocabularySettings | None, now: dt.datetime,
+              extra: dict[str, pd.DataFrame]) -> ValidationReport:
+    unknown = sorted(set(extra) - set(FEEDS))
+    if unknown:
+        raise ValueError(f"extra rows for an unknown feed: {', '.join(unknown)}")
     sources = {feed: _locate(src, CONTRACTS[feed]) for feed in FEEDS}  # structure first: fail before writing
     presence = integrity.Presence(feeds={f: s is not None for f, s in sources.items()},
                                   columns_absent={f: s.absent for f, s in sources.items() if s is not None and s.absent})
@@ -485,14 +531,18 @@ def _validate(src: Path, out: Path, quarantine: Path, rules: ValidationSettings,
             if source is None:
                 contract = CONTRACTS[feed]
                 _write(stage_out, feed, _empty_feed(contract), contract)
-                reports[feed] = FeedReport(feed, "absent (optional feed)", 0, 0, 0)
-                log.info("validate %s: absent (optional feed): validated as an empty feed", feed)
+                left_out = len(extra[feed]) if feed in extra else 0
+                reports[feed] = FeedReport(feed, "absent (optional feed)", 0, 0, 0, added_left_out=left_out)
+                log.info("validate %s: absent (optional feed): validated as an empty feed%s", feed,
+                         f"; {left_out:,} added rows left out" if left_out else "")
                 if feed in needed:
                     loaded_frames[feed] = _empty_feed(contract)
                 continue
             contract = integrity.effective_contract(CONTRACTS[feed], source.absent)
             with logs.stage(log, f"validate {feed}") as info:
-                raw, typed, failures = _read(source, contract)
+                added = extra.get(feed)
+                n_added = len(added) if added is not None else 0
+                raw, typed, failures = _read(source, contract, added)
                 failures += integrity.plausibility_checks(feed, contract, typed, rules, now)
                 bad, text, counts = join_reasons(len(raw), _checks(raw, typed, contract, loaded_frames, failures))
                 loaded = _final_dtypes(typed, bad, contract)
@@ -503,9 +553,12 @@ def _validate(src: Path, out: Path, quarantine: Path, rules: ValidationSettings,
                     raise RuntimeError(f"{feed}: rows read != loaded + quarantined")
                 _write(stage_out, feed, loaded, contract, source.absent)
                 feeds_io.write_feed(quarantined, stage_q, feed)
+                added_bad = int(bad[len(raw) - n_added:].sum()) if n_added else 0
                 info.update(read=len(raw), loaded=len(loaded), quarantined=len(quarantined), rules_broken=len(counts),
-                            absent_columns=len(source.absent))
-            reports[feed] = FeedReport(feed, source.label, len(raw), len(loaded), len(quarantined), counts)
+                            absent_columns=len(source.absent), **({"added": n_added, "added_quarantined": added_bad}
+                                                                 if n_added else {}))
+            reports[feed] = FeedReport(feed, source.label, len(raw), len(loaded), len(quarantined), counts,
+                                       added=n_added, added_quarantined=added_bad)
             if feed in needed:
                 loaded_frames[feed] = loaded
             del raw, typed, quarantined

@@ -4,19 +4,23 @@ Routes, relative to wherever it is mounted (``/ui`` in the service):
 ``GET /`` (to the no-show list), ``GET|POST /login``, ``POST /logout``,
 ``GET /appointments`` and ``GET /patients`` (filters ``from``, ``to``, ``department``, ``tier``;
 ``sort``, ``dir``, ``page``, ``size``), ``GET /appointments.csv`` and ``GET /patients.csv`` (the
-same filters and order, every page), ``GET /static/...``.
+same filters and order, every page), ``POST /outcomes`` (record a row's outcome: ``serving/worklist.py``),
+``GET /worklist.csv`` (the recorded outcomes; ``list``, ``from``, ``to``), ``GET /static/...``.
 
 Nothing here logs a patient identifier; the URLs carry filters only, so access logs hold none. Who saw
 which patients goes to the access trail (``carecast/audit.py``) instead. Every POST must come from the
-page itself (``Origin``/``Referer``), and logging out also needs the session's CSRF token.
+page itself (``Origin``/``Referer``), and logging out and recording an outcome also need the session's CSRF token.
+A recorded outcome is stored only together with its access-trail record (one transaction: no record, no outcome);
+the trail names who, the outcome and its id, never the note.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import anyio
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -35,15 +39,28 @@ from serving.ui.data import (
     Store,
     apply,
     neutral,
+    outcomes_csv,
     page,
     parse_query,
     short,
     to_csv,
+    with_outcomes,
+)
+from serving.worklist import (
+    OUTCOMES,
+    ROW_KEYS,
+    OutcomeStore,
+    WorklistError,
+    WorklistUnavailable,
+    new_outcome,
+    open_store,
 )
 
 HERE = Path(__file__).parent
 #: id columns: shown cut to a fixed width with the full value on hover
 ID_COLUMNS = ("appointment_id", "patient_id")
+#: the list's query parameters a form may carry back (``back``): filters, order and page, never an id
+BACK_KEYS = ("from", "to", "department", "tier", "sort", "dir", "page", "size")
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -63,13 +80,16 @@ def _env() -> Environment:
 
 
 def create_ui_app(settings: Any, store: Store | None = None, accounts: auth.Accounts | None = None,
-                  audit: AuditLog | None = None) -> Starlette:
+                  audit: AuditLog | None = None, worklist: OutcomeStore | None = None) -> Starlette:
     """The page for ``settings``: coordinators log in with their own accounts (``carecast users add``), every
-    list and export shown is recorded in the access trail first. The service passes the store and trail its
-    runtime built (``serving/runtime.py``). Works mounted at any prefix (links use the ASGI ``root_path``)."""
+    list and export shown is recorded in the access trail first, and each row's outcome is recorded in the worklist
+    (``serving/worklist.py``). The service passes the store and trail its runtime built (``serving/runtime.py``).
+    Works mounted at any prefix (links use the ASGI ``root_path``)."""
     store = store if store is not None else Store(Path(settings.risk_list_dir))
     accounts = accounts if accounts is not None else auth.Accounts.from_settings(settings)
     trail = audit if audit is not None else AuditLog.from_settings(settings)
+    outcomes = worklist if worklist is not None else open_store(settings)
+    max_note = int(settings.worklist.max_note_chars)
     trusted = list(settings.accounts.trusted_origins)
     env = _env()
 
@@ -173,6 +193,8 @@ def create_ui_app(settings: Any, store: Store | None = None, accounts: auth.Acco
                                    {"list": snap.folder.name, **keep, "page": q.page, "rows": len(shown)})
             if refused is not None:
                 return refused
+            latest, worklist_error = await latest_outcomes(name, shown)
+            shown = with_outcomes(shown, name, latest)
 
             def link(**over: Any) -> str:
                 params = {**keep, "sort": q.sort, "dir": "desc" if q.desc else "asc", "size": q.size, "page": q.page}
@@ -186,11 +208,14 @@ def create_ui_app(settings: Any, store: Store | None = None, accounts: auth.Acco
                 return f"{base(request)}/{name}" + (f"?{urlencode(params)}" if params else "")
 
             csv_params = {**keep, **({"sort": q.sort, "dir": "desc" if q.desc else "asc"} if q.sort != "rank" or q.desc else {})}
+            back = link().partition("?")[2]   # the recording form returns here: filters, order, page (no id)
             return html(request, "list.html", active=name, lists=LISTS, spec=spec, name=name, q=q, rows=shown,
                         total=len(rows), all_rows=len(snap.frames[name]), pages=pages, link=link,
                         departments=snap.departments[name], tiers=TIERS, page_sizes=PAGE_SIZES, filters=filters,
                         manifest=snap.manifest, session=sess, id_columns=ID_COLUMNS,
-                        csv_url=f"{base(request)}/{name}.csv" + (f"?{urlencode(csv_params)}" if csv_params else ""))
+                        csv_url=f"{base(request)}/{name}.csv" + (f"?{urlencode(csv_params)}" if csv_params else ""),
+                        outcomes=OUTCOMES, row_key=ROW_KEYS[name], back=back, max_note=max_note,
+                        worklist_error=worklist_error, worklist_url=f"{base(request)}/worklist.csv?list={name}")
 
         async def export(request: Request) -> Response:
             sess = await current(request)
@@ -206,6 +231,8 @@ def create_ui_app(settings: Any, store: Store | None = None, accounts: auth.Acco
                                    {"list": snap.folder.name, **keep, "rows": len(rows)})
             if refused is not None:
                 return refused
+            latest, _ = await latest_outcomes(name, rows)
+            rows = with_outcomes(rows, name, latest)
             stamp = snap.manifest.get("as_of", "")[:10]
             return Response(to_csv(rows, name), media_type="text/csv; charset=utf-8",
                             headers={**_SECURITY_HEADERS,
@@ -213,8 +240,100 @@ def create_ui_app(settings: Any, store: Store | None = None, accounts: auth.Acco
 
         return view, export
 
+    async def latest_outcomes(name: str, rows: Any) -> tuple[dict | None, str | None]:
+        """The latest outcome of each row (None and the reason when the worklist cannot be read: the page says so
+        instead of showing rows as if nobody had acted on them)."""
+        keys = rows[ROW_KEYS[name]].astype(str).tolist()
+        try:
+            return await anyio.to_thread.run_sync(outcomes.latest, name, keys), None
+        except WorklistUnavailable as exc:
+            return None, str(exc)
+
+    def message(request: Request, status: int, text: str, sess: auth.Session | None, back: str = "") -> HTMLResponse:
+        return html(request, "message.html", status=status, error=text, back=back, lists=LISTS, session=sess)
+
+    async def record_outcome(request: Request) -> Response:
+        """Record one row's outcome (the form beside each row), then back to the same place on the list."""
+        refused = cross_origin(request)
+        if refused is not None:
+            return refused
+        sess = await current(request)
+        if sess is None:
+            return to_login(request)
+        form = await request.form()
+        if not hmac.compare_digest(str(form.get("csrf", "")), sess.csrf):
+            return message(request, 403, "This form is out of date; reload the page.", sess)
+        name = str(form.get("list", ""))
+        if name not in LISTS:
+            return message(request, 400, f"list: must be one of {', '.join(LISTS)}", sess)
+        kept = [(k, v) for k, v in parse_qsl(str(form.get("back", ""))) if k in BACK_KEYS]
+        back = f"{base(request)}/{name}" + (f"?{urlencode(kept)}" if kept else "")
+        snap = store.latest()
+        if snap is None:
+            return message(request, 409, "There is no risk list yet, so there is no row to record.", sess, back)
+        frame = snap.frames[name]
+        key = str(form.get("row", ""))
+        match = frame[frame[ROW_KEYS[name]].astype(str) == key]
+        if not key or match.empty:
+            return message(request, 409, "row: this row is not on the current list (the lists were refreshed since "
+                                         "the page was loaded); reload the page and record it again.", sess, back)
+        row = match.iloc[0]
+        try:
+            outcome = new_outcome(name, str(row["patient_id"]), str(row["appointment_id"]) if name == "appointments"
+                                  else None, str(form.get("outcome", "")), str(form.get("note", "")), sess.user,
+                                  max_note, corrects=str(form.get("corrects", "")) or None, risk_list=snap.folder.name)
+        except WorklistError as exc:
+            return message(request, 400, str(exc), sess, back)
+
+        def audit_record() -> None:
+            # the trail names who, the outcome and its id: never the note, no id beyond the patient it already keeps
+            trail.record(f"user:{sess.user}", f"worklist record {name}", [outcome.patient_id],
+                         {"list": snap.folder.name, "outcome": outcome.outcome, "id": outcome.id,
+                          "corrects": outcome.corrects, "note": bool(outcome.note)})
+
+        try:
+            await anyio.to_thread.run_sync(outcomes.append, outcome, audit_record)
+        except AuditUnavailable:
+            return message(request, 503, "The access record could not be written, so the outcome was not recorded. "
+                                         "Try again shortly.", sess, back)
+        except WorklistUnavailable as exc:
+            return message(request, 503, f"The outcome was not recorded: {exc}. Try again shortly.", sess, back)
+        except WorklistError as exc:
+            return message(request, 400, str(exc), sess, back)
+        return RedirectResponse(f"{back}#r{int(row['rank'])}", status_code=303, headers=_SECURITY_HEADERS)
+
+    async def export_outcomes(request: Request) -> Response:
+        """Every recorded outcome (``list``; recorded ``from`` .. ``to``, UTC dates) as CSV, recorded in the trail."""
+        sess = await current(request)
+        if sess is None:
+            return to_login(request)
+        q = request.query_params
+        name = q.get("list", "") or ""
+        if name and name not in LISTS:
+            return message(request, 400, f"list: must be one of {', '.join(LISTS)}", sess)
+        dates = parse_query({"from": q.get("from"), "to": q.get("to")}, "appointments")
+        start, end = dates.start, dates.end
+        if dates.problems:
+            return message(request, 400, "; ".join(p.replace("; ignored", "") for p in dates.problems), sess)
+        until = (end + dt.timedelta(days=1)).isoformat() if end else None
+        try:
+            rows = await anyio.to_thread.run_sync(lambda: outcomes.rows(name or None, start.isoformat() if start else None,
+                                                                        until))
+        except WorklistUnavailable as exc:
+            return message(request, 503, f"The recorded outcomes could not be read: {exc}.", sess)
+        detail = {k: v for k, v in {"list": name, "from": q.get("from"), "to": q.get("to")}.items() if v}
+        refused = await record(request, sess.user, "export worklist.csv", [o.patient_id for o in rows],
+                               {**detail, "rows": len(rows)})
+        if refused is not None:
+            return refused
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+        return Response(outcomes_csv(rows), media_type="text/csv; charset=utf-8",
+                        headers={**_SECURITY_HEADERS,
+                                 "Content-Disposition": f'attachment; filename="carecast-worklist-{stamp}.csv"'})
+
     routes: list[BaseRoute] = [Route("/", home), Route("/login", login_page, methods=["GET"]), Route("/login", login, methods=["POST"]),
-              Route("/logout", logout, methods=["POST"])]
+              Route("/logout", logout, methods=["POST"]), Route("/outcomes", record_outcome, methods=["POST"]),
+              Route("/worklist.csv", export_outcomes)]
     for name in LISTS:
         view, export = listing(name)
         routes += [Route(f"/{name}", view), Route(f"/{name}.csv", export)]

@@ -14,6 +14,7 @@ import io
 import json
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from carecast.folders import latest
+from serving.worklist import EXPORT_COLUMNS, ROW_KEYS, Outcome
 
 TIERS = ("high", "medium", "low")
 PAGE_SIZES = (25, 50, 100, 200)
@@ -53,6 +55,7 @@ LISTS: dict[str, dict] = {
             Column("channel_text", "Channel", "channel"),
             Column("action_label", "Recommended action", "action_label"),
             Column("why", "Why", None),
+            Column("outcome_text", "Latest outcome", None),
         ],
     },
     "patients": {
@@ -71,6 +74,7 @@ LISTS: dict[str, dict] = {
             Column("channel_text", "Channel", "channel"),
             Column("action_label", "Recommended action", "action_label"),
             Column("why", "Why", None),
+            Column("outcome_text", "Latest outcome", None),
         ],
     },
 }
@@ -205,6 +209,23 @@ def apply(df: pd.DataFrame, q: Query, list_name: str) -> pd.DataFrame:
     return out
 
 
+#: the "latest outcome" cell when the worklist store could not be read: never an empty cell, as if nobody had called
+OUTCOMES_UNKNOWN = "Unknown: the recorded outcomes could not be read"
+
+
+def with_outcomes(rows: pd.DataFrame, list_name: str, latest: dict[str, Outcome] | None) -> pd.DataFrame:
+    """``rows`` with each row's latest recorded outcome (``outcome_text``: what, who, when, the note; ``outcome_id``:
+    the id a correction names); ``latest`` None: the store could not be read, and every cell says so."""
+    out = rows.copy()
+    keys = out[ROW_KEYS[list_name]].astype(str)
+    if latest is None:
+        out["outcome_text"], out["outcome_id"] = OUTCOMES_UNKNOWN, ""
+        return out
+    out["outcome_text"] = [latest[k].summary() if k in latest else "" for k in keys]
+    out["outcome_id"] = [latest[k].id if k in latest else "" for k in keys]
+    return out
+
+
 def page(rows: pd.DataFrame, q: Query) -> tuple[pd.DataFrame, int]:
     pages = max(1, -(-len(rows) // q.size))
     q.page = min(q.page, pages)
@@ -229,11 +250,14 @@ def short(v: object, limit: int = SHOWN_ID_CHARS) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "\u2026"
 
 
-def _safe(v: str) -> str:
+def safe_cell(v: str) -> str:
     """Spreadsheet formula injection guard (OWASP's list): a cell never starts with = + - @ TAB or CR;
     bidi controls are neutralised as on the page."""
     v = neutral(v)
     return "'" + v if v[:1] in ("=", "+", "-", "@", "\t", "\r") else v
+
+
+_safe = safe_cell
 
 
 def to_csv(rows: pd.DataFrame, list_name: str) -> str:
@@ -241,7 +265,20 @@ def to_csv(rows: pd.DataFrame, list_name: str) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n")   # RFC 4180: a CR or LF inside a cell is then quoted
     w.writerow([c.label for c in cols])
-    values = [[_safe(v) for v in rows[c.key].astype(str).tolist()] for c in cols]
+    values = [[safe_cell(v) for v in rows[c.key].astype(str).tolist()] for c in cols]
     for i in range(len(rows)):
         w.writerow([v[i] for v in values])
+    return buf.getvalue()
+
+
+def outcomes_csv(outcomes: Iterable[Outcome]) -> str:
+    """Recorded outcomes as CSV (``serving.worklist.EXPORT_COLUMNS``), with the lists' guards: the page's worklist
+    export and ``carecast worklist export`` write the same file."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow(EXPORT_COLUMNS)
+    for o in outcomes:
+        w.writerow([safe_cell("" if v is None else str(v)) for v in (
+            o.recorded_at, o.recorded_by, o.list, o.appointment_id, o.patient_id, o.outcome, o.note, o.corrects,
+            o.id, o.risk_list)])
     return buf.getvalue()
