@@ -32,9 +32,10 @@ from typing import Any, Protocol
 from carecast.audit import AuditLog
 from features.feeds.contracts import CHANNELS, DIRECTIONS, ENGAGEMENT, ENGAGEMENT_KINDS, ENGAGEMENT_OUTCOMES
 
-#: what a coordinator can record, in the order the page offers it, and the words it shows
+#: what a coordinator can record, in the order the page offers it, and the words it shows ("called": the patient
+#: was reached and no other outcome applies)
 OUTCOMES: dict[str, str] = {
-    "called": "Called (spoke with the patient)",
+    "called": "Called",
     "no_answer": "No answer",
     "left_message": "Left a message",
     "rescheduled": "Rescheduled",

@@ -55,7 +55,7 @@ LISTS: dict[str, dict] = {
             Column("channel_text", "Channel", "channel"),
             Column("action_label", "Recommended action", "action_label"),
             Column("why", "Why", None),
-            Column("outcome_text", "Latest outcome", None),
+            Column("outcome_text", "Outcome", None),
         ],
     },
     "patients": {
@@ -74,7 +74,7 @@ LISTS: dict[str, dict] = {
             Column("channel_text", "Channel", "channel"),
             Column("action_label", "Recommended action", "action_label"),
             Column("why", "Why", None),
-            Column("outcome_text", "Latest outcome", None),
+            Column("outcome_text", "Outcome", None),
         ],
     },
 }
