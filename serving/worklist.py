@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from carecast.audit import AuditLog
-from features.feeds.contracts import CHANNELS, DIRECTIONS, ENGAGEMENT, ENGAGEMENT_KINDS, ENGAGEMENT_OUTCOMES
+from features.feeds.contracts import ENGAGEMENT
 
 #: what a coordinator can record, in the order the page offers it, and the words it shows ("called": the patient
 #: was reached and no other outcome applies)
@@ -367,11 +367,3 @@ def engagement_events(outcomes: Iterable[Outcome]) -> Any:
         "appointment_id": pd.Series([o.appointment_id for o in rows], dtype=object),
     })
     return frame[[c.name for c in ENGAGEMENT.columns if c.name in frame.columns]]
-
-
-def check_mapping() -> list[str]:
-    """Every outcome's engagement codes the contract accepts (empty list: all do); the unit tests call it."""
-    allowed = (CHANNELS, DIRECTIONS, ENGAGEMENT_KINDS, ENGAGEMENT_OUTCOMES)
-    return [f"{o}: {code!r} not allowed" for o, codes in ENGAGEMENT_EVENT.items()
-            for code, ok in zip(codes, allowed, strict=True) if code not in ok]
-
