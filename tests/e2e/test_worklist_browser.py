@@ -25,7 +25,7 @@ from features.feeds.files import read_feed
 from scoring.score import ScoreOptions, write
 from serving.worklist import EVENT_PREFIX
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serving-e2e"),
+pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (make browser)")]
 NOTE = "PLANTED-NOTE-5521 needs a ride, daughter drives"
 
