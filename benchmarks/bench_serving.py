@@ -12,7 +12,7 @@ MLflow registry; in-memory features), and the headline says STAND-IN (``--standi
 the serving layer apart from the feature store). Prediction capture is OFF for the server and the
 in-process run (``CARECAST_CAPTURE__ENABLED=false``): thousands of identical benchmark predictions must not
 land in a home as if they were traffic (they would read as drift); capture's cost per request is
-bench_drift's figure. Rates count 200 answers only; non-200 answers are counted separately as errors.
+bench_drift's figure. Rates count 200 answers only; non-200 answers (and timeouts or dropped connections) are counted separately as errors.
 Timed: the requests (after warm-up), the server's readiness. Not timed: building the stand-in home,
 warm-up requests, the in-process predictor's loading. Clients run on the same machine: on 2 cores they take CPU from the server, so the throughput
 figure uses a lean raw-HTTP keep-alive client (0.15 ms CPU per request); the same load from httpx
@@ -184,7 +184,11 @@ def _timed(c: httpx.Client, bodies: Iterable[dict], expect: int, what: str) -> t
     for body in bodies:
         n += 1
         t0 = time.perf_counter()
-        r = c.post("/v1/no-show", json=body)
+        try:
+            r = c.post("/v1/no-show", json=body)
+        except httpx.TransportError:  # counted, as a non-200 answer is
+            errors += 1
+            continue
         took = (time.perf_counter() - t0) * 1000
         if r.status_code == 200 and len(r.json()["predictions"]) == expect:
             out.append(took)
@@ -214,7 +218,12 @@ async def _concurrent(base: str, pids: list[str]) -> tuple[float, int]:
         async def client() -> None:
             nonlocal errors
             for i in counter:
-                r = await c.post("/v1/no-show", json={"appointments": [_appointment(pids[i % len(pids)], i)], "top_k": 3})
+                try:
+                    r = await c.post("/v1/no-show", json={"appointments": [_appointment(pids[i % len(pids)], i)],
+                                                          "top_k": 3})
+                except httpx.TransportError:  # a timeout or a dropped connection is an error, not the end of the run
+                    errors += 1
+                    continue
                 errors += r.status_code != 200
         await asyncio.gather(*(client() for _ in range(CLIENTS)))  # warm connections
         counter = iter(range(CONCURRENT_REQUESTS))
