@@ -546,7 +546,8 @@ def from_settings(settings: Any, background: bool = True) -> PredictionCapture |
             con.close()
     except Exception as exc:  # noqa: BLE001
         said = f"{type(exc).__name__}: {exc}" if isinstance(exc, _SAYABLE) else type(exc).__name__
-        log.error("prediction capture: store %s not writable yet (%s); writes will retry", describe_store(settings), said)
+        log.error("prediction capture: store not writable yet (%s); writes will retry", said
+                  if isinstance(exc, shared_db.SharedDatabaseError) else f"{describe_store(settings)}: {said}")
         store.last_error = type(exc).__name__
     return store
 

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -67,7 +66,6 @@ def test_promotion_reaches_both_replicas_and_their_captures_land_in_one_store(
         mlflow_server: Server, capture_db: str, home: Path, tmp_path: Path) -> None:  # noqa: F811
     if not _redis_up():
         pytest.skip(f"no Redis server on {REDIS}")
-    from carecast.settings import load_settings
     from features.store import repo as store
     from serving import capture
 
