@@ -131,3 +131,18 @@ def _ready(base: str) -> bool:
         return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_worker_started_by_hand_with_unshared_stores_stays_up_and_unready(home: Path, monkeypatch,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """``bentoml serve`` without `carecast serve`'s check: the service refuses to serve, says why once, and does not
+    crash-loop (the whole BentoML service in-process, its lifespan run by the test client)."""
+    with caplog.at_level("ERROR", logger="carecast.serving"):
+        with sup.asgi_client(home, monkeypatch, CARECAST_SERVING__REPLICAS="2") as c:
+            assert c.get("/livez").status_code == 200
+            assert c.get("/readyz").status_code == 503
+            r = c.post("/v1/churn", json={"patient_ids": ["P0001"]}, headers=AUTH)
+            assert r.status_code in (401, 503) and "predictions" not in r.text  # no keys, no models: nothing served
+    refusals = [r for r in caplog.records if "refusing to serve: serving.replicas=2" in r.getMessage()]
+    assert len(refusals) == 1 and "online_store.type=sqlite" in refusals[0].getMessage()
+    assert not (home / "captures").exists()  # nothing was built: no capture store, no key
