@@ -212,6 +212,17 @@ class CaptureSettings(_Section):
     flush_seconds: float = Field(1.0, gt=0)
     flush_rows: int = Field(2000, gt=0)
     max_queue_rows: int = Field(200_000, gt=0)
+    #: where captures go: None, the embedded SQLite file ``$CARECAST_HOME/captures/predictions.sqlite`` (one
+    #: machine: every worker of a home shares it); a ``postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE`` URL, one
+    #: store that several replicas share and monitoring reads (docs/scaling.md, Replicas). The database must exist.
+    database_url: str | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        from carecast.shared_db import check_url
+
+        return None if value is None or not value.strip() else check_url(value.strip())
 
 
 DEFAULT_TREND_FEATURES = (
@@ -264,6 +275,13 @@ class ServingSettings(_Section):
     non_production_keys: list[str] = Field(default_factory=list)
     #: an API key ``id:secret`` (or a bare secret) whose secret is shorter than this is refused at start
     api_key_min_length: int = Field(16, ge=8)
+    #: BentoML worker processes of one `carecast serve` (one machine, one home); each loads the models and polls the
+    #: registry itself. Safe with the SQLite stores of the home (docs/scaling.md, Replicas)
+    workers: int = Field(1, ge=1, le=64)
+    #: how many `carecast serve` replicas (on one or several machines, behind a load balancer) serve this deployment.
+    #: Declared, because a replica cannot see the others: above 1 the service refuses to start on a store only one
+    #: machine can read or write (SQLite online store, SQLite capture) and says which setting to change
+    replicas: int = Field(1, ge=1)
 
     @field_validator("api_keys", "non_production_keys", mode="before")
     @classmethod

@@ -10,9 +10,9 @@ import typer
 
 from carecast.cli_support import fail, settings_or_exit
 from carecast.clock import utc_or_none
+from carecast.shared_db import SharedDatabaseError
 from monitoring import monitor
-from serving.capture import connect, db_path
-from serving.capture import purge as run_purge
+from serving import capture
 
 app = typer.Typer(help="Monitoring: feature drift (Evidently), champion performance by week, captured predictions.",
                   no_args_is_help=True)
@@ -34,7 +34,7 @@ def drift(
     s = settings_or_exit()
     try:
         result = monitor.drift(s, expand(target), utc_or_none(since))
-    except (monitor.MonitorError, ValueError, FileNotFoundError) as exc:
+    except (monitor.MonitorError, ValueError, FileNotFoundError, SharedDatabaseError) as exc:
         fail(str(exc))
     typer.echo(result.describe())
     if result.flagged and fail_on_drift:
@@ -50,7 +50,7 @@ def performance(
     s = settings_or_exit()
     try:
         result = monitor.performance(s, target, utc_or_none(since))
-    except (monitor.MonitorError, ValueError, FileNotFoundError) as exc:
+    except (monitor.MonitorError, ValueError, FileNotFoundError, SharedDatabaseError) as exc:
         fail(str(exc))
     typer.echo(result.describe())
 
@@ -61,22 +61,25 @@ def purge(
 ) -> None:
     """Delete captured predictions older than --older-than DAYS (run it on a schedule)."""
     s = settings_or_exit()
-    n = run_purge(s, older_than)
-    typer.echo(f"purged {n:,} captured predictions older than {older_than:g} days")
+    try:
+        n = capture.purge(s, older_than)
+    except SharedDatabaseError as exc:
+        fail(f"capture store: {exc}")
+    typer.echo(f"purged {n:,} captured predictions older than {older_than:g} days ({capture.describe_store(s)})")
 
 
 @app.command()
 def captured() -> None:
-    """Counts of captured predictions per target and model version (no identifiers)."""
+    """Counts of captured predictions per target and model version (no identifiers), from the configured store
+    (capture.database_url, else the home's SQLite file)."""
     s = settings_or_exit()
-    path = db_path(s)
-    if not path.exists():
-        typer.echo("nothing captured yet")
+    try:
+        rows = capture.summary(s)
+    except SharedDatabaseError as exc:
+        fail(f"capture store: {exc}")
+    if not rows:
+        typer.echo(f"nothing captured yet ({capture.describe_store(s)})")
         return
-    con = connect(path)
-    rows = con.execute("""SELECT target, model_name, model_version, COUNT(*), MIN(ts), MAX(ts) FROM predictions
-                          GROUP BY 1, 2, 3 ORDER BY 1, 3""").fetchall()
-    con.close()
     out = [{"target": t, "model": f"{m} v{v}", "rows": n,
             "first": dt.datetime.fromtimestamp(a, dt.UTC).isoformat(timespec="seconds"),
             "last": dt.datetime.fromtimestamp(b, dt.UTC).isoformat(timespec="seconds")} for t, m, v, n, a, b in rows]

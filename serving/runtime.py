@@ -36,6 +36,51 @@ log = logging.getLogger("carecast.serving")
 FEATURE_SOURCE_ENV = "SERVING_FEATURE_SOURCE"
 
 
+class DeploymentRefused(RuntimeError):
+    """The settings ask for more replicas than the configured stores can serve; the message names the settings."""
+
+
+def deployment_problems(settings: Settings, registry: bool = True) -> list[str]:
+    """Why these settings cannot serve ``serving.replicas`` replicas, one line per store (empty: they can).
+
+    A replica may run on another machine, so above one replica every store it reads or writes must be a server
+    all of them reach: SQLite files are one machine's (SQLite's locks do not hold over a network filesystem).
+    ``serving.workers`` is never refused: a home's workers are processes on one machine, where SQLite's file locks
+    serialise the writers (capture and the access trail in WAL mode, the online store read-only); see
+    docs/scaling.md, Replicas. ``registry``: False when the models come from a Bento (no registry is read)."""
+    replicas = settings.serving.replicas
+    if replicas <= 1:
+        return []
+    out = []
+    if settings.online_store.type == "sqlite":
+        out.append(f"serving.replicas={replicas} with online_store.type=sqlite: the SQLite online store is a file on "
+                   "one machine; set online_store.type: redis and online_store.redis_connection_string, one Redis "
+                   "that every replica reads")
+    cap = settings.capture
+    if cap.enabled and not cap.database_url:
+        out.append(f"serving.replicas={replicas} with the SQLite capture store (capture.database_url not set): each "
+                   "machine would keep its own captures and monitoring would read one of them; set "
+                   "capture.database_url: postgresql://USER@HOST:PORT/DATABASE (or capture.enabled: false)")
+    uri = settings.tracking_uri
+    if registry and not (uri.startswith("http://") or uri.startswith("https://")):
+        out.append(f"serving.replicas={replicas} with a {uri.split(':', 1)[0]} MLflow registry (mlflow.tracking_uri "
+                   "is not a server): replicas on other machines cannot read it; set mlflow.tracking_uri: "
+                   "http://HOST:PORT, the MLflow server every replica polls (docs/scaling.md)")
+    return out
+
+
+def check_deployment(settings: Settings, registry: bool = True) -> None:
+    """Raise ``DeploymentRefused`` with every problem; warn about what stays per machine above one replica."""
+    problems = deployment_problems(settings, registry)
+    if problems:
+        raise DeploymentRefused("refusing to serve: " + "; ".join(problems))
+    if settings.serving.replicas > 1:
+        log.warning("serving.replicas=%d: the access trail (%s) and the coordinators' accounts and sessions (%s) are "
+                    "SQLite files under this home: replicas sharing this home share them; a replica on another "
+                    "machine keeps its own (docs/scaling.md, Replicas)", settings.serving.replicas,
+                    settings.audit_dir.name, settings.accounts_db.name)
+
+
 def feature_source(settings: Settings) -> FeatureSource:
     """The Feast online store under the home, or the factory ``SERVING_FEATURE_SOURCE`` names."""
     spec = os.environ.get(FEATURE_SOURCE_ENV)
@@ -68,7 +113,9 @@ class Runtime:
     @classmethod
     def from_settings(cls, settings: Settings, models: ModelSource | None = None,
                       features: FeatureSource | None = None) -> Runtime:
-        """Build every part once; loads no model yet (``start`` does)."""
+        """Build every part once; loads no model yet (``start`` does). Refuses (``DeploymentRefused``) settings that
+        declare more replicas than their stores can serve."""
+        check_deployment(settings, registry=models is None)
         cache_dir: Path | None = None
         if models is None:
             models = MlflowModelSource(settings.tracking_uri, settings.mlflow.registry_uri)

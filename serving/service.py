@@ -6,7 +6,9 @@ polls the registry alias every ``serving.reload_poll_seconds`` for a new champio
 ``POST /v1/admin/reload``) and re-reads the online store's materialization stamp. Readiness (``/readyz``)
 is 503, with the reasons, until every model is loaded and while the online store is missing, empty or
 stale, or the registry cannot be read; ``/livez`` never waits on any of them. A missing or corrupt
-registry at start leaves the service up and unready (never a crash loop, never a new empty registry).
+registry at start leaves the service up and unready (never a crash loop, never a new empty registry); so do
+settings that declare more replicas than their stores can serve (``serving.runtime.deployment_problems``: the reason
+is logged once; `carecast serve` refuses them before starting anything).
 
 BentoML's own traffic metrics are off (they label by raw path: unbounded); ``serving/metrics.py``'s
 middleware counts by route template and answers ``/metrics`` (behind a key when
@@ -39,7 +41,7 @@ from carecast.targets import TARGET_NAMES, TARGETS
 from serving.app import build_app
 from serving.metrics import ServiceMiddleware
 from serving.model_source import ModelSource, SnapshotModelSource
-from serving.runtime import Runtime
+from serving.runtime import DeploymentRefused, Runtime
 
 log = logging.getLogger("carecast.serving")
 
@@ -113,17 +115,26 @@ class CareCast:
         if BENTO_MODE:
             models = SnapshotModelSource({t: Path(getattr(self, f"{t}_model").path) for t in TARGET_NAMES})
         log.info("models from %s", "the Bento" if BENTO_MODE else "the MLflow registry")
-        self.runtime = Runtime.from_settings(settings, models=models)
+        self.runtime: Runtime | None = None
+        try:
+            self.runtime = Runtime.from_settings(settings, models=models)
+        except DeploymentRefused as exc:
+            # up and never ready, the reason said once (not a crash loop of restarted workers): every /v1 route
+            # answers 503 and /readyz stays 503 until the settings are fixed and the service restarted
+            log.error("%s", exc)
+            return
         self.runtime.start(poll=not BENTO_MODE)  # a Bento's models are fixed at build time
         app.state.runtime = self.runtime
         gc.collect()
         gc.freeze()
 
     def __is_ready__(self) -> bool:
-        return self.runtime.ready
+        return self.runtime is not None and self.runtime.ready
 
     @bentoml.on_shutdown
     def _stop(self) -> None:
+        if self.runtime is None:
+            return
         self.runtime.stop()
         if app.state.runtime is self.runtime:
             app.state.runtime = None
