@@ -64,7 +64,7 @@ from features.feeds.validate import FeedError, validate_feeds
 from monitoring import monitor
 from pipelines import background
 from serving import worklist
-from serving.capture import db_path
+from serving.capture import fingerprint as capture_fingerprint
 from training.split import SplitError
 
 log = logs.get("pipeline")
@@ -479,10 +479,11 @@ def _own_inputs(ctx: Context, stage: str) -> Any:
     if stage == "score":
         return [o.score_days]
     if stage == "drift":
-        cap = db_path(s)
-        st = cap.stat() if cap.exists() else None
-        return [list(o.targets), o.since.isoformat() if o.since else None,
-                [st.st_size, st.st_mtime_ns] if st else None, _drift_versions(ctx)]
+        try:
+            captured: Any = capture_fingerprint(s)   # the SQLite file's size and time, or the shared store's rows
+        except Exception as exc:  # noqa: BLE001  (an unreadable store re-runs drift, which then says why it failed)
+            captured = f"unreadable: {type(exc).__name__}"
+        return [list(o.targets), o.since.isoformat() if o.since else None, captured, _drift_versions(ctx)]
     raise KeyError(stage)
 
 
