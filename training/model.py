@@ -191,7 +191,7 @@ def fit_with(settings: Settings, kind: str, X_train: pd.DataFrame, y_train: np.n
     """``fit`` on the trainer ``training.engine`` names: ``single`` (this process) or ``spark``
     (``xgboost.spark``, ``training/spark_fit.py``). Either returns the same kind of booster, calibrated the same way."""
     if settings.training.engine == "spark":
-        from training import spark_fit   # pyspark is imported only by the Spark trainer
+        from training import spark_fit  # pyspark is imported only by the Spark trainer
 
         return spark_fit.fit(settings, kind, X_train, y_train, X_val, y_val, shape, n_classes, calibrate)
     return fit(kind, X_train, y_train, X_val, y_val, shape, n_classes, calibrate)

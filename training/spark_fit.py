@@ -13,6 +13,7 @@ share, so the trees differ a little; the tests hold the metrics within noise of 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,7 +60,7 @@ def fit(settings: Settings, kind: str, X_train: pd.DataFrame, y_train: np.ndarra
         spark = carecast_spark.session(settings)
         workers = settings.training.spark_workers
         df = spark.createDataFrame(_frame(X_train, y_train, X_val, y_val, names))
-        params = {"max_depth": shape.max_depth, "learning_rate": shape.eta, "n_estimators": shape.num_boost_round,
+        params: dict[str, Any] = {"max_depth": shape.max_depth, "learning_rate": shape.eta, "n_estimators": shape.num_boost_round,
                   "early_stopping_rounds": shape.early_stopping_rounds, "min_child_weight": shape.min_child_weight,
                   "subsample": shape.subsample, "colsample_bytree": shape.colsample_bytree,
                   "reg_lambda": shape.reg_lambda, "max_bin": shape.max_bin, "random_state": shape.seed,
