@@ -25,7 +25,7 @@ from training.model import Fitted, Shape, finish, matrix
 
 log = logs.get("training.spark_fit")
 
-_LABEL, _VALIDATION = "_label", "_is_validation"
+_LABEL, _VALIDATION, _FEATURES = "_label", "_is_validation", "_features"
 
 
 class SparkFitError(ValueError):
@@ -47,6 +47,7 @@ def _frame(X_train: pd.DataFrame, y_train: np.ndarray, X_val: pd.DataFrame, y_va
 def fit(settings: Settings, kind: str, X_train: pd.DataFrame, y_train: np.ndarray, X_val: pd.DataFrame,
         y_val: np.ndarray, shape: Shape = Shape(), n_classes: int = 2, calibrate: bool = True) -> Fitted:
     """``training.model.fit`` with the boosting done by ``SparkXGBClassifier`` on ``spark.master``."""
+    from pyspark.sql import functions as F
     from xgboost.spark import SparkXGBClassifier
 
     seen = np.unique(np.asarray(y_train))
@@ -59,13 +60,16 @@ def fit(settings: Settings, kind: str, X_train: pd.DataFrame, y_train: np.ndarra
     with logs.stage(log, "spark fit") as info:
         spark = carecast_spark.session(settings)
         workers = settings.training.spark_workers
-        df = spark.createDataFrame(_frame(X_train, y_train, X_val, y_val, names))
+        # one array column of features: xgboost.spark's separate-columns path fails on a partition without
+        # validation rows (KeyError 'values', xgboost 3.2.0), its array path takes them
+        df = spark.createDataFrame(_frame(X_train, y_train, X_val, y_val, names)).select(
+            F.array(*names).alias(_FEATURES), _LABEL, _VALIDATION)
         params: dict[str, Any] = {"max_depth": shape.max_depth, "learning_rate": shape.eta, "n_estimators": shape.num_boost_round,
                   "early_stopping_rounds": shape.early_stopping_rounds, "min_child_weight": shape.min_child_weight,
                   "subsample": shape.subsample, "colsample_bytree": shape.colsample_bytree,
                   "reg_lambda": shape.reg_lambda, "max_bin": shape.max_bin, "random_state": shape.seed,
                   "tree_method": "hist", "eval_metric": "logloss" if kind == "binary" else "mlogloss"}
-        est = SparkXGBClassifier(features_col=names, label_col=_LABEL, validation_indicator_col=_VALIDATION,
+        est = SparkXGBClassifier(features_col=_FEATURES, label_col=_LABEL, validation_indicator_col=_VALIDATION,
                                  num_workers=workers, missing=float("nan"), **params)
         model = est.fit(df)
         booster = model.get_booster()
