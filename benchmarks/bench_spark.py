@@ -47,17 +47,24 @@ def main() -> None:
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--skip-train", action="store_true", help="Time the feature builds only.")
     ap.add_argument("--reuse", action="store_true", help="Reuse the validated world already in --work.")
+    ap.add_argument("--train-only", action="store_true",
+                    help="Time the training only, on the DuckDB build an earlier run left in --work.")
     a = ap.parse_args()
     world = a.work / f"world-{a.patients}"
     homes = {e: a.work / f"home-{e}-{a.patients}" for e in ("duckdb", "spark")}
     env = dict(os.environ, CARECAST_HOME=str(world), CARECAST_LOG_LEVEL="WARNING")
     prep: dict[str, float] = {}
+    if a.train_only:
+        a.reuse = True
+        if not (homes["duckdb"] / "features" / "manifest.json").exists():
+            sys.exit(f"--train-only: no DuckDB build in {homes['duckdb']}: run without it first")
     if not (a.reuse and (world / "validated").exists()):
         shutil.rmtree(world, ignore_errors=True)
         prep["synth_s"] = carecast(["data", "synth", "--patients", str(a.patients), "--seed", "7"], env)
         prep["validate_s"] = carecast(["data", "validate", str(world / "feeds"), "--allow-quarantine"], env)
-    for h in homes.values():
-        shutil.rmtree(h, ignore_errors=True)
+    for e, h in homes.items():
+        if not (a.train_only and e == "duckdb"):
+            shutil.rmtree(h, ignore_errors=True)
     sys.path.insert(0, str(ROOT))
     from carecast.bench import peak_rss_mb, report, results_path
 
@@ -65,13 +72,33 @@ def main() -> None:
     os.environ["CARECAST_LOG_LEVEL"] = "WARNING"
     from carecast import spark as carecast_spark
     from carecast.settings import load_settings
-    from features.build.run import build_features
 
     settings = {e: load_settings(environ={"CARECAST_HOME": str(h), "CARECAST_LOG_LEVEL": "WARNING"})
                 for e, h in homes.items()}
     load0 = load()
     figures: dict = {"patients": a.patients, "master": a.master, "buckets": settings["spark"].features.spark_buckets,
                      **{k: round(v, 1) for k, v in prep.items()}}
+    words = ""
+    if not a.train_only:
+        words = _build(a, world, settings, figures)
+    else:
+        carecast_spark.session(settings["spark"], a.master)
+    if not a.skip_train:
+        words += ("; " if words else "") + _train(homes["duckdb"], settings["duckdb"], figures, env)
+    figures |= {"load_start": load0, "load_end": load(), "peak_rss_mb": round(peak_rss_mb())}
+    report("spark_build_and_train", figures, words + f" (1-min load {load0} -> {figures['load_end']} on "
+                                                     f"{os.cpu_count()} cores)",
+           timed="build_features with engine duckdb and spark (Spark session start-up apart); per target, "
+                 "train_target with training.engine single and spark on the same frame (fit, calibration, "
+                 "evaluation, MLflow registration)",
+           not_timed="synth, validate, features apply, loading the training frames, plots, imports")
+
+
+def _build(a: argparse.Namespace, world: Path, settings: dict, figures: dict) -> str:
+    """Both feature builds, timed; fills ``figures``, returns the words."""
+    from carecast import spark as carecast_spark
+    from features.build.run import build_features
+
     start = time.perf_counter()
     duck = build_features(settings["duckdb"], world / "validated", engine="duckdb")
     figures["duckdb_build_s"] = round(time.perf_counter() - start, 1)
@@ -86,19 +113,10 @@ def main() -> None:
         (sb.patients, sb.snapshots, sb.label_rows, sb.as_of)
     figures |= {"snapshots": duck.snapshots, "same_counts": same,
                 "spark_vs_duckdb": round(figures["spark_build_s"] / max(figures["duckdb_build_s"], 1e-9), 2)}
-    words = (f"feature build at {a.patients:,} patients ({duck.snapshots:,} snapshots): DuckDB "
-             f"{figures['duckdb_build_s']:.0f} s, Spark {a.master} {figures['spark_build_s']:.0f} s "
-             f"({figures['spark_vs_duckdb']}x; session start {figures['spark_session_s']:.0f} s apart); "
-             f"same counts: {same}")
-    if not a.skip_train:
-        words += "; " + _train(homes["duckdb"], settings["duckdb"], figures, env)
-    figures |= {"load_start": load0, "load_end": load(), "peak_rss_mb": round(peak_rss_mb())}
-    report("spark_build_and_train", figures, words + f" (1-min load {load0} -> {figures['load_end']} on "
-                                                     f"{os.cpu_count()} cores)",
-           timed="build_features with engine duckdb and spark (Spark session start-up apart); per target, "
-                 "train_target with training.engine single and spark on the same frame (fit, calibration, "
-                 "evaluation, MLflow registration)",
-           not_timed="synth, validate, features apply, loading the training frames, plots, imports")
+    return (f"feature build at {a.patients:,} patients ({duck.snapshots:,} snapshots): DuckDB "
+            f"{figures['duckdb_build_s']:.0f} s, Spark {a.master} {figures['spark_build_s']:.0f} s "
+            f"({figures['spark_vs_duckdb']}x; session start {figures['spark_session_s']:.0f} s apart); "
+            f"same counts: {same}")
 
 
 def _train(home: Path, s, figures: dict, env: dict) -> str:
