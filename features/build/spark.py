@@ -60,7 +60,7 @@ _LATEST = "latest.parquet"
 _PARTS: dict[str, dict[str, Any]] = {PROFILE_FILE: {"compression": "zstd"}, ACTIVITY_FILE: build_run.SNAPSHOT_PARQUET,
           **{labels.label_file(Path(), t).name: {} for t in ("no_show", "churn", "channel")}, _LATEST: {}}
 _TIMES_SCHEMA = "patient_id string, t timestamp, pev_rows long"
-_RESULT_SCHEMA = ("bucket int, patients long, snapshots long, events string, label_rows string, first_ts timestamp, "
+_RESULT_SCHEMA = ("bucket int, patients long, snapshots long, events string, label_rows string, first_us long, "
                   "seconds double")
 
 
@@ -111,6 +111,11 @@ def _typed(column: pa.ChunkedArray, to: pa.DataType) -> pa.Array | pa.ChunkedArr
     """A column as Spark handed it, in its written type (an all-null column written as type null comes back as
     integers: no cast leads to null)."""
     return pa.nulls(len(column)) if pa.types.is_null(to) else column.cast(to)
+
+
+def _micros(t: dt.datetime | None) -> int | None:
+    """A naive UTC time (DuckDB's TIMESTAMP) as epoch microseconds."""
+    return None if t is None else (t - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1)
 
 
 def _one_value(table: pa.Table, column: str) -> int:
@@ -171,7 +176,7 @@ def bucket_task(settings: Settings, schemas: dict[str, pa.Schema], parts: Path, 
         return pa.table({"bucket": pa.array([bucket], pa.int32()), "patients": [built.patients],
                          "snapshots": [built.snapshots], "events": [json.dumps(built.events)],
                          "label_rows": [json.dumps(built.label_rows)],
-                         "first_ts": pa.array([first], pa.timestamp("us", tz="UTC")),
+                         "first_us": pa.array([_micros(first)], pa.int64()),
                          "seconds": [time.perf_counter() - t0]})
 
     return task
@@ -202,12 +207,19 @@ def spark_as_of(times: DataFrame) -> dt.datetime:
 
     n = int(times.agg(F.sum("pev_rows")).collect()[0][0] or 0)
     k = build_run.outliers_allowed(n)
-    top = [r["t"] for r in times.where(F.col("t").isNotNull()).orderBy(F.col("t").desc()).limit(k + 1).collect()]
-    return build_run.as_of_from_top([_naive_utc(t) for t in top], k)
+    latest = times.where(F.col("t").isNotNull()).orderBy(F.col("t").desc()).limit(k + 1)
+    top = [r[0] for r in latest.select(F.unix_micros("t")).collect()]
+    return build_run.as_of_from_top([_from_micros(t) for t in top], k)
+
+
+def _from_micros(us: int) -> dt.datetime:
+    """Epoch microseconds as a naive UTC time (the build's as-of form). Times leave Spark as integers: a collected
+    timestamp is naive in the Python process's local zone, whatever the session's."""
+    return dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=int(us))
 
 
 def _naive_utc(t: dt.datetime) -> dt.datetime:
-    """A time collected from Spark (naive, in the session's UTC, or aware) as naive UTC, the build's as-of form."""
+    """An as-of time given by the caller (aware, or naive UTC) as naive UTC."""
     return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo else t
 
 
@@ -285,7 +297,7 @@ def build_features_spark(settings: Settings, data: Path, as_of: dt.datetime | No
             con.close()
         (out / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1, sort_keys=True))
         info["columns"] = len(defaults)
-    firsts = [_naive_utc(r["first_ts"]) for r in results if r["first_ts"] is not None]
+    firsts = [_from_micros(r["first_us"]) for r in results if r["first_us"] is not None]
     shutil.rmtree(work, ignore_errors=True)
     return build_run.write_manifest(out, data, as_of_ts, min(firsts) if firsts else None, built, vocab, "spark", t0,
                                     extra={"spark": {"master": spark.sparkContext.master, "buckets": nb}})
