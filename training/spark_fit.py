@@ -70,7 +70,7 @@ def fit(settings: Settings, kind: str, X_train: pd.DataFrame, y_train: np.ndarra
                   "reg_lambda": shape.reg_lambda, "max_bin": shape.max_bin, "random_state": shape.seed,
                   "tree_method": "hist", "eval_metric": "logloss" if kind == "binary" else "mlogloss"}
         est = SparkXGBClassifier(features_col=_FEATURES, label_col=_LABEL, validation_indicator_col=_VALIDATION,
-                                 num_workers=workers, missing=float("nan"), **params)
+                                 num_workers=workers, missing=float("nan"), verbose=False, **params)
         model = est.fit(df)
         booster = model.get_booster()
         info.update(master=spark.sparkContext.master, workers=workers, rows=len(X_train) + len(X_val),
