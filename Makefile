@@ -65,6 +65,7 @@ bench: install
 	step bench_score.py; \
 	step bench_ui.py; \
 	step bench_worklist.py; \
+	step bench_spark.py --work $$W/spark --patients 100000; \
 	echo "make bench: all benchmarks in $$((SECONDS - start)) s; results appended to $$BENCH_RESULTS"; \
 	$(BENCH_PY)/compare.py "$$BENCH_RESULTS" --since $$since
 
@@ -88,6 +89,7 @@ bench-smoke: install
 	step bench_score.py --appointments 20000 --patients 2000 --train-rows 2000; \
 	step bench_ui.py --rows 500 --repeat 5; \
 	step bench_worklist.py --patients 2000 --outcomes 2000 --rows 500 --posts 10 --repeat 5; \
+	step bench_spark.py --work $$W/spark --patients 2000 --skip-train; \
 	total=$$((SECONDS - start)); \
 	echo "make bench-smoke: all benchmarks in $$total s (budget 300 s); 1-min load average now $$(cut -d' ' -f1 /proc/loadavg); results appended to $$BENCH_RESULTS"; \
 	if [ $$total -gt 300 ]; then echo "make bench-smoke: OVER the 300 s budget ($$total s) at load $$(cut -d' ' -f1 /proc/loadavg) on $$(nproc) cores"; fi; \

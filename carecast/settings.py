@@ -63,6 +63,34 @@ class FeaturesSettings(_Section):
     #: earlier snapshot of its patient: at 20,000 patients it took 28 s for no-show's 163k rows, the ASOF join 2.5 s.
     #: Small worlds (tests, notebooks) stay on Feast's join; a very large value keeps every frame there.
     asof_above_rows: int = Field(10_000, ge=0)
+    #: where the feature build runs: ``duckdb`` (this process) or ``spark`` (``features/build/spark.py``: the same
+    #: compiled pass per hash bucket of patients, in Spark tasks on ``spark.master``)
+    engine: Literal["duckdb", "spark"] = "duckdb"
+    #: the Spark build's hash buckets of patients (one task each): more buckets, smaller tasks
+    spark_buckets: int = Field(8, ge=1, le=100_000)
+
+
+class SparkSettings(_Section):
+    """``spark:`` section: the Spark session the Spark feature build and ``training.engine: spark`` use
+    (``carecast/spark.py``). Nothing here is read unless an engine is ``spark``."""
+
+    #: ``local[N]`` (in this process's JVM), ``spark://host:7077``, ``yarn``, ...
+    master: str = "local[2]"
+    #: the driver JVM's heap (a local master's executors live in it)
+    driver_memory: str = Field("2g", pattern=r"^\d+[kmgt]$")
+    shuffle_partitions: int = Field(8, ge=1)
+    #: Spark's scratch folder (shuffle files, spills); default ``$CARECAST_HOME/tmp/spark``
+    local_dir: Path | None = None
+
+
+class TrainingSettings(_Section):
+    """``training:`` section: where the models are fitted."""
+
+    #: ``single``: XGBoost in this process; ``spark``: ``xgboost.spark.SparkXGBClassifier`` on ``spark.master``
+    #: (``training/spark_fit.py``), then the same calibration, evaluation and registration
+    engine: Literal["single", "spark"] = "single"
+    #: XGBoost workers (Spark tasks, one barrier stage) of a Spark fit
+    spark_workers: int = Field(2, ge=1)
 
 
 class ValidationSettings(_Section):
@@ -359,6 +387,8 @@ class Settings(_Section):
     synth: SynthSettings = SynthSettings()
     online_store: OnlineStoreSettings = OnlineStoreSettings()
     features: FeaturesSettings = FeaturesSettings()
+    spark: SparkSettings = SparkSettings()
+    training: TrainingSettings = TrainingSettings()
     validation: ValidationSettings = ValidationSettings()
     pipeline: PipelineSettings = PipelineSettings()
     vocabulary: VocabularySettings = VocabularySettings()

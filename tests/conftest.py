@@ -82,3 +82,17 @@ def carecast_ok(home: Path):
         return res.output
 
     return ok
+
+
+@pytest.fixture(scope="session")
+def spark_session(tmp_path_factory: pytest.TempPathFactory):
+    """One local[2] Spark session per test process (the Spark build and fit tests share it; start-up costs 10-20 s):
+    small shuffles, no UI, scratch in a temporary folder, nothing fetched (no Ivy packages)."""
+    from carecast import spark as carecast_spark
+    from carecast.settings import load_settings
+
+    home = tmp_path_factory.mktemp("spark-home")
+    s = load_settings(environ={"CARECAST_HOME": str(home), "CARECAST_SPARK__SHUFFLE_PARTITIONS": "4"})
+    session = carecast_spark.session(s, "local[2]")
+    yield session
+    session.stop()

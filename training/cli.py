@@ -12,14 +12,27 @@ from carecast.cli_support import fail, settings_or_exit
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="no_show, churn, channel or all.")]
 
 
-def train(target: TargetOpt = "all") -> None:
+def train(
+    target: TargetOpt = "all",
+    engine: Annotated[str | None, typer.Option(help="single (XGBoost in this process) or spark (xgboost.spark's estimator); default: training.engine.")] = None,
+    master: Annotated[str | None, typer.Option(help="Spark master for --engine spark, e.g. local[2] (default: spark.master).")] = None,
+) -> None:
     """Train, evaluate and register the model(s); the new version gets alias 'challenger'."""
     from training.data import FrameError
+    from training.spark_fit import SparkFitError
     from training.split import SplitError
     from training.targets import expand
     from training.train import summary_line, train_target
 
     s = settings_or_exit()
+    if engine is not None and engine not in ("single", "spark"):
+        fail(f"--engine {engine}: expected single or spark")
+    if engine is not None:
+        s = s.model_copy(update={"training": s.training.model_copy(update={"engine": engine})})
+    if master is not None:
+        if s.training.engine != "spark":
+            fail("--master applies to --engine spark only")
+        s = s.model_copy(update={"spark": s.spark.model_copy(update={"master": master})})
     try:
         targets = expand(target)
     except ValueError as exc:
@@ -27,7 +40,7 @@ def train(target: TargetOpt = "all") -> None:
     for t in targets:
         try:
             result = train_target(s, t)
-        except (FrameError, SplitError, FileNotFoundError) as exc:
+        except (FrameError, SplitError, SparkFitError, FileNotFoundError) as exc:
             fail(f"{t}: {exc}")
         typer.echo(summary_line(result))
 

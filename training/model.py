@@ -31,6 +31,8 @@ import pandas as pd
 import xgboost as xgb
 from scipy.optimize import minimize, minimize_scalar
 
+from carecast.settings import Settings
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -167,6 +169,13 @@ def fit(kind: str, X_train: pd.DataFrame, y_train: np.ndarray, X_val: pd.DataFra
                         evals=[(dtrain, "train"), (dval, "validation")],
                         early_stopping_rounds=shape.early_stopping_rounds, evals_result=history,
                         verbose_eval=False)
+    return finish(kind, booster, dval, y_val, calibrate, start, history)
+
+
+def finish(kind: str, booster: xgb.Booster, dval: xgb.DMatrix, y_val: np.ndarray, calibrate: bool, start: float,
+           history: dict) -> Fitted:
+    """The rounds up to the best one, then calibration on the validation window folded into the booster: one tail
+    for every trainer (``fit`` here, ``training/spark_fit.py`` on Spark)."""
     best = int(booster.best_iteration)
     booster = booster[: best + 1]          # keep only the rounds up to the best one
     cal = Calibration()
@@ -175,6 +184,17 @@ def fit(kind: str, X_train: pd.DataFrame, y_train: np.ndarray, X_val: pd.DataFra
         cal = fit_calibration(kind, margin, y_val)
         booster = fold_calibration(booster, cal)
     return Fitted(booster, best, cal, time.perf_counter() - start, history)
+
+
+def fit_with(settings: Settings, kind: str, X_train: pd.DataFrame, y_train: np.ndarray, X_val: pd.DataFrame,
+             y_val: np.ndarray, shape: Shape = Shape(), n_classes: int = 2, calibrate: bool = True) -> Fitted:
+    """``fit`` on the trainer ``training.engine`` names: ``single`` (this process) or ``spark``
+    (``xgboost.spark``, ``training/spark_fit.py``). Either returns the same kind of booster, calibrated the same way."""
+    if settings.training.engine == "spark":
+        from training import spark_fit  # pyspark is imported only by the Spark trainer
+
+        return spark_fit.fit(settings, kind, X_train, y_train, X_val, y_val, shape, n_classes, calibrate)
+    return fit(kind, X_train, y_train, X_val, y_val, shape, n_classes, calibrate)
 
 
 def shap_rows_per_second(booster: xgb.Booster, X: pd.DataFrame, rows: int = 2000) -> float:

@@ -22,7 +22,7 @@ from carecast.targets import MODEL_META_FILE
 from training import baselines as B
 from training import card, data, plots, registry, tracking
 from training import metrics as M
-from training.model import Shape, fit, n_trees, predict, shap_rows_per_second
+from training.model import Shape, fit_with, n_trees, predict, shap_rows_per_second
 from training.split import Split, thin, time_split
 from training.targets import TargetSpec, spec
 
@@ -155,7 +155,8 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
     with logs.stage(log, f"{target.name}: fit") as info:
         tr, va = thin(sp.train, target.max_fit_rows, shape.seed), thin(sp.val, target.max_val_rows, shape.seed)
         info["train_rows"], info["val_rows"] = int(tr.sum()), int(va.sum())
-        fitted = fit(target.kind, X[tr], y[tr], X[va], y[va], shape, n_classes=k)
+        fitted = fit_with(settings, target.kind, X[tr], y[tr], X[va], y[va], shape, n_classes=k)
+        info["engine"] = settings.training.engine
         info["best_iteration"] = fitted.best_iteration
     booster = fitted.booster
 
@@ -185,6 +186,7 @@ def train_target(settings: Settings, target_name: str, tf=None, shape: Shape | N
         "vocabulary": dict(getattr(tf, "vocabulary", None) or {}),
         "shape": asdict(shape), "best_iteration": fitted.best_iteration, "n_trees": n_trees(booster),
         "calibration": fitted.calibration.as_dict(), "fit_seconds": fitted.fit_seconds,
+        "fit_engine": settings.training.engine,
         "load_seconds": load_s, "shap_rows_per_s": shap_rate, "predict_rows_per_s": predict_rate,
         "cores": os.cpu_count(), "val": M.metrics(target.kind, y[sp.val], p_val),
         "test": test["metrics"], "subgroups": test["subgroups"], "subgroup_gap": test["gap"],
@@ -264,7 +266,8 @@ def _log(settings: Settings, target: TargetSpec, result: dict, booster, X: pd.Da
             "n_fit_train": result["n_fit"]["train"], "n_fit_val": result["n_fit"]["val"],
             "calibration": result["calibration"]["method"], "calibration_a": round(result["calibration"]["a"], 6),
             "calibration_b": round(result["calibration"]["b"], 6), "purge_days": result["purge_days"],
-            "rule_baseline": result["baselines"].get("rule", {}).get("label", "none")}
+            "rule_baseline": result["baselines"].get("rule", {}).get("label", "none"),
+            "fit_engine": result.get("fit_engine", "single")}
         mlflow.log_params(params)
         mlflow.log_metrics(_flat_metrics(result))
         meta_path = tmpd / MODEL_META_FILE

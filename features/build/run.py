@@ -77,6 +77,10 @@ log = logs.get("features.build.run")
 
 
 
+class BuildRefused(ValueError):
+    """A build its inputs do not allow; the message names the file or setting and the rule."""
+
+
 @dataclass
 class BuildSummary:
     as_of: dt.datetime
@@ -126,15 +130,20 @@ def _vocab_code(col: str, vocab: Vocabulary) -> str:
     return f"(CASE WHEN {col} IS NULL THEN -1 ELSE (CASE {col} {arms} ELSE {other} END) END)"
 
 
-def connect(settings: Settings, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+def connect(settings: Settings, memory_limit: str | None = None, threads: int | None = None,
+            tmp: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection for the build: spills to ``tmp`` (default ``$CARECAST_HOME/tmp/duckdb``); ``threads``:
+    DuckDB's threads (default: every core; a Spark task uses its own share)."""
     con = duckdb.connect()
     _session(con)
-    tmp = settings.home / "tmp" / "duckdb"
+    tmp = tmp or settings.home / "tmp" / "duckdb"
     tmp.mkdir(parents=True, exist_ok=True)
     con.execute(f"SET temp_directory='{tmp}'")
     limit = memory_limit or settings.features.duckdb_memory_limit
     if limit:
         con.execute(f"SET memory_limit='{limit}'")
+    if threads:
+        con.execute(f"SET threads={int(threads)}")
     return con
 
 
@@ -164,15 +173,31 @@ def load_feeds(con: duckdb.DuckDBPyConnection, data: Path, as_of: dt.datetime | 
 AS_OF_OUTLIERS, AS_OF_OUTLIER_SHARE, AS_OF_GAP_DAYS = 5, 0.001, 30
 
 
+def outliers_allowed(n: int) -> int:
+    """How many outlying patients the default as-of time may ignore among ``n`` patients with events."""
+    return max(AS_OF_OUTLIERS, math.ceil(AS_OF_OUTLIER_SHARE * n))
+
+
+#: per patient id of ``pev`` and ``p``: the latest known-event or registration time ``t`` (the as-of rule's input)
+LATEST_PER_PATIENT_SQL = """SELECT patient_id, MAX(t) AS t FROM (
+    SELECT patient_id, last_ts AS t FROM pev UNION ALL SELECT patient_id, registered_at FROM p)
+    WHERE t IS NOT NULL GROUP BY patient_id"""
+
+
 def robust_as_of(con: duckdb.DuckDBPyConnection) -> dt.datetime:
     """The latest known-event time (visits, statements, engagement, registrations) over ``pev`` and ``p``, less
-    outliers: sorted latest per patient, descending, the times above the lowest gap of more than ``AS_OF_GAP_DAYS``
-    among the top few (``AS_OF_OUTLIERS``, or ``AS_OF_OUTLIER_SHARE`` of the patients) are left out."""
+    outliers (``as_of_from_top``)."""
     n = con.execute("SELECT COUNT(*) FROM pev").fetchall()[0][0]
-    k = max(AS_OF_OUTLIERS, math.ceil(AS_OF_OUTLIER_SHARE * n))
-    top = [r[0] for r in con.execute(f"""SELECT t FROM (SELECT patient_id, MAX(t) AS t FROM (
-            SELECT patient_id, last_ts AS t FROM pev UNION ALL SELECT patient_id, registered_at FROM p)
-            WHERE t IS NOT NULL GROUP BY patient_id) ORDER BY t DESC LIMIT {k + 1}""").fetchall()]
+    k = outliers_allowed(n)
+    top = [r[0] for r in con.execute(f"SELECT t FROM ({LATEST_PER_PATIENT_SQL}) ORDER BY t DESC LIMIT {k + 1}"
+                                     ).fetchall()]
+    return as_of_from_top(top, k)
+
+
+def as_of_from_top(top: list[dt.datetime], k: int) -> dt.datetime:
+    """The as-of rule over the ``k + 1`` latest per-patient times (``LATEST_PER_PATIENT_SQL``), descending: the times
+    above the lowest gap of more than ``AS_OF_GAP_DAYS`` among the top ``k`` are left out. One rule for both engines
+    (the Spark build computes the per-patient times per bucket and takes the top ``k + 1`` across buckets)."""
     if not top:
         raise ValueError("the feeds hold no event and no registration time: nothing to build as of")
     cut = 0
@@ -511,7 +536,8 @@ def _monthly_labels(src: dict[str, dict], snap: dict, ids: pa.Array, lo: int, as
 
 def _write_snapshots(con: duckdb.DuckDBPyConnection, events: _Events, path: Path, as_of: str, vocab: Vocabulary,
                      rows_per_chunk: int = 1_000_000,
-                     latest_path: Path | None = None, label_paths: dict[str, Path] | None = None) -> tuple[int, dict]:
+                     latest_path: Path | None = None, label_paths: dict[str, Path] | None = None,
+                     workers: int = 2) -> tuple[int, dict]:
     """Snapshot features chunk by chunk (whole patients), appended to one parquet file; the write of one chunk
     overlaps the computation of the next. The rows at the latest snapshot time (every patient's as-of snapshot)
     also go to ``latest_path``, for the population defaults; the churn and channel labels of the same chunk go to
@@ -556,7 +582,7 @@ def _write_snapshots(con: duckdb.DuckDBPyConnection, events: _Events, path: Path
     latest_writer: pq.ParquetWriter | None = None
     rows = done = 0
     t_start, c_start = time.perf_counter(), time.process_time()
-    workers = max(1, min(2, os.cpu_count() or 1))
+    workers = max(1, min(workers, os.cpu_count() or 1))
     # numpy and the parquet writer release the GIL: chunks are computed by `workers` threads while the writer
     # thread appends finished chunks in order; at most workers + 1 chunks are in memory at once
     with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=1) as write_pool:
@@ -609,14 +635,35 @@ def _file_hash(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
+@dataclass
+class PatientOutputs:
+    """What ``build_patients`` wrote for one set of patients (the whole feed folder, or one Spark bucket)."""
+
+    patients: int
+    snapshots: int
+    events: dict[str, int]
+    label_rows: dict[str, int]
+
+
 def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = None,
-                   memory_limit: str | None = None, rows_per_chunk: int = 1_000_000) -> BuildSummary:
+                   memory_limit: str | None = None, rows_per_chunk: int = 1_000_000,
+                   engine: str | None = None, master: str | None = None) -> BuildSummary:
     """Compute the snapshots, label tables and population defaults from validated feeds in ``data``.
 
     DuckDB turns the feeds into narrow event sources (one per kind of event), fetched into numpy sorted by patient
     and time; one compiled pass (``features/build/kernel.py``) then computes every feature at every snapshot,
     about ``rows_per_chunk`` snapshot points (whole patients) at a time, so memory stays bounded.
+    ``engine`` (default ``features.engine``): ``duckdb`` in this process, or ``spark``: the same pass per hash bucket
+    of patients in Spark tasks (``features/build/spark.py``; ``master``, default ``spark.master``).
     """
+    engine = engine or settings.features.engine
+    if engine == "spark":
+        from features.build import spark as spark_build  # pyspark is imported only by the Spark engine
+
+        return spark_build.build_features_spark(settings, Path(data), as_of, master=master,
+                                                rows_per_chunk=rows_per_chunk)
+    if engine != "duckdb":
+        raise BuildRefused(f"features build: engine {engine!r}: expected duckdb or spark")
     t0 = time.perf_counter()
     out = settings.feature_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -626,28 +673,71 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
     con = connect(settings, memory_limit)
     with _stage("features build: read feeds") as info:
         as_of_ts = load_feeds(con, Path(data), as_of)
-        lit = f"TIMESTAMP '{as_of_ts.isoformat(sep=' ')}'"
         info["patients"] = con.execute("SELECT COUNT(*) FROM p").fetchall()[0][0]
         info["visits"] = con.execute("SELECT COUNT(*) FROM v_all").fetchall()[0][0]
         vocab = feed_vocabulary(con, Path(data), settings)
         info["vocabulary"] = "; ".join(f"{c} {len(v)}" for c, v in vocab.codes.items())
+    built = build_patients(con, Path(data), out, work, as_of_ts, vocab, rows_per_chunk)
+    with _stage("features build: population defaults") as info:
+        defaults = compute_defaults(con, out, as_of_ts, vocab, work / "latest.parquet")
+        (out / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1, sort_keys=True))
+        info["columns"] = len(defaults)
+    lit = f"TIMESTAMP '{as_of_ts.isoformat(sep=' ')}'"
+    first = con.execute(f"SELECT MIN(first_ts) FROM pev WHERE first_ts <= {lit}").fetchall()[0][0]
+    con.close()
+    shutil.rmtree(work, ignore_errors=True)
+    return write_manifest(out, Path(data), as_of_ts, first, built, vocab, "duckdb", t0)
+
+
+def write_manifest(out: Path, data: Path, as_of_ts: dt.datetime, first: dt.datetime | None, built: PatientOutputs,
+                   vocab: Vocabulary, engine: str, t0: float, extra: dict | None = None) -> BuildSummary:
+    """The build's ``manifest.json`` (lineage: the snapshot hash over the profile and activity files) and summary;
+    ``first``: the earliest event time (``pev.first_ts``) by the as-of time."""
+    snapshot_hash = _file_hash(out / PROFILE_FILE, out / ACTIVITY_FILE)
+    as_of_utc = as_of_ts.replace(tzinfo=dt.UTC)
+    events = sum(built.events.values())
+    manifest = {"as_of": as_of_utc.isoformat(), "patients": built.patients, "snapshots": built.snapshots,
+                "events": events, "labels": built.label_rows, "snapshot_hash": snapshot_hash,
+                "history_days": round((as_of_ts - first).total_seconds() / 86400, 1) if first is not None else 0.0,
+                "presence": read_presence(Path(data)).to_dict(),
+                "vocabulary": vocab.to_dict(),
+                "data": str(Path(data).resolve()),
+                "engine": engine, **(extra or {}),
+                "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    return BuildSummary(as_of=as_of_utc, patients=built.patients, snapshots=built.snapshots,
+                        label_rows=built.label_rows, seconds=time.perf_counter() - t0, snapshot_hash=snapshot_hash)
+
+
+def profile_sql(lit: str, vocab: Vocabulary) -> str:
+    """The patient profile rows known by the as-of time ``lit`` (one per patient, over ``p`` and ``pev``)."""
+    return f"""WITH first AS (SELECT patient_id, first_ts FROM pev),
+                 reg AS (SELECT p.*, LEAST(p.registered_at, COALESCE(first.first_ts, p.registered_at)) AS known_at
+                         FROM p LEFT JOIN first USING (patient_id))
+            SELECT patient_id, known_at::TIMESTAMPTZ AS event_timestamp, known_at::TIMESTAMPTZ AS created,
+              birth_year::BIGINT AS birth_year, {_vocab_code('sex', vocab)}::BIGINT AS sex_code,
+              {_vocab_code('preferred_language', vocab)}::BIGINT AS language_code,
+              {_vocab_code('insurance_type', vocab)}::BIGINT AS insurance_code, distance_km::DOUBLE AS distance_km,
+              has_mobile::BIGINT AS has_mobile, has_email::BIGINT AS has_email,
+              portal_enrolled::BIGINT AS portal_enrolled
+            FROM reg WHERE known_at <= {lit} ORDER BY patient_id"""
+
+
+def build_patients(con: duckdb.DuckDBPyConnection, data: Path, out: Path, work: Path, as_of_ts: dt.datetime,
+                   vocab: Vocabulary, rows_per_chunk: int = 1_000_000, workers: int = 2) -> PatientOutputs:
+    """Everything that is per patient, for the patients of the feeds loaded in ``con`` (``load_feeds`` over
+    ``data``): the profile, the activity snapshots and the three label files into ``out``, every patient's as-of
+    snapshot into ``work/latest.parquet`` (for the population defaults). Patients are independent, so the DuckDB build
+    runs this once over all of them and the Spark build once per hash bucket of patients, with the same as-of time
+    and vocabulary. ``workers``: threads computing snapshot chunks."""
+    lit = f"TIMESTAMP '{as_of_ts.isoformat(sep=' ')}'"
     # the no-show labels (a DuckDB scan and write, 17 CPU-s at 10M visits) run on a cursor of their own from here
     # on: the events stage leaves half a core idle; they land in the feature folder only with the snapshots
     with ThreadPoolExecutor(max_workers=1) as background:
         no_show = background.submit(_no_show_labels, con, Path(data), work, as_of_ts)
         with _stage("features build: patient profile") as info:
             tmp = out / (PROFILE_FILE + ".tmp")
-            con.execute(f"""COPY (
-                WITH first AS (SELECT patient_id, first_ts FROM pev),
-                     reg AS (SELECT p.*, LEAST(p.registered_at, COALESCE(first.first_ts, p.registered_at)) AS known_at
-                             FROM p LEFT JOIN first USING (patient_id))
-                SELECT patient_id, known_at::TIMESTAMPTZ AS event_timestamp, known_at::TIMESTAMPTZ AS created,
-                  birth_year::BIGINT AS birth_year, {_vocab_code('sex', vocab)}::BIGINT AS sex_code,
-                  {_vocab_code('preferred_language', vocab)}::BIGINT AS language_code,
-                  {_vocab_code('insurance_type', vocab)}::BIGINT AS insurance_code, distance_km::DOUBLE AS distance_km,
-                  has_mobile::BIGINT AS has_mobile, has_email::BIGINT AS has_email,
-                  portal_enrolled::BIGINT AS portal_enrolled
-                FROM reg WHERE known_at <= {lit} ORDER BY patient_id) TO '{tmp}' (FORMAT PARQUET, COMPRESSION zstd)""")
+            con.execute(f"COPY ({profile_sql(lit, vocab)}) TO '{tmp}' (FORMAT PARQUET, COMPRESSION zstd)")
             tmp.replace(out / PROFILE_FILE)
             profile_rows = f"SELECT COUNT(*) FROM read_parquet('{out / PROFILE_FILE}')"
             info["patients"] = patients = con.execute(profile_rows).fetchall()[0][0]
@@ -655,12 +745,12 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
             sources = _prepare(con, lit, vocab)
             counts = sources.counts()
             info.update(counts)
-            info["events"] = events = sum(counts.values())
+            info["events"] = sum(counts.values())
         activity_tmp = out / (ACTIVITY_FILE + ".tmp")
         monthly = {t: work / f"labels_{t}.parquet" for t in ("churn", "channel")}
         with _stage("features build: snapshots") as info:
             snapshots, monthly_rows = _write_snapshots(con, sources, activity_tmp, lit, vocab, rows_per_chunk,
-                                                       work / "latest.parquet", monthly)
+                                                       work / "latest.parquet", monthly, workers)
             info["snapshots"] = snapshots
             info.update(monthly_rows)
         del sources   # the event arrays (about 0.7 GB at 1M patients)
@@ -671,38 +761,26 @@ def build_features(settings: Settings, data: Path, as_of: dt.datetime | None = N
         activity_tmp.replace(out / ACTIVITY_FILE)
         for t in ("churn", "channel", "no_show"):
             (monthly.get(t) or labels.label_file(work, t)).replace(labels.label_file(out, t))
-    with _stage("features build: population defaults") as info:
-        defaults = compute_defaults(con, out, as_of_ts, vocab, work / "latest.parquet")
-        (out / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=1, sort_keys=True))
-        info["columns"] = len(defaults)
-    snapshot_hash = _file_hash(out / PROFILE_FILE, out / ACTIVITY_FILE)
-    as_of_utc = as_of_ts.replace(tzinfo=dt.UTC)
-    first = con.execute(f"SELECT MIN(first_ts) FROM pev WHERE first_ts <= {lit}").fetchall()[0][0]
-    manifest = {"as_of": as_of_utc.isoformat(), "patients": patients, "snapshots": snapshots,
-                "events": events, "labels": label_rows, "snapshot_hash": snapshot_hash,
-                "history_days": round((as_of_ts - first).total_seconds() / 86400, 1) if first is not None else 0.0,
-                "presence": read_presence(Path(data)).to_dict(),
-                "vocabulary": vocab.to_dict(),
-                "data": str(Path(data).resolve()),
-                "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-    con.close()
-    shutil.rmtree(work, ignore_errors=True)
-    return BuildSummary(as_of=as_of_utc, patients=patients, snapshots=snapshots, label_rows=label_rows,
-                        seconds=time.perf_counter() - t0, snapshot_hash=snapshot_hash)
+    return PatientOutputs(patients=patients, snapshots=snapshots, events=counts, label_rows=label_rows)
 
 
 def feed_vocabulary(con: duckdb.DuckDBPyConnection, data: Path, settings: Settings) -> Vocabulary:
-    """The site's vocabulary of the feeds in ``data`` (views ``p``, ``v_all``): the rule of
-    ``features.feeds.vocabulary.resolve`` over their value counts, with what ``data/vocabulary.json`` declares (a
-    validated folder's holds the vocabulary validation resolved, so the same codes come back) and the pins of the
-    settings. The build records it in its manifest; every reader of the build takes it from there."""
-    declared = vocab_rule.read_declared(data)
+    """The site's vocabulary of the feeds in ``data`` (views ``p``, ``v_all``): ``resolve_vocabulary`` over their
+    value counts."""
     counts: dict[str, dict[str, int]] = {}
     for feed, col in vocab_rule.COLUMNS:
         view = "p" if feed == "patients" else "v_all"
         rows = con.execute(f'SELECT "{col}"::VARCHAR, COUNT(*) FROM {view} WHERE "{col}" IS NOT NULL GROUP BY 1').fetchall()
         counts[col] = {str(v): int(n) for v, n in rows}
+    return resolve_vocabulary(counts, data, settings)
+
+
+def resolve_vocabulary(counts: dict[str, dict[str, int]], data: Path, settings: Settings) -> Vocabulary:
+    """The rule of ``features.feeds.vocabulary.resolve`` over value counts (column -> value -> rows), with what
+    ``data/vocabulary.json`` declares (a validated folder's holds the vocabulary validation resolved, so the same codes
+    come back) and the pins of the settings. The build records it in its manifest; every reader of the build takes it
+    from there."""
+    declared = vocab_rule.read_declared(data)
     v = settings.vocabulary
     return vocab_rule.resolve(counts, declared, v.pinned(), v.min_count, v.max_codes,
                               vocab_rule.read_sources(data))

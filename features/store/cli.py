@@ -23,15 +23,21 @@ _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 def build(
     data: Annotated[Path | None, typer.Option(help="Folder of validated feeds (default: $CARECAST_HOME/validated).")] = None,
     as_of: Annotated[dt.datetime | None, typer.Option(formats=_DATE_FORMATS, help="Build as of this UTC time; later events are ignored (default: the latest event time in the feeds).")] = None,
+    engine: Annotated[str | None, typer.Option(help="duckdb (in this process) or spark (the same pass per hash bucket of patients, in Spark tasks); default: features.engine.")] = None,
+    master: Annotated[str | None, typer.Option(help="Spark master for --engine spark, e.g. local[2] or spark://host:7077 (default: spark.master).")] = None,
 ) -> None:
-    """Compute patient feature snapshots, label tables and population defaults with DuckDB."""
-    from features.build.run import build_features
+    """Compute patient feature snapshots, label tables and population defaults with DuckDB (or Spark)."""
+    from features.build.run import BuildRefused, build_features
 
     s = settings_or_exit()
     src = data or s.validated_dir
+    if engine is not None and engine not in ("duckdb", "spark"):
+        fail(f"--engine {engine}: expected duckdb or spark")
+    if master is not None and (engine or s.features.engine) != "spark":
+        fail("--master applies to --engine spark only")
     try:
-        summary = build_features(s, src, utc_or_none(as_of))
-    except FileNotFoundError as exc:
+        summary = build_features(s, src, utc_or_none(as_of), engine=engine, master=master)
+    except (FileNotFoundError, BuildRefused) as exc:
         fail(str(exc))
     typer.echo(summary.describe())
     typer.echo(f"written to {s.feature_dir}")
