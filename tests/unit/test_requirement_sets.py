@@ -37,6 +37,8 @@ def test_runtime_and_dev_sets_are_pinned_disjoint_and_match_pyproject() -> None:
         assert runtime.get(pkg) == version, f"runtime dependency {pkg}=={version} not pinned in requirements.lock"
     for pkg, version in _declared(project["optional-dependencies"]["dev"]).items():
         assert runtime.get(pkg, dev.get(pkg)) == version, f"dev dependency {pkg}=={version} not pinned"
+    for pkg, version in _declared(project["optional-dependencies"]["spark"]).items():
+        assert dev.get(pkg) == version and pkg not in runtime, f"spark extra {pkg}=={version}: dev set only"
     for tool in ("pytest", "pytest-xdist", "playwright", "ruff", "nbmake"):
         assert tool in dev and tool not in runtime, tool
 
