@@ -28,6 +28,10 @@ DIRECTIONS = ("outbound", "inbound")
 ENGAGEMENT_KINDS = ("reminder", "campaign", "survey", "portal_login", "message", "call")
 ENGAGEMENT_OUTCOMES = ("delivered", "opened", "clicked", "replied", "confirmed", "failed", "no_answer")
 POSITIVE_RESPONSES = ("replied", "confirmed", "clicked")
+#: the outreach actions a practice can decide at an appointment's prediction point (72 h before), beyond its usual
+#: reminders; "none" is the decision to do nothing more (a holdout, when randomised). training/uplift.py learns them.
+OUTREACH_ACTIONS = ("none", "sms_reminder", "email_reminder", "phone_reminder", "personal_call", "transport_offer",
+                    "telehealth_offer", "reschedule_offer")
 
 RowRule = Callable[[pd.DataFrame, Mapping[str, pd.DataFrame]], pd.Series]
 
