@@ -138,6 +138,14 @@ VISITS = Contract(
         Column("telehealth", "bool", "Video or phone visit instead of in person."),
         Column("status", "string", "Latest status.", allowed=VISIT_STATUSES),
         Column("status_at", "timestamp", "When the status was recorded; empty while scheduled.", nullable=True),
+        Column("outreach_action", "string", "The outreach decided at the prediction point (72 h before), beyond the "
+               "usual reminders; 'none' = nothing more (a holdout when randomised); empty = not recorded. Optional.",
+               nullable=True, allowed=OUTREACH_ACTIONS),
+        Column("outreach_at", "timestamp", "When that outreach was decided and sent. Optional.", nullable=True),
+        Column("outreach_randomised", "bool", "The action was drawn at random (a trial or holdout). Optional.",
+               nullable=True),
+        Column("outreach_propensity", "float", "The probability the assignment gave the action taken (known for "
+               "random draws and a logged policy); empty = not known. Optional.", nullable=True, min=0, max=1),
     ),
     rules=(
         Rule("patient_id must exist in patients", "Every appointment belongs to a known patient.",
@@ -155,6 +163,9 @@ VISITS = Contract(
              lambda df, _: (df["status"] != "scheduled") & df["status_at"].isna()),
         Rule("status_at must be empty while scheduled", "An open appointment has no outcome time yet.",
              lambda df, _: (df["status"] == "scheduled") & df["status_at"].notna()),
+        Rule("outreach_propensity must be above 0 for the action taken",
+             "An action that was taken had a chance of being taken.",
+             lambda df, _: df["outreach_propensity"].notna() & (df["outreach_propensity"] <= 0)),
     ),
 )
 
