@@ -278,7 +278,7 @@ def simulate(rng: np.random.Generator, P: Patients, ev: Events, *, start: float,
         p0 = sigmoid(x)
         reason = draw_reasons(rng_o, reason_logits(age=age, ins=P.ins[i], dist=P.dist[i], tele=tele, lead=lead,
                                                    hour=slot, vtype=vtype, n_ns=recent, p0=p0))
-        out_t = np.minimum(pp + rng_o.random(m) * 0.25, pp + 0.5 * (sched - pp))
+        out_t = np.minimum(pp + (1.0 + rng_o.random(m) * 359.0) / 1440.0, pp + 0.5 * (sched - pp))
         decided = ~(cancelled & (cancel_t <= out_t))
         action, randomised, prop = assign(rng_o, p0, P.dist[i], tele)
         action = np.where(decided, action, 0)
