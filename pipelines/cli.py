@@ -54,6 +54,8 @@ def benchmark_outreach(
     seed: Annotated[int, typer.Option(help="The world's seed.")] = 7,
     work: Annotated[Path | None, typer.Option(help="Keep the world and its home here (default: a temporary "
                                                    "folder, removed after).")] = None,
+    reuse: Annotated[bool, typer.Option(help="With --work: reuse the world and no-show model built there by an "
+                                             "earlier run of the same size and seed.")] = False,
 ) -> None:
     """No-shows prevented at a capacity of 10% of appointments by four plans (none, risk, uplift, oracle) on the same
     held-out appointments of a synthetic world it generates; prints the table and one JSON line (carecast/bench.py)."""
@@ -62,7 +64,7 @@ def benchmark_outreach(
 
     settings_or_exit()
     try:
-        result = run(patients, seed, work)
+        result = run(patients, seed, work, reuse=reuse)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         fail(f"outreach benchmark: {exc}")
     report("outreach", result.figures(), result.describe(),

@@ -64,6 +64,8 @@ class OutreachResult:
             mix = ", ".join(f"{a} {n:,}" for a, n in sorted(self.actions.get(p, {}).items(), key=lambda kv: -kv[1]))
             lines.append(f"  {p:>6}: prevents {self.prevented[p]:7.1f} no-shows" + (f" ({mix})" if mix else ""))
         f = self.figures()
+        if self.training:
+            lines.append(self.training)
         lines.append(f"  uplift / risk = {f['uplift_over_risk']}, uplift / oracle = {f['uplift_over_oracle']} "
                      f"(goal: >= 1.3 and >= 0.8); uplift learner {self.learner}; uplift gate: {self.gate}")
         return "\n".join(lines)
@@ -78,34 +80,47 @@ def _mix(plan: np.ndarray) -> dict[str, int]:
     return {str(v): int(c) for v, c in zip(vals, counts, strict=True)}
 
 
-def run(patients: int, seed: int, work: Path | None = None, capacity: float = 0.10) -> OutreachResult:
-    """The benchmark (module doc): returns the four plans' prevented no-shows."""
+def _world(s: Settings, patients: int, seed: int, syn: SynthSettings) -> None:
+    """The synthetic world and the product's path up to the no-show model's gate, in ``s``'s home."""
     from features.synth.generate import SynthConfig, generate
     from pipelines.pipeline import PipelineOptions
     from pipelines.pipeline import run as pipeline_run
+
+    with logs.stage(log, "outreach bench: synth") as info:
+        generate(SynthConfig(patients=patients, seed=seed, start=dt.date.fromisoformat(syn.start),
+                             end=dt.date.fromisoformat(syn.end), today=dt.date.fromisoformat(syn.today)), s.feeds_dir)
+        info["patients"] = patients
+    with logs.stage(log, "outreach bench: pipeline (no-show)"):
+        res = pipeline_run(s, PipelineOptions(targets=("no_show",), until="gate", plots=False, record=False))
+        failed = [r for r in res.stages if r.status == "failed"]
+        if failed:
+            raise RuntimeError(f"pipeline stage {failed[0].stage} failed: {failed[0].summary}")
+
+
+def run(patients: int, seed: int, work: Path | None = None, capacity: float = 0.10, reuse: bool = False
+        ) -> OutreachResult:
+    """The benchmark (module doc): returns the four plans' prevented no-shows. ``reuse``: keep the world and the
+    no-show model already built in ``work`` (same patients and seed) and redo only the uplift set and the plans."""
     from training import registry
     from training import uplift_metrics as UM
     from training.gate import promote_uplift
     from training.model import predict
     from training.uplift import ACTIONS
     from training.uplift_data import load as load_uplift_frame
-    from training.uplift_train import reachable_mask, risk_plan, train_uplift, uplift_plan
+    from training.uplift_train import reachable_mask, risk_plan, summary, train_uplift, uplift_plan
 
     t0 = time.perf_counter()
     syn = SynthSettings()
     with tempfile.TemporaryDirectory(prefix="outreach-bench-") as tmp:
         root = Path(work) if work else Path(tmp)
         s = Settings(home=root / "home")
-        with logs.stage(log, "outreach bench: synth") as info:
-            generate(SynthConfig(patients=patients, seed=seed, start=dt.date.fromisoformat(syn.start),
-                                 end=dt.date.fromisoformat(syn.end), today=dt.date.fromisoformat(syn.today)),
-                     s.feeds_dir)
-            info["patients"] = patients
-        with logs.stage(log, "outreach bench: pipeline (no-show)"):
-            res = pipeline_run(s, PipelineOptions(targets=("no_show",), until="gate", plots=False, record=False))
-            failed = [r for r in res.stages if r.status == "failed"]
-            if failed:
-                raise RuntimeError(f"pipeline stage {failed[0].stage} failed: {failed[0].summary}")
+        built = root / "built.json"
+        want = f'{{"patients": {patients}, "seed": {seed}}}'
+        if reuse and built.exists() and built.read_text() == want:
+            log.info("outreach bench: reusing the world and no-show model in %s", root)
+        else:
+            _world(s, patients, seed, syn)
+            built.write_text(want)
         uf = load_uplift_frame(s)
         trained = train_uplift(s, uf)
         decision = promote_uplift(s, uf)
@@ -137,4 +152,4 @@ def run(patients: int, seed: int, work: Path | None = None, capacity: float = 0.
             info["appointments"] = len(held)
     return OutreachResult(patients, seed, len(held), k, prevented, float(p_true[:, 0].sum()), trained["learner"],
                           "promoted" if decision.promoted else "refused", time.perf_counter() - t0,
-                          {n: _mix(p) for n, p in plans.items()})
+                          {n: _mix(p) for n, p in plans.items()}, summary(trained) + "\n" + decision.describe())

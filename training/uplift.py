@@ -121,8 +121,9 @@ class ActionProbabilities:
 class UpliftModels:
     """A loaded set: the baseline model (no-show under "none") and one model per action, each ``bags`` boosters.
 
-    ``learner``: "t" (each booster predicts the no-show probability under its action) or "dr" (each action's
-    boosters predict the difference from "none", fitted on doubly robust pseudo-outcomes). ``meta`` is
+    ``learner``: "t" (each booster predicts the no-show probability under its action), "t_offset" (each action's
+    booster k starts from the baseline booster k's log-odds and predicts the probability under the action) or "dr"
+    (each action's boosters predict the difference from "none", fitted on doubly robust pseudo-outcomes). ``meta`` is
     ``carecast_uplift.json``: features, categories, actions, learner, figures of the run.
     """
 
@@ -153,11 +154,20 @@ class UpliftModels:
         """(bags, n, A) probabilities under each action."""
         import xgboost as xgb
 
-        d = xgb.DMatrix(X[self.feature_columns].astype("float32"), missing=np.nan)
+        data = X[self.feature_columns].astype("float32")
+        d = xgb.DMatrix(data, missing=np.nan)
         base = np.stack([b.predict(d) for b in self.boosters[BASELINE]])
         out = [base]
+        margins = None
+        if self.learner == "t_offset":
+            q = np.clip(base, 1e-4, 1 - 1e-4)
+            margins = [xgb.DMatrix(data, missing=np.nan, base_margin=np.log(q[k] / (1 - q[k])))
+                       for k in range(len(base))]
         for a in self.actions[1:]:
-            pred = np.stack([b.predict(d) for b in self.boosters[a]])
+            if margins is not None:
+                pred = np.stack([b.predict(margins[k % len(margins)]) for k, b in enumerate(self.boosters[a])])
+            else:
+                pred = np.stack([b.predict(d) for b in self.boosters[a]])
             out.append(np.clip(base + pred, 0.0, 1.0) if self.learner == "dr" else pred)
         return np.stack(out, axis=-1)
 

@@ -18,7 +18,6 @@ training rows' patients. Evaluation: per action, the Qini curve and AUUC against
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 import zlib
@@ -51,7 +50,7 @@ PURGE_DAYS = 7
 VAL_SHARE = 0.2
 #: the plans' capacity: this share of the appointments get an action (the rest: none)
 CAPACITY = 0.10
-LEARNERS = ("t", "dr")
+LEARNERS = ("t", "t_offset", "dr")
 
 
 @dataclass(frozen=True)
@@ -69,20 +68,23 @@ class UpliftShape:
     def params(self, objective: str, seed: int) -> dict:
         return {"max_depth": self.max_depth, "eta": self.eta, "min_child_weight": self.min_child_weight,
                 "subsample": self.subsample, "colsample_bytree": self.colsample_bytree, "lambda": self.reg_lambda,
-                "seed": seed, "tree_method": "hist", "nthread": os.cpu_count() or 1, "objective": objective,
+                "seed": seed, "tree_method": "hist", "nthread": 1, "objective": objective,
                 "max_bin": 128}
 
 
 def _fit(X: pd.DataFrame, y: np.ndarray, w: np.ndarray, val: np.ndarray, objective: str, shape: UpliftShape,
-         seed: int):
-    """One booster with early stopping on the ``val`` rows (all rows train when there are too few)."""
+         seed: int, margin: np.ndarray | None = None):
+    """One booster with early stopping on the ``val`` rows (all rows train when there are too few); ``margin``: a
+    base margin per row (the offset learner fits only the shift from it)."""
     import xgboost as xgb
 
     tr = ~val if (val.sum() >= 20 and (~val).sum() >= 20) else np.ones(len(y), bool)
-    dtr = xgb.DMatrix(X[tr].astype("float32"), label=y[tr], weight=w[tr], missing=np.nan)
+    dtr = xgb.DMatrix(X[tr].astype("float32"), label=y[tr], weight=w[tr], missing=np.nan,
+                      base_margin=None if margin is None else margin[tr])
     evals = []
     if tr.sum() < len(y):
-        dva = xgb.DMatrix(X[val].astype("float32"), label=y[val], weight=w[val], missing=np.nan)
+        dva = xgb.DMatrix(X[val].astype("float32"), label=y[val], weight=w[val], missing=np.nan,
+                          base_margin=None if margin is None else margin[val])
         evals = [(dva, "val")]
     b = xgb.train(shape.params(objective, seed), dtr, num_boost_round=shape.num_boost_round, evals=evals,
                   early_stopping_rounds=shape.early_stopping_rounds if evals else None, verbose_eval=False)
@@ -111,6 +113,39 @@ def fit_t(X: pd.DataFrame, y: np.ndarray, taken: np.ndarray, e: np.ndarray, val:
             s = rows if bags == 1 else rows[_boot(rng, len(rows))]
             ws = w if bags == 1 else w[np.searchsorted(rows, s)]
             out[a].append(_fit(X.iloc[s], y[s], ws, val[s], "binary:logistic", shape, shape.seed + b))
+    return out
+
+
+#: the offset learner's shift models: shallow and slow, they only learn how an action moves the baseline's log-odds
+OFFSET_SHAPE = UpliftShape(max_depth=2, eta=0.05, num_boost_round=300, early_stopping_rounds=30,
+                           min_child_weight=30.0, reg_lambda=10.0)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def fit_t_offset(X: pd.DataFrame, y: np.ndarray, taken: np.ndarray, e: np.ndarray, val: np.ndarray,
+                 t_models: dict[str, list], shape: UpliftShape = OFFSET_SHAPE) -> dict[str, list]:
+    """Offset T-learner: "none" keeps the T-learner's baseline classifiers (bag k); each action's bag k is a
+    classifier on the action's rows started from bag k's baseline log-odds (XGBoost base margin), so it learns only
+    the action's shift: far fewer rows are needed to learn a shift than a whole risk model."""
+    import xgboost as xgb
+
+    d = xgb.DMatrix(X.astype("float32"), missing=np.nan)
+    base = [_logit(b.predict(d)) for b in t_models[BASELINE]]
+    out: dict[str, list] = {BASELINE: t_models[BASELINE]}
+    for k, a in enumerate(ACTIONS[1:], start=1):
+        rows = np.flatnonzero(taken == a)
+        w = 1.0 / e[rows]
+        w = w / w.mean()
+        rng = np.random.default_rng(shape.seed + 307 * k)
+        out[a] = []
+        for b, m in enumerate(base):
+            s = rows[_boot(rng, len(rows))] if len(base) > 1 else rows
+            ws = w[np.searchsorted(rows, s)] if len(base) > 1 else w
+            out[a].append(_fit(X.iloc[s], y[s], ws, val[s], "binary:logistic", shape, shape.seed + b, margin=m[s]))
     return out
 
 
@@ -257,6 +292,10 @@ def train_uplift(settings: Settings, uf: UpliftFrame | None = None, register: bo
         t_models = fit_t(Xtr, y[tr], taken[tr], e[tr], sp.val[tr], shape)
         sets["t"] = UpliftModels(t_models, meta_base | {"learner": "t"}, version="unregistered")
         info["train_rows"] = int(tr.sum())
+    if "t_offset" in learners:
+        with logs.stage(log, "uplift: fit offset t-learner"):
+            sets["t_offset"] = UpliftModels(fit_t_offset(Xtr, y[tr], taken[tr], e[tr], sp.val[tr], t_models),
+                                            meta_base | {"learner": "t_offset"}, version="unregistered")
     if "dr" in learners:
         with logs.stage(log, "uplift: fit dr-learner"):
             dr = fit_dr(Xtr, y[tr], taken[tr], e[tr], sp.val[tr], groups[tr], shape, t_models)
