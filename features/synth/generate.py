@@ -249,7 +249,7 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
                 "outreach_action": pa.array(np.asarray(OUTREACH_ACTIONS, dtype=object)[V["action"][o]],
                                             type=pa.string(), mask=~seen[o]),
                 "outreach_at": ts_arrow(np.where(seen[o], V["out_t"][o], np.nan)),
-                "outreach_randomised": pa.array(V["randomised"][o], type=pa.bool_(), mask=~seen[o]),
+                "outreach_randomised": pa.array(V["randomised"][o] & seen[o], type=pa.bool_()),
                 "outreach_propensity": pa.array(V["prop"][o].astype(np.float64), type=pa.float64(),
                                                 mask=~seen[o] | np.isnan(V["prop"][o])),
             })

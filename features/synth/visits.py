@@ -114,16 +114,15 @@ def _outreach_events(rng: np.random.Generator, P: Patients, ev: Events, *, pat: 
                      action: np.ndarray, reached: np.ndarray, appt: np.ndarray) -> None:
     """The outbound row each decided action leaves in the engagement feed (no responses: the channel truth is the
     first *positive* response, which these never are): reminders by their channel, calls and offers by phone (or
-    e-mail), ``failed`` when the action cannot reach the patient, ``no_answer`` for an unanswered call."""
-    acted = action > 0
-    pat, t, action, reached, appt = pat[acted], t[acted], action[acted], reached[acted], appt[acted]
+    e-mail), ``no_answer`` for an unanswered call; nothing when the action cannot reach the patient."""
     ch = action_channel(action, P.has_mobile[pat])
+    on_file = np.where(ch == EMAIL, P.has_email[pat], P.has_mobile[pat])
+    acted = (action > 0) & (reached > 0) & on_file       # nothing is sent on a channel the patient lacks
+    pat, t, action, reached, appt, ch = pat[acted], t[acted], action[acted], reached[acted], appt[acted], ch[acted]
     automated = np.isin(action, [A["sms_reminder"], A["email_reminder"], A["phone_reminder"]])
     kind = np.where(automated, KIND["reminder"], np.where(ch == EMAIL, KIND["message"], KIND["call"])).astype(np.int8)
-    by_phone = (kind == KIND["call"])
     answered = rng.random(len(pat)) < np.clip(reached, 0.0, 1.0)
-    out = np.select([reached <= 0, by_phone & ~answered], [OUTCOME["failed"], OUTCOME["no_answer"]],
-                    OUTCOME["delivered"]).astype(np.int8)
+    out = np.where((kind == KIND["call"]) & ~answered, OUTCOME["no_answer"], OUTCOME["delivered"]).astype(np.int8)
     for k in np.unique(kind):
         j = kind == k
         ev.add(pat[j], t[j], ch[j], OUTBOUND, int(k), out[j], appt[j])
