@@ -76,6 +76,7 @@ def settings(home) -> Settings:
 def test_a_set_that_does_not_beat_the_risk_plan_is_refused_and_one_that_does_is_promoted(settings):
     df, p = _world()
     uf = UpliftFrame(df, FEATS, {})
+    assert U.load_promoted(settings) is None       # no set registered at all: the fallback, not an error
     low_risk = (df["risk_x"].to_numpy() < -1).astype(float)
     # believes an SMS helps the low-risk a lot: its plan texts them, which prevents nothing
     bad = _set(df, {"sms_reminder": 0.3 * low_risk})
