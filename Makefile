@@ -64,6 +64,7 @@ bench: install
 	step bench_serving.py --home $$W/pipeline/home-20000; \
 	step bench_score.py; \
 	step bench_ui.py; \
+	step bench_outreach.py --patients 20000 --work $$W/outreach; \
 	echo "make bench: all benchmarks in $$((SECONDS - start)) s; results appended to $$BENCH_RESULTS"; \
 	$(BENCH_PY)/compare.py "$$BENCH_RESULTS" --since $$since
 

@@ -17,7 +17,10 @@ Stable interface (serving, scoring and the benchmark call only these):
   champion's features are a superset), the no-show probability under every action with an interval, and the
   difference from doing nothing. With ``models`` None: the fallback, ``p_none x (1 - configured effect)``, interval
   the point itself, ``source == "configured"``.
-* ``feasible(action, reachable, telehealth)``: whether an action can be delivered to this patient at all.
+* ``feasible(action, reachable, telehealth)``: whether an action can be delivered to this patient at all
+  (``training.uplift_train.reachable_mask(X)`` gives the (n, A) mask from the feature rows' contact flags).
+* Categorical codes: recode ``X`` to the set's mapping first when the store's differs
+  (``training.data.recode(X, frame_categories, models.categorical_columns)``, as the gates do).
 
 Nothing here logs patient data, and nothing here knows the synthetic world.
 """
