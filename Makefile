@@ -66,6 +66,7 @@ bench: install
 	step bench_ui.py; \
 	step bench_worklist.py; \
 	step bench_spark.py --work $$W/spark --patients 100000; \
+	step bench_outreach.py --patients 20000 --work $$W/outreach; \
 	echo "make bench: all benchmarks in $$((SECONDS - start)) s; results appended to $$BENCH_RESULTS"; \
 	$(BENCH_PY)/compare.py "$$BENCH_RESULTS" --since $$since
 

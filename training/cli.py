@@ -74,6 +74,39 @@ def promote(
         raise typer.Exit(code=1)
 
 
+def train_uplift() -> None:
+    """Train the uplift set (T- and DR-learners compared on held-out randomised appointments); register the better
+    one as 'challenger' of carecast-uplift."""
+    from training.data import FrameError
+    from training.uplift_data import UpliftRefused
+    from training.uplift_train import summary, train_uplift
+
+    s = settings_or_exit()
+    try:
+        result = train_uplift(s)
+    except (UpliftRefused, FrameError, FileNotFoundError, ValueError) as exc:
+        fail(f"uplift: {exc}")
+    typer.echo(summary(result))
+
+
+def promote_uplift(
+    strict: Annotated[bool, typer.Option(help="Exit 1 when the challenger is refused.")] = False,
+) -> None:
+    """The uplift gate: the challenger's plan must prevent more no-shows than the risk-ranked plan on held-out
+    randomised appointments; then 'champion' moves to it."""
+    from training.gate import promote_uplift as gate
+    from training.uplift_data import UpliftRefused
+
+    s = settings_or_exit()
+    try:
+        decision = gate(s)
+    except (UpliftRefused, FileNotFoundError) as exc:
+        fail(f"uplift: {exc}")
+    typer.echo(decision.describe())
+    if strict and not decision.promoted:
+        raise typer.Exit(code=1)
+
+
 benchmark_app = typer.Typer(help="Benchmarks on public data.", no_args_is_help=True)
 
 

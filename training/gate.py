@@ -458,3 +458,89 @@ def _record(settings: Settings, client, target: TargetSpec, d: Decision) -> None
     for key, value in {"gate.decision": decision, "gate.reasons": " | ".join(d.reasons)[:4900],
                        "gate.run_id": d.run_id, "gate.window": d.window}.items():
         client.set_model_version_tag(name, str(d.challenger), key, value)
+
+
+# --------------------------------------------------------------------------- the uplift set's gate
+
+
+@dataclass
+class UpliftDecision:
+    """The uplift gate's decision: promoted or not, why, and the figures it read."""
+
+    version: str | None
+    promoted: bool
+    reasons: list[str] = field(default_factory=list)
+    figures: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        head = (f"uplift: v{self.version} " if self.version else "uplift: ") + (
+            "promoted to champion" if self.promoted else "NOT promoted")
+        return "\n".join([head, *[f"  - {r}" for r in self.reasons]])
+
+
+def promote_uplift(settings: Settings, uf=None) -> UpliftDecision:
+    """Gate the uplift ``challenger``: on randomised appointments it was not trained on (prediction points on or after
+    its test window's start), its plan (each appointment's best action, the largest predicted reductions first) must
+    prevent more no-shows than the risk-ranked plan at the same capacity (``uplift_train.CAPACITY`` of the rows),
+    doubly robust estimates; and the window must hold at least ``gate.min_window_rows`` rows. Refused otherwise,
+    with the figures. The decision is tagged on the version; a promoted set gets ``champion``."""
+    from mlflow.exceptions import MlflowException
+
+    from training import uplift as U
+    from training import uplift_data
+    from training import uplift_train as UT
+
+    client = tracking.setup(settings)
+    try:
+        ch = U.load(settings, U.CHALLENGER)
+    except MlflowException:
+        return UpliftDecision(None, False, ["no uplift challenger registered: run `carecast train-uplift` first"])
+    uf = uf if uf is not None else uplift_data.load(settings)
+    df = uf.frame
+    ts = pd.to_datetime(df["event_timestamp"], utc=True)
+    start = pd.Timestamp(ch.meta["test_start"])
+    win = ((df["source"] == "randomised").to_numpy() & (ts >= start).to_numpy())
+    w = df[win].reset_index(drop=True)
+    g = settings.gate
+    figures: dict = {"window_rows": int(win.sum()), "window_start": start.isoformat()}
+    if len(w) < g.min_window_rows:
+        d = UpliftDecision(ch.version, False, [f"{len(w)} held-out randomised appointments since {start:%Y-%m-%d}: "
+                                               f"fewer than gate.min_window_rows ({g.min_window_rows})"], figures)
+        return _record_uplift(client, d)
+    missing = [c for c in ch.feature_columns if c not in w.columns]
+    if missing:
+        d = UpliftDecision(ch.version, False, [f"the data lacks features the set needs: {missing}"], figures)
+        return _record_uplift(client, d)
+    X = data.recode(w[ch.feature_columns], uf.categorical_columns, ch.categorical_columns)
+    ev = UT.evaluate(ch, X, w["label"].to_numpy(dtype=int), w["action"].to_numpy(dtype=object),
+                     w["propensity"].to_numpy(dtype=float))
+    figures |= {k: v for k, v in ev.items() if k != "per_action"} | {"per_action": ev["per_action"]}
+    up, rk = ev["prevented_uplift"], ev["prevented_risk"]
+    ok = up > rk and up > 0
+    reasons = [f"{'PASS' if ok else 'FAIL'} plan: no-shows prevented at capacity {ev['capacity']:,} of {len(w):,} "
+               f"held-out randomised appointments (doubly robust): uplift plan {up:.1f} vs risk-ranked plan {rk:.1f}"
+               + ("" if ok else ": the uplift plan must prevent more than the risk-ranked plan")]
+    for a, v in ev["per_action"].items():
+        reasons.append(f"info {a}: AUUC {v['auuc']:.4f}, risk ranking {v['risk_auuc']:.4f}, random "
+                       f"{v['random_auuc']:.4f}")
+    d = UpliftDecision(ch.version, ok, reasons, figures)
+    return _record_uplift(client, d)
+
+
+def _record_uplift(client, d: UpliftDecision) -> UpliftDecision:
+    from training import uplift as U
+
+    if d.version is None:
+        return d
+    client.set_model_version_tag(U.REGISTERED_MODEL, d.version, "gate.decision",
+                                 "promoted" if d.promoted else "refused")
+    client.set_model_version_tag(U.REGISTERED_MODEL, d.version, "gate.reasons", "; ".join(d.reasons)[:4900])
+    if d.promoted:
+        try:
+            old = client.get_model_version_by_alias(U.REGISTERED_MODEL, U.CHAMPION)
+            if str(old.version) != str(d.version):
+                client.set_registered_model_alias(U.REGISTERED_MODEL, "previous_champion", old.version)
+        except Exception:  # noqa: BLE001  (no champion yet)
+            pass
+        client.set_registered_model_alias(U.REGISTERED_MODEL, U.CHAMPION, d.version)
+    return d

@@ -29,6 +29,7 @@ from typing import Protocol
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from carecast.targets import TARGET_NAMES, target_info
@@ -60,6 +61,34 @@ def month_start(when: dt.datetime) -> dt.datetime:
     """The churn/channel prediction point at or before ``when``: first of the month, 00:00 UTC."""
     when = when.astimezone(dt.UTC)
     return dt.datetime(when.year, when.month, 1, tzinfo=dt.UTC)
+
+
+#: the treatment table's columns (``treatments``): the outreach decided at each appointment's prediction point
+TREATMENT_COLUMNS = ("appointment_id", "action", "randomised", "propensity", "outreach_at", "point")
+
+
+def treatments(visits: pd.DataFrame) -> pd.DataFrame:
+    """The outreach decided at each appointment's no-show prediction point, from the visits feed's optional
+    ``outreach_*`` columns: one row per appointment whose action was recorded at or after its prediction point and
+    before the visit (an action recorded before the point was not decided there; it is not this point's treatment).
+    ``propensity`` is NaN where the site did not record it. Uplift training (training/uplift_data.py) reads it;
+    nothing here ever becomes a feature."""
+    need = ("outreach_action", "outreach_at")
+    if any(c not in visits.columns for c in need) or visits["outreach_action"].isna().all():
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in TREATMENT_COLUMNS})
+    v = visits[visits["outreach_action"].notna() & visits["outreach_at"].notna()]
+    sched = pd.to_datetime(v["scheduled_at"], utc=True)
+    booked = pd.to_datetime(v["booked_at"], utc=True)
+    point = np.maximum(sched - pd.Timedelta(NO_SHOW_LEAD), booked)
+    at = pd.to_datetime(v["outreach_at"], utc=True)
+    ok = (at >= point) & (at < sched)
+    rnd = v["outreach_randomised"] if "outreach_randomised" in v else pd.Series(pd.NA, index=v.index)
+    prop = v["outreach_propensity"] if "outreach_propensity" in v else pd.Series(np.nan, index=v.index)
+    out = pd.DataFrame({"appointment_id": v["appointment_id"].astype(str), "action": v["outreach_action"].astype(str),
+                        "randomised": rnd.astype("boolean").fillna(False).astype(bool),
+                        "propensity": pd.to_numeric(prop, errors="coerce").astype(float),
+                        "outreach_at": at, "point": point})
+    return out[ok.to_numpy()].reset_index(drop=True)
 
 
 def no_show_sql(as_of: str) -> str:

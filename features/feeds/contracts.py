@@ -28,6 +28,10 @@ DIRECTIONS = ("outbound", "inbound")
 ENGAGEMENT_KINDS = ("reminder", "campaign", "survey", "portal_login", "message", "call")
 ENGAGEMENT_OUTCOMES = ("delivered", "opened", "clicked", "replied", "confirmed", "failed", "no_answer")
 POSITIVE_RESPONSES = ("replied", "confirmed", "clicked")
+#: the outreach actions a practice can decide at an appointment's prediction point (72 h before), beyond its usual
+#: reminders; "none" is the decision to do nothing more (a holdout, when randomised). training/uplift.py learns them.
+OUTREACH_ACTIONS = ("none", "sms_reminder", "email_reminder", "phone_reminder", "personal_call", "transport_offer",
+                    "telehealth_offer", "reschedule_offer")
 
 RowRule = Callable[[pd.DataFrame, Mapping[str, pd.DataFrame]], pd.Series]
 
@@ -134,6 +138,14 @@ VISITS = Contract(
         Column("telehealth", "bool", "Video or phone visit instead of in person."),
         Column("status", "string", "Latest status.", allowed=VISIT_STATUSES),
         Column("status_at", "timestamp", "When the status was recorded; empty while scheduled.", nullable=True),
+        Column("outreach_action", "string", "The outreach decided at the prediction point (72 h before), beyond the "
+               "usual reminders; 'none' = nothing more (a holdout when randomised); empty = not recorded. Optional.",
+               nullable=True, allowed=OUTREACH_ACTIONS),
+        Column("outreach_at", "timestamp", "When that outreach was decided and sent. Optional.", nullable=True),
+        Column("outreach_randomised", "bool", "The action was drawn at random (a trial or holdout). Optional.",
+               nullable=True),
+        Column("outreach_propensity", "float", "The probability the assignment gave the action taken (known for "
+               "random draws and a logged policy); empty = not known. Optional.", nullable=True, min=0, max=1),
     ),
     rules=(
         Rule("patient_id must exist in patients", "Every appointment belongs to a known patient.",
@@ -151,6 +163,9 @@ VISITS = Contract(
              lambda df, _: (df["status"] != "scheduled") & df["status_at"].isna()),
         Rule("status_at must be empty while scheduled", "An open appointment has no outcome time yet.",
              lambda df, _: (df["status"] == "scheduled") & df["status_at"].notna()),
+        Rule("outreach_propensity must be above 0 for the action taken",
+             "An action that was taken had a chance of being taken.",
+             lambda df, _: df["outreach_propensity"].notna() & (df["outreach_propensity"] <= 0)),
     ),
 )
 

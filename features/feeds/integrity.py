@@ -32,7 +32,8 @@ OPTIONAL_FEEDS = ("billing", "engagement")
 OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
     "patients": ("sex", "preferred_language", "insurance_type", "zip3", "distance_km", "registered_at",
                  "has_mobile", "has_email", "portal_enrolled"),
-    "visits": ("provider_id", "telehealth"),
+    "visits": ("provider_id", "telehealth", "outreach_action", "outreach_at", "outreach_randomised",
+               "outreach_propensity"),
 }
 #: timestamps that are plans, not records: they may lie well ahead of the export (``max_planned_days``)
 PLANNED_COLUMNS: dict[str, tuple[str, ...]] = {"visits": ("scheduled_at",), "billing": ("due_at",)}

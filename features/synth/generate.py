@@ -28,12 +28,14 @@ from features.feeds.contracts import (
     ENGAGEMENT_KINDS,
     ENGAGEMENT_OUTCOMES,
     FEEDS,
+    OUTREACH_ACTIONS,
     VISIT_STATUSES,
 )
 from features.synth.billing import billing_state
 from features.synth.codes import DEPARTMENTS, INSURANCE, LANGUAGES, SEXES, VISIT_TYPES, declare
 from features.synth.common import day, fmt_ids, fmt_ids_arrow, month_starts, to_ns
 from features.synth.engagement import Events, background, collection_calls
+from features.synth.outreach import REASONS
 from features.synth.patients import make_patients
 from features.synth.truth import channel_probs, churn_by_snapshot
 from features.synth.visits import simulate
@@ -46,7 +48,7 @@ from features.synth.write import (
     write_table_chunked,
 )
 
-GENERATOR_VERSION = "synth-1.2"
+GENERATOR_VERSION = "synth-1.3"
 SHIFTS = (None, "billing_policy", "sms_outage")
 SHIFT_DEFAULT_DAYS = 182
 # The practice is simulated this long before ``start`` (the first day of its records) so that at
@@ -169,7 +171,7 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
             if k % 10 == 0:
                 log.debug("appointments: step %d, %d patients booking", k, m)
         H = simulate(rng, P, ev, start=sim_begin, end=end, today=today, shift=cfg.shift, shift_day=shift_day, log_step=step,
-                     record_from=start)
+                     record_from=start, rng_outreach=np.random.default_rng([cfg.seed, 19]))
         info["appointments"] = H.appointments
         info["statements"] = len(H.statements["pat"])
         info["steps"] = H.steps
@@ -191,7 +193,7 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
     out.mkdir(parents=True, exist_ok=True)
     (out / "truth").mkdir(exist_ok=True)
     clear(out, [f"{f}.parquet" for f in FEEDS] + [f"{f}.csv" for f in FEEDS])
-    clear(out / "truth", ["noshow.parquet", "churn.parquet", "channel.parquet", "manifest.json"])
+    clear(out / "truth", ["noshow.parquet", "outreach.parquet", "churn.parquet", "channel.parquet", "manifest.json"])
     declare(out)   # the generator's codes, in its order: a world of any size keeps the same features
     pid_arrow = fmt_ids_arrow("P", np.arange(1, P.n + 1), 7)
 
@@ -226,6 +228,8 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
         future = V["sched"] > today
         status = np.where(future, 0, V["status"]).astype(np.int64)     # index into VISIT_STATUSES
         status_t = np.where(future, np.nan, V["status_t"])
+        # the outreach decision at the prediction point, once it has happened by today (docs/synthetic-data.md)
+        seen = V["decided"] & (V["out_t"] <= today)
         n_prov = int(V["prov"].max()) + 1 if len(order) else 0
         prov_names = tuple(fmt_ids("PR", np.arange(1, n_prov + 1), 4))
 
@@ -242,6 +246,12 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
                 "telehealth": pa.array(V["tele"][o].astype(bool)),
                 "status": codes(VISIT_STATUSES, status[o]),
                 "status_at": ts_arrow(status_t[o]),
+                "outreach_action": pa.array(np.asarray(OUTREACH_ACTIONS, dtype=object)[V["action"][o]],
+                                            type=pa.string(), mask=~seen[o]),
+                "outreach_at": ts_arrow(np.where(seen[o], V["out_t"][o], np.nan)),
+                "outreach_randomised": pa.array(V["randomised"][o] & seen[o], type=pa.bool_()),
+                "outreach_propensity": pa.array(V["prop"][o].astype(np.float64), type=pa.float64(),
+                                                mask=~seen[o] | np.isnan(V["prop"][o])),
             })
         write_chunked(out, "visits", len(order), visits_chunk)
         info["rows"] = len(order)
@@ -281,6 +291,11 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
         write_table_chunked(out / "truth" / "noshow.parquet", len(order), lambda lo, hi: pa.table({
             "appointment_id": fmt_ids_arrow("A", np.arange(lo + 1, hi + 1), 8),
             "p_no_show": V["p"][order[lo:hi]].astype(np.float64)}))
+        write_table_chunked(out / "truth" / "outreach.parquet", len(order), lambda lo, hi: pa.table({
+            "appointment_id": fmt_ids_arrow("A", np.arange(lo + 1, hi + 1), 8),
+            "reason": pa.array(np.asarray(REASONS, dtype=object)[V["reason"][order[lo:hi]]], type=pa.string()),
+            "action": pa.array(np.asarray(OUTREACH_ACTIONS, dtype=object)[V["action"][order[lo:hi]]], type=pa.string()),
+            **{f"p_{a}": V["p_all"][order[lo:hi], k].astype(np.float64) for k, a in enumerate(OUTREACH_ACTIONS)}}))
         days = month_starts(cfg.start, cfg.today)
         pi = P.pi
         n_snap = 0
@@ -320,7 +335,7 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
     drawn = (V["status"] != 3) & ~future
     noshow_rate = float((V["status"][drawn] == 2).mean()) if drawn.any() else 0.0
     counts = {"patients": P.n, "visits": len(order), "billing": n_billing, "engagement": n_events}
-    truth_counts = {"noshow": len(order), "churn": n_snap, "channel": n_snap}
+    truth_counts = {"noshow": len(order), "outreach": len(order), "churn": n_snap, "channel": n_snap}
     summary = SynthSummary(out=out, counts=counts, truth_counts=truth_counts, noshow_rate=noshow_rate,
                            future_appointments=int(future.sum()), seconds=time.perf_counter() - t0, stages=stages)
     manifest = {
@@ -334,6 +349,9 @@ def generate(cfg: SynthConfig, out: Path) -> SynthSummary:
         "snapshots": [dt.date(1970, 1, 1) .__add__(dt.timedelta(days=int(d))).isoformat() for d in days],
         "truth": {
             "noshow": "appointment_id, p_no_show: probability used to draw the outcome (all appointments)",
+            "outreach": "appointment_id, reason (why it might be missed), action (taken at the prediction point; none "
+                        "when no decision was made), p_<action>: the no-show probability under each action "
+                        "(potential outcomes; p_<action taken> == p_no_show)",
             "churn": "patient_id, snapshot_at, p_churn: P(no completed visit in 365 days after snapshot); "
                      "p_churn_observable: the same with the departure hidden (its posterior given no booking)",
             "channel": "patient_id, snapshot_at, p_sms..p_portal: channel of the first positive response in 90 days, "

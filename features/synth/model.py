@@ -11,7 +11,7 @@ import numpy as np
 from features.synth.codes import DEPARTMENTS, VISIT_TYPES
 from features.synth.common import sigmoid
 
-NS_INTERCEPT = -2.6
+NS_INTERCEPT = -2.48
 NS_NOISE_SD = 0.20
 DEPT_EFFECT = dict(primary_care=0.0, cardiology=-0.15, dermatology=0.10, pediatrics=-0.05, orthopedics=0.0,
                    behavioral_health=0.30, obgyn=0.05, endocrinology=0.05)

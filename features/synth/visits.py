@@ -16,14 +16,23 @@ import numpy as np
 from features.synth.billing import BalancePool, Statements, draw_statements
 from features.synth.codes import DEPARTMENTS, VISIT_TYPES
 from features.synth.common import choice, choice_rows, sigmoid
-from features.synth.engagement import Events, contact
+from features.synth.engagement import KIND, OUTBOUND, OUTCOME, Events, contact
 from features.synth.model import (
     REBOOK_GAP_DAYS,
     churn_hazard,
     noshow_logit,
     responsiveness,
 )
-from features.synth.patients import Patients
+from features.synth.outreach import (
+    A,
+    action_channel,
+    assign,
+    draw_reasons,
+    potential_probabilities,
+    reach,
+    reason_logits,
+)
+from features.synth.patients import EMAIL, Patients
 
 D = {d: i for i, d in enumerate(DEPARTMENTS)}
 VT = {v: i for i, v in enumerate(VISIT_TYPES)}
@@ -101,9 +110,33 @@ def providers_per_dept(n_patients: int) -> np.ndarray:
     return np.maximum(PROVIDERS_PER_DEPT, np.round(PROVIDERS_PER_DEPT * scale)).astype(np.int64)
 
 
+def _outreach_events(rng: np.random.Generator, P: Patients, ev: Events, *, pat: np.ndarray, t: np.ndarray,
+                     action: np.ndarray, reached: np.ndarray, appt: np.ndarray) -> None:
+    """The outbound row each decided action leaves in the engagement feed (no responses: the channel truth is the
+    first *positive* response, which these never are): reminders by their channel, calls and offers by phone (or
+    e-mail), ``no_answer`` for an unanswered call; nothing when the action cannot reach the patient."""
+    ch = action_channel(action, P.has_mobile[pat])
+    on_file = np.where(ch == EMAIL, P.has_email[pat], P.has_mobile[pat])
+    acted = (action > 0) & (reached > 0) & on_file       # nothing is sent on a channel the patient lacks
+    pat, t, action, reached, appt, ch = pat[acted], t[acted], action[acted], reached[acted], appt[acted], ch[acted]
+    automated = np.isin(action, [A["sms_reminder"], A["email_reminder"], A["phone_reminder"]])
+    kind = np.where(automated, KIND["reminder"], np.where(ch == EMAIL, KIND["message"], KIND["call"])).astype(np.int8)
+    answered = rng.random(len(pat)) < np.clip(reached, 0.0, 1.0)
+    out = np.where((kind == KIND["call"]) & ~answered, OUTCOME["no_answer"], OUTCOME["delivered"]).astype(np.int8)
+    for k in np.unique(kind):
+        j = kind == k
+        ev.add(pat[j], t[j], ch[j], OUTBOUND, int(k), out[j], appt[j])
+
+
 def simulate(rng: np.random.Generator, P: Patients, ev: Events, *, start: float, end: float, today: float,
-             shift: str | None, shift_day: float, log_step=None, record_from: float = -np.inf) -> History:
-    """Simulate from ``start``; keep only the rows the records from ``record_from`` on can show."""
+             shift: str | None, shift_day: float, log_step=None, record_from: float = -np.inf,
+             rng_outreach: np.random.Generator | None = None) -> History:
+    """Simulate from ``start``; keep only the rows the records from ``record_from`` on can show.
+
+    ``rng_outreach`` draws the outreach decisions and reasons (``features.synth.outreach``): a stream of its own, so
+    every other draw of the world is the one it was before outreach at the prediction point existed."""
+    rng_o = rng_outreach if rng_outreach is not None else np.random.default_rng(19)
+    logged_from = (record_from + 0.5 * (today - record_from)) if np.isfinite(record_from) else today
     n = P.n
     ppd = providers_per_dept(n)
     prov_off = np.concatenate([[0], np.cumsum(ppd)[:-1]])
@@ -239,14 +272,31 @@ def simulate(rng: np.random.Generator, P: Patients, ev: Events, *, start: float,
                          dept=dept, vtype=vtype, n_ns=recent, days_since_ns=dsn, streak=streak[i],
                          balance=np.maximum(pool.balance[i], 0), n_coll=pool.n_coll[i], n_delivered=n_deliv,
                          on_responsive=on_resp, confirmed=confirmed, u=P.u[i], noise=rng.normal(0, 0.2, m))
-        p = sigmoid(x)
+        # Outreach at the prediction point: the reason this appointment might be missed, the action decided (trial or
+        # policy), every action's potential outcome; the outcome follows the action taken.
+        p0 = sigmoid(x)
+        reason = draw_reasons(rng_o, reason_logits(age=age, ins=P.ins[i], dist=P.dist[i], tele=tele, lead=lead,
+                                                   hour=slot, vtype=vtype, n_ns=recent, p0=p0))
+        out_t = np.minimum(pp + (1.0 + rng_o.random(m) * 359.0) / 1440.0, pp + 0.5 * (sched - pp))
+        decided = ~(cancelled & (cancel_t <= out_t))
+        action, randomised, prop = assign(rng_o, p0, P.dist[i], tele)
+        action = np.where(decided, action, 0)
+        reached = reach(P, i, tele=tele, vtype=vtype, t=out_t, sms_down_from=sms_down)
+        p_all = potential_probabilities(x, reason, reached)
+        p = p_all[np.arange(m), action]
+        prop = np.where(randomised | (out_t >= logged_from), prop, np.nan)
+        _outreach_events(rng_o, P, ev, pat=i[decided], t=out_t[decided], action=action[decided],
+                         reached=reached[np.flatnonzero(decided), action[decided]], appt=appt[decided])
         ns = ~cancelled & (rng.random(m) < p)
         done = ~cancelled & ~ns
         status_t = np.where(cancelled, cancel_t,
                             np.where(ns, sched + (15 + rng.random(m) * 225) / 1440, sched + (30 + rng.random(m) * 30) / 1440))
         vis.add(appt=appt.astype(np.int32), pat=i.astype(np.int32), booked=booked, sched=sched, dept=dept.astype(np.int8),
                 vtype=vtype.astype(np.int8), prov=prov.astype(np.int32), tele=tele,
-                status=np.where(cancelled, 3, np.where(ns, 2, 1)).astype(np.int8), status_t=status_t, p=p)
+                status=np.where(cancelled, 3, np.where(ns, 2, 1)).astype(np.int8), status_t=status_t, p=p,
+                action=action.astype(np.int8), decided=decided, randomised=randomised & decided,
+                prop=np.where(decided, prop, np.nan), out_t=out_t, reason=reason.astype(np.int8),
+                p_all=p_all.astype(np.float32))
         seg.add(pat=i, a=booked, b=status_t, kind=np.ones(m, np.int8), eta=eta[i] * np.exp(0.35), nu=np.full(m, 1 / REBOOK_GAP_DAYS),
                 p=p, sched=sched, pc=p_cancel, w0=booked)
 

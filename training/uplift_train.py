@@ -1,0 +1,389 @@
+"""Train the uplift set: per action, XGBoost meta-learners of the no-show probability under that action.
+
+Two learners are fitted and compared on the same held-out randomised appointments; the better one (more no-shows
+prevented by its plan, doubly robust estimate) is the set registered:
+
+* **T-learner**: one classifier per action (and one for "none") on the rows that got it, weighted by 1 / propensity
+  (randomised rows: the draw's; policy rows: the logged one), so the policy's confounding is undone where it is known.
+* **DR-learner**: cross-fitted T-learner outcome models, doubly robust pseudo-outcomes per action
+  (mu_a - mu_0 + [T=a](Y - mu_a)/e_a - [T=none](Y - mu_0)/e_0), and a regressor of them per action on the features.
+
+Each is ``BAGS`` bootstrap fits: their spread is the interval serving shows. Split: the test rows are the randomised
+appointments whose prediction point is in the last ``TEST_SHARE`` of the randomised ones' time span; training rows
+end ``PURGE_DAYS`` before it (their outcomes are known by then). Validation (early stopping) is a fixed share of the
+training rows' patients. Evaluation: per action, the Qini curve and AUUC against a random and a risk ranking
+(``training/uplift_metrics.py``), and the plans' no-shows prevented at capacity ``CAPACITY`` of the appointments.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from carecast import logs
+from carecast.settings import Effects, Settings
+from training import uplift_metrics as UM
+from training.uplift import (
+    ACTIONS,
+    BASELINE,
+    CHALLENGER,
+    EXPERIMENT,
+    REGISTERED_MODEL,
+    ActionProbabilities,
+    UpliftModels,
+    feasible,
+)
+from training.uplift_data import UpliftFrame
+
+log = logs.get("training.uplift")
+
+BAGS = 3
+TEST_SHARE = 0.25
+PURGE_DAYS = 7
+VAL_SHARE = 0.2
+#: the plans' capacity: this share of the appointments get an action (the rest: none)
+CAPACITY = 0.10
+LEARNERS = ("t", "t_offset", "dr")
+
+
+@dataclass(frozen=True)
+class UpliftShape:
+    max_depth: int = 3
+    eta: float = 0.1
+    num_boost_round: int = 200
+    early_stopping_rounds: int = 20
+    min_child_weight: float = 10.0
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    reg_lambda: float = 5.0
+    seed: int = 7
+
+    def params(self, objective: str, seed: int) -> dict:
+        return {"max_depth": self.max_depth, "eta": self.eta, "min_child_weight": self.min_child_weight,
+                "subsample": self.subsample, "colsample_bytree": self.colsample_bytree, "lambda": self.reg_lambda,
+                "seed": seed, "tree_method": "hist", "nthread": 1, "objective": objective,
+                "max_bin": 128}
+
+
+def _fit(X: pd.DataFrame, y: np.ndarray, w: np.ndarray, val: np.ndarray, objective: str, shape: UpliftShape,
+         seed: int, margin: np.ndarray | None = None):
+    """One booster with early stopping on the ``val`` rows (all rows train when there are too few); ``margin``: a
+    base margin per row (the offset learner fits only the shift from it)."""
+    import xgboost as xgb
+
+    tr = ~val if (val.sum() >= 20 and (~val).sum() >= 20) else np.ones(len(y), bool)
+    dtr = xgb.DMatrix(X[tr].astype("float32"), label=y[tr], weight=w[tr], missing=np.nan,
+                      base_margin=None if margin is None else margin[tr])
+    evals = []
+    if tr.sum() < len(y):
+        dva = xgb.DMatrix(X[val].astype("float32"), label=y[val], weight=w[val], missing=np.nan,
+                          base_margin=None if margin is None else margin[val])
+        evals = [(dva, "val")]
+    b = xgb.train(shape.params(objective, seed), dtr, num_boost_round=shape.num_boost_round, evals=evals,
+                  early_stopping_rounds=shape.early_stopping_rounds if evals else None, verbose_eval=False)
+    if evals and b.best_iteration is not None:
+        b = b[: b.best_iteration + 1]
+    return b
+
+
+def _boot(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.integers(0, n, n)
+
+
+def fit_t(X: pd.DataFrame, y: np.ndarray, taken: np.ndarray, e: np.ndarray, val: np.ndarray, shape: UpliftShape,
+          bags: int = BAGS) -> dict[str, list]:
+    """T-learner: per action, ``bags`` bootstrap classifiers on its rows, weighted 1 / propensity."""
+    out: dict[str, list] = {}
+    for k, a in enumerate(ACTIONS):
+        rows = np.flatnonzero(taken == a)
+        if len(rows) < 50 or len(np.unique(y[rows])) < 2:
+            raise ValueError(f"action {a}: {len(rows)} training rows with both outcomes needed, too few to learn")
+        w = 1.0 / e[rows]
+        w = w / w.mean()
+        rng = np.random.default_rng(shape.seed + 101 * k)
+        out[a] = []
+        for b in range(bags):
+            s = rows if bags == 1 else rows[_boot(rng, len(rows))]
+            ws = w if bags == 1 else w[np.searchsorted(rows, s)]
+            out[a].append(_fit(X.iloc[s], y[s], ws, val[s], "binary:logistic", shape, shape.seed + b))
+    return out
+
+
+#: the offset learner's shift models: shallow and slow, they only learn how an action moves the baseline's log-odds
+OFFSET_SHAPE = UpliftShape(max_depth=2, eta=0.05, num_boost_round=300, early_stopping_rounds=30,
+                           min_child_weight=30.0, reg_lambda=10.0)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def fit_t_offset(X: pd.DataFrame, y: np.ndarray, taken: np.ndarray, e: np.ndarray, val: np.ndarray,
+                 t_models: dict[str, list], shape: UpliftShape = OFFSET_SHAPE) -> dict[str, list]:
+    """Offset T-learner: "none" keeps the T-learner's baseline classifiers (bag k); each action's bag k is a
+    classifier on the action's rows started from bag k's baseline log-odds (XGBoost base margin), so it learns only
+    the action's shift: far fewer rows are needed to learn a shift than a whole risk model."""
+    import xgboost as xgb
+
+    d = xgb.DMatrix(X.astype("float32"), missing=np.nan)
+    base = [_logit(b.predict(d)) for b in t_models[BASELINE]]
+    out: dict[str, list] = {BASELINE: t_models[BASELINE]}
+    for k, a in enumerate(ACTIONS[1:], start=1):
+        rows = np.flatnonzero(taken == a)
+        w = 1.0 / e[rows]
+        w = w / w.mean()
+        rng = np.random.default_rng(shape.seed + 307 * k)
+        out[a] = []
+        for b, m in enumerate(base):
+            s = rows[_boot(rng, len(rows))] if len(base) > 1 else rows
+            ws = w[np.searchsorted(rows, s)] if len(base) > 1 else w
+            out[a].append(_fit(X.iloc[s], y[s], ws, val[s], "binary:logistic", shape, shape.seed + b, margin=m[s]))
+    return out
+
+
+def _predict_all(boosters: dict[str, list], X: pd.DataFrame) -> np.ndarray:
+    import xgboost as xgb
+
+    d = xgb.DMatrix(X.astype("float32"), missing=np.nan)
+    return np.stack([np.mean([b.predict(d) for b in boosters[a]], axis=0) for a in ACTIONS], axis=1)
+
+
+def fit_dr(X: pd.DataFrame, y: np.ndarray, taken: np.ndarray, e: np.ndarray, val: np.ndarray, groups: np.ndarray,
+           shape: UpliftShape, t_models: dict[str, list], bags: int = BAGS) -> dict[str, list]:
+    """DR-learner: cross-fitted (2 folds by patient) outcome models, pseudo-outcomes, one regressor set per action;
+    "none" keeps the T-learner's baseline classifiers (the set adds each action's difference to it)."""
+    fold = (groups % 2).astype(bool)
+    mu = np.zeros((len(y), len(ACTIONS)))
+    for f in (False, True):
+        other = fold != f
+        m = fit_t(X[other].reset_index(drop=True), y[other], taken[other], e[other], val[other], shape, bags=1)
+        mu[fold == f] = _predict_all(m, X[fold == f])
+    out: dict[str, list] = {BASELINE: t_models[BASELINE]}
+    t0 = taken == BASELINE
+    base = mu[:, 0] + np.where(t0, (y - mu[:, 0]) / e, 0.0)
+    for k, a in enumerate(ACTIONS[1:], start=1):
+        ta = taken == a
+        psi = mu[:, k] + np.where(ta, (y - mu[:, k]) / e, 0.0) - base
+        psi = np.clip(psi, -5.0, 5.0)
+        rng = np.random.default_rng(shape.seed + 211 * k)
+        out[a] = []
+        for b in range(bags):
+            s = _boot(rng, len(y)) if bags > 1 else np.arange(len(y))
+            out[a].append(_fit(X.iloc[s], psi[s], np.ones(len(s)), val[s], "reg:squarederror", shape, shape.seed + b))
+    return out
+
+
+def reachable_mask(X: pd.DataFrame) -> np.ndarray:
+    """(n, A) which actions can be delivered to each row (contact flags and the telehealth flag among the features)."""
+    cols = {c: (X[c].to_numpy(dtype=float) >= 0.5) if c in X else np.zeros(len(X), bool)
+            for c in ("has_mobile", "has_email", "portal_enrolled")}
+    tele = (X["telehealth_flag"].to_numpy(dtype=float) >= 0.5) if "telehealth_flag" in X else np.zeros(len(X), bool)
+    out = np.zeros((len(X), len(ACTIONS)), dtype=bool)
+    for i in range(len(X)):
+        reach = {k: bool(v[i]) for k, v in cols.items()}
+        out[i] = [feasible(a, reach, bool(tele[i])) for a in ACTIONS]
+    return out
+
+
+def uplift_plan(ap: ActionProbabilities, allowed: np.ndarray, k: int) -> np.ndarray:
+    """The uplift plan: each row's action with the largest predicted reduction; the ``k`` largest reductions act."""
+    idx, gain = ap.best(allowed)
+    act = UM.top_k(gain, k)
+    return np.where(act, np.asarray(ap.actions, dtype=object)[idx], BASELINE)
+
+
+def risk_plan(p_risk: np.ndarray, allowed: np.ndarray, k: int, effects: Effects | None = None) -> np.ndarray:
+    """Today's plan (``serving/outreach.py``): risk x the configured effect of the coordinator action; with the
+    defaults that is a personal call (the largest effect), for the ``k`` riskiest who can take a call."""
+    from training.uplift import ACTION_EFFECT, COORDINATOR_ACTIONS
+
+    eff = effects or Effects()
+    coord = [a for a in ACTIONS if a in COORDINATOR_ACTIONS]
+    best = max(coord, key=lambda a: (eff.of(ACTION_EFFECT[a]), a == "personal_call"))
+    col = ACTIONS.index(best)
+    gain = np.where(allowed[:, col], np.asarray(p_risk, float) * eff.of(ACTION_EFFECT[best]), 0.0)
+    return np.where(UM.top_k(gain, k), best, BASELINE)
+
+
+def evaluate(models: UpliftModels, X: pd.DataFrame, y: np.ndarray, taken: np.ndarray, e: np.ndarray,
+             mu: np.ndarray | None = None) -> dict:
+    """Qini / AUUC per action (model, random, risk ranking) and the plans' prevented no-shows on randomised rows."""
+    ap = models.predict(X)
+    mu = ap.probability if mu is None else mu
+    p_none = ap.probability[:, 0]
+    per_action = {}
+    for k, a in enumerate(ACTIONS[1:], start=1):
+        rows = np.isin(taken, [a, BASELINE])
+        t = taken[rows] == a
+        if t.sum() < 5 or (~t).sum() < 5:
+            continue
+        q = UM.qini(y[rows], t, -ap.difference()[rows, k])
+        qr = UM.qini(y[rows], t, p_none[rows])
+        per_action[a] = {"auuc": q.auuc, "random_auuc": q.random_auuc, "risk_auuc": qr.auuc,
+                         "qini": q.qini_coefficient, "n_treated": q.n_treated, "n_control": q.n_control}
+    allowed = reachable_mask(X)
+    cap = max(1, int(round(CAPACITY * len(y))))
+    up = uplift_plan(ap, allowed, cap)
+    rk = risk_plan(p_none, allowed, cap)
+    return {"per_action": per_action, "capacity": cap, "rows": len(y),
+            "prevented_uplift": UM.prevented_dr(y, taken, e, up, mu, ACTIONS),
+            "prevented_risk": UM.prevented_dr(y, taken, e, rk, mu, ACTIONS),
+            "mean_auuc": float(np.mean([v["auuc"] for v in per_action.values()])) if per_action else float("nan"),
+            "mean_risk_auuc": float(np.mean([v["risk_auuc"] for v in per_action.values()])) if per_action else float("nan"),
+            "mean_random_auuc": float(np.mean([v["random_auuc"] for v in per_action.values()])) if per_action else float("nan")}
+
+
+@dataclass
+class UpliftSplit:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    test_start: pd.Timestamp
+
+
+def split(df: pd.DataFrame) -> UpliftSplit:
+    """Test: randomised rows in the last ``TEST_SHARE`` of the randomised rows' span; train: every usable row ending
+    ``PURGE_DAYS`` before; validation: the training rows of a fixed share of patients (by a hash of the id)."""
+    ts = pd.to_datetime(df["event_timestamp"], utc=True)
+    rnd = (df["source"] == "randomised").to_numpy()
+    r_ts = ts[rnd]
+    if len(r_ts) < 100:
+        raise ValueError(f"{len(r_ts)} randomised appointments: too few to train and validate uplift models")
+    start = r_ts.min() + (r_ts.max() - r_ts.min()) * (1 - TEST_SHARE)
+    test = rnd & (ts >= start).to_numpy()
+    train = (ts < start - pd.Timedelta(days=PURGE_DAYS)).to_numpy()
+    pid = df["patient_id"].astype(str).map(lambda s: zlib.crc32(s.encode()) % 1000).to_numpy()
+    val = train & (pid < VAL_SHARE * 1000)
+    return UpliftSplit(train, val, test, start)
+
+
+def train_uplift(settings: Settings, uf: UpliftFrame | None = None, register: bool = True,
+                 shape: UpliftShape | None = None, learners: tuple[str, ...] = LEARNERS) -> dict:
+    """Fit both learners, compare them on the held-out randomised rows, register the better one as ``challenger``."""
+    from training import uplift_data
+
+    shape = shape or UpliftShape()
+    t0 = time.perf_counter()
+    uf = uf if uf is not None else uplift_data.load(settings)
+    df = uf.frame.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
+    sp = split(df)
+    feats = list(uf.feature_columns)
+    X = df[feats].astype("float32")
+    y = df["label"].to_numpy(dtype=int)
+    taken = df["action"].to_numpy(dtype=object)
+    e = df["propensity"].to_numpy(dtype=float)
+    groups = df["patient_id"].astype(str).map(lambda s: zlib.crc32(s.encode())).to_numpy()
+    tr = sp.train
+    Xtr = X[tr].reset_index(drop=True)
+    meta_base = {"actions": list(ACTIONS), "feature_columns": feats, "categorical_columns": uf.categorical_columns,
+                 "feature_service": uf.feature_service, "snapshot_hash": uf.snapshot_hash,
+                 "vocabulary": uf.vocabulary, "test_start": sp.test_start.isoformat(), "capacity_share": CAPACITY,
+                 "bags": BAGS}
+    sets: dict[str, UpliftModels] = {}
+    with logs.stage(log, "uplift: fit t-learner") as info:
+        t_models = fit_t(Xtr, y[tr], taken[tr], e[tr], sp.val[tr], shape)
+        sets["t"] = UpliftModels(t_models, meta_base | {"learner": "t"}, version="unregistered")
+        info["train_rows"] = int(tr.sum())
+    if "t_offset" in learners:
+        with logs.stage(log, "uplift: fit offset t-learner"):
+            sets["t_offset"] = UpliftModels(fit_t_offset(Xtr, y[tr], taken[tr], e[tr], sp.val[tr], t_models),
+                                            meta_base | {"learner": "t_offset"}, version="unregistered")
+    if "dr" in learners:
+        with logs.stage(log, "uplift: fit dr-learner"):
+            dr = fit_dr(Xtr, y[tr], taken[tr], e[tr], sp.val[tr], groups[tr], shape, t_models)
+            sets["dr"] = UpliftModels(dr, meta_base | {"learner": "dr"}, version="unregistered")
+    Xte = X[sp.test].reset_index(drop=True)
+    with logs.stage(log, "uplift: evaluate") as info:
+        mu = sets["t"].predict(Xte).probability     # one outcome model for every DR estimate: fair comparisons
+        figures = {name: evaluate(m, Xte, y[sp.test], taken[sp.test], e[sp.test], mu) for name, m in sets.items()}
+        info["test_rows"] = int(sp.test.sum())
+    chosen = max(sets, key=lambda n: (figures[n]["prevented_uplift"], n == "t"))
+    best = sets[chosen]
+    result = {"learner": chosen, "comparison": figures, "test_start": sp.test_start.isoformat(),
+              "n": {"train": int(tr.sum()), "val": int(sp.val.sum()), "test": int(sp.test.sum()),
+                    "randomised_train": int((tr & (df["source"] == "randomised").to_numpy()).sum()),
+                    "policy_train": int((tr & (df["source"] == "policy").to_numpy()).sum())},
+              "excluded": uf.excluded, "fit_seconds": time.perf_counter() - t0}
+    best.meta = best.meta | {"figures": figures[chosen], "comparison": {n: {k: v for k, v in f.items()
+                                                                              if k != "per_action"}
+                                                                          for n, f in figures.items()}}
+    result["models"] = best
+    if register:
+        with logs.stage(log, "uplift: log to MLflow") as info:
+            _register(settings, best, result)
+            info["version"] = result["version"]
+    return result
+
+
+def _register(settings: Settings, models: UpliftModels, result: dict) -> None:
+    """An MLflow run in the ``carecast-uplift`` experiment holding the set's folder, registered as a version of
+    ``carecast-uplift`` with alias ``challenger``."""
+    import mlflow
+
+    from training import tracking
+
+    client = tracking.setup(settings)
+    exp = tracking.ensure_experiment(settings, EXPERIMENT, tags={"carecast.target": "uplift"})
+    fig = result["comparison"][result["learner"]]
+    metrics = {"prevented_uplift": fig["prevented_uplift"], "prevented_risk": fig["prevented_risk"],
+               "mean_auuc": fig["mean_auuc"], "mean_risk_auuc": fig["mean_risk_auuc"],
+               "mean_random_auuc": fig["mean_random_auuc"]}
+    for name, f in result["comparison"].items():
+        metrics[f"{name}_prevented_uplift"] = f["prevented_uplift"]
+        for a, v in f["per_action"].items():
+            metrics[f"{name}_auuc_{a}"] = v["auuc"]
+            metrics[f"{name}_risk_auuc_{a}"] = v["risk_auuc"]
+            metrics[f"{name}_random_auuc_{a}"] = v["random_auuc"]
+    with mlflow.start_run(experiment_id=exp, run_name="train-uplift",
+                          tags={"carecast.target": "uplift", "git_commit": tracking.git_commit(),
+                                "snapshot_hash": models.meta.get("snapshot_hash", "")}) as run, \
+            tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_params({"learner": result["learner"], "bags": BAGS, "capacity_share": CAPACITY,
+                           "n_train": result["n"]["train"], "n_test": result["n"]["test"],
+                           "n_randomised_train": result["n"]["randomised_train"],
+                           "n_policy_train": result["n"]["policy_train"], "test_start": result["test_start"]})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)})
+        folder = models.save(Path(tmp) / "uplift")
+        mlflow.log_artifacts(str(folder), "uplift")
+        (Path(tmp) / "evaluation.json").write_text(json.dumps({k: v for k, v in result.items() if k != "models"},
+                                                              indent=1, default=str))
+        mlflow.log_artifact(str(Path(tmp) / "evaluation.json"), "evaluation")
+        source = f"{run.info.artifact_uri}/uplift"
+        run_id = run.info.run_id
+    try:
+        client.create_registered_model(REGISTERED_MODEL, description="Uplift set: the no-show probability under "
+                                       "each outreach action (training/uplift.py).")
+    except Exception:  # noqa: BLE001  (it exists already)
+        pass
+    mv = client.create_model_version(REGISTERED_MODEL, source=source, run_id=run_id,
+                                     tags={"learner": result["learner"], "test_start": result["test_start"]})
+    client.set_registered_model_alias(REGISTERED_MODEL, CHALLENGER, mv.version)
+    models.version, models.run_id, models.alias = str(mv.version), run_id, CHALLENGER
+    result["version"], result["run_id"] = str(mv.version), run_id
+
+
+def summary(r: dict) -> str:
+    """The training result in words: the learners compared, the chosen one's Qini / AUUC per action."""
+    lines = []
+    for name, f in r["comparison"].items():
+        lines.append(f"  {name}-learner: prevented on {f['rows']:,} held-out randomised appointments at capacity "
+                     f"{f['capacity']:,}: uplift plan {f['prevented_uplift']:.1f}, risk plan {f['prevented_risk']:.1f} "
+                     f"(doubly robust); mean AUUC {f['mean_auuc']:.4f} vs risk ranking {f['mean_risk_auuc']:.4f}, "
+                     f"random {f['mean_random_auuc']:.4f}")
+    f = r["comparison"][r["learner"]]
+    for a, v in f["per_action"].items():
+        lines.append(f"    {a}: AUUC {v['auuc']:.4f} (risk ranking {v['risk_auuc']:.4f}, random {v['random_auuc']:.4f}); "
+                     f"{v['n_treated']} treated vs {v['n_control']} none")
+    ver = f"v{r['version']} -> challenger" if "version" in r else "not registered"
+    head = (f"uplift: {ver}; learner {r['learner']} (chosen by no-shows prevented); train {r['n']['train']:,} rows "
+            f"({r['n']['randomised_train']:,} randomised, {r['n']['policy_train']:,} policy with a logged propensity), "
+            f"left out: " + ", ".join(f"{v:,} {k}" for k, v in r["excluded"].items() if v))
+    return "\n".join([head, *lines])
