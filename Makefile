@@ -65,6 +65,7 @@ bench: install
 	step bench_score.py; \
 	step bench_ui.py; \
 	step bench_worklist.py; \
+	step bench_replicas.py --work $$W/replicas; \
 	step bench_spark.py --work $$W/spark --patients 100000; \
 	step bench_outreach.py --patients 20000 --work $$W/outreach; \
 	echo "make bench: all benchmarks in $$((SECONDS - start)) s; results appended to $$BENCH_RESULTS"; \
