@@ -9,7 +9,7 @@ replaces, as ``serving.predictor.Predictor`` does for the three models.
 
 Reasons. For each action, the features that make it help *this* patient more than the average patient: TreeSHAP
 of the set's action model minus that of its baseline ("none") model (T-learner, log-odds), or of the action's
-difference model (DR-learner), averaged over the set's bagged boosters; the most risk-lowering features first,
+shift model (offset T-learner, log-odds; DR-learner, probability), averaged over the set's bagged boosters; the most risk-lowering features first,
 worded by ``serving.reasons``. Nothing here logs patient data.
 """
 
@@ -144,7 +144,9 @@ def effect_contributions(models: uplift_models.UpliftModels, X: pd.DataFrame) ->
     def mean_contrib(action: str) -> np.ndarray:
         return np.mean([b.predict(d, pred_contribs=True)[:, :-1] for b in models.boosters[action]], axis=0)
 
-    base = mean_contrib(uplift_models.BASELINE) if models.learner != "dr" else 0.0
+    # "t": each action's own no-show model, so the difference of the two explanations; "t_offset" and "dr": the
+    # action's boosters model the shift from the baseline itself (log-odds, or probability for "dr")
+    base = mean_contrib(uplift_models.BASELINE) if models.learner == "t" else 0.0
     return {a: mean_contrib(a) - base for a in models.actions if a != uplift_models.BASELINE}
 
 
