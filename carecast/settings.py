@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -226,6 +226,15 @@ class OutreachSettings(_Section):
     coordinator_tier: Literal["medium", "high"] = "medium"
     #: share of the risk-raising contributions among the top reasons that makes a reason group "drive" the risk
     driver_share: float = Field(0.5, gt=0, le=1)
+    #: plans from uplift models: coordinator capacity one action takes, in contacts (calls_per_day is the daily
+    #: capacity); arranging transport is assumed to take two calls' time
+    coordinator_cost: dict[Literal["personal_call", "transport_offer", "telehealth_offer", "reschedule_offer"],
+                           Annotated[float, Field(gt=0)]] = {
+        "personal_call": 1.0, "transport_offer": 2.0, "telehealth_offer": 1.0, "reschedule_offer": 1.0}
+    #: plans from uplift models: what one automated message costs, in no-shows prevented; a message is planned
+    #: only where its predicted reduction of the risk exceeds its cost (assumed: a phone reminder costs most)
+    message_cost: dict[Literal["sms_reminder", "email_reminder", "phone_reminder"], Annotated[float, Field(ge=0)]] = {
+        "sms_reminder": 0.002, "email_reminder": 0.0005, "phone_reminder": 0.003}
     #: value of keeping a patient from leaving, relative to averting one no-show (for ranking across lists)
     churn_weight: float = Field(1.0, ge=0)
     #: how many of a prediction's reasons the plan reads (and the lists show)

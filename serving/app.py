@@ -23,7 +23,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from carecast.audit import AuditUnavailable
-from serving import capture
+from serving import capture, whatif
 from serving.auth import PRINCIPAL, BearerKeyMiddleware
 from serving.feature_source import FeatureStoreUnavailable
 from serving.model_source import ModelNotAvailable
@@ -37,6 +37,7 @@ from serving.schemas import (
     NoShowResponse,
     PatientsRequest,
     ReloadResponse,
+    WhatIfResponse,
 )
 
 if TYPE_CHECKING:
@@ -264,6 +265,15 @@ def build_app(runtime: Runtime | None = None) -> FastAPI:
         return await _batch("appointments+patient_ids", n, lambda rt: plan_request(rt.predictor, body, rt.outreach),
                             seen=("POST /v1/outreach-plan", [*(a.patient_id for a in body.appointments),
                                                              *body.patient_ids]))
+
+    @app.post("/v1/what-if", response_model=WhatIfResponse, responses=_ERRORS, tags=["predictions"],
+              summary="No-show probability under each outreach action, the difference from doing nothing, and why")
+    async def what_if(body: NoShowRequest, _: Any = Depends(_bearer)) -> Response:
+        appts = [a.__dict__ for a in body.appointments]
+        return await _batch("appointments", len(appts),
+                            lambda rt: whatif.what_if(rt.predictor, rt.predictor.uplift, rt.outreach.effects, appts,
+                                                      body.top_k),
+                            seen=("POST /v1/what-if", [a["patient_id"] for a in appts]))
 
     @app.post("/v1/admin/reload", response_model=ReloadResponse, responses=_ERRORS, tags=["admin"],
               summary="Load any new champion now (the service also polls every serving.reload_poll_seconds)")

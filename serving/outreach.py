@@ -47,12 +47,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from carecast.settings import Effects, OutreachSettings  # noqa: F401  (re-exported for callers)
 from carecast.targets import MODEL_CHANNELS, risk_tier
+from serving.whatif import ACTION_CHANNEL, ACTION_LABEL, ActionRisks, action_risks
+from training import uplift
 
 Action = Literal["none", "reminder", "two_reminders", "call", "telehealth_or_reschedule", "billing_counselling",
-                 "re_engagement"]
+                 "re_engagement", "sms_reminder", "email_reminder", "phone_reminder", "personal_call",
+                 "transport_offer", "telehealth_offer", "reschedule_offer"]
+#: the configured plan's actions (risk x configured effect); the uplift plan uses the contract's outreach actions
 ACTIONS: tuple[str, ...] = ("none", "reminder", "two_reminders", "call", "telehealth_or_reschedule",
                             "billing_counselling", "re_engagement")
-COORDINATOR_ACTIONS = frozenset({"call", "telehealth_or_reschedule", "billing_counselling"})
+COORDINATOR_ACTIONS = frozenset({"call", "telehealth_or_reschedule", "billing_counselling"}) | uplift.COORDINATOR_ACTIONS
 ACTION_WORDS = {
     "none": "No extra outreach",
     "reminder": "Automated reminder",
@@ -61,6 +65,7 @@ ACTION_WORDS = {
     "telehealth_or_reschedule": "Offer telehealth or a new time",
     "billing_counselling": "Billing counselling",
     "re_engagement": "Re-engagement message",
+    **{a: w for a, w in ACTION_LABEL.items() if a != "none"},
 }
 CHANNEL_WORDS = {"sms": "SMS", "email": "e-mail", "phone": "phone", "portal": "the portal"}  # as in a sentence
 
@@ -127,6 +132,9 @@ class Item:
     reachable: Mapping[str, bool] | None = None
     channel_probabilities: Mapping[str, float] = field(default_factory=dict)
     telehealth: bool = False
+    #: the no-show probability under each outreach action, from the promoted uplift set (no-show items only);
+    #: None: plan by risk x configured effect
+    uplift: ActionRisks | None = None
 
 
 @dataclass
@@ -143,6 +151,13 @@ class Recommendation:
     drivers: list[ReasonIn]
     why: str
     fallback: str = "none"
+    #: the interval of ``expected_benefit`` (uplift plans; the point itself for configured effects)
+    benefit_low: float | None = None
+    benefit_high: float | None = None
+    #: "uplift": chosen by the promoted uplift models; "configured": risk x the configured effect
+    basis: str = "configured"
+    #: coordinator capacity taken (contacts; outreach.coordinator_cost for uplift plans)
+    capacity: float = 0.0
 
     @property
     def action_label(self) -> str:
@@ -208,20 +223,86 @@ def _pct(p: float) -> str:
     return f"{100 * p:.0f}%"
 
 
+@dataclass
+class _Want:
+    """A coordinator action wanted for ``recs[index]``: ranked by ``score`` (extra benefit per unit of capacity),
+    taking ``cost`` units; ``take(rank)`` turns the recommendation into it, ``beyond`` is said when it does not fit."""
+
+    score: float
+    probability: float
+    index: int
+    cost: float
+    take: Any
+    beyond: str
+
+
+def _uplift_item(i: int, it: Item, tier: str, channel: str, s: OutreachSettings,
+                 recs: list[Recommendation]) -> _Want | None:
+    """The uplift plan for one appointment: the automated message with the largest predicted reduction net of its
+    cost (outreach.message_cost), and the coordinator action with the largest extra reduction over that message
+    per unit of capacity (outreach.coordinator_cost) as a candidate for a slot."""
+    ar = it.uplift
+    assert ar is not None
+    p0 = ar.probability[0]
+    ok = [a for a in ar.actions if a != uplift.BASELINE and uplift.feasible(a, it.reachable, it.telehealth)]
+
+    def drivers(action: str) -> list[ReasonIn]:
+        return [ReasonIn(f, c, t) for f, c, t in ar.why.get(action, ())]
+
+    def words(action: str) -> str:
+        j = ar.actions.index(action)
+        lo, hi = ar.gain_interval(action)
+        text = (f"{ACTION_WORDS[action].lower()} takes the risk from {_pct(p0)} to {_pct(ar.probability[j])}"
+                + (f" (reduction {100 * lo:.0f}-{100 * hi:.0f} points)" if ar.source == "uplift" else ""))
+        reasons_ = [t for _f, _c, t in ar.why.get(action, ())][:2]
+        return text + (": " + "; ".join(r[:1].lower() + r[1:] for r in reasons_) if reasons_ else "")
+
+    autos = [a for a in ok if a in s.message_cost and ar.gain(a) - s.message_cost[a] > 0]
+    auto = max(autos, key=lambda a: (ar.gain(a) - s.message_cost[a], -ar.actions.index(a)),
+               default=uplift.BASELINE)
+    gain = ar.gain(auto) if auto != uplift.BASELINE else 0.0
+    lo, hi = ar.gain_interval(auto) if auto != uplift.BASELINE else (0.0, 0.0)
+    auto_channel = ACTION_CHANNEL.get(auto) or channel
+    why = f"{tier.capitalize()} risk of no-show ({_pct(p0)})"
+    why += f"; {words(auto)}" if auto != uplift.BASELINE else "; no message lowers it by more than it costs"
+    recs.append(Recommendation(it.key, it.target, p0, tier, auto, auto_channel if auto != uplift.BASELINE else channel,
+                               gain, False, None, drivers(auto), why, auto, lo, hi, "uplift"))
+    coords = [a for a in ok if a in s.coordinator_cost and ar.gain(a) > gain]
+    if not coords:
+        return None
+    cost = {a: float(s.coordinator_cost[a]) for a in coords}
+    cand = max(coords, key=lambda a: ((ar.gain(a) - gain) / cost[a], -ar.actions.index(a)))
+    cand_channel = ACTION_CHANNEL.get(cand) or channel
+
+    def take(rank: int, cap: int = 0) -> None:
+        r = recs[i]
+        r.action, r.channel, r.uses_coordinator, r.rank, r.capacity = cand, cand_channel, True, rank, cost[cand]
+        r.expected_benefit = ar.gain(cand)
+        r.benefit_low, r.benefit_high = ar.gain_interval(cand)
+        r.drivers = drivers(cand) or r.drivers
+        r.why = f"{tier.capitalize()} risk of no-show ({_pct(p0)}); {words(cand)}"
+
+    extra = ar.gain(cand) - gain
+    return _Want(extra / cost[cand], p0, i, cost[cand], take,
+                 f"; {ACTION_WORDS[cand].lower()} would lower it further but is beyond today's coordinator capacity")
+
+
 def plan(items: Sequence[Item], settings: OutreachSettings | None = None,
          calls_available: int | None = None, risk_tiers: Mapping[str, float] | None = None) -> list[Recommendation]:
     """One recommendation per item, in input order; coordinator actions limited to ``calls_available``.
 
-    Ranking: coordinator slots go to the largest extra expected benefit
-    (risk x (effect of the coordinator action - effect of the automated fallback), churn weighted);
-    ties by higher risk, then input order, so the plan is deterministic.
+    Ranking: coordinator capacity goes to the largest extra expected benefit per unit of capacity. Items with
+    uplift predictions (``Item.uplift``): the predicted reduction of the no-show probability under the action over
+    the best automated message (``_uplift_item``); the others: risk x (effect of the coordinator action - effect
+    of the automated fallback), churn weighted, one unit each. Ties by higher risk, then input order, so the plan
+    is deterministic.
     """
     s = settings or OutreachSettings()
     cap = s.calls_per_day if calls_available is None else max(0, int(calls_available))
     eff = s.effects
     tiers = dict(risk_tiers or DEFAULT_TIERS)
     recs: list[Recommendation] = []
-    wanted: list[tuple[float, float, int, str, list[ReasonIn], str]] = []
+    wanted: list[_Want] = []
     for i, it in enumerate(items):
         p = float(it.probability)
         if not math.isfinite(p):
@@ -235,13 +316,18 @@ def plan(items: Sequence[Item], settings: OutreachSettings | None = None,
                    else "No reachable channel on file (no mobile number, e-mail or portal account): update contact details")
             recs.append(Recommendation(it.key, it.target, p, tier, "none", None, 0.0, False, None, up, why))
             continue
+        if it.uplift is not None and it.target == "no_show":
+            want = _uplift_item(i, it, tier, channel, s, recs)
+            if want is not None:
+                wanted.append(want)
+            continue
         fallback = _automated(it, tier, s)
         benefit = weight * p * eff.of(fallback, it.target)
         what = "no-show" if it.target == "no_show" else "leaving"
         why = f"{tier.capitalize()} risk of {what} ({_pct(p)})"
         why += f"; {ACTION_WORDS[fallback].lower()} by {CHANNEL_WORDS[channel]}" if fallback != "none" else ""
         recs.append(Recommendation(it.key, it.target, p, tier, fallback, channel, benefit, False, None, up, why,
-                                   fallback))
+                                   fallback, benefit, benefit))
         cand, drivers = _candidate(it, tier, s)
         if cand is None:
             continue
@@ -250,22 +336,36 @@ def plan(items: Sequence[Item], settings: OutreachSettings | None = None,
             continue  # a call needs a phone number: keep the automated action
         extra = weight * p * (eff.of(cand, it.target) - eff.of(fallback, it.target))
         if extra > 0:
-            wanted.append((extra, p, i, cand, drivers, cand_channel))
-    wanted.sort(key=lambda w: (-w[0], -w[1], w[2]))
-    for rank, (extra, p, i, cand, drivers, cand_channel) in enumerate(wanted[:cap], start=1):
-        r = recs[i]
-        r.action, r.channel, r.uses_coordinator, r.rank = cand, cand_channel, True, rank
+            wanted.append(_Want(extra, p, i, 1.0, _configured_take(recs[i], cand, cand_channel, extra, drivers, p),
+                                f"; {ACTION_WORDS[cand].lower()} advised but beyond today's {cap} coordinator slots"))
+    wanted.sort(key=lambda w: (-w.score, -w.probability, w.index))
+    used, rank = 0.0, 0
+    for w in wanted:
+        if used + w.cost <= cap + 1e-9:
+            rank += 1
+            used += w.cost
+            w.take(rank)
+            if recs[w.index].basis == "configured":
+                recs[w.index].why += f" (coordinator slot {rank} of {cap})"
+            else:
+                recs[w.index].why += f" (coordinator slot {rank}; {used:g} of {cap} contacts used)"
+        else:
+            recs[w.index].why += w.beyond
+    return recs
+
+
+def _configured_take(r: Recommendation, cand: str, cand_channel: str, extra: float, drivers: list[ReasonIn],
+                     p: float) -> Any:
+    def take(rank: int) -> None:
+        r.action, r.channel, r.uses_coordinator, r.rank, r.capacity = cand, cand_channel, True, rank, 1.0
         r.expected_benefit += extra
+        r.benefit_low = r.benefit_high = r.expected_benefit
         r.drivers = drivers or r.drivers
         driven = "billing" if cand == "billing_counselling" else "access" if cand == "telehealth_or_reschedule" else "risk"
         r.why = (f"{r.risk_tier.capitalize()} risk of {'no-show' if r.target == 'no_show' else 'leaving'} ({_pct(p)}); "
                  f"{ACTION_WORDS[cand].lower()} by {CHANNEL_WORDS[cand_channel]}"
-                 f"{' because ' + driven + ' reasons drive the risk' if driven != 'risk' else ''}"
-                 f" (coordinator slot {rank} of {cap})")
-    for _extra, _p, i, cand, _drivers, _cand_channel in wanted[cap:]:
-        r = recs[i]
-        r.why += f"; {ACTION_WORDS[cand].lower()} advised but beyond today's {cap} coordinator slots"
-    return recs
+                 f"{' because ' + driven + ' reasons drive the risk' if driven != 'risk' else ''}")
+    return take
 
 
 def expected_benefit(probability: float, action: str, settings: OutreachSettings | None = None,
@@ -334,7 +434,13 @@ class PlanRecommendation(BaseModel):
     action: Action
     action_label: str
     channel: Literal[MODEL_CHANNELS] | None = Field(description="Never a channel the patient cannot be reached on.")  # type: ignore[valid-type]
-    expected_benefit: float = Field(description="Expected outcomes averted: risk x the action's effect.")
+    expected_benefit: float = Field(description=(
+        "Expected outcomes averted: the predicted reduction of the no-show probability under the action (basis "
+        "'uplift'), or risk x the action's configured effect (basis 'configured')."))
+    benefit_interval: list[float] | None = Field(None, description=(
+        "[low, high] of expected_benefit: the spread of the uplift set's bagged models (basis 'uplift'); the point "
+        "itself for configured effects."))
+    basis: Literal["uplift", "configured"] = "configured"
     uses_coordinator: bool
     coordinator_rank: int | None = Field(None, description="Rank among the coordinator slots given (1 = first).")
     drivers: list[PlanReason] = Field(description="The reasons that drove this recommendation.")
@@ -345,6 +451,10 @@ class OutreachPlanResponse(BaseModel):
     models: dict[str, dict[str, str]]
     calls_available: int
     calls_used: int
+    capacity_used: float = Field(0.0, description="Coordinator capacity taken, in contacts (outreach.coordinator_cost).")
+    basis: Literal["uplift", "configured"] = Field("configured", description=(
+        "'uplift': appointments planned by the promoted uplift models' predicted reductions per unit of coordinator "
+        "capacity; 'configured': no uplift model is promoted, risk x configured effect."))
     recommendations: list[PlanRecommendation]
 
 
@@ -359,6 +469,9 @@ def to_response_rows(items: Sequence[tuple[str, str | None, str]], recs: Sequenc
         out.append({"kind": kind, "appointment_id": aid, "patient_id": pid, "target": r.target,
                     "probability": r.probability, "risk_tier": r.risk_tier, "action": r.action,
                     "action_label": r.action_label, "channel": r.channel, "expected_benefit": r.expected_benefit,
+                    "benefit_interval": (None if r.benefit_low is None or r.benefit_high is None
+                                         else [r.benefit_low, r.benefit_high]),
+                    "basis": r.basis,
                     "uses_coordinator": r.uses_coordinator, "coordinator_rank": r.rank,
                     "drivers": [{"feature": d.feature, "contribution": d.contribution, "text": d.text}
                                 for d in r.drivers],
@@ -402,10 +515,17 @@ def plan_request(predictor: Any, body: OutreachPlanRequest, settings: OutreachSe
     if appts:
         ns = predictor.no_show(appts, top_k)
         models["no_show"] = ns["model"]
+        source = getattr(predictor, "uplift", None)
+        risks: list[ActionRisks | None] = [None] * len(appts)
+        if source is not None and source.models is not None:  # learned effects; else risk x configured effect
+            learned, up = action_risks(predictor, source, s.effects, appts,
+                                       [p["probability"] for p in ns["predictions"]], top_k)
+            risks = list(learned)
+            models["uplift"] = {"name": uplift.REGISTERED_MODEL, "version": up.version if up else ""}
         for i, (a, p) in enumerate(zip(appts, ns["predictions"], strict=False)):
             pid = a["patient_id"]
             items.append(Item(f"a{i}", "no_show", p["probability"], reasons_in(p["reasons"]), reach[pid], chan[pid],
-                              bool(a.get("telehealth"))))
+                              bool(a.get("telehealth")), risks[i]))
             ids.append(("appointment", a["appointment_id"], pid))
     if body.patient_ids:
         cr = predictor.patients("churn", list(body.patient_ids), top_k)
@@ -416,4 +536,6 @@ def plan_request(predictor: Any, body: OutreachPlanRequest, settings: OutreachSe
     cap = s.calls_per_day if body.calls_available is None else body.calls_available
     recs = plan(items, s, cap, getattr(predictor, "risk_tiers", None))
     return {"models": models, "calls_available": cap, "calls_used": sum(r.uses_coordinator for r in recs),
+            "capacity_used": sum(r.capacity for r in recs),
+            "basis": "uplift" if "uplift" in models else "configured",
             "recommendations": to_response_rows(ids, recs)}

@@ -181,6 +181,9 @@ class Predictor:
         self.failures: dict[str, dict[str, str]] = {}
         #: why the registry could not be read at the last reload, or None
         self.registry_error: str | None = "registry not read yet"
+        #: the promoted uplift set (``serving.whatif.UpliftSource``), followed with the champions; None: no registry
+        #: to follow (a Bento's fixed models), and the what-if and the plan use the configured effects
+        self.uplift: Any = None
 
     # --- models ------------------------------------------------------------------------------
     def served(self, target: str) -> ServedModel:
@@ -203,6 +206,7 @@ class Predictor:
         gaps = {t: {"serving": m.version if (m := self._served.get(t)) else None, "champion": c}
                 for t, c in self.champions.items() if c is not None and (t not in self._served or self._served[t].version != c)}
         return {"champions": {t: c for t, c in self.champions.items() if c is not None},
+                **({"uplift": self.uplift.status()} if self.uplift is not None else {}),
                 "failures": {t: dict(f) for t, f in self.failures.items()}, "gaps": gaps,
                 "registry": {"ok": self.registry_error is None,
                              **({"reason": self.registry_error} if self.registry_error else {})}}
@@ -266,6 +270,8 @@ class Predictor:
                 log.info("serving %s version %s", model.name, model.version)
                 self._keep(model)
                 changed.append(target)
+        if self.uplift is not None and self.uplift.reload():
+            changed.append("uplift")
         return changed
 
     def _keep(self, model: ServedModel) -> None:

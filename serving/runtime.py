@@ -30,6 +30,7 @@ from serving.model_source import MlflowModelSource, ModelSource
 from serving.predictor import Predictor
 from serving.ui import create_ui_app
 from serving.ui.data import Store
+from serving.whatif import UpliftSource
 
 log = logging.getLogger("carecast.serving")
 
@@ -124,6 +125,8 @@ class Runtime:
             features = feature_source(settings)
         predictor = Predictor(models, features, settings.serving.risk_tiers, capture=capture.from_settings(settings),
                               cache_dir=cache_dir)
+        if isinstance(models, MlflowModelSource):  # a registry to follow: the uplift set's champion too
+            predictor.uplift = UpliftSource(settings)
         risk_lists = Store(settings.risk_list_dir)
         audit = AuditLog.from_settings(settings)
         rt = cls(settings=settings, predictor=predictor, keys=[k.encode() for k in settings.serving.api_keys],

@@ -179,6 +179,42 @@ class ChannelResponse(BaseModel):
     predictions: list[ChannelPrediction]
 
 
+class WhatIfAction(BaseModel):
+    action: str = Field(description="An outreach action (features.feeds.contracts.OUTREACH_ACTIONS; 'none' first).")
+    label: str
+    feasible: bool = Field(description="Whether the patient can be reached this way (contact details on file; "
+                                       "transport and telehealth offers only for an in-person visit).")
+    probability: float = Field(description="No-show probability under this action.")
+    low: float = Field(description="Lower end of the interval (the uplift set's bagged models; the point itself "
+                                   "when source is 'configured').")
+    high: float
+    difference: float = Field(description="probability minus the probability with no extra outreach (negative = "
+                                          "fewer no-shows).")
+    difference_low: float
+    difference_high: float
+    why: str = Field(description="In plain words: how the risk changes and the features that make this action "
+                                 "help this patient.")
+
+
+class WhatIfRow(BaseModel):
+    appointment_id: str
+    patient_id: str
+    known_patient: bool
+    no_show_probability: float = Field(description="The no-show model's probability (as POST /v1/no-show).")
+    reasons: list[Reason] = Field(description="The no-show model's reasons (as POST /v1/no-show).")
+    actions: list[WhatIfAction]
+    best_action: str = Field(description="The feasible action with the largest predicted reduction ('none' if none "
+                                         "lowers the risk).")
+
+
+class WhatIfResponse(BaseModel):
+    models: dict[str, ModelInfo] = Field(description="no_show, and uplift when an uplift set is promoted.")
+    source: Literal["uplift", "configured"] = Field(description=(
+        "'uplift': the promoted uplift models' predictions; 'configured': no uplift model is promoted, so each "
+        "action's probability is the no-show risk times (1 - its configured effect, outreach.effects)."))
+    what_if: list[WhatIfRow]
+
+
 class FieldError(BaseModel):
     field: str = Field(description="Where the problem is, e.g. appointments[3].department.")
     rule: str = Field(description="The rule that was broken.")
@@ -209,6 +245,9 @@ class ReloadResponse(BaseModel):
     gaps: dict[str, VersionGap] = Field(default_factory=dict, description="Targets not serving their champion.")
     registry: dict[str, Any] = Field(default_factory=dict, description="ok, and the reason when the registry "
                                                                         "cannot be read.")
+    uplift: dict[str, Any] | None = Field(None, description=(
+        "The uplift set: the registry's champion version, the version serving (null: none promoted, the what-if "
+        "and the plan use the configured effects) and why a champion did not load."))
     feature_store: dict[str, Any] = Field(default_factory=dict, description="ok, the reason and code when not, "
                                                                              "and the materialization stamp.")
     ready: bool = True
