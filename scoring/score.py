@@ -47,6 +47,8 @@ from serving.explain import explain
 from serving.model_source import ServedModel
 from serving.outreach import Item, OutreachSettings, ReasonIn, plan
 from serving.predictor import top_reasons
+from serving.whatif import best_line, risks_from_features
+from training import uplift as uplift_models
 
 log = logs.get("score")
 
@@ -274,8 +276,10 @@ def explain_rows(model: ServedModel, X: np.ndarray, known: np.ndarray, top_k: in
 
 def score_lists(models: Mapping[str, ServedModel], inputs: Inputs, tiers: Mapping[str, float],
                 opts: ScoreOptions = ScoreOptions(), outreach: OutreachSettings | None = None,
-                calls_available: int | None = None) -> Result:
-    """Score, select, explain and plan (no I/O): what ``run`` writes and the benchmark times."""
+                calls_available: int | None = None, uplift: Any = None) -> Result:
+    """Score, select, explain and plan (no I/O): what ``run`` writes and the benchmark times. ``uplift``: the
+    promoted uplift set (``training.uplift.UpliftModels``): listed appointments are then planned by its predicted
+    reductions, and the what-if column says what the best action would do; None: risk x configured effect."""
     outreach = outreach or OutreachSettings()
     secs: dict[str, float] = {}
     t = time.perf_counter()
@@ -331,8 +335,20 @@ def score_lists(models: Mapping[str, ServedModel], inputs: Inputs, tiers: Mappin
             return dict(zip(classes, p_ch[i].tolist(), strict=False)) if ch else {}
 
         tele = appts["telehealth"].to_numpy(bool)
+        Xu = None
+        if uplift is not None and ns is not None:
+            lacking = [c for c in uplift.feature_columns if c not in inputs.appointment_features.columns]
+            if lacking:
+                log.error("score: the uplift set reads %d features this build lacks: planned by configured effects",
+                          len(lacking))
+                uplift = None
+            else:
+                Xu = inputs.appointment_features.iloc[sel_a][uplift.feature_columns].reset_index(drop=True)
+        risks = risks_from_features(uplift, Xu, p_ns[sel_a], outreach.effects, opts.top_k) if ns else []
         items = [Item(f"a{k}", "no_show", float(p_ns[r]), r_a[k], reach_of(int(a_pat[k])), chan_of(int(a_pat[k])),
-                      bool(tele[r])) for k, r in enumerate(sel_a)]
+                      bool(tele[r]), risks[k] if uplift is not None else None) for k, r in enumerate(sel_a)]
+        what_if = [best_line(risks[k], reach_of(int(a_pat[k])), bool(tele[r])) for k, r in enumerate(sel_a)] if ns \
+            else []
         items += [Item(f"p{k}", "churn", float(p_cm[r]), r_p[k], reach_of(int(pat_rows[k])), chan_of(int(pat_rows[k])))
                   for k, r in enumerate(sel_p)]
         recs = plan(items, outreach, calls_available, tiers)
@@ -366,6 +382,7 @@ def score_lists(models: Mapping[str, ServedModel], inputs: Inputs, tiers: Mappin
         "risk_tier": risk_tiers(p_ns[sel_a], tiers),
         "known_patient": inputs.appointment_known[sel_a],
         **plan_cols(recs_a, r_a),
+        "what_if": what_if if len(what_if) == len(sel_a) else [""] * len(sel_a),
     })
     p_list = pd.DataFrame({
         "rank": np.arange(1, len(sel_p) + 1),
@@ -388,6 +405,8 @@ def score_lists(models: Mapping[str, ServedModel], inputs: Inputs, tiers: Mappin
                         "channel": (np.asarray(classes, dtype=object)[ch_idx] if ch else np.full(len(pats), "", dtype=object)),
                         "channel_probability": p_ch.max(axis=1) if ch and len(p_ch) else np.full(len(pats), np.nan)})
     models_info = {t: {"name": m.name, "version": m.version} for t, m in models.items()}
+    if uplift is not None:
+        models_info["uplift"] = {"name": uplift_models.REGISTERED_MODEL, "version": str(uplift.version)}
     counts = {"appointments": len(p_ns) if ns else 0, "patients_scored": len(p_ch) if ch else 0,
               "patients_active": len(p_cm) if cm else 0,
               "appointments_listed": len(sel_a), "patients_listed": len(sel_p),
@@ -472,9 +491,15 @@ def run(settings: Settings, as_of: dt.datetime, opts: ScoreOptions = ScoreOption
         for target in missing:
             log.warning("score: %s has no champion; its list stays empty", target)
         info["models"] = ", ".join(f"{m.name} v{m.version}" for m in models.values())
+        uplift = None
+        try:
+            uplift = uplift_models.load_promoted(settings)
+        except Exception as exc:  # noqa: BLE001  (the lists are still worth a coordinator's day; say why)
+            log.error("score: uplift set not loaded (%s): planned by configured effects", type(exc).__name__)
+        info["uplift"] = f"v{uplift.version}" if uplift is not None else "none promoted"
     inputs = load_inputs(settings, as_of, opts.days, data)
     load_s = time.perf_counter() - t0
-    result = score_lists(models, inputs, tiers, opts, outreach, calls_available)
+    result = score_lists(models, inputs, tiers, opts, outreach, calls_available, uplift)
     result.seconds = {"load": load_s, **result.seconds}
     result.missing = dict(missing)
     if refuse is not None and (why := refuse(settings, result.counts)) is not None:

@@ -198,21 +198,25 @@ def action_risks(predictor: Predictor, source: UpliftSource | None, effects: Eff
                  ) -> tuple[list[ActionRisks], uplift_models.UpliftModels | None]:
     """Each appointment's ``ActionRisks`` from the promoted uplift set, or from the configured effects (and then
     ``p_model``, the no-show model's probability, is the risk with the usual contact only)."""
+    models = source.models if source is not None else None
+    X = uplift_features(predictor, models, appointments)[0] if models is not None else None
+    return risks_from_features(models, X, p_model, effects, top_k), models
+
+
+def risks_from_features(models: uplift_models.UpliftModels | None, X: pd.DataFrame | None, p_model: Sequence[float],
+                        effects: Effects, top_k: int) -> list[ActionRisks]:
+    """``ActionRisks`` per row of ``X`` (the set's feature columns, coded in its vocabulary); with ``models`` None,
+    from the configured effects on ``p_model``. Pure: the API and the nightly lists both call it."""
     from serving.predictor import _RowView
 
-    models = source.models if source is not None else None
-    X: pd.DataFrame | None = None
-    contrib: dict[str, np.ndarray] = {}
-    if models is not None:
-        X, _known = uplift_features(predictor, models, appointments)
-        contrib = effect_contributions(models, X)
+    contrib = effect_contributions(models, X) if models is not None and X is not None else {}
     probs = uplift_models.no_show_under_actions(X, np.asarray(p_model, dtype=float), models, effects)
     dlo, dhi = probs.difference_interval()
-    rows = X.to_numpy() if X is not None else None
+    rows = X[models.feature_columns].to_numpy() if X is not None and models is not None else None
     codes = _Codes({k: tuple(v) for k, v in models.categorical_columns.items()}) if models is not None else None
     index = {n: j for j, n in enumerate(models.feature_columns)} if models is not None else {}
     out = []
-    for i in range(len(appointments)):
+    for i in range(len(probs.probability)):
         why: dict[str, list[tuple[str, float, str]]] = {}
         if models is not None and rows is not None:
             row = _RowView(codes, rows[i], index)  # type: ignore[arg-type]
@@ -223,7 +227,18 @@ def action_risks(predictor: Predictor, source: UpliftSource | None, effects: Eff
         out.append(ActionRisks(tuple(probs.actions), tuple(map(float, probs.probability[i])),
                                tuple(map(float, probs.low[i])), tuple(map(float, probs.high[i])),
                                tuple(float(-x) for x in dhi[i]), tuple(float(-x) for x in dlo[i]), why, probs.source))
-    return out, models
+    return out
+
+
+def best_line(r: ActionRisks, reachable: Mapping[str, bool] | None, telehealth: bool) -> str:
+    """The page's what-if cell: the feasible action that lowers the risk most, and how far ('' when none does)."""
+    p0 = r.probability[0]
+    best = [(r.probability[j], a) for j, a in enumerate(r.actions)
+            if a != uplift_models.BASELINE and uplift_models.feasible(a, reachable, telehealth) and r.probability[j] < p0]
+    if not best:
+        return f"No action lowers {_pct(p0)}"
+    p, a = min(best)
+    return f"{ACTION_LABEL[a]}: {_pct(p0)} to {_pct(p)}" + (" (configured effect)" if r.source != "uplift" else "")
 
 
 def what_if(predictor: Predictor, source: UpliftSource | None, effects: Effects,

@@ -55,6 +55,7 @@ LISTS: dict[str, dict] = {
             Column("channel_text", "Channel", "channel"),
             Column("action_label", "Recommended action", "action_label"),
             Column("why", "Why", None),
+            Column("what_if", "What-if", None),
             Column("outcome_text", "Outcome", None),
         ],
     },
@@ -106,6 +107,8 @@ def _display(df: pd.DataFrame, date_col: str) -> pd.DataFrame:
     out["tier_rank"] = out["risk_tier"].map({"low": 0, "medium": 1, "high": 2}).fillna(0).astype(int)
     out["channel_text"] = out["channel"].fillna("").map(lambda c: CHANNEL_WORDS.get(c, c))
     out["reasons"] = out["reasons"].fillna("")
+    if "probability" in out and "what_if" not in out and "visit_type" in out:  # lists written before the column
+        out["what_if"] = ""
     return out
 
 

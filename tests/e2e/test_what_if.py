@@ -98,3 +98,31 @@ def test_what_if_configured_then_learned(home, monkeypatch) -> None:
             min(a["difference"] for a in feasible) >= 0
         if appts[i]["telehealth"]:
             assert not next(a for a in row["actions"] if a["action"] == "transport_offer")["feasible"]
+
+
+def test_nightly_lists_planned_by_the_promoted_uplift_set(home) -> None:
+    """The nightly lists (``carecast score``) plan listed appointments by the promoted set and fill the page's
+    what-if column from it; the manifest names the set's version."""
+    import json
+
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from scoring.score import ScoreOptions, run
+    from training import uplift as U
+
+    settings, version = home
+    MlflowClient(settings.tracking_uri, settings.mlflow.registry_uri or settings.tracking_uri) \
+        .set_registered_model_alias(U.REGISTERED_MODEL, U.CHAMPION, version)
+    as_of = dt.datetime.fromisoformat(json.loads((settings.feature_dir / "manifest.json").read_text())["as_of"])
+    result = run(settings, as_of, ScoreOptions(days=14), calls_available=3)
+    assert result.models["uplift"]["version"] == version
+    lists = result.appointments
+    assert len(lists) > 0
+    assert lists["what_if"].str.len().gt(0).all() and not lists["what_if"].str.contains("configured").any()
+    coordinated = lists[lists["uses_coordinator"]]
+    assert len(coordinated) <= 3
+    assert coordinated["why"].str.contains("takes the risk from").all()
+    assert set(lists["action"]) <= set(U.ACTIONS)
+    shown = pd.read_parquet(result.folder / "appointments.parquet")
+    assert "what_if" in shown.columns
