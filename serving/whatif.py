@@ -203,7 +203,7 @@ def action_risks(predictor: Predictor, source: UpliftSource | None, effects: Eff
     return risks_from_features(models, X, p_model, effects, top_k), models
 
 
-def risks_from_features(models: uplift_models.UpliftModels | None, X: pd.DataFrame | None, p_model: Sequence[float],
+def risks_from_features(models: uplift_models.UpliftModels | None, X: pd.DataFrame | None, p_model: Any,
                         effects: Effects, top_k: int) -> list[ActionRisks]:
     """``ActionRisks`` per row of ``X`` (the set's feature columns, coded in its vocabulary); with ``models`` None,
     from the configured effects on ``p_model``. Pure: the API and the nightly lists both call it."""
