@@ -51,7 +51,7 @@ PURGE_DAYS = 7
 VAL_SHARE = 0.2
 #: the plans' capacity: this share of the appointments get an action (the rest: none)
 CAPACITY = 0.10
-LEARNERS = ("t", "t_offset", "dr")
+LEARNERS = ("t", "t_offset", "dr", "s")
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,61 @@ def fit_dr(X: pd.DataFrame, y: np.ndarray, taken: np.ndarray, e: np.ndarray, val
         for b in range(bags):
             s = _boot(rng, len(y)) if bags > 1 else np.arange(len(y))
             out[a].append(_fit(X.iloc[s], psi[s], np.ones(len(s)), val[s], "reg:squarederror", shape, shape.seed + b))
+    return out
+
+
+#: the S-learner's shared model: deeper than the T-learner's (it must find action x feature interactions itself)
+S_SHAPE = UpliftShape(max_depth=5, eta=0.05, num_boost_round=2000, early_stopping_rounds=50, min_child_weight=20.0,
+                      reg_lambda=5.0)
+#: the S-learner's row weights 1 / propensity are capped here: uncapped, a few policy rows with a rare action carry
+#: weights up to 50 and the shared model chases their noise (measured in docs/models.md)
+S_MAX_WEIGHT = 5.0
+#: the distilled per-action boosters (what the set stores): they copy the shared model's differences closely
+DISTIL_SHAPE = UpliftShape(max_depth=6, eta=0.2, num_boost_round=150, min_child_weight=5.0, subsample=1.0,
+                           colsample_bytree=1.0, reg_lambda=1.0)
+
+
+def _with_action(X: pd.DataFrame, action: int | np.ndarray) -> np.ndarray:
+    """``X`` and a one-hot of the action (every action but "none" a column): the S-learner's design matrix."""
+    a = np.broadcast_to(np.asarray(action), (len(X),))
+    oh = np.zeros((len(X), len(ACTIONS) - 1), dtype=np.float32)
+    on = np.flatnonzero(a > 0)
+    oh[on, a[on] - 1] = 1.0
+    return np.hstack([X.to_numpy(dtype=np.float32), oh])
+
+
+def fit_s(X: pd.DataFrame, y: np.ndarray, taken: np.ndarray, e: np.ndarray, val: np.ndarray,
+          shape: UpliftShape = S_SHAPE, bags: int = BAGS) -> dict[str, list]:
+    """S-learner: ``bags`` shared classifiers over the features and the action (one-hot), every action's rows
+    together (weights 1 / propensity, capped at ``S_MAX_WEIGHT``), so each action's effect is learned from all rows'
+    risk structure instead of its own eighth of them. The set stores, per bag, boosters over the features alone
+    (what serving and its explanations read): "none" copies the shared model's probability under "none", each action
+    its difference from "none" (the learner then reads like "dr": baseline + difference; ``UpliftModels``)."""
+    import xgboost as xgb
+
+    col = {a: k for k, a in enumerate(ACTIONS)}
+    ai = np.array([col[a] for a in taken], dtype=int)
+    w = np.minimum(1.0 / e, S_MAX_WEIGHT)
+    w = w / w.mean()
+    design = _with_action(X, ai)
+    tr = ~val if (val.sum() >= 20 and (~val).sum() >= 20) else np.ones(len(y), bool)
+    dfeat = xgb.DMatrix(X.astype("float32"), missing=np.nan)
+    out: dict[str, list] = {a: [] for a in ACTIONS}
+    for b in range(bags):
+        seed = shape.seed + b
+        dtr = xgb.DMatrix(design[tr], label=y[tr], weight=w[tr], missing=np.nan)
+        evals = [] if tr.all() else [(xgb.DMatrix(design[~tr], label=y[~tr], weight=w[~tr], missing=np.nan), "val")]
+        m = xgb.train(shape.params("binary:logistic", seed), dtr, num_boost_round=shape.num_boost_round,
+                      evals=evals, early_stopping_rounds=shape.early_stopping_rounds if evals else None,
+                      verbose_eval=False)
+        if evals and m.best_iteration is not None:
+            m = m[: m.best_iteration + 1]
+        p = np.stack([m.predict(xgb.DMatrix(_with_action(X, k), missing=np.nan)) for k in range(len(ACTIONS))], 1)
+        for k, a in enumerate(ACTIONS):
+            target, objective = (p[:, 0], "binary:logistic") if k == 0 else (p[:, k] - p[:, 0], "reg:squarederror")
+            dfeat.set_label(target)
+            out[a].append(xgb.train(DISTIL_SHAPE.params(objective, seed), dfeat,
+                                    num_boost_round=DISTIL_SHAPE.num_boost_round))
     return out
 
 
@@ -313,6 +368,10 @@ def train_uplift(settings: Settings, uf: UpliftFrame | None = None, register: bo
     # the learner is chosen on the validation patients' randomised rows (no fit trained on them; early stopping
     # read them), never on the test window: the gate judges the chosen set there, and a choice made on the same rows
     # would carry its luck into the gate's estimate
+    if "s" in learners:
+        with logs.stage(log, "uplift: fit s-learner (shared model, distilled per action)"):
+            sets["s"] = UpliftModels(fit_s(Xtr, y[tr], taken[tr], e[tr], sp.val[tr]),
+                                     meta_base | {"learner": "s"}, version="unregistered")
     sel = sp.val & (df["source"] == "randomised").to_numpy()
     Xsel = X[sel].reset_index(drop=True)
     with logs.stage(log, "uplift: choose the learner on validation") as info:
