@@ -48,7 +48,7 @@ def test_the_s_learner_finds_who_an_action_helps_and_its_boosters_explain_the_di
                                                                for b in boosters["none"]], axis=0), rtol=1e-5)
     # each action booster's own contributions (+ bias) add up to its difference from "none"
     d = xgb.DMatrix(X.iloc[:200].astype("float32"))
-    for k, b in enumerate(boosters["transport_offer"]):
+    for b in boosters["transport_offer"]:
         contrib = b.predict(d, pred_contribs=True)
         np.testing.assert_allclose(contrib.sum(axis=1), b.predict(d), rtol=1e-4, atol=1e-5)
     # the set round-trips through its folder (what the registry stores)
