@@ -478,12 +478,19 @@ class UpliftDecision:
         return "\n".join([head, *[f"  - {r}" for r in self.reasons]])
 
 
+#: the uplift gate's one-sided level and bootstrap size: uplift minus risk must be above 0 at its 95% lower bound
+UPLIFT_ALPHA = 0.05
+UPLIFT_BOOT = 1000
+
+
 def promote_uplift(settings: Settings, uf=None) -> UpliftDecision:
-    """Gate the uplift ``challenger``: on randomised appointments it was not trained on (prediction points on or after
-    its test window's start), its plan (each appointment's best action, the largest predicted reductions first) must
-    prevent more no-shows than the risk-ranked plan at the same capacity (``uplift_train.CAPACITY`` of the rows),
-    doubly robust estimates; and the window must hold at least ``gate.min_window_rows`` rows. Refused otherwise,
-    with the figures. The decision is tagged on the version; a promoted set gets ``champion``."""
+    """Gate the uplift ``challenger``: on randomised appointments it was neither trained nor chosen on (prediction
+    points on or after its test window's start; the learner is chosen on validation patients before it), its plan
+    (each appointment's best action, the largest predicted reductions first) must prevent more no-shows than the
+    risk-ranked plan at the same capacity (``uplift_train.CAPACITY`` of the rows) by a margin whose one-sided
+    ``1 - UPLIFT_ALPHA`` lower bound is above 0 (doubly robust per-row terms, both plans on the same rows, bootstrap
+    over patients); and the window must hold at least ``gate.min_window_rows`` rows. Refused otherwise, with the
+    figures. The decision is tagged on the version; a promoted set gets ``champion``."""
     from mlflow.exceptions import MlflowException
 
     from training import uplift as U
@@ -513,13 +520,17 @@ def promote_uplift(settings: Settings, uf=None) -> UpliftDecision:
         return _record_uplift(client, d)
     X = data.recode(w[ch.feature_columns], uf.categorical_columns, ch.categorical_columns)
     ev = UT.evaluate(ch, X, w["label"].to_numpy(dtype=int), w["action"].to_numpy(dtype=object),
-                     w["propensity"].to_numpy(dtype=float))
+                     w["propensity"].to_numpy(dtype=float), groups=w["patient_id"].astype(str).to_numpy(),
+                     alpha=UPLIFT_ALPHA, n_boot=UPLIFT_BOOT)
     figures |= {k: v for k, v in ev.items() if k != "per_action"} | {"per_action": ev["per_action"]}
-    up, rk = ev["prevented_uplift"], ev["prevented_risk"]
-    ok = up > rk and up > 0
+    up, rk, low = ev["prevented_uplift"], ev["prevented_risk"], ev["uplift_minus_risk_low"]
+    ok = low > 0 and up > 0
     reasons = [f"{'PASS' if ok else 'FAIL'} plan: no-shows prevented at capacity {ev['capacity']:,} of {len(w):,} "
-               f"held-out randomised appointments (doubly robust): uplift plan {up:.1f} vs risk-ranked plan {rk:.1f}"
-               + ("" if ok else ": the uplift plan must prevent more than the risk-ranked plan")]
+               f"held-out randomised appointments (doubly robust): uplift plan {up:.1f} vs risk-ranked plan {rk:.1f}; "
+               f"difference {up - rk:+.1f}, its {1 - UPLIFT_ALPHA:.0%} lower bound {low:+.1f} (paired bootstrap over "
+               f"{ev['groups']:,} patients)"
+               + ("" if ok else ": the uplift plan must prevent more than the risk-ranked plan by a lower bound above "
+                  "0 (a point estimate this noisy promotes sets that are worse)")]
     for a, v in ev["per_action"].items():
         reasons.append(f"info {a}: AUUC {v['auuc']:.4f}, risk ranking {v['risk_auuc']:.4f}, random "
                        f"{v['random_auuc']:.4f}")

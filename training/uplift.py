@@ -52,6 +52,8 @@ EXPERIMENT = REGISTERED_MODEL
 META_FILE = "carecast_uplift.json"
 ARTIFACT_DIR = "uplift"
 CHAMPION, CHALLENGER = "champion", "challenger"
+#: learners whose action boosters predict the difference from "none" (added to the baseline), not a probability
+DIFFERENCE_LEARNERS = frozenset({"dr", "s"})
 
 #: each action's configured effect (``OutreachSettings.effects``), used when no uplift model is promoted
 ACTION_EFFECT: dict[str, str] = {
@@ -126,7 +128,9 @@ class UpliftModels:
 
     ``learner``: "t" (each booster predicts the no-show probability under its action), "t_offset" (each action's
     booster k starts from the baseline booster k's log-odds and predicts the probability under the action) or "dr"
-    (each action's boosters predict the difference from "none", fitted on doubly robust pseudo-outcomes). ``meta`` is
+    (each action's boosters predict the difference from "none", fitted on doubly robust pseudo-outcomes); "s" reads
+    like "dr": its boosters are per-action copies of one shared model over the features and the action
+    (``training/uplift_train.fit_s``). ``meta`` is
     ``carecast_uplift.json``: features, categories, actions, learner, figures of the run.
     """
 
@@ -171,7 +175,7 @@ class UpliftModels:
                 pred = np.stack([b.predict(margins[k % len(margins)]) for k, b in enumerate(self.boosters[a])])
             else:
                 pred = np.stack([b.predict(d) for b in self.boosters[a]])
-            out.append(np.clip(base + pred, 0.0, 1.0) if self.learner == "dr" else pred)
+            out.append(np.clip(base + pred, 0.0, 1.0) if self.learner in DIFFERENCE_LEARNERS else pred)
         return np.stack(out, axis=-1)
 
     def predict(self, X: pd.DataFrame) -> ActionProbabilities:

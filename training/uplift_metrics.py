@@ -67,15 +67,41 @@ def prevented_dr(y: np.ndarray, taken: np.ndarray, propensity: np.ndarray, plan:
     """No-shows prevented by ``plan`` against doing nothing, summed over rows: doubly robust (the outcome models
     ``mu`` (n, A) plus the IPW correction on rows whose taken action is the plan's or "none"). Unbiased on
     randomised rows whatever ``mu`` is; ``mu`` only lowers the variance."""
+    return float(np.sum(prevented_dr_rows(y, taken, propensity, plan, mu, actions)))
+
+
+def prevented_dr_rows(y: np.ndarray, taken: np.ndarray, propensity: np.ndarray, plan: np.ndarray, mu: np.ndarray,
+                      actions: tuple[str, ...]) -> np.ndarray:
+    """Each row's doubly robust term of ``prevented_dr`` (their sum is it): kept per row so that two plans can be
+    compared on the same rows and resampled together (``paired_lower_bound``)."""
     y = np.asarray(y, float)
     e = np.asarray(propensity, float)
     col = {a: k for k, a in enumerate(actions)}
-    pi = np.array([col[a] for a in plan])
-    tk = np.array([col[a] for a in taken])
+    pi = np.array([col[a] for a in plan], dtype=int)
+    tk = np.array([col[a] for a in taken], dtype=int)
     rows = np.arange(len(y))
     v_plan = mu[rows, pi] + np.where(tk == pi, (y - mu[rows, pi]) / e, 0.0)
     v_none = mu[:, 0] + np.where(tk == 0, (y - mu[:, 0]) / e, 0.0)
-    return float(np.sum(v_none - v_plan))
+    return v_none - v_plan
+
+
+def paired_lower_bound(diff_rows: np.ndarray, groups: np.ndarray, alpha: float = 0.05, n_boot: int = 1000,
+                       seed: int = 0) -> tuple[float, float]:
+    """(sum of ``diff_rows``, its one-sided ``1 - alpha`` lower confidence bound) by a bootstrap over ``groups``
+    (patients: one patient's appointments are not independent). ``diff_rows`` is plan A's per-row term minus plan
+    B's on the same rows, so each resample draws both plans' rows together (paired): the bound is on the difference,
+    not on two separately noisy totals."""
+    d = np.asarray(diff_rows, float)
+    if len(d) == 0:
+        raise ValueError("paired_lower_bound needs rows")
+    _, g = np.unique(np.asarray(groups), return_inverse=True)
+    sums = np.bincount(g, weights=d)
+    rng = np.random.default_rng(seed)
+    n = len(sums)
+    boot = np.empty(n_boot)
+    for b in range(n_boot):
+        boot[b] = sums[rng.integers(0, n, n)].sum()
+    return float(d.sum()), float(np.quantile(boot, alpha))
 
 
 def top_k(gain: np.ndarray, k: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Train the uplift set: per action, XGBoost meta-learners of the no-show probability under that action.
 
-Two learners are fitted and compared on the same held-out randomised appointments; the better one (more no-shows
-prevented by its plan, doubly robust estimate) is the set registered:
+The learners are fitted and compared on the validation patients' randomised appointments (no fit trains on them);
+the better one (more no-shows prevented by its plan, doubly robust estimate) is the set registered, and the gate
+judges it on the test window, which played no part in the choice:
 
 * **T-learner**: one classifier per action (and one for "none") on the rows that got it, weighted by 1 / propensity
   (randomised rows: the draw's; policy rows: the logged one), so the policy's confounding is undone where it is known.
@@ -50,7 +51,7 @@ PURGE_DAYS = 7
 VAL_SHARE = 0.2
 #: the plans' capacity: this share of the appointments get an action (the rest: none)
 CAPACITY = 0.10
-LEARNERS = ("t", "t_offset", "dr")
+LEARNERS = ("t", "t_offset", "dr", "s")
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,61 @@ def fit_dr(X: pd.DataFrame, y: np.ndarray, taken: np.ndarray, e: np.ndarray, val
     return out
 
 
+#: the S-learner's shared model: deeper than the T-learner's (it must find action x feature interactions itself)
+S_SHAPE = UpliftShape(max_depth=5, eta=0.05, num_boost_round=2000, early_stopping_rounds=50, min_child_weight=20.0,
+                      reg_lambda=5.0)
+#: the S-learner's row weights 1 / propensity are capped here: uncapped, a few policy rows with a rare action carry
+#: weights up to 50 and the shared model chases their noise (measured in docs/models.md)
+S_MAX_WEIGHT = 5.0
+#: the distilled per-action boosters (what the set stores): they copy the shared model's differences closely
+DISTIL_SHAPE = UpliftShape(max_depth=6, eta=0.2, num_boost_round=150, min_child_weight=5.0, subsample=1.0,
+                           colsample_bytree=1.0, reg_lambda=1.0)
+
+
+def _with_action(X: pd.DataFrame, action: int | np.ndarray) -> np.ndarray:
+    """``X`` and a one-hot of the action (every action but "none" a column): the S-learner's design matrix."""
+    a = np.broadcast_to(np.asarray(action), (len(X),))
+    oh = np.zeros((len(X), len(ACTIONS) - 1), dtype=np.float32)
+    on = np.flatnonzero(a > 0)
+    oh[on, a[on] - 1] = 1.0
+    return np.hstack([X.to_numpy(dtype=np.float32), oh])
+
+
+def fit_s(X: pd.DataFrame, y: np.ndarray, taken: np.ndarray, e: np.ndarray, val: np.ndarray,
+          shape: UpliftShape = S_SHAPE, bags: int = BAGS) -> dict[str, list]:
+    """S-learner: ``bags`` shared classifiers over the features and the action (one-hot), every action's rows
+    together (weights 1 / propensity, capped at ``S_MAX_WEIGHT``), so each action's effect is learned from all rows'
+    risk structure instead of its own eighth of them. The set stores, per bag, boosters over the features alone
+    (what serving and its explanations read): "none" copies the shared model's probability under "none", each action
+    its difference from "none" (the learner then reads like "dr": baseline + difference; ``UpliftModels``)."""
+    import xgboost as xgb
+
+    col = {a: k for k, a in enumerate(ACTIONS)}
+    ai = np.array([col[a] for a in taken], dtype=int)
+    w = np.minimum(1.0 / e, S_MAX_WEIGHT)
+    w = w / w.mean()
+    design = _with_action(X, ai)
+    tr = ~val if (val.sum() >= 20 and (~val).sum() >= 20) else np.ones(len(y), bool)
+    dfeat = xgb.DMatrix(X.astype("float32"), missing=np.nan)
+    out: dict[str, list] = {a: [] for a in ACTIONS}
+    for b in range(bags):
+        seed = shape.seed + b
+        dtr = xgb.DMatrix(design[tr], label=y[tr], weight=w[tr], missing=np.nan)
+        evals = [] if tr.all() else [(xgb.DMatrix(design[~tr], label=y[~tr], weight=w[~tr], missing=np.nan), "val")]
+        m = xgb.train(shape.params("binary:logistic", seed), dtr, num_boost_round=shape.num_boost_round,
+                      evals=evals, early_stopping_rounds=shape.early_stopping_rounds if evals else None,
+                      verbose_eval=False)
+        if evals and m.best_iteration is not None:
+            m = m[: m.best_iteration + 1]
+        p = np.stack([m.predict(xgb.DMatrix(_with_action(X, k), missing=np.nan)) for k in range(len(ACTIONS))], 1)
+        for k, a in enumerate(ACTIONS):
+            target, objective = (p[:, 0], "binary:logistic") if k == 0 else (p[:, k] - p[:, 0], "reg:squarederror")
+            dfeat.set_label(target)
+            out[a].append(xgb.train(DISTIL_SHAPE.params(objective, seed), dfeat,
+                                    num_boost_round=DISTIL_SHAPE.num_boost_round))
+    return out
+
+
 def reachable_mask(X: pd.DataFrame) -> np.ndarray:
     """(n, A) which actions can be delivered to each row (contact flags and the telehealth flag among the features)."""
     cols = {c: (X[c].to_numpy(dtype=float) >= 0.5) if c in X else np.zeros(len(X), bool)
@@ -214,8 +270,10 @@ def risk_plan(p_risk: np.ndarray, allowed: np.ndarray, k: int, effects: Effects 
 
 
 def evaluate(models: UpliftModels, X: pd.DataFrame, y: np.ndarray, taken: np.ndarray, e: np.ndarray,
-             mu: np.ndarray | None = None) -> dict:
-    """Qini / AUUC per action (model, random, risk ranking) and the plans' prevented no-shows on randomised rows."""
+             mu: np.ndarray | None = None, groups: np.ndarray | None = None, alpha: float = 0.05,
+             n_boot: int = 1000) -> dict:
+    """Qini / AUUC per action (model, random, risk ranking) and the plans' prevented no-shows on randomised rows;
+    with ``groups`` (patients) also the ``1 - alpha`` lower bound of uplift minus risk (paired patient bootstrap)."""
     ap = models.predict(X)
     mu = ap.probability if mu is None else mu
     p_none = ap.probability[:, 0]
@@ -233,9 +291,16 @@ def evaluate(models: UpliftModels, X: pd.DataFrame, y: np.ndarray, taken: np.nda
     cap = max(1, int(round(CAPACITY * len(y))))
     up = uplift_plan(ap, allowed, cap)
     rk = risk_plan(p_none, allowed, cap)
-    return {"per_action": per_action, "capacity": cap, "rows": len(y),
-            "prevented_uplift": UM.prevented_dr(y, taken, e, up, mu, ACTIONS),
-            "prevented_risk": UM.prevented_dr(y, taken, e, rk, mu, ACTIONS),
+    up_rows = UM.prevented_dr_rows(y, taken, e, up, mu, ACTIONS)
+    rk_rows = UM.prevented_dr_rows(y, taken, e, rk, mu, ACTIONS)
+    gap = {}
+    if groups is not None:
+        diff, low = UM.paired_lower_bound(up_rows - rk_rows, groups, alpha, n_boot)
+        gap = {"uplift_minus_risk": diff, "uplift_minus_risk_low": low, "alpha": alpha, "n_boot": n_boot,
+               "groups": int(len(np.unique(groups)))}
+    return gap | {"per_action": per_action, "capacity": cap, "rows": len(y),
+            "prevented_uplift": float(up_rows.sum()),
+            "prevented_risk": float(rk_rows.sum()),
             "mean_auuc": float(np.mean([v["auuc"] for v in per_action.values()])) if per_action else float("nan"),
             "mean_risk_auuc": float(np.mean([v["risk_auuc"] for v in per_action.values()])) if per_action else float("nan"),
             "mean_random_auuc": float(np.mean([v["random_auuc"] for v in per_action.values()])) if per_action else float("nan")}
@@ -300,15 +365,33 @@ def train_uplift(settings: Settings, uf: UpliftFrame | None = None, register: bo
         with logs.stage(log, "uplift: fit dr-learner"):
             dr = fit_dr(Xtr, y[tr], taken[tr], e[tr], sp.val[tr], groups[tr], shape, t_models)
             sets["dr"] = UpliftModels(dr, meta_base | {"learner": "dr"}, version="unregistered")
+    # the learner is chosen on the validation patients' randomised rows (no fit trained on them; early stopping
+    # read them), never on the test window: the gate judges the chosen set there, and a choice made on the same rows
+    # would carry its luck into the gate's estimate
+    if "s" in learners:
+        with logs.stage(log, "uplift: fit s-learner (shared model, distilled per action)"):
+            sets["s"] = UpliftModels(fit_s(Xtr, y[tr], taken[tr], e[tr], sp.val[tr]),
+                                     meta_base | {"learner": "s"}, version="unregistered")
+    sel = sp.val & (df["source"] == "randomised").to_numpy()
+    Xsel = X[sel].reset_index(drop=True)
+    with logs.stage(log, "uplift: choose the learner on validation") as info:
+        mu_sel = sets["t"].predict(Xsel).probability     # one outcome model for every DR estimate: fair comparisons
+        chosen_on = {name: evaluate(m, Xsel, y[sel], taken[sel], e[sel], mu_sel) for name, m in sets.items()}
+        info["validation_rows"] = int(sel.sum())
     Xte = X[sp.test].reset_index(drop=True)
     with logs.stage(log, "uplift: evaluate") as info:
-        mu = sets["t"].predict(Xte).probability     # one outcome model for every DR estimate: fair comparisons
+        mu = sets["t"].predict(Xte).probability
         figures = {name: evaluate(m, Xte, y[sp.test], taken[sp.test], e[sp.test], mu) for name, m in sets.items()}
         info["test_rows"] = int(sp.test.sum())
-    chosen = max(sets, key=lambda n: (figures[n]["prevented_uplift"], n == "t"))
+    for name, f in figures.items():
+        f["validation_prevented_uplift"] = chosen_on[name]["prevented_uplift"]
+        f["validation_prevented_risk"] = chosen_on[name]["prevented_risk"]
+        f["validation_rows"] = chosen_on[name]["rows"]
+    chosen = max(sets, key=lambda n: (chosen_on[n]["prevented_uplift"], n == "t"))
     best = sets[chosen]
     result = {"learner": chosen, "comparison": figures, "test_start": sp.test_start.isoformat(),
               "n": {"train": int(tr.sum()), "val": int(sp.val.sum()), "test": int(sp.test.sum()),
+                    "validation_randomised": int(sel.sum()),
                     "randomised_train": int((tr & (df["source"] == "randomised").to_numpy()).sum()),
                     "policy_train": int((tr & (df["source"] == "policy").to_numpy()).sum())},
               "excluded": uf.excluded, "fit_seconds": time.perf_counter() - t0}
@@ -374,16 +457,19 @@ def summary(r: dict) -> str:
     """The training result in words: the learners compared, the chosen one's Qini / AUUC per action."""
     lines = []
     for name, f in r["comparison"].items():
-        lines.append(f"  {name}-learner: prevented on {f['rows']:,} held-out randomised appointments at capacity "
-                     f"{f['capacity']:,}: uplift plan {f['prevented_uplift']:.1f}, risk plan {f['prevented_risk']:.1f} "
-                     f"(doubly robust); mean AUUC {f['mean_auuc']:.4f} vs risk ranking {f['mean_risk_auuc']:.4f}, "
-                     f"random {f['mean_random_auuc']:.4f}")
+        val = (f"validation ({f['validation_rows']:,} randomised rows, where it is chosen): uplift plan "
+               f"{f['validation_prevented_uplift']:.1f}, risk plan {f['validation_prevented_risk']:.1f}; "
+               if "validation_rows" in f else "")
+        lines.append(f"  {name}-learner: {val}prevented on {f['rows']:,} held-out randomised appointments at "
+                     f"capacity {f['capacity']:,}: uplift plan {f['prevented_uplift']:.1f}, risk plan "
+                     f"{f['prevented_risk']:.1f} (doubly robust); mean AUUC {f['mean_auuc']:.4f} vs risk ranking "
+                     f"{f['mean_risk_auuc']:.4f}, random {f['mean_random_auuc']:.4f}")
     f = r["comparison"][r["learner"]]
     for a, v in f["per_action"].items():
         lines.append(f"    {a}: AUUC {v['auuc']:.4f} (risk ranking {v['risk_auuc']:.4f}, random {v['random_auuc']:.4f}); "
                      f"{v['n_treated']} treated vs {v['n_control']} none")
     ver = f"v{r['version']} -> challenger" if "version" in r else "not registered"
-    head = (f"uplift: {ver}; learner {r['learner']} (chosen by no-shows prevented); train {r['n']['train']:,} rows "
+    head = (f"uplift: {ver}; learner {r['learner']} (chosen by no-shows prevented on validation); train {r['n']['train']:,} rows "
             f"({r['n']['randomised_train']:,} randomised, {r['n']['policy_train']:,} policy with a logged propensity), "
             f"left out: " + ", ".join(f"{v:,} {k}" for k, v in r["excluded"].items() if v))
     return "\n".join([head, *lines])

@@ -84,7 +84,8 @@ def test_a_set_that_does_not_beat_the_risk_plan_is_refused_and_one_that_does_is_
     d = promote_uplift(settings, uf)
     assert d.version == v_bad and not d.promoted
     assert d.figures["prevented_uplift"] < d.figures["prevented_risk"]
-    assert "must prevent more than the risk-ranked plan" in d.reasons[0]
+    assert "must prevent more than the risk-ranked plan by a lower bound above 0" in d.reasons[0]
+    assert d.figures["uplift_minus_risk_low"] < 0
     assert f"uplift plan {d.figures['prevented_uplift']:.1f} vs risk-ranked plan {d.figures['prevented_risk']:.1f}" \
         in d.reasons[0]
     assert U.load_promoted(settings) is None       # nothing promoted: serving falls back to configured effects
@@ -95,6 +96,7 @@ def test_a_set_that_does_not_beat_the_risk_plan_is_refused_and_one_that_does_is_
     d2 = promote_uplift(settings, uf)
     assert d2.version == v_good and d2.promoted, d2.describe()
     assert d2.figures["prevented_uplift"] > d2.figures["prevented_risk"]
+    assert 0 < d2.figures["uplift_minus_risk_low"] < d2.figures["uplift_minus_risk"]
     champ = U.load_promoted(settings)
     assert champ is not None and champ.version == v_good
     # the loaded champion predicts what the set it was built from predicts (the interface serving uses)
@@ -110,3 +112,22 @@ def test_the_fallback_is_risk_times_the_configured_effect():
     call = U.ACTIONS.index("personal_call")
     np.testing.assert_allclose(ap.probability[:, call], [0.4 * (1 - 0.41), 0.1 * (1 - 0.41)])
     np.testing.assert_allclose(ap.difference()[:, 0], 0.0)
+
+
+def test_a_set_ahead_of_the_risk_plan_only_by_its_point_estimate_is_refused(settings):
+    """On a small window the true set's plan is ahead of the risk plan on the point estimate, but the paired patient
+    bootstrap's 95% lower bound of the difference is below 0: the gate must not promote on the point estimate (it
+    did, before the bound, and promoted sets that were worse than risk ranking)."""
+    df, _ = _world(n=1500, seed=3)
+    uf = UpliftFrame(df, FEATS, {})
+    good = _set(df, {"transport_offer": 0.25 * df["far"].to_numpy(), "personal_call": np.full(len(df), 0.04)})
+    v = _register_set(settings, good)
+    d = promote_uplift(settings, uf)
+    assert d.version == v and not d.promoted, d.describe()
+    f = d.figures
+    assert f["prevented_uplift"] > f["prevented_risk"]         # the point estimate alone would have promoted it
+    assert f["uplift_minus_risk"] == pytest.approx(f["prevented_uplift"] - f["prevented_risk"])
+    assert f["uplift_minus_risk_low"] < 0
+    assert f["groups"] == 1500 and f["n_boot"] == 1000
+    assert "lower bound" in d.reasons[0] and d.reasons[0].startswith("FAIL")
+    assert U.load_promoted(settings) is None

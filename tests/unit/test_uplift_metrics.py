@@ -64,3 +64,36 @@ def test_prevented_dr_is_the_ipw_difference_when_the_outcome_model_is_zero():
 def test_top_k_never_picks_rows_without_gain():
     m = UM.top_k(np.array([0.3, -0.1, 0.0, 0.2]), 3)
     assert m.tolist() == [True, False, False, True]
+
+
+def test_prevented_dr_rows_sum_to_the_plan_value_and_pair_two_plans_on_the_same_rows():
+    rng = np.random.default_rng(1)
+    actions = ("none", "call")
+    n = 500
+    taken = np.where(rng.random(n) < 0.5, "call", "none").astype(object)
+    y = rng.integers(0, 2, n).astype(float)
+    mu = rng.uniform(0.1, 0.5, (n, 2))
+    e = np.full(n, 0.5)
+    plan_a = np.where(rng.random(n) < 0.3, "call", "none").astype(object)
+    plan_b = np.full(n, "none", dtype=object)
+    rows = UM.prevented_dr_rows(y, taken, e, plan_a, mu, actions)
+    assert rows.shape == (n,)
+    assert rows.sum() == pytest.approx(UM.prevented_dr(y, taken, e, plan_a, mu, actions))
+    # doing nothing prevents nothing, row by row
+    np.testing.assert_allclose(UM.prevented_dr_rows(y, taken, e, plan_b, mu, actions), 0.0)
+
+
+def test_paired_lower_bound_is_below_the_sum_and_widens_when_a_patient_s_rows_move_together():
+    rng = np.random.default_rng(2)
+    # a constant difference has no spread: the bound is the sum itself
+    total, low = UM.paired_lower_bound(np.full(300, 0.1), np.arange(300))
+    assert total == pytest.approx(30.0) and low == pytest.approx(30.0)
+    # 200 patients x 10 appointments each, the difference shared within a patient
+    per_patient = rng.normal(0.05, 1.0, 200)
+    d = np.repeat(per_patient, 10)
+    total, low_patients = UM.paired_lower_bound(d, np.repeat(np.arange(200), 10), seed=3)
+    _, low_rows = UM.paired_lower_bound(d, np.arange(len(d)), seed=3)
+    assert total == pytest.approx(d.sum())
+    assert low_patients < low_rows < total   # rows treated as independent would overstate the evidence
+    with pytest.raises(ValueError):
+        UM.paired_lower_bound(np.array([]), np.array([]))
