@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from carecast.private_db import open_private
+
 GENESIS = "0" * 64
 FILE = "audit.db"
 
@@ -111,19 +113,9 @@ class AuditLog:
     def _connect(self, create: bool) -> sqlite3.Connection | None:
         if self._conn is not None:
             return self._conn
-        if not self.path.exists():
-            if not create:
-                return None
-            self.folder.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.folder, 0o700)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
-            os.close(fd)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.sync}")   # audit.sync: what a record survives
-        conn.executescript(_SCHEMA)
-        self._conn = conn
-        return conn
+        # audit.sync: what a record survives
+        self._conn = open_private(self.path, _SCHEMA, create, synchronous=self.sync)
+        return self._conn
 
     def close(self) -> None:
         with self._lock:

@@ -19,7 +19,6 @@ Notes are patient data: they are stored and shown, exported, but never logged, n
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import sqlite3
 import threading
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from carecast.audit import AuditLog
+from carecast.private_db import open_private
 from features.feeds.contracts import ENGAGEMENT
 
 #: what a coordinator can record, in the order the page offers it, and the words it shows ("called": the patient
@@ -197,17 +197,8 @@ class SqliteOutcomeStore:
     def _connect(self, create: bool) -> sqlite3.Connection | None:
         if self._conn is not None:
             return self._conn
-        if not self.path.exists():
-            if not create:
-                return None
-            self.folder.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.folder, 0o700)
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(_SCHEMA)
-        self._conn = conn
-        return conn
+        self._conn = open_private(self.path, _SCHEMA, create)
+        return self._conn
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import re
 import secrets
 import sqlite3
@@ -31,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from carecast.private_db import open_private
 
 COOKIE = "carecast_session"
 NAME_RULE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -106,16 +107,8 @@ class Accounts:
     def _db(self, create: bool = True) -> sqlite3.Connection | None:
         if self._conn is not None:
             return self._conn
-        if not self.path.exists():
-            if not create:
-                return None
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(_SCHEMA)
-        self._conn = conn
-        return conn
+        self._conn = open_private(self.path, _SCHEMA, create, own_folder=False)  # the home's folder, not its own
+        return self._conn
 
     def _exec(self, sql: str, args: tuple[Any, ...] = (), create: bool = True) -> list[tuple[Any, ...]]:
         with self._lock:
