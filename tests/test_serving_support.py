@@ -255,6 +255,26 @@ def asgi_client(home: Path, monkeypatch, **env: str):
     return TestClient(_ASGI[0])
 
 
+def wait_http(url: str, proc, seconds: float = 120, log=None) -> None:
+    """Poll ``url`` until it answers 200; fail at once (with the server's log tail) if ``proc`` exits first."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log is not None else ""
+            raise AssertionError(f"server exited early with {proc.returncode}: {tail}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer 200 in {seconds:g} s")
+
+
 def wait_for(check, seconds: float = 20.0, every: float = 0.1) -> bool:
     """Poll ``check()`` until it is true or ``seconds`` pass (for what a background poll changes)."""
     import time

@@ -116,3 +116,17 @@ def mounted(ui_app, prefix: str = "/ui"):
     from starlette.routing import Mount
 
     return Starlette(routes=[Mount(prefix, ui_app)])
+
+
+def page_client():
+    """A TestClient on the page of the current ``CARECAST_HOME`` with fake lists (300 appointments, 120 patients)
+    and one coordinator account."""
+    from starlette.testclient import TestClient
+
+    from carecast.settings import load_settings
+    from serving.ui import create_ui_app
+
+    s = load_settings()
+    write_fake_lists(s, 300, 120)
+    add_user(s)
+    return TestClient(mounted(create_ui_app(s)), base_url="http://testserver")

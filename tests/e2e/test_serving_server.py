@@ -78,19 +78,7 @@ def test_asgi_app_on_the_feast_store(real_home, monkeypatch):
 
 
 def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early with {proc.returncode}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("server not ready in time")
+    sup.wait_http(f"{base}/readyz", proc, timeout)
 
 
 def test_real_bentoml_serve_on_loopback(real_home, tmp_path):

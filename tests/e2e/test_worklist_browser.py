@@ -61,23 +61,11 @@ class Service:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        import httpx
-
         cmd = [str(Path(sys.executable).with_name("carecast")), "serve", "--port", str(self.port)]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/ui/login", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError("the page did not come up in time")
+        sup.wait_http(f"{self.url}/ui/login", self.proc, 120, self.log)
 
     def stop(self) -> None:
         if self.proc is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
-from test_ui_support import PASSWORD, USER, add_user, fake_result, login, mounted, write_fake_lists
+from test_ui_support import PASSWORD, USER, add_user, fake_result, login, mounted, page_client
 
 from carecast.audit import AuditLog
 from carecast.settings import load_settings
@@ -22,10 +22,7 @@ ORIGIN = {"Origin": "http://testserver"}
 
 @pytest.fixture()
 def client(home: Path) -> TestClient:
-    s = load_settings()
-    write_fake_lists(s, 300, 120)
-    add_user(s)
-    return TestClient(mounted(create_ui_app(s)), base_url="http://testserver")
+    return page_client()
 
 
 def _login(c: TestClient) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from starlette.testclient import TestClient
-from test_ui_support import USER, add_user, login, mounted, write_fake_lists
+from test_ui_support import USER, add_user, login, mounted, page_client, write_fake_lists
 
 from carecast.audit import AuditLog
 from carecast.settings import load_settings
@@ -127,10 +127,7 @@ def test_an_unreadable_store_says_so(tmp_path: Path) -> None:
 
 @pytest.fixture()
 def client(home: Path) -> TestClient:
-    s = load_settings()
-    write_fake_lists(s, 300, 120)
-    add_user(s)
-    return TestClient(mounted(create_ui_app(s)), base_url="http://testserver")
+    return page_client()
 
 
 def _form(c: TestClient, path: str = "/ui/appointments", row: int = 0) -> dict[str, str]:
