@@ -30,6 +30,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from carecast import logs
 from carecast.audit import AuditLog, AuditUnavailable
 from serving.ui import auth
 from serving.ui.data import (
@@ -54,9 +55,11 @@ from serving.worklist import (
     WorklistUnavailable,
     new_outcome,
     open_store,
+    purge_and_record,
 )
 
 HERE = Path(__file__).parent
+log = logs.get("serving.ui")
 #: id columns: shown cut to a fixed width with the full value on hover
 ID_COLUMNS = ("appointment_id", "patient_id")
 #: the list's query parameters a form may carry back (``back``): filters, order and page, never an id
@@ -116,6 +119,18 @@ def create_ui_app(settings: Any, store: Store | None = None, accounts: auth.Acco
 
     def cookie_path(request: Request) -> str:
         return (base(request) or "") + "/"
+
+    async def purge_due() -> None:
+        """The worklist's daily retention purge, run by the page itself when the day's first outcome is recorded (the
+        pipeline runs it too): a site whose pipeline stopped must not keep coordinators' notes past retention. A store
+        or trail that cannot be written is logged (by kind, nothing of a row) and tried again with the next outcome."""
+        try:
+            removed, _ = await anyio.to_thread.run_sync(lambda: purge_and_record(outcomes, trail, only_if_due=True))
+        except (WorklistUnavailable, AuditUnavailable) as exc:
+            log.warning("worklist retention purge not run: %s", type(exc).__name__)
+            return
+        if removed:
+            log.info("worklist retention purge removed %d outcome(s)", removed)
 
     async def record(request: Request, who: str, what: str, patients: list[str], detail: dict[str, Any]) -> Response | None:
         """The access trail first; when it cannot be written the data is not shown (503, saying why)."""
@@ -300,6 +315,7 @@ def create_ui_app(settings: Any, store: Store | None = None, accounts: auth.Acco
             return message(request, 503, f"The outcome was not recorded: {exc}. Try again shortly.", sess, back)
         except WorklistError as exc:
             return message(request, 400, str(exc), sess, back)
+        await purge_due()
         return RedirectResponse(f"{back}#r{int(row['rank'])}", status_code=303, headers=_SECURITY_HEADERS)
 
     async def export_outcomes(request: Request) -> Response:

@@ -195,6 +195,25 @@ def test_an_outcome_is_recorded_shown_exported_and_in_the_trail(client: TestClie
     assert NOTE not in caplog.text and o.patient_id not in caplog.text and o.appointment_id not in caplog.text
 
 
+def test_the_page_runs_the_daily_purge_itself(client: TestClient, home: Path) -> None:
+    """A site whose pipeline stopped still loses old notes: recording the day's first outcome runs the purge."""
+    store = open_store(load_settings())
+    now = dt.datetime.now(dt.UTC)
+    old = _outcome("OLD", "P-OLD", at=(now - dt.timedelta(days=store.retention_days + 1)).isoformat())
+    store.append(old)
+    login(client)
+    r = client.post("/ui/outcomes", data={**_form(client), "outcome": "no_answer"}, headers=ORIGIN,
+                    follow_redirects=False)
+    assert r.status_code == 303
+    assert [o.outcome for o in store.rows()] == ["no_answer"]            # the old one is gone, the new one kept
+    trail = AuditLog.from_settings(load_settings())
+    assert [rec.detail["removed"] for rec in trail.what_saw("system:retention") if rec.what == "worklist purge"] == [1]
+    # not again the same day: a second old row stays until tomorrow's purge
+    store.append(_outcome("OLD2", "P-OLD2", at=(now - dt.timedelta(days=store.retention_days + 1)).isoformat()))
+    client.post("/ui/outcomes", data={**_form(client), "outcome": "confirmed"}, headers=ORIGIN)
+    assert len(store.rows()) == 3
+
+
 def test_a_correction_replaces_the_latest_outcome_and_both_are_kept(client: TestClient) -> None:
     login(client)
     form = _form(client)
