@@ -12,6 +12,13 @@ one's no-show probability under every action) compares, at a capacity of ``capac
 * ``uplift``: each appointment's action with the largest predicted reduction (the uplift set), largest first;
 * ``oracle``: the same with the true potential outcomes (the best any plan can do).
 
+And one diagnostic that is not a plan the product could make: ``ceiling``, the best a model of *these features* can
+do. Per action a regressor is fitted to the world's true gains (p(none) - p(action)) on the appointments before the
+held-out window (the uplift set's training span), and its plan is made on the held-out ones. The oracle also knows
+each appointment's latent reason, which no feature holds; the ceiling says how much of the oracle's figure the
+features can reach at all, so a shortfall of ``uplift`` can be told apart as learning (uplift vs ceiling) or
+observability (ceiling vs oracle).
+
 Prevented no-shows are read from the truth (``truth/outreach.parquet``): the sum over the plan's appointments of
 p(none) - p(action). Only the synthetic world has this truth; it is never used to train or gate.
 """
@@ -47,11 +54,17 @@ class OutreachResult:
     seconds: float
     actions: dict[str, dict[str, int]] = field(default_factory=dict)
     training: str = ""
+    #: the features' ceiling (module doc): no-shows prevented by a plan from a model fitted to the true gains
+    ceiling: float | None = None
 
     def figures(self) -> dict:
         f: dict = {p: round(self.prevented[p], 3) for p in PLANS}
         f |= {"uplift_over_risk": _ratio(self.prevented["uplift"], self.prevented["risk"]),
-              "uplift_over_oracle": _ratio(self.prevented["uplift"], self.prevented["oracle"]),
+              "uplift_over_oracle": _ratio(self.prevented["uplift"], self.prevented["oracle"])}
+        if self.ceiling is not None:
+            f |= {"ceiling": round(self.ceiling, 3), "ceiling_over_oracle": _ratio(self.ceiling, self.prevented["oracle"]),
+                  "uplift_over_ceiling": _ratio(self.prevented["uplift"], self.ceiling)}
+        f |= {
               "appointments": self.appointments, "capacity": self.capacity, "patients": self.patients,
               "seed": self.seed, "learner": self.learner, "gate": self.gate, "seconds": round(self.seconds, 1)}
         return f
@@ -64,6 +77,10 @@ class OutreachResult:
             mix = ", ".join(f"{a} {n:,}" for a, n in sorted(self.actions.get(p, {}).items(), key=lambda kv: -kv[1]))
             lines.append(f"  {p:>6}: prevents {self.prevented[p]:7.1f} no-shows" + (f" ({mix})" if mix else ""))
         f = self.figures()
+        if self.ceiling is not None:
+            lines.append(f"  (ceiling: a model fitted to the true gains from the same features prevents {self.ceiling:.1f}, "
+                         f"{f['ceiling_over_oracle']} of the oracle: the most any model of these features can reach; "
+                         f"uplift reaches {f['uplift_over_ceiling']} of it)")
         if self.training:
             lines.append(self.training)
         lines.append(f"  uplift / risk = {f['uplift_over_risk']}, uplift / oracle = {f['uplift_over_oracle']} "
@@ -144,6 +161,8 @@ def run(patients: int, seed: int, work: Path | None = None, capacity: float = 0.
             best = np.argmax(np.where(allowed, gain_true, -np.inf), axis=1)
             g = gain_true[np.arange(len(held)), best]
             plans["oracle"] = np.where(UM.top_k(g, k), np.asarray(ACTIONS, dtype=object)[best], "none")
+            ceiling = _ceiling(df, ts, pd.Timestamp(trained["test_start"]), truth, models.feature_columns, held,
+                               gain_true, allowed, k)
             col = {a: i for i, a in enumerate(ACTIONS)}
             prevented = {}
             for name, plan in plans.items():
@@ -152,4 +171,35 @@ def run(patients: int, seed: int, work: Path | None = None, capacity: float = 0.
             info["appointments"] = len(held)
     return OutreachResult(patients, seed, len(held), k, prevented, float(p_true[:, 0].sum()), trained["learner"],
                           "promoted" if decision.promoted else "refused", time.perf_counter() - t0,
-                          {n: _mix(p) for n, p in plans.items()}, summary(trained) + "\n" + decision.describe())
+                          {n: _mix(p) for n, p in plans.items()}, summary(trained) + "\n" + decision.describe(),
+                          ceiling)
+
+
+def _ceiling(df: pd.DataFrame, ts: pd.Series, test_start: pd.Timestamp, truth: pd.DataFrame, feats: list[str],
+             held: pd.DataFrame, gain_held: np.ndarray, allowed: np.ndarray, k: int) -> float:
+    """The features' ceiling (module doc): per action an XGBoost regressor of the true gain, fitted on the frame's
+    rows before the held-out window less the uplift split's purge, its plan scored on the held-out rows."""
+    import xgboost as xgb
+
+    from training import uplift_metrics as UM
+    from training.uplift import ACTIONS
+    from training.uplift_train import PURGE_DAYS
+
+    with logs.stage(log, "outreach bench: features' ceiling") as info:
+        fit = df[(ts < test_start - pd.Timedelta(days=PURGE_DAYS)).to_numpy()]
+        t = fit[["appointment_id"]].merge(truth, on="appointment_id", how="left")
+        p = t[[f"p_{a}" for a in ACTIONS]].to_numpy(dtype=float)
+        ok = np.isfinite(p).all(axis=1)
+        dfit = xgb.DMatrix(fit.loc[ok, feats].astype("float32"), missing=np.nan)
+        dheld = xgb.DMatrix(held[feats].astype("float32"), missing=np.nan)
+        pred = np.zeros_like(gain_held)
+        params = {"max_depth": 5, "eta": 0.1, "min_child_weight": 20, "subsample": 0.8, "nthread": 2,
+                  "tree_method": "hist", "seed": 7}
+        for j in range(1, len(ACTIONS)):
+            dfit.set_label(p[ok, 0] - p[ok, j])
+            pred[:, j] = xgb.train(params, dfit, num_boost_round=300).predict(dheld)
+        masked = np.where(allowed, pred, -np.inf)
+        best = np.argmax(masked, axis=1)
+        act = UM.top_k(masked[np.arange(len(held)), best], k)
+        info["rows"] = int(ok.sum())
+        return float(gain_held[np.flatnonzero(act), best[act]].sum())

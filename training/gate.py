@@ -519,16 +519,18 @@ def promote_uplift(settings: Settings, uf=None) -> UpliftDecision:
         d = UpliftDecision(ch.version, False, [f"the data lacks features the set needs: {missing}"], figures)
         return _record_uplift(client, d)
     X = data.recode(w[ch.feature_columns], uf.categorical_columns, ch.categorical_columns)
+    p_risk, risk_basis = _todays_risk(settings, w, uf.categorical_columns)
     ev = UT.evaluate(ch, X, w["label"].to_numpy(dtype=int), w["action"].to_numpy(dtype=object),
                      w["propensity"].to_numpy(dtype=float), groups=w["patient_id"].astype(str).to_numpy(),
-                     alpha=UPLIFT_ALPHA, n_boot=UPLIFT_BOOT)
-    figures |= {k: v for k, v in ev.items() if k != "per_action"} | {"per_action": ev["per_action"]}
+                     alpha=UPLIFT_ALPHA, n_boot=UPLIFT_BOOT, p_risk=p_risk, effects=settings.outreach.effects)
+    figures |= {k: v for k, v in ev.items() if k != "per_action"} | {"per_action": ev["per_action"],
+                                                                     "risk_basis": risk_basis}
     up, rk, low = ev["prevented_uplift"], ev["prevented_risk"], ev["uplift_minus_risk_low"]
     ok = low > 0 and up > 0
     reasons = [f"{'PASS' if ok else 'FAIL'} plan: no-shows prevented at capacity {ev['capacity']:,} of {len(w):,} "
                f"held-out randomised appointments (doubly robust): uplift plan {up:.1f} vs risk-ranked plan {rk:.1f}; "
                f"difference {up - rk:+.1f}, its {1 - UPLIFT_ALPHA:.0%} lower bound {low:+.1f} (paired bootstrap over "
-               f"{ev['groups']:,} patients)"
+               f"{ev['groups']:,} patients); the risk plan ranks by {risk_basis}"
                + ("" if ok else ": the uplift plan must prevent more than the risk-ranked plan by a lower bound above "
                   "0 (a point estimate this noisy promotes sets that are worse)")]
     for a, v in ev["per_action"].items():
@@ -536,6 +538,23 @@ def promote_uplift(settings: Settings, uf=None) -> UpliftDecision:
                        f"{v['random_auuc']:.4f}")
     d = UpliftDecision(ch.version, ok, reasons, figures)
     return _record_uplift(client, d)
+
+
+def _todays_risk(settings: Settings, w: pd.DataFrame, frame_categories: dict) -> tuple[np.ndarray | None, str]:
+    """The risk that today's plan ranks by on the window ``w``: the promoted no-show model's probability (the plan
+    the uplift set would replace), or None (the set's own "none" probability) when no no-show model is promoted or
+    the window lacks its features; and that basis in words."""
+    from training import registry
+    from training.model import predict
+
+    if registry.version_by_alias(settings, "no_show", registry.CHAMPION) is None:
+        return None, "the set's own no-show probability (no no-show model is promoted)"
+    m = registry.load(settings, "no_show", registry.CHAMPION)
+    cols = list(m.meta["feature_columns"])
+    if any(c not in w.columns for c in cols):
+        return None, "the set's own no-show probability (the window lacks the promoted no-show model's features)"
+    X = data.recode(w[cols], frame_categories, m.meta.get("categorical_columns") or {})
+    return predict(m.booster, X.astype("float32")), f"the promoted no-show model (v{m.version}), as today's plan does"
 
 
 def _record_uplift(client, d: UpliftDecision) -> UpliftDecision:

@@ -271,12 +271,14 @@ def risk_plan(p_risk: np.ndarray, allowed: np.ndarray, k: int, effects: Effects 
 
 def evaluate(models: UpliftModels, X: pd.DataFrame, y: np.ndarray, taken: np.ndarray, e: np.ndarray,
              mu: np.ndarray | None = None, groups: np.ndarray | None = None, alpha: float = 0.05,
-             n_boot: int = 1000) -> dict:
+             n_boot: int = 1000, p_risk: np.ndarray | None = None, effects: Effects | None = None) -> dict:
     """Qini / AUUC per action (model, random, risk ranking) and the plans' prevented no-shows on randomised rows;
-    with ``groups`` (patients) also the ``1 - alpha`` lower bound of uplift minus risk (paired patient bootstrap)."""
+    with ``groups`` (patients) also the ``1 - alpha`` lower bound of uplift minus risk (paired patient bootstrap).
+    The risk plan ranks by ``p_risk`` (the gate passes the promoted no-show model's: today's plan) with ``effects``,
+    else by the set's own probability under "none"."""
     ap = models.predict(X)
     mu = ap.probability if mu is None else mu
-    p_none = ap.probability[:, 0]
+    p_none = ap.probability[:, 0] if p_risk is None else np.asarray(p_risk, dtype=float)
     per_action = {}
     for k, a in enumerate(ACTIONS[1:], start=1):
         rows = np.isin(taken, [a, BASELINE])
@@ -290,7 +292,7 @@ def evaluate(models: UpliftModels, X: pd.DataFrame, y: np.ndarray, taken: np.nda
     allowed = reachable_mask(X)
     cap = max(1, int(round(CAPACITY * len(y))))
     up = uplift_plan(ap, allowed, cap)
-    rk = risk_plan(p_none, allowed, cap)
+    rk = risk_plan(p_none, allowed, cap, effects)
     up_rows = UM.prevented_dr_rows(y, taken, e, up, mu, ACTIONS)
     rk_rows = UM.prevented_dr_rows(y, taken, e, rk, mu, ACTIONS)
     gap = {}

@@ -20,9 +20,11 @@ def test_benchmark_outreach_reports_the_four_plans(carecast_ok, home, tmp_path, 
     f = line["figures"]
     assert f["none"] == 0.0
     assert f["oracle"] >= f["uplift"] and f["oracle"] >= f["risk"] > 0
+    # the features' ceiling is a plan too (fitted to the truth): it cannot beat the oracle, which knows the reasons
+    assert 0 < f["ceiling"] <= f["oracle"] and f["ceiling_over_oracle"] == round(f["ceiling"] / f["oracle"], 3)
     assert f["capacity"] == round(0.1 * f["appointments"])
     for plan in ("none", "risk", "uplift", "oracle"):
         assert f"{plan}: prevents" in out
-    assert "uplift / risk" in out and "uplift gate:" in out
+    assert "uplift / risk" in out and "uplift gate:" in out and "ceiling:" in out
     # the world lived in a temporary folder: nothing was written into this test's home but the results line
     assert not (home / "feeds").exists() and not (home / "mlflow.db").exists()
