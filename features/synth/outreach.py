@@ -49,15 +49,32 @@ RANDOM_SHARE = 0.2
 POLICY_LOGGED_FROM = 0.5
 #: how sharply the observables decide the reason (1: as written in ``reason_logits``)
 SHARPNESS = 3.0
+#: spread (log-weight SD) of each patient's own disposition toward each barrier reason, drawn once per patient and
+#: added to every one of their appointments' reason logits: barriers persist (a patient without a car lacks one at
+#: the next visit too; one who forgets, forgets again), so a patient's history under past actions says something
+#: about why they would miss the next one. 0: every appointment's reason is drawn afresh from the observables.
+DISPOSITION_SD = 0.0
+#: the reasons a disposition applies to (risk decides "never comes" and "sure thing" per appointment)
+DISPOSED = ("forgetting", "access", "scheduling", "ambivalence")
 
 _INS = {c: i for i, c in enumerate(INSURANCE)}
 _URGENT = VISIT_TYPES.index("urgent")
 _PROCEDURE = VISIT_TYPES.index("procedure")
 
 
+def dispositions(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, len(REASONS)) each patient's own log-weight toward each reason (``DISPOSITION_SD``)."""
+    out = np.zeros((n, len(REASONS)))
+    cols = [R[r] for r in DISPOSED]
+    out[:, cols] = rng.normal(0.0, DISPOSITION_SD, (n, len(cols))) if DISPOSITION_SD > 0 else 0.0
+    return out
+
+
 def reason_logits(*, age: np.ndarray, ins: np.ndarray, dist: np.ndarray, tele: np.ndarray, lead: np.ndarray,
-                  hour: np.ndarray, vtype: np.ndarray, n_ns: np.ndarray, p0: np.ndarray) -> np.ndarray:
-    """(m, len(REASONS)) log-weights of each reason from what the practice can see (and the risk itself)."""
+                  hour: np.ndarray, vtype: np.ndarray, n_ns: np.ndarray, p0: np.ndarray,
+                  disposition: np.ndarray | None = None) -> np.ndarray:
+    """(m, len(REASONS)) log-weights of each reason from what the practice can see (and the risk itself), plus
+    the patient's own ``disposition`` (``dispositions``), which the practice cannot see."""
     young = (age >= 18) & (age < 36)
     old = age >= 65
     working = (age >= 22) & (age < 65)
@@ -73,6 +90,8 @@ def reason_logits(*, age: np.ndarray, ins: np.ndarray, dist: np.ndarray, tele: n
         -2.5 + 7.0 * np.maximum(p0 - 0.35, 0.0),                                                   # never comes
         2.0 - 40.0 * p0,                                                                           # sure thing
     ], axis=1) * SHARPNESS
+    if disposition is not None:
+        x = x + disposition
     x[:, R["access"]] = np.where(tele, -np.inf, x[:, R["access"]])   # a video visit has no journey
     return x
 

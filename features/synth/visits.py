@@ -27,6 +27,7 @@ from features.synth.outreach import (
     A,
     action_channel,
     assign,
+    dispositions,
     draw_reasons,
     potential_probabilities,
     reach,
@@ -136,6 +137,7 @@ def simulate(rng: np.random.Generator, P: Patients, ev: Events, *, start: float,
     ``rng_outreach`` draws the outreach decisions and reasons (``features.synth.outreach``): a stream of its own, so
     every other draw of the world is the one it was before outreach at the prediction point existed."""
     rng_o = rng_outreach if rng_outreach is not None else np.random.default_rng(19)
+    disposition = dispositions(rng_o, P.n)
     logged_from = (record_from + 0.5 * (today - record_from)) if np.isfinite(record_from) else today
     n = P.n
     ppd = providers_per_dept(n)
@@ -276,7 +278,8 @@ def simulate(rng: np.random.Generator, P: Patients, ev: Events, *, start: float,
         # policy), every action's potential outcome; the outcome follows the action taken.
         p0 = sigmoid(x)
         reason = draw_reasons(rng_o, reason_logits(age=age, ins=P.ins[i], dist=P.dist[i], tele=tele, lead=lead,
-                                                   hour=slot, vtype=vtype, n_ns=recent, p0=p0))
+                                                   hour=slot, vtype=vtype, n_ns=recent, p0=p0,
+                                                   disposition=disposition[i]))
         out_t = np.minimum(pp + (1.0 + rng_o.random(m) * 359.0) / 1440.0, pp + 0.5 * (sched - pp))
         decided = ~(cancelled & (cancel_t <= out_t))
         action, randomised, prop = assign(rng_o, p0, P.dist[i], tele)
