@@ -56,6 +56,8 @@ class OutreachResult:
     training: str = ""
     #: the features' ceiling (module doc): no-shows prevented by a plan from a model fitted to the true gains
     ceiling: float | None = None
+    #: no-shows prevented by each learner's plan (the truth's figure; the product chose ``learner`` on validation)
+    per_learner: dict[str, float] = field(default_factory=dict)
 
     def figures(self) -> dict:
         f: dict = {p: round(self.prevented[p], 3) for p in PLANS}
@@ -64,8 +66,8 @@ class OutreachResult:
         if self.ceiling is not None:
             f |= {"ceiling": round(self.ceiling, 3), "ceiling_over_oracle": _ratio(self.ceiling, self.prevented["oracle"]),
                   "uplift_over_ceiling": _ratio(self.prevented["uplift"], self.ceiling)}
-        f |= {
-              "appointments": self.appointments, "capacity": self.capacity, "patients": self.patients,
+        f |= {f"learner_{n}": round(v, 3) for n, v in self.per_learner.items()}
+        f |= {"appointments": self.appointments, "capacity": self.capacity, "patients": self.patients,
               "seed": self.seed, "learner": self.learner, "gate": self.gate, "seconds": round(self.seconds, 1)}
         return f
 
@@ -81,6 +83,9 @@ class OutreachResult:
             lines.append(f"  (ceiling: a model fitted to the true gains from the same features prevents {self.ceiling:.1f}, "
                          f"{f['ceiling_over_oracle']} of the oracle: the most any model of these features can reach; "
                          f"uplift reaches {f['uplift_over_ceiling']} of it)")
+        if self.per_learner:
+            lines.append("  each learner's plan (truth; the product chose on validation, without it): " + ", ".join(
+                f"{n} {v:.1f}" for n, v in self.per_learner.items()))
         if self.training:
             lines.append(self.training)
         lines.append(f"  uplift / risk = {f['uplift_over_risk']}, uplift / oracle = {f['uplift_over_oracle']} "
@@ -168,11 +173,15 @@ def run(patients: int, seed: int, work: Path | None = None, capacity: float = 0.
             for name, plan in plans.items():
                 idx = np.array([col[a] for a in plan])
                 prevented[name] = float(gain_true[np.arange(len(held)), idx].sum())
+            per_learner = {}
+            for name, m in trained.get("sets", {}).items():
+                plan = uplift_plan(m.predict(held[m.feature_columns]), allowed, k)
+                per_learner[name] = float(gain_true[np.arange(len(held)), [col[a] for a in plan]].sum())
             info["appointments"] = len(held)
     return OutreachResult(patients, seed, len(held), k, prevented, float(p_true[:, 0].sum()), trained["learner"],
                           "promoted" if decision.promoted else "refused", time.perf_counter() - t0,
                           {n: _mix(p) for n, p in plans.items()}, summary(trained) + "\n" + decision.describe(),
-                          ceiling)
+                          ceiling, per_learner)
 
 
 def _ceiling(df: pd.DataFrame, ts: pd.Series, test_start: pd.Timestamp, truth: pd.DataFrame, feats: list[str],

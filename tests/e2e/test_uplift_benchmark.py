@@ -21,6 +21,8 @@ def test_benchmark_outreach_reports_the_four_plans(carecast_ok, home, tmp_path, 
     assert f["none"] == 0.0
     assert f["oracle"] >= f["uplift"] and f["oracle"] >= f["risk"] > 0
     # the features' ceiling is a plan too (fitted to the truth): it cannot beat the oracle, which knows the reasons
+    # every learner's plan is scored; the chosen learner's is the uplift plan
+    assert f[f"learner_{f['learner']}"] == f["uplift"] and all(f[f"learner_{n}"] <= f["oracle"] for n in ("t", "s"))
     assert 0 < f["ceiling"] <= f["oracle"] and f["ceiling_over_oracle"] == round(f["ceiling"] / f["oracle"], 3)
     assert f["capacity"] == round(0.1 * f["appointments"])
     for plan in ("none", "risk", "uplift", "oracle"):
