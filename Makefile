@@ -40,7 +40,7 @@ lint: install
 	$(BIN)/mypy
 
 test: install lint
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -n 2 -m "not slow"
