@@ -37,11 +37,29 @@ TIERS = ("unit", "integration", "e2e")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with the tier its folder names."""
+    """Mark each test with the tier its folder names; under ``--dist loadgroup`` give each test of an
+    ``xdist_group`` its group suffix (``_group_suffix``)."""
     for item in items:
         tier = next((p for p in Path(str(item.fspath)).parts if p in TIERS), None)
         if tier is not None:
             item.add_marker(getattr(pytest.mark, tier))
+    if getattr(config.option, "loadgroup", False):   # set on xdist's workers under --dist loadgroup
+        _group_suffix(items)
+
+
+def _group_suffix(items: list[pytest.Item]) -> None:
+    """Why: pytest-xdist 3.8 groups tests by a ``@group`` suffix that it writes into ``item._nodeid``, which pytest
+    9.2 no longer reads (the node id lives in ``item._id``): every ``xdist_group`` was silently ignored, so tests
+    meant to share one worker (one MLflow server, one Spark build, one world) ran on both, twice the work and
+    shared resources used at once. The suffix is written where pytest 9.2 reads it; nothing changes once xdist
+    does it itself (the id then already holds an ``@``)."""
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                         for m in item.iter_markers("xdist_group")})
+        if groups and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
 
 
 @pytest.hookimpl(hookwrapper=True)

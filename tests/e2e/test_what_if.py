@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import test_serving_support as sup
 
-pytestmark = [pytest.mark.slow]
+#: one worker builds the world once for both tests (a module fixture was built on each worker, ~40 s twice)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("what-if")]
 
 AUTH = {"Authorization": f"Bearer {sup.API_KEY}"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")   # session: never torn down and rebuilt between the two tests
 def home(tmp_path_factory: pytest.TempPathFactory):
     from training.uplift_train import train_uplift
 
