@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import test_serving_support as sup
 
-#: one worker builds the world once for both tests (a module fixture was built on each worker, ~40 s twice)
+#: one worker builds the world once for both tests
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("what-if")]
 
 AUTH = {"Authorization": f"Bearer {sup.API_KEY}"}
 
 
-@pytest.fixture(scope="session")   # session: never torn down and rebuilt between the two tests
+@pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory):
     from training.uplift_train import train_uplift
 

@@ -55,7 +55,7 @@ def _differences(a: pa.Table, b: pa.Table) -> list[str]:
     return out
 
 
-@pytest.fixture(scope="session")   # session: a module fixture was built twice under xdist (~80 s each)
+@pytest.fixture(scope="module")
 def builds(spark_session, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("spark-build")
     data = random_world(root / "feeds", patients=2000, seed=11)   # sub-second times, every feed
